@@ -1,0 +1,3 @@
+"""memexp: an experiment suite for memory-augmented sequence models."""
+
+__version__ = "0.1.0"
