@@ -1,0 +1,33 @@
+"""What a DataModule tells the rest of a run about its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# What each task kind consumes, in words used by the model/data mismatch error.
+KIND_DESCRIPTIONS = {
+    "causal_lm": "token sequences for next-token prediction (text, JSONL, synthetic recall)",
+    "dialogue": "(dialogue history -> reply) pairs (LCCC-format dialogues)",
+    "classification": "labelled documents (ENDEF-schema JSON)",
+}
+
+
+@dataclass
+class DataSpec:
+    """Task kind, vocabulary and shapes of a prepared dataset.
+
+    task_kind: "causal_lm", "dialogue" or "classification".
+    vocab_size: number of token ids the model must embed.
+    pad_id: id used for padding (None when batches are never padded).
+    tokenizer: object with encode(str) -> list[int] and decode(list[int]) -> str.
+    seq_len: tokens per training window (causal LM), None when variable.
+    num_classes: label count for classification, else None.
+    """
+
+    task_kind: str
+    vocab_size: int
+    tokenizer: Any
+    pad_id: int | None = None
+    seq_len: int | None = None
+    num_classes: int | None = None
