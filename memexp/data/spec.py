@@ -23,6 +23,7 @@ class DataSpec:
     tokenizer: object with encode(str) -> list[int] and decode(list[int]) -> str.
     seq_len: tokens per training window (causal LM), None when variable.
     num_classes: label count for classification, else None.
+    ordered_windows: training batches continue each other row by row (state may be carried).
     """
 
     task_kind: str
@@ -31,3 +32,4 @@ class DataSpec:
     pad_id: int | None = None
     seq_len: int | None = None
     num_classes: int | None = None
+    ordered_windows: bool = False

@@ -1,1 +1,6 @@
-"""memexp.tasks."""
+"""LightningModules, one per task kind. A model declares `task_kind`; the data declares
+the kind it provides; `TASKS` maps the kind to the module that trains the pair."""
+
+from memexp.tasks.causal_lm import CausalLMTask
+
+TASKS = {"causal_lm": CausalLMTask}

@@ -1,0 +1,93 @@
+"""Top-level configs of the entry points and Hydra's own settings (job name, output folders,
+search path for YAML presets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.conf import HydraConf, JobConf, RunDir, SweepDir
+from hydra_zen import MISSING, make_config, store
+
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+RunConfig = make_config(
+    hydra_defaults=[
+        "_self_",
+        {"model": "transformer"},
+        {"data": "shakespeare"},
+        {"optim": "adamw"},
+        {"trainer": "default"},
+        {"logger": "wandb"},
+        {"callbacks": "default"},
+        {"paths": "default"},
+        {"experiment": None},
+        {"debug": None},
+    ],
+    model=None,
+    data=None,
+    optim=None,
+    trainer=None,
+    logger=None,
+    callbacks=None,
+    paths=None,
+    task=make_config(carry_state="auto"),
+    seed=0,
+    fresh=False,
+    ckpt_dir=None,
+    experiment_name="default",
+    sample_tokens=300,
+    sample_prompt="\n",
+    zen_dataclass={"cls_name": "RunConfig"},
+)
+
+EvaluateConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}],
+    paths=None,
+    ckpt=MISSING,
+    model=None,
+    splits=["val", "test"],
+    data_path=None,
+    batch_size=None,
+    out=None,
+    accelerator="auto",
+    zen_dataclass={"cls_name": "EvaluateConfig"},
+)
+
+GenerateConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}],
+    paths=None,
+    ckpt=MISSING,
+    model=None,
+    prompt="\n",
+    max_new_tokens=300,
+    temperature=0.8,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    zen_dataclass={"cls_name": "GenerateConfig"},
+)
+
+
+def _hydra_conf(folder: str) -> HydraConf:
+    searchpath = [f"file://{REPO_CONF}"] if REPO_CONF.is_dir() else []
+    if Path("conf").resolve() != REPO_CONF and Path("conf").is_dir():
+        searchpath.append(f"file://{Path('conf').resolve()}")
+    return HydraConf(
+        job=JobConf(name="memexp", chdir=False),
+        run=RunDir(dir=f"outputs/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
+        sweep=SweepDir(dir="outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),
+        searchpath=searchpath,
+    )
+
+
+def register_apps() -> None:
+    store(RunConfig, name="memexp_run")
+    store(EvaluateConfig, name="memexp_evaluate")
+    store(GenerateConfig, name="memexp_generate")
+
+
+def hydra_settings(folder: str):
+    """Store Hydra's settings for one entry point (runs land in outputs/<folder>/...)."""
+    if ("hydra", "config") in store:
+        store.delete_entry("hydra", "config")
+    store(_hydra_conf(folder), name="config", group="hydra")

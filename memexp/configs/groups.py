@@ -1,0 +1,141 @@
+"""Config groups. Models and data modules are stored as partials: the run fills in what
+only the data knows (vocab_size) and where files go (data_dir, checkpoint folder)."""
+
+from __future__ import annotations
+
+from hydra_zen import builds, make_config, store
+from lightning import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from memexp.data.text import TextDataModule
+from memexp.loggers import wandb_logger
+from memexp.models.transformer import Transformer
+from memexp.tasks.optim import OptimizerSettings
+
+# -- model ----------------------------------------------------------------------------------
+TransformerConf = builds(
+    Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"], max_len=64
+)
+
+# -- data -----------------------------------------------------------------------------------
+_text = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
+ShakespeareConf = builds(TextDataModule, **_text)
+TextFileConf = builds(TextDataModule, **_text, path="???")
+JsonlConf = builds(TextDataModule, **_text, path="???", format="jsonl")
+
+# -- optim ----------------------------------------------------------------------------------
+AdamWConf = builds(OptimizerSettings, populate_full_signature=True)
+SGDConf = builds(OptimizerSettings, populate_full_signature=True, name="sgd", lr=0.05, weight_decay=0.0)
+
+# -- trainer --------------------------------------------------------------------------------
+# The progress bar belongs to the trainer preset: rich on a terminal, a plain bar on clusters.
+_trainer = dict(
+    populate_full_signature=True,
+    zen_partial=True,
+    max_steps=2000,
+    val_check_interval=500,
+    check_val_every_n_epoch=None,
+    log_every_n_steps=25,
+    gradient_clip_val=1.0,
+    num_sanity_val_steps=0,
+    callbacks=[builds(RichProgressBar, leave=True)],
+)
+DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
+CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)
+GPUTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=1, precision="bf16-mixed")
+DDPTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=2, strategy="ddp")
+ClusterTrainer = builds(
+    Trainer, **{**_trainer, "callbacks": [builds(TQDMProgressBar, refresh_rate=100)]}, accelerator="auto", devices="auto"
+)
+
+# -- logger (a dict name -> partial; save_dir is the run's output folder; CSV is always added) --
+CSVConf = builds(CSVLogger, zen_partial=True, name="csv", version="")
+WandbConf = builds(wandb_logger, populate_full_signature=True, zen_partial=True)
+TensorBoardConf = builds(TensorBoardLogger, zen_partial=True, name="tensorboard", version="")
+
+# -- callbacks (dirpath of the checkpoint callback is the run's stable checkpoint folder) ----
+CheckpointConf = builds(
+    ModelCheckpoint,
+    zen_partial=True,
+    filename="best-{step}",
+    monitor="val/loss",
+    mode="min",
+    save_top_k=1,
+    save_last=True,
+    every_n_train_steps=500,
+)
+LRMonitorConf = builds(LearningRateMonitor, logging_interval="step")
+
+# -- paths ----------------------------------------------------------------------------------
+PathsConf = make_config(
+    data_dir="${oc.env:MEMEXP_DATA_DIR,data}",
+    output_dir="outputs",
+    checkpoint_root="${.output_dir}/checkpoints",
+)
+
+
+def register_groups() -> None:
+    model = store(group="model")
+    model(TransformerConf, name="transformer")
+
+    data = store(group="data")
+    data(ShakespeareConf, name="shakespeare")
+    data(TextFileConf, name="text")
+    data(JsonlConf, name="jsonl")
+
+    optim = store(group="optim")
+    optim(AdamWConf, name="adamw")
+    optim(SGDConf, name="sgd")
+
+    trainer = store(group="trainer")
+    trainer(DefaultTrainer, name="default")
+    trainer(CPUTrainer, name="cpu")
+    trainer(GPUTrainer, name="gpu")
+    trainer(DDPTrainer, name="ddp")
+    trainer(ClusterTrainer, name="cluster")
+
+    logger = store(group="logger")
+    logger(dict(csv=CSVConf), name="csv")
+    logger(dict(wandb=WandbConf), name="wandb")
+    logger(dict(tensorboard=TensorBoardConf), name="tensorboard")
+    logger(dict(csv=CSVConf, wandb=WandbConf, tensorboard=TensorBoardConf), name="many")
+
+    callbacks = store(group="callbacks")
+    callbacks(dict(checkpoint=CheckpointConf, lr_monitor=LRMonitorConf), name="default")
+    callbacks(dict(checkpoint=CheckpointConf), name="minimal")
+
+    store(PathsConf, group="paths", name="default")
+
+    debug = store(group="debug", package="_global_")
+    # Global presets are plain dicts: they merge into the run config rather than replace it.
+    debug(
+        dict(
+            trainer=dict(max_steps=20, val_check_interval=10, limit_val_batches=2, limit_test_batches=2, log_every_n_steps=5),
+            callbacks=dict(checkpoint=dict(every_n_train_steps=10)),
+            sample_tokens=40,
+        ),
+        name="fast",
+    )
+    debug(
+        dict(trainer=dict(max_steps=200, overfit_batches=1, val_check_interval=50, limit_val_batches=1, limit_test_batches=1)),
+        name="overfit",
+    )
+    debug(
+        dict(trainer=dict(max_steps=100, val_check_interval=50, limit_val_batches=10, limit_test_batches=10)),
+        name="limit",
+    )
+
+    # The nanoGPT CPU configuration for tiny-shakespeare, character level (the quality target).
+    experiment = store(group="experiment", package="_global_")
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "transformer"}, {"override /data": "shakespeare"}],
+            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, dropout=0.0),
+            data=dict(seq_len=64, batch_size=12, tokenizer="char"),
+            optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
+            trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
+            experiment_name="nanogpt_shakespeare",
+        ),
+        name="nanogpt_shakespeare",
+    )

@@ -1,0 +1,275 @@
+"""Text for causal language modelling: plain UTF-8 files, JSONL `{"text": ...}`, tiny-shakespeare.
+
+Contract of the batches: dict(input=(B, T) long, target=(B, T) long), target = input
+shifted by one, -100 where there is nothing to predict (the padded tail of the last
+evaluation window).
+
+Splits are contiguous by position (train | val | test), so no window of one split
+overlaps another. Training draws windows at random offsets (`windows="random"`) or
+reads `batch_size` parallel streams in order (`windows="stream"`, for models that
+carry their state across windows: truncated BPTT). Evaluation windows tile the whole
+split without overlap, so every token of it is scored exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+
+from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
+from memexp.data.spec import DataSpec
+from memexp.data.tokenizers import build_tokenizer
+from memexp.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100
+
+
+def read_utf8(path: Path) -> str:
+    """The whole file as text; names the byte and line of the first invalid UTF-8 sequence."""
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist; expected a UTF-8 text file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"data file {path} is empty; expected UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"data file {path} is not valid UTF-8: byte {e.start} (line {line}) is {raw[e.start:e.start + 1]!r}") from None
+
+
+def read_jsonl_text(path: Path, field: str = "text", separator: str = "\n\n") -> str:
+    """Concatenate the `field` of every JSONL record; names the line of any malformed record."""
+    texts = []
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg}); expected one {{\"{field}\": ...}} object per line") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise DataError(f"{path}, line {lineno}: expected an object with a string field {field!r}")
+        texts.append(record[field])
+    if not texts:
+        raise DataError(f"{path} holds no records; expected one {{\"{field}\": ...}} object per line")
+    return separator.join(texts)
+
+
+class RandomWindows(Dataset):
+    """Item i is the window starting at token offset i (a sampler picks offsets at random)."""
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int):
+        if len(tokens) <= seq_len:
+            raise DataError(f"the training split has {len(tokens)} tokens, fewer than one window of data.seq_len={seq_len} + 1")
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __len__(self) -> int:
+        return len(self.tokens) - self.seq_len
+
+    def __getitem__(self, i: int) -> dict:
+        chunk = self.tokens[i : i + self.seq_len + 1]
+        return {"input": chunk[:-1], "target": chunk[1:]}
+
+
+class TiledWindows(Dataset):
+    """Non-overlapping windows covering every target token of a split once."""
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int):
+        if len(tokens) < 2:
+            raise DataError("an evaluation split needs at least 2 tokens")
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n_targets = len(tokens) - 1
+
+    def __len__(self) -> int:
+        return -(-self.n_targets // self.seq_len)
+
+    def __getitem__(self, i: int) -> dict:
+        start = i * self.seq_len
+        chunk = self.tokens[start : start + self.seq_len + 1]
+        x, y = chunk[:-1], chunk[1:]
+        pad = self.seq_len - len(x)
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad)])
+            y = torch.cat([y, y.new_full((pad,), IGNORE_INDEX)])
+        return {"input": x, "target": y}
+
+
+class StreamWindows(IterableDataset):
+    """`batch_size` parallel streams read in order: row b of batch k+1 continues row b of batch k.
+
+    Under DDP each rank reads its own streams. Yields whole batches (use batch_size=None).
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0):
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.epoch = 0
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _layout(self) -> tuple[int, int]:
+        rank, world = self._rank()
+        n_streams = self.batch_size * world
+        stream_len = (len(self.tokens) - 1) // n_streams
+        if stream_len < self.seq_len:
+            raise DataError(f"the training split is too short for {n_streams} streams of data.seq_len={self.seq_len}")
+        return rank, stream_len
+
+    def __len__(self) -> int:
+        return self._layout()[1] // self.seq_len
+
+    def __iter__(self):
+        rank, stream_len = self._layout()
+        # A per-epoch shift of the window grid, so windows do not always cut at the same places.
+        shift = int(torch.randint(0, self.seq_len, (1,), generator=torch.Generator().manual_seed(self.seed + self.epoch)))
+        self.epoch += 1
+        starts = torch.arange(rank * self.batch_size, (rank + 1) * self.batch_size) * stream_len
+        for k in range((stream_len - shift) // self.seq_len):
+            offsets = starts[:, None] + shift + k * self.seq_len + torch.arange(self.seq_len + 1)  # (B, T+1)
+            chunk = self.tokens[offsets]
+            yield {"input": chunk[:, :-1], "target": chunk[:, 1:]}
+
+
+class TextDataModule(L.LightningDataModule):
+    """Character-, byte- or subword-level text for causal language models.
+
+    Args:
+        path: a UTF-8 text file (format=text) or JSONL file (format=jsonl); None means tiny-shakespeare,
+            fetched into `data_dir` when missing.
+        format: "text" or "jsonl".
+        jsonl_field: the string field of each JSONL record.
+        tokenizer: "char" (vocabulary from the training split), "byte" (256), or a local path to a
+            Hugging Face tokenizer folder.
+        seq_len: tokens per window.
+        batch_size: training windows per batch (per device).
+        eval_batch_size: windows per validation/test batch.
+        splits: fractions of the text (by position) for train, val, test.
+        windows: "random" (random-offset training windows) or "stream" (parallel in-order streams,
+            for models that carry state across windows).
+        train_windows_per_epoch: random windows per epoch; None means one pass worth (tokens // seq_len).
+        num_workers, pin_memory: DataLoader settings.
+        data_dir: the data root (raw files and caches); None means $MEMEXP_DATA_DIR or ./data.
+    """
+
+    task_kind = "causal_lm"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "text",
+        jsonl_field: str = "text",
+        tokenizer: str = "char",
+        seq_len: int = 64,
+        batch_size: int = 12,
+        eval_batch_size: int = 64,
+        splits: Sequence[float] = (0.9, 0.05, 0.05),
+        windows: str = "random",
+        train_windows_per_epoch: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        data_dir: str | None = None,
+    ):
+        super().__init__()
+        self.path, self.format, self.jsonl_field = path, format, jsonl_field
+        self.tokenizer_name, self.seq_len = tokenizer, seq_len
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.splits, self.windows = tuple(splits), windows
+        self.train_windows_per_epoch = train_windows_per_epoch
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.tokenizer = None
+        self._split_tokens: dict[str, torch.Tensor] = {}
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.format not in ("text", "jsonl"):
+            raise ConfigError(f"data.format={self.format!r}: expected 'text' or 'jsonl'")
+        if self.windows not in ("random", "stream"):
+            raise ConfigError(f"data.windows={self.windows!r}: expected 'random' or 'stream'")
+        if len(self.splits) != 3 or any(s < 0 for s in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
+            raise ConfigError(f"data.splits={list(self.splits)}: expected three non-negative fractions (train, val, test) summing to 1")
+        if self.seq_len < 1 or self.batch_size < 1:
+            raise ConfigError("data.seq_len and data.batch_size must be positive")
+
+    # -- files --------------------------------------------------------------------------
+    def source_path(self) -> Path:
+        return Path(self.path) if self.path else self.data_dir / TINY_SHAKESPEARE.relpath
+
+    def prepare_data(self) -> None:
+        if self.path is None:
+            fetch(TINY_SHAKESPEARE, self.data_dir)
+
+    def read_text(self) -> str:
+        path = self.source_path()
+        return read_jsonl_text(path, self.jsonl_field) if self.format == "jsonl" else read_utf8(path)
+
+    # -- splits and tokenizer -----------------------------------------------------------
+    def set_tokenizer(self, tokenizer) -> None:
+        """Use this tokenizer (e.g. the one saved with a checkpoint) instead of fitting one."""
+        self.tokenizer = tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._split_tokens:
+            return
+        if self.path is None and not self.source_path().exists():
+            self.prepare_data()
+        text = self.read_text()
+        n = len(text)
+        a = int(n * self.splits[0])
+        b = a + int(n * self.splits[1])
+        pieces = {"train": text[:a], "val": text[a:b], "test": text[b:]}
+        if self.tokenizer is None:
+            self.tokenizer = build_tokenizer(self.tokenizer_name, pieces["train"])
+        for name, piece in pieces.items():
+            try:
+                ids = self.tokenizer.encode(piece)
+            except DataError as e:
+                raise DataError(f"{self.source_path()} ({name} split): {e}") from None
+            self._split_tokens[name] = torch.tensor(ids, dtype=torch.long)
+
+    def tokens(self, split: str) -> torch.Tensor:
+        self.setup()
+        return self._split_tokens[split]
+
+    @property
+    def spec(self) -> DataSpec:
+        self.setup()
+        return DataSpec(task_kind=self.task_kind, vocab_size=self.tokenizer.vocab_size, tokenizer=self.tokenizer, seq_len=self.seq_len,
+            ordered_windows=self.windows == "stream",
+        )
+
+    # -- loaders ------------------------------------------------------------------------
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        tokens = self.tokens("train")
+        if self.windows == "stream":
+            return self._loader(StreamWindows(tokens, self.seq_len, self.batch_size), batch_size=None)
+        windows = RandomWindows(tokens, self.seq_len)
+        per_epoch = self.train_windows_per_epoch or max(len(tokens) // self.seq_len, self.batch_size)
+        sampler = RandomSampler(windows, replacement=True, num_samples=per_epoch)
+        return self._loader(windows, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        return self._loader(TiledWindows(self.tokens(split), self.seq_len), batch_size=self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

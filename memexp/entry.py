@@ -1,0 +1,35 @@
+"""What every entry point shares: the Hydra app around a task function, and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from hydra_zen import store, zen
+
+from memexp.errors import MemexpError
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Print a MemexpError as `error: <sentence>` and exit with status 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemexpError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def launch(task_function: Callable, config_name: str, folder: str) -> None:
+    """Run `task_function` as a Hydra app on the stored config `config_name`."""
+    import memexp.configs  # noqa: F401  (fills the store)
+    from memexp.configs.apps import hydra_settings
+
+    hydra_settings(folder)
+    store.add_to_hydra_store(overwrite_ok=True)
+    zen(one_line_errors(task_function)).hydra_main(config_name=config_name, config_path=None, version_base="1.3")

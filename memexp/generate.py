@@ -1,0 +1,36 @@
+"""python -m memexp.generate ckpt=PATH prompt="ROMEO:" [max_new_tokens=300] [temperature=0.8] [top_k=0] [top_p=1.0] [seed=0]
+
+Prints the prompt followed by the generated continuation.
+"""
+
+from __future__ import annotations
+
+from memexp.entry import launch
+from memexp.errors import ConfigError
+from memexp.experiment import load_checkpoint
+
+
+def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int = 0,
+                  top_p: float = 1.0, seed: int = 0, data_dir: str | None = None, model: str | None = None) -> str:
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top_p={top_p} must be in (0, 1]")
+    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
+    tok = loaded.datamodule.tokenizer
+    ids = loaded.task.generate(tok.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed)
+    return prompt + tok.decode(ids)
+
+
+def generate(ckpt, model, prompt, max_new_tokens, temperature, top_k, top_p, seed, paths) -> str:
+    text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, model)
+    print(text)
+    return text
+
+
+def main() -> None:
+    launch(generate, "memexp_generate", "generate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""python -m memexp.run [model=...] [data=...] [experiment=...] [debug=...] [key=value ...]
+
+Trains a model on data, tests it, prints the metrics and a generated sample, and leaves a
+checkpoint (outputs/checkpoints/...), CSV metrics and a W&B run (outputs/runs/...).
+Running the same command again resumes from the checkpoint's last.ckpt; fresh=true starts over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from memexp.entry import launch
+from memexp.experiment import RunNames, train_and_test
+
+
+def _names(seed: int, experiment_name: str) -> RunNames:
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return RunNames(
+        experiment=experiment_name or choices.get("experiment") or "default",
+        model=choices.get("model") or "model",
+        data=choices.get("data") or "data",
+        seed=seed,
+    )
+
+
+def _run_dir(paths) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(paths.output_dir) / "runs" / "manual"
+
+
+def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, seed, fresh, ckpt_dir,
+        experiment_name, sample_tokens, sample_prompt) -> dict:
+    cfg = OmegaConf.to_container(zen_cfg, resolve=True)
+    names = _names(seed, experiment_name)
+    result = train_and_test(
+        cfg,
+        names,
+        model=model,
+        data=data,
+        optim=optim,
+        trainer=trainer,
+        run_dir=_run_dir(paths),
+        checkpoint_root=paths.checkpoint_root,
+        logger=logger,
+        callbacks=callbacks,
+        carry_state=task.carry_state,
+        fresh=fresh,
+        ckpt_dir=ckpt_dir,
+        sample_tokens=sample_tokens,
+        sample_prompt=sample_prompt,
+    )
+    _report(result)
+    return result
+
+
+def _report(result: dict) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result["metrics"].items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if result["resumed_from_step"] is not None:
+        console.print(f"resumed from step {result['resumed_from_step']}")
+    console.print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
+    console.print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)")
+    if result["sample"] is not None:
+        console.rule("sample")
+        console.print(result["sample"], markup=False, highlight=False)
+
+
+def main() -> None:
+    launch(run, "memexp_run", "runs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""One LightningModule for every causal language model in the suite.
+
+It owns the loss (next-token cross-entropy), the metrics (loss, perplexity, bits per
+token, token accuracy, top-5/top-10 accuracy; torchmetrics), the optimiser and schedule,
+truncated BPTT for models that carry state, and generation.
+
+Batches: dict(input=(B, T) long, target=(B, T) long with -100 where nothing is predicted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_map
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from memexp.data.spec import DataSpec
+from memexp.models.sampling import sample_next
+from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
+
+IGNORE_INDEX = -100
+
+
+def _detach(state):
+    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
+
+
+class CausalLMTask(L.LightningModule):
+    """Next-token prediction with any `memexp.models` causal LM.
+
+    Args:
+        net: the model; `net(idx, state) -> (logits, state)`.
+        spec: what the data provides (vocabulary, tokenizer, window length).
+        optim: optimiser and schedule settings.
+        carry_state: carry the model's state from one training batch to the next (truncated
+            BPTT); needs a model with `carries_state` and data with in-order stream windows.
+    """
+
+    def __init__(self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, carry_state: bool = False):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.optim = optim or OptimizerSettings()
+        self.carry_state = carry_state
+        self._train_state = None
+        self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
+        V = spec.vocab_size
+        self.train_acc = MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX)
+        for stage in ("val", "test"):
+            metrics = MetricCollection(
+                {
+                    "acc": MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX),
+                    "top5": MulticlassAccuracy(num_classes=V, top_k=min(5, V), average="micro", ignore_index=IGNORE_INDEX),
+                    "top10": MulticlassAccuracy(num_classes=V, top_k=min(10, V), average="micro", ignore_index=IGNORE_INDEX),
+                },
+                prefix=f"{stage}/",
+            )
+            setattr(self, f"{stage}_metrics", metrics)
+            setattr(self, f"{stage}_loss", MeanMetric())
+
+    # -- steps --------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, state=None):
+        return self.net(idx, state)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_state = None  # a new epoch starts the streams again
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch["input"], batch["target"]
+        logits, state = self.net(x, self._train_state if self.carry_state else None)
+        if self.carry_state:
+            self._train_state = _detach(state)
+        loss = self._loss(logits, y)
+        self.train_acc(logits.detach().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        x, y = batch["input"], batch["target"]
+        logits, _ = self.net(x, None)
+        n_tokens = (y != IGNORE_INDEX).sum()
+        getattr(self, f"{stage}_loss").update(self._loss(logits, y), weight=n_tokens)
+        getattr(self, f"{stage}_metrics").update(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        loss = getattr(self, f"{stage}_loss").compute()
+        values = {f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss), f"{stage}/bpc": loss / math.log(2)}
+        values.update(getattr(self, f"{stage}_metrics").compute())
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
+        getattr(self, f"{stage}_loss").reset()
+        getattr(self, f"{stage}_metrics").reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.net, self.optim)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        schedule = build_schedule(optimizer, self.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["memexp"] = {
+            "config": self.run_config,
+            "tokenizer": self.spec.tokenizer.state_dict(),
+            "task_kind": "causal_lm",
+        }
+
+    # -- generation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[int]:
+        """Continue `prompt` (token ids, fed exactly once) by `max_new_tokens` sampled tokens.
+
+        Models with a bounded context (`max_len`) slide it: when the cache is full the last
+        max_len - 1 tokens are fed again and generation continues.
+        """
+        was_training = self.training
+        self.eval()
+        device = self.device
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        max_len = getattr(self.net, "max_len", None)
+        tokens = list(prompt) or [0]
+        context = tokens[-max_len:] if max_len else tokens
+        logits, state = self.net(torch.tensor([context], device=device), None)
+        fed = len(context)
+        out = []
+        for _ in range(max_new_tokens):
+            nxt = int(sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator))
+            out.append(nxt)
+            tokens.append(nxt)
+            if max_len and fed >= max_len:
+                context = tokens[-(max_len - 1) :] if max_len > 1 else tokens[-1:]
+                logits, state = self.net(torch.tensor([context], device=device), None)
+                fed = len(context)
+            else:
+                logits, state = self.net(torch.tensor([[nxt]], device=device), state)
+                fed += 1
+        self.train(was_training)
+        return out

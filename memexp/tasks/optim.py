@@ -1,0 +1,65 @@
+"""Optimiser and learning-rate schedule settings shared by every task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from memexp.errors import ConfigError
+
+
+@dataclass
+class OptimizerSettings:
+    """How parameters are updated.
+
+    name: "adamw" or "sgd" (SGD with momentum).
+    lr: peak learning rate.
+    weight_decay: decoupled weight decay, applied to matrices only (not to biases and norms).
+    betas: AdamW betas.
+    momentum: SGD momentum.
+    warmup_steps: linear warm-up from 0 to lr.
+    schedule: "cosine" (decay to min_lr at the last step) or "constant".
+    min_lr: final learning rate of the cosine schedule.
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    momentum: float = 0.9
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr: float = 1e-4
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (Linear weights, embeddings); leave biases and norm gains alone."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(module: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
+    groups = param_groups(module, s.weight_decay)
+    if s.name == "adamw":
+        return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas))
+    if s.name == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum)
+    raise ConfigError(f"optim.name={s.name!r}: expected 'adamw' or 'sgd'")
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total_steps: int):
+    """Linear warm-up then cosine decay to min_lr (or constant), stepped once per optimiser step."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+    if s.schedule == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=max(total_steps, s.warmup_steps + 1), min_lr=s.min_lr
+        )
+    if s.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=s.warmup_steps)
+    raise ConfigError(f"optim.schedule={s.schedule!r}: expected 'cosine' or 'constant'")

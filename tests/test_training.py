@@ -1,0 +1,94 @@
+"""memexp.run in-process: loss falls for each model/data pair, resume continues at the right step."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from conftest import QUIET, TINY_MODEL, compose_run, run_in_process
+from memexp.errors import CheckpointError, ConfigError
+
+FAST = ["trainer.max_steps=60", "trainer.val_check_interval=30", "trainer.limit_val_batches=4",
+        "trainer.limit_test_batches=4", "trainer.log_every_n_steps=1", "optim.lr=1e-2", "optim.warmup_steps=5"]
+
+PAIRS = {
+    "transformer-text-char": ["model=transformer", "data=text", "data.tokenizer=char"],
+    "transformer-text-byte": ["model=transformer", "data=text", "data.tokenizer=byte"],
+    "transformer-jsonl": ["model=transformer", "data=jsonl", "data.tokenizer=char"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_jsonl(tiny_text, tmp_path_factory):
+    path = tmp_path_factory.mktemp("jsonl") / "docs.jsonl"
+    paragraphs = [p for p in tiny_text.read_text().split("\n\n") if p.strip()]
+    path.write_text("\n".join(json.dumps({"text": p}) for p in paragraphs))
+    return path
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+def test_loss_falls(pair, tiny_text, tiny_jsonl, tmp_path):
+    path = tiny_jsonl if "jsonl" in pair else tiny_text
+    result = run_in_process([*PAIRS[pair], f"data.path={path}", *TINY_MODEL, *QUIET, *FAST], tmp_path)
+    m = result["metrics"]
+    vocab = 256 if "byte" in pair else 66
+    assert m["global_step"] == 60
+    # A uniform guess scores ln(V); 60 steps must already be well below it.
+    assert m["val/loss"] < math.log(vocab) - 0.9, m
+    losses = _csv_losses(result["run_dir"])
+    assert losses[-1] < losses[0] - 0.8, losses
+    assert m["test/ppl"] == pytest.approx(math.exp(m["test/loss"]), rel=1e-4)
+    assert m["test/bpc"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-4)
+    assert 0 < m["test/acc"] <= m["test/top5"] <= m["test/top10"] <= 1
+
+
+def _csv_losses(run_dir):
+    with open(f"{run_dir}/csv/metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def _csv_steps(run_dir):
+    with open(f"{run_dir}/csv/metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_interrupted_run_resumes_at_the_right_step(tiny_text, tmp_path):
+    common = ["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "trainer.val_check_interval=5",
+              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1"]
+    first = run_in_process([*common, "trainer.max_steps=6"], tmp_path / "a")
+    # The same command (a longer budget does not change the run key) picks up last.ckpt.
+    second = run_in_process([*common, "trainer.max_steps=12", f"paths.checkpoint_root={tmp_path}/a/checkpoints"], tmp_path / "b")
+    assert first["ckpt_dir"] == second["ckpt_dir"]
+    assert second["resumed_from_step"] == 6
+    assert second["metrics"]["global_step"] == 12
+    steps = _csv_steps(second["run_dir"])
+    assert min(steps) >= 6 and max(steps) >= 11  # it trained steps 7..12 only
+    fresh = run_in_process([*common, "trainer.max_steps=3", "fresh=true", f"paths.checkpoint_root={tmp_path}/a/checkpoints"], tmp_path / "c")
+    assert fresh["resumed_from_step"] is None and fresh["metrics"]["global_step"] == 3
+
+
+def test_changed_model_in_same_folder_is_refused(tiny_text, tmp_path):
+    common = ["data=text", f"data.path={tiny_text}", *QUIET, "trainer.max_steps=2", "trainer.limit_val_batches=1",
+              "trainer.limit_test_batches=1", f"ckpt_dir={tmp_path}/ck"]
+    run_in_process([*common, *TINY_MODEL], tmp_path)
+    with pytest.raises(CheckpointError, match="trained with another model config"):
+        run_in_process([*common, *TINY_MODEL, "model.depth=2"], tmp_path)
+
+
+def test_model_data_kind_mismatch_stops_before_work():
+    from memexp.experiment import RunNames, check_pairing
+
+    class Classifier:
+        task_kind = "classification"
+
+    class Text:
+        task_kind = "causal_lm"
+
+    with pytest.raises(ConfigError, match=r"model=bigru is a classification model and needs labelled documents.*data=shakespeare provides token sequences"):
+        check_pairing(Classifier, Text, RunNames(model="bigru", data="shakespeare"))
+
+
+def test_carry_state_needs_a_stateful_model(tiny_text, tmp_path):
+    with pytest.raises(ConfigError, match="task.carry_state=true needs a model that carries state"):
+        run_in_process(["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "data.windows=stream", "task.carry_state=true"], tmp_path)
