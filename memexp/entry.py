@@ -28,8 +28,18 @@ def one_line_errors(fn: Callable) -> Callable:
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name`."""
     import memexp.configs  # noqa: F401  (fills the store)
-    from memexp.configs.apps import hydra_settings
+    from memexp.configs.apps import config_dir, hydra_settings
 
     hydra_settings(folder)
     store.add_to_hydra_store(overwrite_ok=True)
-    zen(one_line_errors(task_function)).hydra_main(config_name=config_name, config_path=None, version_base="1.3")
+    app = zen(one_line_errors(task_function))
+    app.hydra_main(config_name=config_name, config_path=config_dir(), version_base="1.3")
+
+
+def chosen_model() -> str | None:
+    """The `model=NAME` given on the command line of evaluate/generate, if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("model")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 
-from memexp.entry import launch
+from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 from memexp.experiment import load_checkpoint
 
@@ -53,7 +53,7 @@ def evaluate_checkpoint(
 
 
 def evaluate(ckpt, model, splits, data_path, batch_size, out, accelerator, paths) -> dict:
-    result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, model, data_path, batch_size, out, accelerator)
+    result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)
     for k, v in result["metrics"].items():
         print(f"{k:12s} {v:.4f}")
     print(f"written to {result['out']}")

@@ -5,7 +5,7 @@ Prints the prompt followed by the generated continuation.
 
 from __future__ import annotations
 
-from memexp.entry import launch
+from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 from memexp.experiment import load_checkpoint
 
@@ -23,7 +23,7 @@ def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature
 
 
 def generate(ckpt, model, prompt, max_new_tokens, temperature, top_k, top_p, seed, paths) -> str:
-    text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, model)
+    text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, chosen_model())
     print(text)
     return text
 

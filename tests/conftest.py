@@ -35,19 +35,32 @@ def tiny_text(data_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_jsonl(tiny_text, tmp_path_factory) -> Path:
+    """The tiny text as JSONL records, one paragraph each."""
+    import json
+
+    path = tmp_path_factory.mktemp("jsonl") / "docs.jsonl"
+    paragraphs = [p for p in tiny_text.read_text().split("\n\n") if p.strip()]
+    path.write_text("\n".join(json.dumps({"text": p}) for p in paragraphs))
+    return path
+
+
 TINY_MODEL = ["model.dim=32", "model.depth=1", "model.heads=2", "model.max_len=32", "data.seq_len=32", "data.batch_size=8"]
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0"]
 
 
 def compose_run(overrides: list[str], output_dir: Path):
     """Compose the memexp.run config as the command line would."""
-    from hydra import compose, initialize
+    from hydra import compose, initialize_config_dir
     from hydra_zen import store
 
     import memexp.configs  # noqa: F401
+    from memexp.configs.apps import config_dir, hydra_settings
 
+    hydra_settings("runs")
     store.add_to_hydra_store(overwrite_ok=True)
-    with initialize(version_base="1.3", config_path=None):
+    with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
         return compose("memexp_run", overrides=[f"paths.output_dir={output_dir}", *overrides])
 
 

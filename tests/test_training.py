@@ -1,7 +1,6 @@
 """memexp.run in-process: loss falls for each model/data pair, resume continues at the right step."""
 
 import csv
-import json
 import math
 
 import pytest
@@ -17,14 +16,6 @@ PAIRS = {
     "transformer-text-byte": ["model=transformer", "data=text", "data.tokenizer=byte"],
     "transformer-jsonl": ["model=transformer", "data=jsonl", "data.tokenizer=char"],
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_jsonl(tiny_text, tmp_path_factory):
-    path = tmp_path_factory.mktemp("jsonl") / "docs.jsonl"
-    paragraphs = [p for p in tiny_text.read_text().split("\n\n") if p.strip()]
-    path.write_text("\n".join(json.dumps({"text": p}) for p in paragraphs))
-    return path
 
 
 @pytest.mark.parametrize("pair", sorted(PAIRS))

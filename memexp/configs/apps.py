@@ -40,8 +40,10 @@ RunConfig = make_config(
     zen_dataclass={"cls_name": "RunConfig"},
 )
 
+# `model=NAME` on an evaluate/generate command line picks the model group, as in memexp.run;
+# the checkpoint must hold that model (the choice is read back from Hydra's runtime choices).
 EvaluateConfig = make_config(
-    hydra_defaults=["_self_", {"paths": "default"}],
+    hydra_defaults=["_self_", {"paths": "default"}, {"optional model": None}],
     paths=None,
     ckpt=MISSING,
     model=None,
@@ -54,7 +56,7 @@ EvaluateConfig = make_config(
 )
 
 GenerateConfig = make_config(
-    hydra_defaults=["_self_", {"paths": "default"}],
+    hydra_defaults=["_self_", {"paths": "default"}, {"optional model": None}],
     paths=None,
     ckpt=MISSING,
     model=None,
@@ -68,15 +70,16 @@ GenerateConfig = make_config(
 )
 
 
+def config_dir() -> str | None:
+    """The YAML preset folder Hydra reads as its primary config path: the repository's conf/."""
+    return str(REPO_CONF) if REPO_CONF.is_dir() else None
+
+
 def _hydra_conf(folder: str) -> HydraConf:
-    searchpath = [f"file://{REPO_CONF}"] if REPO_CONF.is_dir() else []
-    if Path("conf").resolve() != REPO_CONF and Path("conf").is_dir():
-        searchpath.append(f"file://{Path('conf').resolve()}")
     return HydraConf(
         job=JobConf(name="memexp", chdir=False),
         run=RunDir(dir=f"outputs/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
         sweep=SweepDir(dir="outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),
-        searchpath=searchpath,
     )
 
 

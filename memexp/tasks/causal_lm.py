@@ -153,7 +153,7 @@ class CausalLMTask(L.LightningModule):
         fed = len(context)
         out = []
         for _ in range(max_new_tokens):
-            nxt = int(sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator))
+            nxt = int(sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator=generator))
             out.append(nxt)
             tokens.append(nxt)
             if max_len and fed >= max_len:

@@ -1,0 +1,92 @@
+"""The entry points as a user types them (subprocesses)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUIET, TINY_MODEL, run_cli
+
+RUN = ["debug=fast", *TINY_MODEL, *QUIET, "trainer.max_steps=8", "trainer.val_check_interval=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_text, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    proc = run_cli("memexp.run", "data=text", f"data.path={tiny_text}", f"paths.output_dir={out}", *RUN,
+                   "sample_tokens=20", "sample_prompt=ROMEO:")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = list(Path(out, "checkpoints").rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    return proc, ckpts[0]
+
+
+def test_run_prints_metrics_and_sample_and_writes_files(trained):
+    proc, ckpt = trained
+    assert "test/loss" in proc.stdout and "ROMEO:" in proc.stdout
+    run_dir = Path(proc.stdout.split("run folder: ")[1].split(" (")[0].strip())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["metrics"]["global_step"] == 8
+    assert (run_dir / "csv" / "metrics.csv").exists()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 8 and saved["memexp"]["tokenizer"]["name"] == "char"
+
+
+def test_evaluate_writes_json(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "eval.json"
+    proc = run_cli("memexp.evaluate", f"ckpt={ckpt}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["global_step"] == 8
+    assert set(result["metrics"]) >= {"val/loss", "val/ppl", "val/bpc", "test/loss", "test/acc", "test/top5", "test/top10"}
+    assert 1.0 < result["metrics"]["test/loss"] < 5.0
+
+
+def test_generate_continues_the_prompt(trained):
+    _, ckpt = trained
+    proc = run_cli("memexp.generate", f"ckpt={ckpt}", "prompt=KING:", "max_new_tokens=50", "seed=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout.rstrip("\n")
+    assert text.startswith("KING:") and len(text) == len("KING:") + 50
+    again = run_cli("memexp.generate", f"ckpt={ckpt}", "prompt=KING:", "max_new_tokens=50", "seed=1")
+    assert again.stdout == proc.stdout
+
+
+def test_checkpoint_of_another_model_is_refused(trained):
+    from memexp.errors import CheckpointError
+    from memexp.experiment import load_checkpoint
+
+    _, ckpt = trained
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} holds a model=transformer model, not model=hope"):
+        load_checkpoint(ckpt, expect_model="hope")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["memexp.evaluate", "ckpt=/no/such/last.ckpt"], "checkpoint /no/such/last.ckpt does not exist"),
+        (["memexp.run", "data=text", "data.path=/no/such/file.txt", *RUN], "data file /no/such/file.txt does not exist"),
+        (["memexp.run", *RUN, "model.dim=30", "model.heads=4"], "model.dim=30 must be divisible by model.heads=4"),
+        (["memexp.run", *RUN, "model.max_len=16", "data.seq_len=32"], "data.seq_len=32 is longer than model.max_len=16"),
+        (["memexp.run", *RUN, "model.dimm=3"], "Key 'dimm' not in"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(args, message, tmp_path):
+    proc = run_cli(*args[:1], *args[1:], f"paths.output_dir={tmp_path}" if args[0] == "memexp.run" else "paths.data_dir=data")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    if "model.dimm=3" not in args:
+        assert "Traceback" not in proc.stderr
+
+
+def test_non_utf8_and_foreign_checkpoints(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"abc\ndef caf\xe9\n" * 10)
+    proc = run_cli("memexp.run", "data=text", f"data.path={latin}", f"paths.output_dir={tmp_path}", *RUN)
+    assert proc.returncode == 2 and f"data file {latin} is not valid UTF-8: byte 11 (line 2)" in proc.stderr
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    proc = run_cli("memexp.evaluate", f"ckpt={foreign}")
+    assert proc.returncode == 2 and "is not a memexp checkpoint" in proc.stderr

@@ -1,0 +1,108 @@
+"""Every stored config instantiates; every experiment preset composes into a task that builds."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra_zen import instantiate, store
+
+import memexp.configs  # noqa: F401
+from conftest import REPO, compose_run
+from memexp.experiment import build_task
+from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
+
+
+def entries(group):
+    return sorted(name for (g, name) in store[group] if g == group)
+
+
+def node(group, name):
+    return store[group, name]
+
+
+def test_groups_hold_what_the_design_lists():
+    for group in ["model", "data", "optim", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]:
+        assert entries(group), group
+    assert {"cpu", "gpu", "ddp", "cluster", "default"} <= set(entries("trainer"))
+    assert {"csv", "wandb", "tensorboard", "many"} <= set(entries("logger"))
+    assert {"fast", "overfit", "limit"} <= set(entries("debug"))
+
+
+@pytest.mark.parametrize("name", entries("model"))
+def test_model_configs_instantiate(name):
+    net = instantiate(node("model", name))(vocab_size=32)
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", entries("data"))
+def test_data_configs_instantiate(name, tiny_text, tiny_jsonl, data_dir):
+    path = {"shakespeare": "null", "jsonl": tiny_jsonl}.get(name, tiny_text)
+    cfg = compose_run([f"data={name}", f"data.path={path}"], Path("/tmp"))
+    dm = instantiate(cfg.data)(data_dir=str(data_dir))
+    assert isinstance(dm, L.LightningDataModule) and dm.spec.vocab_size > 0
+
+
+@pytest.mark.parametrize("name", entries("optim"))
+def test_optim_configs_build(name):
+    settings = instantiate(node("optim", name))
+    assert isinstance(settings, OptimizerSettings)
+    net = torch.nn.Linear(3, 3)
+    opt = build_optimizer(net, settings)
+    sched = build_schedule(opt, settings, total_steps=1000)
+    lrs = []
+    for _ in range(1000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(settings.lr, rel=1e-2)
+    if settings.schedule == "cosine":
+        assert lrs[-1] == pytest.approx(settings.min_lr, rel=0.05)
+
+
+@pytest.mark.parametrize("name", entries("trainer"))
+def test_trainer_configs_instantiate(name, tmp_path):
+    partial = instantiate(node("trainer", name))
+    if partial.keywords.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        assert partial.keywords["precision"] == "bf16-mixed"
+        return
+    trainer = partial(default_root_dir=str(tmp_path), logger=False, devices=1)
+    assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize("name", entries("logger"))
+def test_logger_configs_instantiate(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers = {k: v(save_dir=str(tmp_path)) for k, v in instantiate(node("logger", name)).items()}
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers.values())
+
+
+@pytest.mark.parametrize("name", entries("callbacks"))
+def test_callback_configs_instantiate(name, tmp_path):
+    for cb in instantiate(node("callbacks", name)).values():
+        cb = cb(dirpath=str(tmp_path)) if not isinstance(cb, L.Callback) else cb
+        assert isinstance(cb, L.Callback)
+
+
+def yaml_presets():
+    return sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(set(entries("experiment")) | set(yaml_presets())))
+@pytest.mark.parametrize("debug", [None, "fast"])
+def test_experiment_presets_compose_and_build(name, debug, data_dir, tmp_path):
+    overrides = [f"experiment={name}"] + ([f"debug={debug}"] if debug else [])
+    cfg = compose_run(overrides, tmp_path)
+    assert cfg.experiment_name == name
+    if debug == "fast":
+        assert cfg.trainer.max_steps == 20
+    dm = instantiate(cfg.data)(data_dir=str(data_dir))
+    task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim), cfg.task.carry_state)
+    batch = next(iter(dm.train_dataloader()))
+    assert task.training_step(batch, 0).isfinite()
+
+
+def test_yaml_presets_are_on_the_search_path():
+    assert "quick_byte" in yaml_presets()
+    cfg = compose_run(["experiment=quick_byte"], Path("/tmp"))
+    assert cfg.data.tokenizer == "byte"
