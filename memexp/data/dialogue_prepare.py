@@ -550,15 +550,20 @@ class ChunkWriter:
         return record
 
 
-def read_chunk(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load one chunk with weights_only=True and check its structure (DataError names the chunk)."""
+def read_chunk(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load one chunk with weights_only=True and check its structure (DataError names the chunk).
+
+    With `sha256` (from the manifest) the file must also match that checksum.
+    """
     import pickle
 
     path = Path(path)
     try:
-        chunk = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"chunk {path} is missing; the folder is incomplete, run the preparation again") from None
+    try:
+        chunk = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise DataError(
             f"chunk {path} carries pickled Python objects, which weights_only loading refuses "
@@ -566,6 +571,8 @@ def read_chunk(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as e:  # zip errors, truncated files, bad headers
         raise DataError(f"chunk {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); run the preparation again") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"chunk {path} does not match the sha256 in manifest.json (changed after preparation?); run the preparation again")
     expected = {"tokens": torch.int32, "utt_offsets": torch.int64, "dial_offsets": torch.int64}
     if not isinstance(chunk, dict) or set(chunk) != set(expected):
         raise DataError(f"chunk {path}: expected a dict with keys {sorted(expected)}, got {type(chunk).__name__} {sorted(chunk) if isinstance(chunk, dict) else ''}")
