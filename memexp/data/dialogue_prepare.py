@@ -267,7 +267,7 @@ class _JSONCursor:
             return value
 
 
-def read_json(path: str | Path) -> Iterator[Record]:
+def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
     """LCCC as published: `[dialogue, ...]` or `{"train": [...], "valid": [...], "test": [...]}`.
 
     Streams element by element. A syntax error cannot be skipped (the parser cannot tell
@@ -275,7 +275,7 @@ def read_json(path: str | Path) -> Iterator[Record]:
     a dialogue is a bad record like a bad JSONL line.
     """
     with open_text(path) as f:
-        cur = _JSONCursor(f, path)
+        cur = _JSONCursor(f, path, block=block)
         first = cur.peek()
         if first == "[":
             yield from _read_json_array(cur, None)
@@ -319,6 +319,7 @@ def _read_json_array(cur: _JSONCursor, split: str | None) -> Iterator[Record]:
         if not first:
             cur.expect(",", "',' or ']' between dialogues")
         first = False
+        cur.peek()  # to the value's first character, so its line is reported
         line = cur.line()
         utts, problem = _as_utterances(cur.value())
         yield Record(split, line, utts, problem)
