@@ -174,6 +174,10 @@ class DialogueStream(IterableDataset):
     def _chunk_samples(self, chunk_id: int, keep) -> Iterator[dict]:
         path, sha, _, first_index = self.chunks[chunk_id]
         chunk = read_chunk(path, sha256=sha if self.verify_checksums else None)
+        return self.samples_from_chunk(chunk, first_index, keep)
+
+    def samples_from_chunk(self, chunk: dict[str, torch.Tensor], first_index: int = 0, keep=None) -> Iterator[dict]:
+        """The (context, reply) samples of one loaded chunk whose first pair has index first_index."""
         tokens, uo, do = chunk["tokens"].long(), chunk["utt_offsets"], chunk["dial_offsets"]
         n_utt = len(uo) - 1
         # Lay the chunk out with EOS after every utterance, so that any run of consecutive
