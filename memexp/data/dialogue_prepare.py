@@ -659,7 +659,7 @@ class _Progress:
         self.bar = None
         if enabled:
             try:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TextColumn
+                from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             except ImportError:
                 return
             self.bar = Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TextColumn("dialogues"), TimeElapsedColumn(), transient=True)
