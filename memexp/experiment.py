@@ -25,7 +25,6 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from memexp.data.spec import KIND_DESCRIPTIONS, DataSpec
-from memexp.data.tokenizers import tokenizer_from_state
 from memexp.errors import CheckpointError, ConfigError
 from memexp.tasks import TASKS
 from memexp.tasks.optim import OptimizerSettings
@@ -260,7 +259,7 @@ def load_checkpoint(
     if data_dir is not None:
         data_cfg["data_dir"] = data_dir
     datamodule = instantiate(data_cfg)()
-    datamodule.set_tokenizer(tokenizer_from_state(meta["tokenizer"]))
+    datamodule.restore_tokenizer(meta["tokenizer"])
     optim = instantiate(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
     model_factory = instantiate(cfg["model"])
     task = build_task(model_factory, datamodule.spec, optim, carry_state=False)

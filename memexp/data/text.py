@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
 from memexp.data.spec import DataSpec
-from memexp.data.tokenizers import build_tokenizer
+from memexp.data.tokenizers import build_tokenizer, tokenizer_from_state
 from memexp.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
@@ -213,8 +213,12 @@ class TextDataModule(L.LightningDataModule):
 
     # -- splits and tokenizer -----------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
-        """Use this tokenizer (e.g. the one saved with a checkpoint) instead of fitting one."""
+        """Use this tokenizer instead of fitting one."""
         self.tokenizer = tokenizer
+
+    def restore_tokenizer(self, state: dict) -> None:
+        """Use the tokenizer saved with a checkpoint (its `state_dict()`)."""
+        self.set_tokenizer(tokenizer_from_state(state))
 
     def setup(self, stage: str | None = None) -> None:
         if self._split_tokens:
