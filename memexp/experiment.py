@@ -187,10 +187,9 @@ def train_and_test(
         trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
         if trainer_obj.interrupted:
             raise KeyboardInterrupt
-        if trainer_obj.is_global_zero:
-            trainer_obj.save_checkpoint(last)  # the final state, whatever the checkpoint cadence was
+        trainer_obj.save_checkpoint(last)  # the final state whatever the cadence; collective (rank 0 writes)
         fit_metrics = _plain(trainer_obj.callback_metrics)
-        trainer_obj.test(task, datamodule=datamodule, verbose=False)
+        trainer_obj.test(task, datamodule=datamodule, verbose=False, weights_only=True)
         metrics = fit_metrics | _plain(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
     finally:

@@ -75,10 +75,11 @@ def _report(result: dict) -> None:
     for k, v in result["metrics"].items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
+    # Paths are printed whole (no wrapping), so they can be copied or parsed.
     if result["resumed_from_step"] is not None:
-        console.print(f"resumed from step {result['resumed_from_step']}")
-    console.print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
-    console.print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)")
+        print(f"resumed from step {result['resumed_from_step']}")
+    print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
+    print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)", flush=True)
     if result["sample"] is not None:
         console.rule("sample")
         console.print(result["sample"], markup=False, highlight=False)

@@ -25,7 +25,7 @@ def trained(tiny_text, tmp_path_factory):
 def test_run_prints_metrics_and_sample_and_writes_files(trained):
     proc, ckpt = trained
     assert "test/loss" in proc.stdout and "ROMEO:" in proc.stdout
-    run_dir = Path(proc.stdout.split("run folder: ")[1].split(" (")[0].strip())
+    run_dir = Path(proc.stdout.split("run folder: ")[1].split(" (metrics.json")[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metrics"]["global_step"] == 8
     assert (run_dir / "csv" / "metrics.csv").exists()
@@ -90,3 +90,28 @@ def test_non_utf8_and_foreign_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, foreign)
     proc = run_cli("memexp.evaluate", f"ckpt={foreign}")
     assert proc.returncode == 2 and "is not a memexp checkpoint" in proc.stderr
+
+
+def test_all_loggers_write_offline(tiny_text, tmp_path):
+    """logger=many: CSV, an offline W&B run (no login here) that is finished, and TensorBoard events."""
+    args = [a for a in RUN if not a.startswith("logger=")]
+    proc = run_cli("memexp.run", "data=text", f"data.path={tiny_text}", f"paths.output_dir={tmp_path}", *args,
+                   "logger=many", "trainer.max_steps=4", "trainer.log_every_n_steps=1", env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = tmp_path.glob("runs/*/*")
+    (wandb_run,) = run_dir.glob("wandb/offline-run-*")
+    assert list(wandb_run.glob("*.wandb"))
+    assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
+    assert "train/loss" in (run_dir / "csv" / "metrics.csv").read_text()
+
+
+def test_wandb_is_offline_without_login(tmp_path, monkeypatch):
+    from memexp.loggers import wandb_logged_in, wandb_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not wandb_logged_in()
+    assert wandb_logger(save_dir=str(tmp_path))._wandb_init["mode"] == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert wandb_logged_in()

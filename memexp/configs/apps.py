@@ -78,8 +78,8 @@ def config_dir() -> str | None:
 def _hydra_conf(folder: str) -> HydraConf:
     return HydraConf(
         job=JobConf(name="memexp", chdir=False),
-        run=RunDir(dir=f"outputs/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
-        sweep=SweepDir(dir="outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),
+        run=RunDir(dir=f"${{paths.output_dir}}/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
+        sweep=SweepDir(dir="${paths.output_dir}/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),
     )
 
 
