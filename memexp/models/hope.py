@@ -1,9 +1,10 @@
 """HOPE (Nested Learning): a transformer whose blocks keep learning at test time.
 
 Shape legend: B batch, T tokens in this call, L segment length (`seq_len`),
-n tokens of one chunk (`mem_write`), C model width (`dim`), Hm memory hidden width
-(`mem_hidden_mult * dim`), K slots (`memory_capacity`), k `top_k`, V vocabulary,
-H heads, S cached tokens of the current segment + new tokens, D head width.
+n tokens of one chunk (`mem_write`), C model width (`dim`), Hh = H attention heads (the memory has one per head),
+D = C / Hh memory head width, Hm = `mem_hidden_mult` * D memory hidden width,
+B' = B * Hh (one neural memory per sequence and head), K slots (`memory_capacity`),
+k `top_k`, V vocabulary, H attention heads, S cached + new tokens of the current segment.
 
 One HOPE block, pre-LayerNorm, every branch residual:
 
@@ -12,26 +13,27 @@ One HOPE block, pre-LayerNorm, every branch residual:
     x = x + CMS_l(LN x)    for l = 1..levels     MLPs whose parameters the outer optimiser
                                                  steps every C_l steps (`cms_frequencies`)
 
-Neural memory (Titans, arXiv 2501.00663). Per sequence, fast weights W = (W1 (Hm, C),
-W2 (C, Hm)) of M(x) = W2 silu(W1 x) / sqrt(Hm), initialised from learned parameters.
-Tokens are taken in chunks of `mem_write`; every token of a chunk reads the memory as it
-stood before the chunk (y_t = M(q_t)), then the chunk writes it:
+Neural memory (Titans, arXiv 2501.00663). Per sequence and head, fast weights
+W = (W1 (Hm, D), W2 (D, Hm)) of M(x) = W2 silu(W1 x) / sqrt(Hm), initialised from learned
+parameters. Tokens are taken in chunks of `mem_write`; every token of a chunk reads the
+memory as it stood before the chunk (y_t = M(q_t)), then the chunk writes it:
 
     G = (1/n) sum_t theta_t grad_W ||M(k_t) - v_t||^2      theta_t = surprise_scale * sigmoid(.)
     S <- eta S - G                                         eta   = mean_t sigmoid(.)  (momentum)
     W <- (1 - alpha) W + S                                 alpha = mean_t sigmoid(.)  (forgetting)
 
-with q, k L2-normalised projections of the token and theta, eta, alpha gates computed
-from it (their biases start at logit(0.5), logit(base_momentum), logit(base_decay)).
-The gradient is written out by hand (two bmm per weight), so a chunk costs a few batched
+with q, k L2-normalised (per head) projections of the token and the theta, eta, alpha
+gates computed from it (biases start at logit(0.5), logit(base_momentum), logit(base_decay)).
+The gradient is written out by hand (three bmm per chunk), so a chunk costs a few batched
 matmuls and the whole unrolled update stays differentiable for the outer optimiser.
 
 Slot memory (the source document's `memory_capacity / top_k / error_decay`): K key/value
-slots per sequence. A read takes the top_k most similar filled slots and mixes their
-values with a softmax. Surprise of a token is ||read(k_t) - v_t||^2 / C; its chunk mean is
-tracked as an EMA (`error_decay`, refreshed every `error_update` chunks). After each chunk
-the most surprising token is written, when its surprise is above that EMA (or a slot is
-still empty), into the least-used slot (usage is an EMA of read weight).
+slots per sequence, full width. A read takes the top_k most similar filled slots and mixes
+their values with a softmax. Surprise of a token is ||read(k_t) - v_t||^2 / C; its chunk
+mean is tracked as an EMA (`error_decay`, refreshed every `error_update` chunks). After each
+chunk the most surprising token is written, when its surprise is above that EMA (or a slot
+is still empty), into the least-used slot (usage: EMA of the read weight the chunk's keys
+put on each slot).
 
 Long inputs are cut into segments of `seq_len`: attention (and the learned positions)
 restart every segment, the memories carry on. The same state also serves generation one
@@ -52,7 +54,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import ConfigError
-from memexp.models.transformer import MLP, CausalSelfAttention
 
 State = dict  # {"layers": [per-layer dict of tensors]}; see HOPE.forward
 
@@ -130,41 +131,47 @@ class CMSGradientGate:
 # ----------------------------------------------------------------------------- neural memory
 
 
-def memory_mlp(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor):
-    """M(x) = W2 silu(W1 x) / sqrt(Hm). w1 (B, Hm, C), w2 (B, C, Hm), x (B, N, C).
+def memory_mlp(w: torch.Tensor, x: torch.Tensor):
+    """M(x) = silu(x W1^T) W2^T / sqrt(Hm) for fast weights w (B', 2, Hm, D) = [W1, W2^T], x (B', N, D).
 
-    Returns y (B, N, C) and the pre-activation h (B, N, Hm) for the hand-written gradient.
+    W1 and W2^T share one (Hm, D) layout so an update touches one tensor and one bmm
+    yields both gradients. Returns y (B', N, D), pre-activations h and sig = sigmoid(h)
+    (B', N, Hm), which the hand-written gradient reuses.
     """
-    h = torch.bmm(x, w1.transpose(1, 2))  # (B, N, Hm)
-    y = torch.bmm(F.silu(h), w2.transpose(1, 2)) * w2.shape[-1] ** -0.5  # (B, N, C)
-    return y, h
-
-
-def memory_mlp_grads(w1, w2, k, h, err, theta):
-    """Gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to (W1, W2).
-
-    k (B, n, C) keys, h (B, n, Hm) = k W1^T, err (B, n, C) = M(k) - v, theta (B, n).
-    Written by hand: dy = 2 theta err / n; dW2 = dy^T silu(h) s; dW1 = (dy W2 s * silu'(h))^T k
-    with s = 1/sqrt(Hm). Differentiable (second order flows to the outer optimiser).
-    """
-    n = k.shape[1]
-    scale = w2.shape[-1] ** -0.5
-    dy = err * (2.0 * scale / n) * theta.unsqueeze(-1)  # (B, n, C), scale folded in
+    h = torch.bmm(x, w[:, 0].transpose(1, 2))  # (B', N, Hm)
     sig = torch.sigmoid(h)
-    a = h * sig  # silu(h)                               (B, n, Hm)
-    dw2 = torch.bmm(dy.transpose(1, 2), a)  # (B, C, Hm)
-    dh = torch.bmm(dy, w2) * (sig * (1 + h * (1 - sig)))  # (B, n, Hm)
-    dw1 = torch.bmm(dh.transpose(1, 2), k)  # (B, Hm, C)
-    return dw1, dw2
+    y = torch.bmm(h * sig, w[:, 1]) * w.shape[2] ** -0.5  # (B', N, D)
+    return y, h, sig
+
+
+def memory_mlp_descent(w, k, h, sig, err, theta):
+    """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
+
+    w (B', 2, Hm, D), k (B', n, D) keys, h (B', n, Hm) = k W1^T, sig = sigmoid(h),
+    err (B', n, D) = M(k) - v, theta (B', n). With s = 1/sqrt(Hm), a = silu(h),
+    dy = 2 s theta err / n:
+        dW2^T = a^T dy,   dW1 = (dy W2 * silu'(h))^T k,   silu'(h) = sig (1 + h - a)
+    Written by hand and differentiable, so second-order terms reach the outer optimiser.
+    Returns (B', 2, Hm, D).
+    """
+    B, n, _ = k.shape
+    dy = err * (theta * (-2.0 * w.shape[2] ** -0.5 / n)).unsqueeze(-1)  # (B', n, D), sign folded in
+    a = h * sig  # (B', n, Hm)
+    dh = torch.bmm(dy, w[:, 1].transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
+    lhs = torch.stack([dh, a], 1).view(2 * B, n, -1).transpose(1, 2)  # (2B', Hm, n)
+    rhs = torch.stack([k, dy], 1).view(2 * B, n, -1)  # (2B', n, D)
+    return torch.bmm(lhs, rhs).view(B, 2, -1, k.shape[-1])  # (B', 2, Hm, D)
 
 
 class SlotMemory(nn.Module):
-    """Top-k key/value slots per sequence, written where surprise is high (no own parameters)."""
+    """Top-k key/value slots per sequence, written where surprise is high."""
 
     def __init__(self, capacity: int, top_k: int, error_decay: float, error_update: int, usage_decay: float):
         super().__init__()
         self.capacity, self.top_k = capacity, top_k
         self.error_decay, self.error_update, self.usage_decay = error_decay, error_update, usage_decay
+        # Keys and queries are unit vectors; a learned inverse temperature sharpens the top-k softmax.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def init_state(self, batch: int, dim: int, like: torch.Tensor) -> dict:
         z = like.new_zeros
@@ -177,38 +184,42 @@ class SlotMemory(nn.Module):
             "slot_chunks": torch.zeros((), dtype=torch.long, device=like.device),
         }
 
-    def read(self, st: dict, q: torch.Tensor):
-        """q (B, N, C) -> values (B, N, C) and dense read weights (B, N, K)."""
-        sim = torch.bmm(q, st["slot_keys"].transpose(1, 2)) * q.shape[-1] ** -0.5  # (B, N, K)
-        filled = st["slot_filled"].unsqueeze(1)  # (B, 1, K)
+    def read(self, keys, values, filled, q: torch.Tensor):
+        """q (B, N, C) unit queries, slots keys / values (B, K, C), filled (B, K)
+        -> read values (B, N, C) and dense read weights (B, N, K)."""
+        sim = torch.bmm(q, keys.transpose(1, 2)) * self.log_scale.exp()  # (B, N, K)
+        filled = filled.unsqueeze(1)  # (B, 1, K)
         sim = sim.masked_fill(filled == 0, torch.finfo(sim.dtype).min)
         top, idx = sim.topk(self.top_k, dim=-1)  # (B, N, k)
         w = torch.softmax(top, dim=-1) * filled.expand_as(sim).gather(-1, idx)  # empty slots weigh 0
         dense = torch.zeros_like(sim).scatter(-1, idx, w)  # (B, N, K)
-        return torch.bmm(dense, st["slot_values"]), dense
+        return torch.bmm(dense, values), dense
 
-    def write(self, st: dict, k, v, surprise, usage) -> dict:
-        """After a chunk: k, v (B, n, C), surprise (B, n) detached, usage (B, K) read mass."""
+    def write(self, st: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
+        """Absorb one closed chunk: k (unit), v (B, n, C)."""
         B = k.shape[0]
-        best_s, best_t = surprise.max(dim=1)  # (B,)
-        filled = st["slot_filled"]
-        usage_new = self.usage_decay * st["slot_usage"] + usage
-        # Empty slots first, then the least-used one.
-        victim = usage_new.masked_fill(filled == 0, -1.0).argmin(dim=1)  # (B,)
-        do_write = (best_s > st["slot_error"]) | (filled.min(dim=1).values == 0)  # (B,)
-        sel = F.one_hot(victim, self.capacity).bool() & do_write.unsqueeze(1)  # (B, K)
+        with torch.no_grad():  # surprise and usage only pick what to write and where
+            r, dense = self.read(st["slot_keys"], st["slot_values"], st["slot_filled"], k)
+            surprise = (r - v).pow(2).mean(-1)  # (B, n) prediction error of the read
+            best_s, best_t = surprise.max(dim=1)  # (B,)
+            filled = st["slot_filled"]
+            usage = self.usage_decay * st["slot_usage"] + dense.sum(1)  # (B, K)
+            # Empty slots first, then the least-used one.
+            victim = usage.masked_fill(filled == 0, -1.0).argmin(dim=1)  # (B,)
+            do_write = (best_s > st["slot_error"]) | (filled.min(dim=1).values == 0)  # (B,)
+            sel = F.one_hot(victim, self.capacity).bool() & do_write.unsqueeze(1)  # (B, K)
+            chunks = st["slot_chunks"] + 1
+            refresh = (chunks % self.error_update) == 0
+            err_ema = self.error_decay * st["slot_error"] + (1 - self.error_decay) * surprise.mean(dim=1)
+            # A fresh slot gets the current top usage so it is not evicted at once.
+            fresh_usage = usage.max(dim=1, keepdim=True).values.expand_as(usage)
         rows = torch.arange(B, device=k.device)
         k_best, v_best = k[rows, best_t].unsqueeze(1), v[rows, best_t].unsqueeze(1)  # (B, 1, C)
         sel3 = sel.unsqueeze(-1)
-        chunks = st["slot_chunks"] + 1
-        refresh = (chunks % self.error_update) == 0
-        err_ema = self.error_decay * st["slot_error"] + (1 - self.error_decay) * surprise.mean(dim=1)
-        # A fresh slot gets the current top usage so it is not evicted at once.
-        fresh_usage = usage_new.max(dim=1, keepdim=True).values.expand_as(usage_new)
         return {
-            "slot_keys": torch.where(sel3, k_best, st["slot_keys"]),
+            "slot_keys": torch.where(sel3, k_best, st["slot_keys"]),  # written tensors keep their graph
             "slot_values": torch.where(sel3, v_best, st["slot_values"]),
-            "slot_usage": torch.where(sel, fresh_usage, usage_new),
+            "slot_usage": torch.where(sel, fresh_usage, usage),
             "slot_filled": torch.where(sel, torch.ones_like(filled), filled),
             "slot_error": torch.where(refresh, err_ema, st["slot_error"]),
             "slot_chunks": chunks,
@@ -216,11 +227,17 @@ class SlotMemory(nn.Module):
 
 
 class HopeMemory(nn.Module):
-    """Titans neural memory + slot memory of one block; reads are added to the residual."""
+    """Titans neural memory (one MLP per attention head) + slot memory of one block.
+
+    It shares the attention's q, k, v (as Infini-attention and Titans MAG do): the memory
+    stores the segment's k -> v associations and answers the same queries, so attention
+    covers the segment and the memory what lies before it, at no extra projection cost.
+    """
 
     def __init__(
         self,
         dim: int,
+        heads: int,
         hidden_mult: int,
         base_momentum: float,
         base_decay: float,
@@ -229,108 +246,137 @@ class HopeMemory(nn.Module):
         error_decay: float,
         error_update: int,
         usage_decay: float,
-        bias: bool,
     ):
         super().__init__()
-        hidden = hidden_mult * dim
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.gates = nn.Linear(dim, 3)  # theta (lr), eta (momentum), alpha (forget)
-        # Learned initial fast weights: the outer optimiser trains them through the unrolled updates.
-        self.w1 = nn.Parameter(torch.randn(hidden, dim))  # W1 k ~ N(0, 1) for unit-norm k
-        self.w2 = nn.Parameter(torch.randn(dim, hidden) * 0.02)
+        self.heads, self.head_dim = heads, dim // heads
+        hidden = hidden_mult * self.head_dim
+        self.gates = nn.Linear(dim, 3 * heads)  # per head: theta (lr), eta (momentum), alpha (forget)
+        # Learned initial fast weights [W1, W2^T], shared by all (sequence, head) rows; the outer
+        # optimiser trains them through the unrolled updates. W1 k ~ N(0, 1) for unit-norm k;
+        # W2 starts small so early reads are quiet.
+        self.w = nn.Parameter(torch.stack([torch.randn(hidden, self.head_dim), torch.randn(hidden, self.head_dim) * 0.02]))
         self.slots = SlotMemory(memory_capacity, top_k, error_decay, error_update, usage_decay) if memory_capacity else None
-        self.proj = nn.Linear(2 * dim if self.slots else dim, dim, bias=bias)
+        # Per-channel read-out scales of the two memories (added to the attention heads' output).
+        self.neural_scale = nn.Parameter(torch.ones(dim))
+        self.slot_scale = nn.Parameter(torch.ones(dim)) if self.slots is not None else None
         self._gate_bias = (0.0, _logit(base_momentum), _logit(base_decay))
         self.reset_gates()
 
     def reset_gates(self) -> None:
         nn.init.zeros_(self.gates.weight)
         with torch.no_grad():
-            self.gates.bias.copy_(torch.tensor(self._gate_bias))
+            self.gates.bias.copy_(torch.tensor(self._gate_bias).repeat(self.heads))
 
     def init_state(self, batch: int, like: torch.Tensor) -> dict:
-        C = self.w2.shape[0]
+        C = self.heads * self.head_dim
         st = {
-            "w1": self.w1.unsqueeze(0).expand(batch, -1, -1),  # (B, Hm, C)
-            "w2": self.w2.unsqueeze(0).expand(batch, -1, -1),  # (B, C, Hm)
-            "m1": like.new_zeros(batch, *self.w1.shape),  # momentum S
-            "m2": like.new_zeros(batch, *self.w2.shape),
-            "pending": like.new_zeros(batch, 0, C),  # inputs of the unfinished chunk (B, P, C)
+            # (B', 2, Hm, D) fast weights [W1, W2^T], one memory per (sequence, head)
+            "w": self.w.unsqueeze(0).expand(batch * self.heads, -1, -1, -1),
+            "m": like.new_zeros(batch * self.heads, *self.w.shape),  # momentum S, same layout
+            # k (unit per head), v and gates of the unfinished chunk's tokens (B, P, 2C + 3Hh)
+            "pending": like.new_zeros(batch, 0, 2 * C + 3 * self.heads),
         }
         if self.slots is not None:
             st.update(self.slots.init_state(batch, C, like))
         return st
 
-    def project(self, u: torch.Tensor):
-        """u (B, N, C) -> q, k, v (B, N, C) and gates (B, N, 3) in (0, 1)."""
-        q, k, v = self.qkv(u).chunk(3, dim=-1)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.gates(u))
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, Hh * X) -> (B', N, X)"""
+        B, N, _ = x.shape
+        return x.view(B, N, self.heads, -1).transpose(1, 2).reshape(B * self.heads, N, -1)
 
-    def write(self, st: dict, k, v, gates, h, y_k, surprise_scale: float) -> dict:
-        """Absorb one chunk: k, v (B, n, C), gates (B, n, 3), h / y_k the MLP on k under the old W."""
-        theta = surprise_scale * gates[..., 0]  # (B, n)
-        eta = gates[..., 1].mean(dim=1).view(-1, 1, 1)  # (B, 1, 1)
-        alpha = gates[..., 2].mean(dim=1).view(-1, 1, 1)
-        g1, g2 = memory_mlp_grads(st["w1"], st["w2"], k, h, y_k - v, theta)
-        m1 = eta * st["m1"] - g1
-        m2 = eta * st["m2"] - g2
-        return {**st, "m1": m1, "m2": m2, "w1": (1 - alpha) * st["w1"] + m1, "w2": (1 - alpha) * st["w2"] + m2}
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B', N, D) -> (B, N, Hh * D)"""
+        _, N, D = x.shape
+        return x.view(-1, self.heads, N, D).transpose(1, 2).reshape(-1, N, self.heads * D)
 
-    def forward(self, u: torch.Tensor, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
-        """u (B, T, C) normalised block input of new tokens -> memory read (B, T, C), new state.
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C): L2-normalise every head's slice."""
+        B, N, C = x.shape
+        return F.normalize(x.view(B, N, self.heads, -1), dim=-1).view(B, N, C)
+
+    def write(self, st: dict, k, v, theta, gates) -> dict:
+        """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
+        y, h, sig = memory_mlp(st["w"], k)
+        eta = gates[..., 1].mean(dim=1).view(-1, 1, 1, 1)  # (B', 1, 1, 1)
+        keep = 1 - gates[..., 2].mean(dim=1).view(-1, 1, 1, 1)  # 1 - alpha
+        m = torch.addcmul(memory_mlp_descent(st["w"], k, h, sig, y - v, theta), eta, st["m"])  # S = eta S - G
+        return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
+
+    def forward(self, u, q, k, v, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
+        """New tokens' block input u and attention q, k, v, all (B, T, C) -> memory read (B, T, C), new state.
 
         `chunk` is the chunk size; `seg_end` says the last of these tokens closes a segment,
-        which closes the last chunk too even when it is short.
+        which closes the last chunk too even when it is short. Writes run chunk after chunk;
+        the reads, which only need each chunk's starting state, then run in one batch.
         """
-        B, T, C = u.shape
-        q_new, k_new, v_new, g_new = self.project(u)
-        pend = st["pending"]
-        P = pend.shape[1]
-        if P:
-            _, k_old, v_old, g_old = self.project(pend)
-        reads, start = [], 0
+        B, T, C = q.shape
+        Hh = self.heads
+        q, k = self.unit(q), self.unit(k)
+        g = torch.sigmoid(self.gates(u))  # (B, T, 3 Hh)
+        # Pieces of these tokens that share one memory state: [start, end) and whether the chunk closes.
+        pieces, start, P = [], 0, st["pending"].shape[1]
         while start < T:
-            take = min(max(chunk - P, 1), T - start)
-            end = start + take
-            closes = P + take >= chunk or (seg_end and end == T)
-            q = q_new[:, start:end]
-            if P:
-                k = torch.cat([k_old, k_new[:, start:end]], 1)
-                v = torch.cat([v_old, v_new[:, start:end]], 1)
-                g = torch.cat([g_old, g_new[:, start:end]], 1)
-            else:
-                k, v, g = k_new[:, start:end], v_new[:, start:end], g_new[:, start:end]
-            n_q = q.shape[1]
-            if closes:
-                # One pass of the MLP for the reads (q) and the write's keys (k), both under the old W.
-                y, h = memory_mlp(st["w1"], st["w2"], torch.cat([q, k], 1))
-                y_q, y_k, h_k = y[:, :n_q], y[:, n_q:], h[:, n_q:]
-            else:
-                y_q, _ = memory_mlp(st["w1"], st["w2"], q)
-            out = [y_q]
+            end = start + min(max(chunk - P, 1), T - start)
+            pieces.append((start, end, P + end - start >= chunk or (seg_end and end == T)))
+            P, start = 0, end
+        # Writes, in head layout (B', ., .); the first chunk may start with earlier calls' tokens.
+        kh, vh, gh = self.split_heads(k), self.split_heads(v), self.split_heads(g)
+        theta = surprise_scale * gh[..., 0]  # (B', T)
+        pend = st["pending"]
+        if pend.shape[1]:
+            pk, pv, pg = (self.split_heads(t) for t in pend.split([C, C, 3 * Hh], -1))
+        # split (not slicing) so the backward is one cat, not a zero-filled (B', T, .) per chunk
+        sizes = [e - s for s, e, _ in pieces]
+        kh_c, vh_c, gh_c, th_c = (t.split(sizes, 1) for t in (kh, vh, gh, theta))
+        k_c, v_c = k.split(sizes, 1), v.split(sizes, 1)
+        read_states = []
+        for i, (start, end, closes) in enumerate(pieces):
+            read_states.append(st)
+            if not closes:  # only the last piece of a call stays open: keep its tokens for the write
+                kvg = torch.cat([k, v, g], -1)[:, start:end]  # (B, n, 2C + 3Hh)
+                st = {**st, "pending": torch.cat([pend, kvg], 1)}
+                continue
+            kc, vc, gc, tc = kh_c[i], vh_c[i], gh_c[i], th_c[i]
+            if i == 0 and pend.shape[1]:
+                kc, vc, gc = torch.cat([pk, kc], 1), torch.cat([pv, vc], 1), torch.cat([pg, gc], 1)
+                tc = torch.cat([surprise_scale * pg[..., 0], tc], 1)
+            new = self.write(st, kc, vc, tc, gc)
             if self.slots is not None:
-                if closes:
-                    r, dense = self.slots.read(st, torch.cat([q, k], 1))
-                    r_q, r_k = r[:, :n_q], r[:, n_q:]
-                    # How much the chunk's keys hit each slot (earlier calls' tokens included).
-                    usage = dense[:, n_q:].detach().sum(1)
-                else:
-                    r_q, _ = self.slots.read(st, q)
-                out.append(r_q)
-            reads.append(torch.cat(out, -1))
-            if closes:
-                new = self.write(st, k, v, g, h_k, y_k, surprise_scale)
-                if self.slots is not None:
-                    surprise = (r_k - v).detach().pow(2).mean(-1)  # (B, n)
-                    new.update(self.slots.write(st, k, v, surprise, usage))
-                st = {**new, "pending": u.new_zeros(B, 0, C)}
-                P = 0
-            else:
-                # Only the last piece of a call can stay open: keep its inputs; their k, v and
-                # gates are recomputed when the chunk closes in a later call.
-                st = {**st, "pending": torch.cat([st["pending"], u[:, start:end]], 1)}
-            start = end
-        return self.proj(torch.cat(reads, 1)), st
+                kc_full, vc_full = k_c[i], v_c[i]
+                if i == 0 and pend.shape[1]:
+                    kc_full, vc_full = torch.cat([pend[..., :C], kc_full], 1), torch.cat([pend[..., C:2 * C], vc_full], 1)
+                new.update(self.slots.write(st, kc_full * Hh**-0.5, vc_full))
+            st = {**new, "pending": pend[:, :0]}
+        return self.read(read_states, pieces, q), st
+
+    def read(self, states: list[dict], pieces, q: torch.Tensor) -> torch.Tensor:
+        """Every piece of q (B, T, C) reads the state it started from -> (B, T, C)."""
+        B, T, C = q.shape
+        n = pieces[0][1] - pieces[0][0]
+        qs = q * self.heads**-0.5  # full-width unit queries for the slots
+        if len(pieces) > 1 and all(e - s == n for s, e, _ in pieces):
+            # Equal pieces: fold the piece index into the batch and read everything at once.
+            N = len(pieces)
+            w = torch.stack([s["w"] for s in states], 1).flatten(0, 1)  # (B' N, 2, Hm, D)
+            qh = self.split_heads(q).reshape(B * self.heads * N, n, -1)  # (B' N, n, D)
+            y = self.merge_heads(memory_mlp(w, qh)[0].reshape(B * self.heads, T, -1))  # (B, T, C)
+            out = y * self.neural_scale
+            if self.slots is not None:
+                keys, values, filled = (torch.stack([s[f] for s in states], 1).flatten(0, 1)
+                                        for f in ("slot_keys", "slot_values", "slot_filled"))
+                r = self.slots.read(keys, values, filled, qs.reshape(B * N, n, C))[0]
+                out = out + r.reshape(B, T, C) * self.slot_scale
+            return out
+        outs = []
+        for st, (start, end, _) in zip(states, pieces):
+            y = self.merge_heads(memory_mlp(st["w"], self.split_heads(q[:, start:end]))[0])
+            out = y * self.neural_scale
+            if self.slots is not None:
+                r = self.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qs[:, start:end])[0]
+                out = out + r * self.slot_scale
+            outs.append(out)
+        return torch.cat(outs, 1)
 
 
 def _logit(p: float) -> float:
@@ -347,32 +393,50 @@ class CMSLevel(nn.Module):
         super().__init__()
         self.period = period
         self.ln = nn.LayerNorm(dim, bias=bias)
-        self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(self.ln(x)))))
+        return self.dropout(self.mlp(self.ln(x)))
 
 
 class HopeBlock(nn.Module):
+    """Causal attention over the segment, plus the memory's reads of what lies before it, then CMS."""
+
     def __init__(self, dim, heads, dropout, bias, memory: HopeMemory | None, cms_hidden, cms_frequencies):
         super().__init__()
+        self.heads = heads
         self.ln_attn = nn.LayerNorm(dim, bias=bias)
-        self.attn = CausalSelfAttention(dim, heads, dropout, bias)
-        self.ln_mem = nn.LayerNorm(dim, bias=bias) if memory is not None else None
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
         self.memory = memory
-        self.mem_dropout = nn.Dropout(dropout)
         self.cms = nn.ModuleList(CMSLevel(dim, cms_hidden, dropout, bias, f) for f in cms_frequencies)
 
+    def attend(self, q, k, v, st):
+        """q, k, v (B, T, C) -> (B, T, C) attention over the cached segment + these tokens, new cache."""
+        B, T, C = q.shape
+        q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        k = torch.cat([st["attn_k"], k], 2)  # (B, H, S, D)
+        v = torch.cat([st["attn_v"], v], 2)
+        S, p = k.shape[2], (self.dropout if self.training else 0.0)
+        if S == T:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:  # new tokens sit at the end of the cache: token i sees cache positions <= S - T + i
+            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        return y.transpose(1, 2).reshape(B, T, C), k, v
+
     def forward(self, x, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
-        a, (k, v) = self.attn(self.ln_attn(x), (st["attn_k"], st["attn_v"]))
-        x = x + a
-        new = {"attn_k": k[:, :, :0] if seg_end else k, "attn_v": v[:, :, :0] if seg_end else v}
+        u = self.ln_attn(x)  # (B, T, C)
+        q, k, v = self.qkv(u).chunk(3, dim=-1)  # each (B, T, C)
+        y, ck, cv = self.attend(q, k, v, st)
+        new = {"attn_k": ck[:, :, :0] if seg_end else ck, "attn_v": cv[:, :, :0] if seg_end else cv}
         if self.memory is not None:
-            m, mem_st = self.memory(self.ln_mem(x), st["memory"], chunk, seg_end, surprise_scale)
-            x = x + self.mem_dropout(m)
-            new["memory"] = mem_st
+            m, new["memory"] = self.memory(u, q, k, v, st["memory"], chunk, seg_end, surprise_scale)
+            y = y + m
+        x = x + self.resid_dropout(self.proj(y))
         for level in self.cms:
             x = x + level(x)
         return x, new
@@ -405,7 +469,7 @@ class HOPE(nn.Module):
         error_update: the surprise EMA is refreshed every `error_update` chunks.
         cms_frequencies: period C_l (in optimizer steps) of each CMS level, e.g. (1, 4, 16);
             see `cms_update_schedule` and `CMSGradientGate`.
-        mem_hidden_mult: neural memory MLP hidden width as a multiple of `dim`.
+        mem_hidden_mult: hidden width of each head's memory MLP as a multiple of its head width.
         memory_layers: indices of blocks that get a memory; None = all.
         cms_hidden_mult: hidden width multiple of every CMS level; None = ff_mult / levels.
         slot_usage_decay: EMA decay of slot usage (eviction picks the least used slot).
@@ -461,8 +525,8 @@ class HOPE(nn.Module):
         self.drop = nn.Dropout(dropout)
 
         def memory():
-            return HopeMemory(dim, mem_hidden_mult, base_momentum, base_decay, memory_capacity, top_k,
-                              error_decay, error_update, slot_usage_decay, bias)
+            return HopeMemory(dim, num_heads, mem_hidden_mult, base_momentum, base_decay, memory_capacity, top_k,
+                              error_decay, error_update, slot_usage_decay)
 
         self.blocks = nn.ModuleList(
             HopeBlock(dim, num_heads, dropout, bias, memory() if i in memory_layers else None, cms_hidden, cms_frequencies)
@@ -554,7 +618,7 @@ class HOPE(nn.Module):
         like = self.tok_emb.weight if like is None else like
         layers = []
         for b in self.blocks:
-            H = b.attn.heads
+            H = b.heads
             empty = like.new_zeros(batch, H, 0, self.tok_emb.embedding_dim // H)
             st = {"attn_k": empty, "attn_v": empty}
             if b.memory is not None:
@@ -566,7 +630,7 @@ class HOPE(nn.Module):
         """idx (B, T) -> logits (B, T, V) and the state after these tokens.
 
         state = {"layers": [ {"attn_k", "attn_v": (B, H, S, D) current segment's KV cache,
-                              "memory": {"w1" (B, Hm, C), "w2" (B, C, Hm), "m1", "m2" momenta,
+                              "memory": {"w" (B, 2, Hm, C) fast weights [W1, W2^T], "m" its momentum,
                                          "pending" (B, P, C) inputs of the unfinished chunk,
                                          "slot_keys"/"slot_values" (B, K, C), "slot_usage",
                                          "slot_filled" (B, K), "slot_error" (B,), "slot_chunks" ()}
