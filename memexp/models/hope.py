@@ -131,32 +131,33 @@ class CMSGradientGate:
 # ----------------------------------------------------------------------------- neural memory
 
 
-def memory_mlp(w: torch.Tensor, x: torch.Tensor):
+def memory_mlp(w: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None):
     """M(x) = silu(x W1^T) W2^T / sqrt(Hm) for fast weights w (B', 2, Hm, D) = [W1, W2^T], x (B', N, D).
 
     W1 and W2^T share one (Hm, D) layout so an update touches one tensor and one bmm
-    yields both gradients. Returns y (B', N, D), pre-activations h and sig = sigmoid(h)
-    (B', N, Hm), which the hand-written gradient reuses.
+    yields both gradients. Returns y (B', N, D), or y - target when a target is given,
+    plus h = x W1^T, sig = sigmoid(h) and a = silu(h) (B', N, Hm) for the gradient.
     """
     h = torch.bmm(x, w[:, 0].transpose(1, 2))  # (B', N, Hm)
     sig = torch.sigmoid(h)
-    y = torch.bmm(h * sig, w[:, 1]) * w.shape[2] ** -0.5  # (B', N, D)
-    return y, h, sig
+    a = h * sig
+    s = w.shape[2] ** -0.5
+    y = torch.bmm(a, w[:, 1]) * s if target is None else torch.baddbmm(target, a, w[:, 1], beta=-1.0, alpha=s)
+    return y, h, sig, a
 
 
-def memory_mlp_descent(w, k, h, sig, err, theta):
+def memory_mlp_descent(w, k, h, sig, a, err, coef):
     """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
 
-    w (B', 2, Hm, D), k (B', n, D) keys, h (B', n, Hm) = k W1^T, sig = sigmoid(h),
-    err (B', n, D) = M(k) - v, theta (B', n). With s = 1/sqrt(Hm), a = silu(h),
-    dy = 2 s theta err / n:
+    w (B', 2, Hm, D), k (B', n, D) keys, h, sig, a (B', n, Hm) from `memory_mlp(w, k)`,
+    err (B', n, D) = M(k) - v, coef (B', n) = -2 theta / (n sqrt(Hm)). With s = 1/sqrt(Hm)
+    and dy = 2 s theta err / n:
         dW2^T = a^T dy,   dW1 = (dy W2 * silu'(h))^T k,   silu'(h) = sig (1 + h - a)
     Written by hand and differentiable, so second-order terms reach the outer optimiser.
     Returns (B', 2, Hm, D).
     """
     B, n, _ = k.shape
-    dy = err * (theta * (-2.0 * w.shape[2] ** -0.5 / n)).unsqueeze(-1)  # (B', n, D), sign folded in
-    a = h * sig  # (B', n, Hm)
+    dy = err * coef.unsqueeze(-1)  # (B', n, D), descent sign folded in
     dh = torch.bmm(dy, w[:, 1].transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
     lhs = torch.stack([dh, a], 1).view(2 * B, n, -1).transpose(1, 2)  # (2B', Hm, n)
     rhs = torch.stack([k, dy], 1).view(2 * B, n, -1)  # (2B', n, D)
@@ -254,7 +255,8 @@ class HopeMemory(nn.Module):
         # Learned initial fast weights [W1, W2^T], shared by all (sequence, head) rows; the outer
         # optimiser trains them through the unrolled updates. W1 k ~ N(0, 1) for unit-norm k;
         # W2 starts small so early reads are quiet.
-        self.w = nn.Parameter(torch.stack([torch.randn(hidden, self.head_dim), torch.randn(hidden, self.head_dim) * 0.02]))
+        D = self.head_dim
+        self.w = nn.Parameter(torch.stack([torch.randn(hidden, D), torch.randn(hidden, D) * 0.02]))
         self.slots = SlotMemory(memory_capacity, top_k, error_decay, error_update, usage_decay) if memory_capacity else None
         # Per-channel read-out scales of the two memories (added to the attention heads' output).
         self.neural_scale = nn.Parameter(torch.ones(dim))
@@ -291,16 +293,18 @@ class HopeMemory(nn.Module):
         return x.view(-1, self.heads, N, D).transpose(1, 2).reshape(-1, N, self.heads * D)
 
     def unit(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C): L2-normalise every head's slice."""
+        """(B, N, C): L2-normalise every head's slice (rms_norm / sqrt(D): two ops, not four)."""
         B, N, C = x.shape
-        return F.normalize(x.view(B, N, self.heads, -1), dim=-1).view(B, N, C)
+        return (F.rms_norm(x.view(B, N, self.heads, -1), (self.head_dim,)) * self.head_dim**-0.5).view(B, N, C)
 
     def write(self, st: dict, k, v, theta, gates) -> dict:
         """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
-        y, h, sig = memory_mlp(st["w"], k)
+        n = k.shape[1]
+        err, h, sig, a = memory_mlp(st["w"], k, target=v)  # err = M(k) - v under the old W
+        coef = theta * (-2.0 / (n * math.sqrt(h.shape[-1])))
         eta = gates[..., 1].mean(dim=1).view(-1, 1, 1, 1)  # (B', 1, 1, 1)
         keep = 1 - gates[..., 2].mean(dim=1).view(-1, 1, 1, 1)  # 1 - alpha
-        m = torch.addcmul(memory_mlp_descent(st["w"], k, h, sig, y - v, theta), eta, st["m"])  # S = eta S - G
+        m = torch.addcmul(memory_mlp_descent(st["w"], k, h, sig, a, err, coef), eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
     def forward(self, u, q, k, v, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
@@ -498,10 +502,10 @@ class HOPE(nn.Module):
         surprise_scale: float = 1.0,
         base_momentum: float = 0.9,
         base_decay: float = 0.01,
-        mem_write: int = 16,
+        mem_write: int = 32,
         error_update: int = 1,
         cms_frequencies: Sequence[int] = (1, 4, 16),
-        mem_hidden_mult: int = 2,
+        mem_hidden_mult: int = 1,
         memory_layers: Sequence[int] | None = None,
         cms_hidden_mult: float | None = None,
         slot_usage_decay: float = 0.9,
