@@ -23,11 +23,16 @@ recurrent dropout, as in the reference.
 Why the code looks the way it does: the time loop is sequential, so its cost is the
 number of small ops per step, not FLOPs. Everything that does not depend on the
 previous step is hoisted out of the loop: the input projections of the whole sequence
-(main W_x x and the x-half of the hyper input) are one matmul; the 12 z-projections
-are one (N, 12Z) matmul; the 12 d-projections are one batched matmul over a (12, Z, H)
-block-diagonal stack; biases and the forget bias are folded into the LayerNorm shifts.
-A step is then about two dozen ops, and the per-step loop can run as a TorchScript
-function (no Python between ops) or a torch.compile'd step (fused kernels).
+(main W_x x and the x-half of the hyper input) are one matmul; the main recurrent matmul
+and the h-half of the hyper input are one (H, 4H + 4N) matmul; the 12 z-projections are
+one (N, 12Z) matmul; the 12 d-projections are one batched matmul over a (12, Z, H)
+stack; biases and the forget bias are folded into the LayerNorm shifts. The default
+step_impl ("fused_script") then runs the loop without autograd and differentiates it
+by hand (`_FusedScan`): the backward loop carries only the gradients through time and
+the weight gradients of all T steps are a few large matmuls. The loops run as
+TorchScript (deprecated, but the cheapest op dispatch on CPU; Python if unavailable).
+torch.compile of the per-step bodies was measured and gave no gain worth its ~50 s
+compile on CPU, so it is not offered. "python" is the plain autograd loop (reference).
 """
 
 from __future__ import annotations
@@ -123,26 +128,27 @@ def _scan(
     return torch.stack(outs), h, c, hh, hc
 
 
-_ln = torch.native_layer_norm  # -> (normalised, mean, rstd)
-_ln_backward = torch.ops.aten.native_layer_norm_backward
+def _fused_forward_step(xm_t: Tensor, xy_t: Tensor, mask_t: Tensor, has_mask: bool, ln: bool, h: Tensor,
+                        c: Tensor, hh: Tensor, hc: Tensor, w_h: Tensor, w_hyper_h: Tensor, w_z: Tensor,
+                        b_z: Tensor, w_d: Tensor, b_d: Tensor, gamma: Tensor, shift: Tensor, ln_c_w: Tensor,
+                        ln_c_b: Tensor, hyper_gamma: Tensor, hyper_shift: Tensor, hyper_ln_c_w: Tensor,
+                        hyper_ln_c_b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+    """One step of `_scan` without autograd: the new state and what the backward step needs.
 
-
-def _fused_forward_step(xm_t: Tensor, xy_t: Tensor, mask_t: Optional[Tensor], h: Tensor, c: Tensor, hh: Tensor,
-                        hc: Tensor, w_h: Tensor, w_hyper_h: Tensor, w_z: Tensor, b_z: Tensor, w_d: Tensor,
-                        b_d: Tensor, gamma: Optional[Tensor], shift: Tensor, ln_c_w: Optional[Tensor],
-                        ln_c_b: Optional[Tensor], hyper_gamma: Optional[Tensor], hyper_shift: Tensor,
-                        hyper_ln_c_w: Optional[Tensor], hyper_ln_c_b: Optional[Tensor]):
-    """One step of `_scan` without autograd: the new state and what the backward step needs."""
-    G = GATES
+    Without layer norm (ln=False) the LN arguments are ignored placeholders, and so are
+    the LN entries of the saved list; without recurrent dropout mask_t is a placeholder.
+    """
+    G = 4
+    eps = 1e-3
     B, H, N = h.shape[0], h.shape[1], hh.shape[1]
     P, Z = w_d.shape[0], w_d.shape[1]
-    ln = gamma is not None
+    none = h.new_empty(0)
     hp = torch.mm(h, w_h)  # (B, G*H + G*N)
     hm = hp[:, : G * H].view(B, G, H).transpose(0, 1)  # (G, B, H)
     ay = torch.addmm(xy_t + hp[:, G * H :], hh, w_hyper_h).view(B, G, N)
-    ny = my = ry = hcn = mhc = rhc = n = m = r = cn = mc = rc = None
+    ny, my, ry, hcn, mhc, rhc, n, m, r, cn, mc, rc = none, none, none, none, none, none, none, none, none, none, none, none
     if ln:
-        ny, my, ry = _ln(ay, (N,), None, None, LN_EPS)
+        ny, my, ry = torch.native_layer_norm(ay, [N], None, None, eps)
         gy = torch.addcmul(hyper_shift, ny, hyper_gamma)
     else:
         gy = ay + hyper_shift
@@ -150,7 +156,7 @@ def _fused_forward_step(xm_t: Tensor, xy_t: Tensor, mask_t: Optional[Tensor], h:
     ggy = torch.tanh(gy[:, 1])
     hc_new = torch.addcmul(hc * sy[:, 2], sy[:, 0], ggy)
     if ln:
-        hcn, mhc, rhc = _ln(hc_new, (N,), None, None, LN_EPS)
+        hcn, mhc, rhc = torch.native_layer_norm(hc_new, [N], None, None, eps)
         tcy = torch.tanh(torch.addcmul(hyper_ln_c_b, hcn, hyper_ln_c_w))
     else:
         tcy = torch.tanh(hc_new)
@@ -159,52 +165,57 @@ def _fused_forward_step(xm_t: Tensor, xy_t: Tensor, mask_t: Optional[Tensor], h:
     d = torch.baddbmm(b_d, zz, w_d)  # (P, B, H)
     a = torch.addcmul(torch.addcmul(d[2 * G :], d[:G], xm_t), d[G : 2 * G], hm)  # (G, B, H)
     if ln:
-        n, m, r = _ln(a, (H,), None, None, LN_EPS)
+        n, m, r = torch.native_layer_norm(a, [H], None, None, eps)
         g = torch.addcmul(shift, n, gamma)
     else:
         g = a + shift
     s = torch.sigmoid(g)
     gj = torch.tanh(g[1])
-    c_new = torch.addcmul(c * s[2], s[0], gj if mask_t is None else gj * mask_t)
+    gjm = gj * mask_t if has_mask else gj
+    c_new = torch.addcmul(c * s[2], s[0], gjm)
     if ln:
-        cn, mc, rc = _ln(c_new, (H,), None, None, LN_EPS)
+        cn, mc, rc = torch.native_layer_norm(c_new, [H], None, None, eps)
         tc = torch.tanh(torch.addcmul(ln_c_b, cn, ln_c_w))
     else:
         tc = torch.tanh(c_new)
     h_new = tc * s[3]
-    saved = (hm, ay, ny, my, ry, sy, ggy, hcn, mhc, rhc, tcy, zz, d, a, n, m, r, s, gj, cn, mc, rc, tc)
+    saved = [hm, ay, ny, my, ry, sy, ggy, hcn, mhc, rhc, tcy, zz, d, a, n, m, r, s, gj, cn, mc, rc, tc]
     return h_new, c_new, hh_new, hc_new, saved
 
 
-def _fused_backward_step(dh: Tensor, dc: Tensor, dhh: Tensor, dhc: Tensor, xm_t: Tensor, mask_t: Optional[Tensor],
-                         c: Tensor, hc: Tensor, c_new: Tensor, hc_new: Tensor, saved, w_h_t: Tensor,
-                         w_hyper_h_t: Tensor, w_z_t: Tensor, w_d_t: Tensor, gamma: Optional[Tensor],
-                         ln_c_w: Optional[Tensor], hyper_gamma: Optional[Tensor], hyper_ln_c_w: Optional[Tensor]):
+def _fused_backward_step(dh: Tensor, dc: Tensor, dhh: Tensor, dhc: Tensor, xm_t: Tensor, mask_t: Tensor,
+                         has_mask: bool, ln: bool, c: Tensor, hc: Tensor, c_new: Tensor, hc_new: Tensor,
+                         saved: list[Tensor], w_h_t: Tensor, w_hyper_h_t: Tensor, w_z_t: Tensor, w_d_t: Tensor,
+                         gamma: Tensor, ln_c_w: Tensor, hyper_gamma: Tensor,
+                         hyper_ln_c_w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
     """Gradients through one step, given those of its outputs (dh, dc, dhh, dhc).
 
-    Returns the gradients of the previous state, of the step's input term and of the
-    pre-activations whose products with the step's inputs make the weight gradients.
+    Returns the gradients of the previous state, and [dxm_t, dhp, dzz, dd, dg, dtc, dgy, dtcy]:
+    the gradient of the step's input term and of the pre-activations whose products with
+    the step's inputs make the weight gradients.
     """
-    G = GATES
-    hm, ay, ny, my, ry, sy, ggy, hcn, mhc, rhc, tcy, zz, d, a, n, m, r, s, gj, cn, mc, rc, tc = saved
+    G = 4
+    hm, ay, ny, my, ry, sy, ggy = saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6]
+    hcn, mhc, rhc, tcy, zz, d, a = saved[7], saved[8], saved[9], saved[10], saved[11], saved[12], saved[13]
+    n, m, r, s, gj, cn, mc, rc, tc = saved[14], saved[15], saved[16], saved[17], saved[18], saved[19], saved[20], saved[21], saved[22]
     B, H, N = dh.shape[0], dh.shape[1], dhh.shape[1]
     P, Z = d.shape[0], zz.shape[2]
-    ln = gamma is not None
-    # main cell: h' = σ(o) tanh(LN(c')),  c' = σ(f) c + σ(i) m ⊙ tanh(j)
+    only_input = [True, False, False]
+    # main cell: h' = σ(o) tanh(LN(c')),  c' = σ(f) c + σ(i) mask ⊙ tanh(j)
     dtc = dh * s[3] * (1 - tc * tc)  # grad of the (LN'd) cell before tanh
     if ln:
-        dc = dc + _ln_backward(dtc, c_new, (H,), mc, rc, ln_c_w, None, [True, False, False])[0]
+        dc = dc + torch.ops.aten.native_layer_norm_backward(dtc, c_new, [H], mc, rc, ln_c_w, None, only_input)[0]
     else:
         dc = dc + dtc
-    gjm = gj if mask_t is None else gj * mask_t
+    gjm = gj * mask_t if has_mask else gj
     dgj = dc * s[0] * (1 - gj * gj)
-    if mask_t is not None:
+    if has_mask:
         dgj = dgj * mask_t
     sg = s * (1 - s)
     dg = torch.stack([dc * gjm * sg[0], dgj, dc * c * sg[2], dh * tc * sg[3]])  # (G, B, H) grad of the gates
     dc = dc * s[2]
     if ln:
-        da = _ln_backward(dg * gamma, a, (H,), m, r, None, None, [True, False, False])[0]
+        da = torch.ops.aten.native_layer_norm_backward(dg * gamma, a, [H], m, r, None, None, only_input)[0]
     else:
         da = dg
     dd = torch.cat([da * xm_t, da * hm, da])  # (P, B, H) grads of d_x, d_h and the additive term
@@ -215,7 +226,8 @@ def _fused_backward_step(dh: Tensor, dc: Tensor, dhh: Tensor, dhc: Tensor, xm_t:
     # hyper cell
     dtcy = dhh * sy[:, 3] * (1 - tcy * tcy)
     if ln:
-        dhc = dhc + _ln_backward(dtcy, hc_new, (N,), mhc, rhc, hyper_ln_c_w, None, [True, False, False])[0]
+        dhc = dhc + torch.ops.aten.native_layer_norm_backward(dtcy, hc_new, [N], mhc, rhc, hyper_ln_c_w, None,
+                                                              only_input)[0]
     else:
         dhc = dhc + dtcy
     sgy = sy * (1 - sy)
@@ -223,26 +235,78 @@ def _fused_backward_step(dh: Tensor, dc: Tensor, dhh: Tensor, dhc: Tensor, xm_t:
                        dhh * tcy * sgy[:, 3]], 1)  # (B, G, N)
     dhc = dhc * sy[:, 2]
     if ln:
-        day = _ln_backward(dgy * hyper_gamma, ay, (N,), my, ry, None, None, [True, False, False])[0]
+        day = torch.ops.aten.native_layer_norm_backward(dgy * hyper_gamma, ay, [N], my, ry, None, None,
+                                                        only_input)[0]
     else:
         day = dgy
     dhp = torch.cat([dhm, day.reshape(B, G * N)], 1)  # (B, G*H + G*N)
     dh = torch.mm(dhp, w_h_t)
     dhh = torch.mm(dhp[:, G * H :], w_hyper_h_t)
-    return dh, dc, dhh, dhc, dxm_t, dhp, dzz, dd, dg, dtc, dgy, dtcy
+    return dh, dc, dhh, dhc, [dxm_t, dhp, dzz, dd, dg, dtc, dgy, dtcy]
 
 
-_compiled_steps = None
+def _fused_forward_loop(xm: Tensor, xy: Tensor, mask: Tensor, has_mask: bool, ln: bool, h: Tensor, c: Tensor,
+                        hh: Tensor, hc: Tensor, w_h: Tensor, w_hyper_h: Tensor, w_z: Tensor, b_z: Tensor,
+                        w_d: Tensor, b_d: Tensor, gamma: Tensor, shift: Tensor, ln_c_w: Tensor, ln_c_b: Tensor,
+                        hyper_gamma: Tensor, hyper_shift: Tensor, hyper_ln_c_w: Tensor, hyper_ln_c_b: Tensor
+                        ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[list[Tensor]]]:
+    """States after 0..T steps (lists of T+1) and the saved tensors of each step."""
+    xms, xys = xm.unbind(0), xy.unbind(0)
+    masks = mask.unbind(0) if has_mask else [mask for _ in range(xm.shape[0])]
+    hs, cs, hhs, hcs = [h], [c], [hh], [hc]
+    saved: list[list[Tensor]] = []
+    for t in range(xm.shape[0]):
+        h, c, hh, hc, sv = _fused_forward_step(xms[t], xys[t], masks[t], has_mask, ln, h, c, hh, hc, w_h,
+                                               w_hyper_h, w_z, b_z, w_d, b_d, gamma, shift, ln_c_w, ln_c_b,
+                                               hyper_gamma, hyper_shift, hyper_ln_c_w, hyper_ln_c_b)
+        hs.append(h)
+        cs.append(c)
+        hhs.append(hh)
+        hcs.append(hc)
+        saved.append(sv)
+    return hs, cs, hhs, hcs, saved
 
 
-def _get_step_fns(compiled: bool):
-    global _compiled_steps
-    if not compiled:
-        return _fused_forward_step, _fused_backward_step
-    if _compiled_steps is None:
-        _compiled_steps = (torch.compile(_fused_forward_step, dynamic=False),
-                           torch.compile(_fused_backward_step, dynamic=False))
-    return _compiled_steps
+def _fused_backward_loop(d_hs: Tensor, dh: Tensor, dc: Tensor, dhh: Tensor, dhc: Tensor, xm: Tensor, mask: Tensor,
+                         has_mask: bool, ln: bool, cs: list[Tensor], hcs: list[Tensor], saved: list[list[Tensor]],
+                         w_h_t: Tensor, w_hyper_h_t: Tensor, w_z_t: Tensor, w_d_t: Tensor, gamma: Tensor,
+                         ln_c_w: Tensor, hyper_gamma: Tensor, hyper_ln_c_w: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+    """BPTT from the last step to the first: gradients of the initial state and the stacked per-step grads."""
+    T = xm.shape[0]
+    xms, d_hss = xm.unbind(0), d_hs.unbind(0)
+    masks = mask.unbind(0) if has_mask else [mask for _ in range(T)]
+    per_step: list[list[Tensor]] = []
+    for t in range(T - 1, -1, -1):
+        dh = dh + d_hss[t]
+        dh, dc, dhh, dhc, rest = _fused_backward_step(dh, dc, dhh, dhc, xms[t], masks[t], has_mask, ln, cs[t],
+                                                      hcs[t], cs[t + 1], hcs[t + 1], saved[t], w_h_t,
+                                                      w_hyper_h_t, w_z_t, w_d_t, gamma, ln_c_w, hyper_gamma,
+                                                      hyper_ln_c_w)
+        per_step.append(rest)
+    per_step.reverse()
+    stacked = [torch.stack([g[k] for g in per_step]) for k in range(len(per_step[0]))]
+    return dh, dc, dhh, dhc, stacked
+
+
+_scripted_loops = None
+
+
+def _get_loops(script: bool):
+    """The fused loops, as TorchScript (no Python between ops) or plain Python."""
+    global _scripted_loops
+    if not script:
+        return _fused_forward_loop, _fused_backward_loop
+    if _scripted_loops is None:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated, but still the cheapest op dispatch on CPU
+                warnings.simplefilter("ignore")
+                _scripted_loops = (torch.jit.script(_fused_forward_loop), torch.jit.script(_fused_backward_loop))
+        except Exception:  # a torch without TorchScript: same loops, run by Python
+            _scripted_loops = (_fused_forward_loop, _fused_backward_loop)
+    return _scripted_loops
 
 
 class _FusedScan(torch.autograd.Function):
@@ -257,53 +321,43 @@ class _FusedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, compiled, xm, xy, mask, h, c, hh, hc, w_h, w_hyper_h, w_z, b_z, w_d, b_d, gamma, shift,
+    def forward(ctx, script, xm, xy, mask, h, c, hh, hc, w_h, w_hyper_h, w_z, b_z, w_d, b_d, gamma, shift,
                 ln_c_w, ln_c_b, hyper_gamma, hyper_shift, hyper_ln_c_w, hyper_ln_c_b):
-        fwd, _ = _get_step_fns(compiled)
-        T = xm.shape[0]
-        xms, xys = xm.unbind(0), xy.unbind(0)
-        masks = [None] * T if mask is None else mask.unbind(0)
-        states, saved = [(h, c, hh, hc)], []
-        for t in range(T):
-            h, c, hh, hc, sv = fwd(xms[t], xys[t], masks[t], h, c, hh, hc, w_h, w_hyper_h, w_z, b_z, w_d, b_d,
-                                   gamma, shift, ln_c_w, ln_c_b, hyper_gamma, hyper_shift, hyper_ln_c_w,
-                                   hyper_ln_c_b)
-            states.append((h, c, hh, hc))
-            saved.append(sv)
-        ctx.compiled, ctx.states, ctx.saved, ctx.masks = compiled, states, saved, masks
-        ctx.save_for_backward(xm, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
-        return torch.stack([s[0] for s in states[1:]]), h.clone(), c.clone(), hh.clone(), hc.clone()
+        fwd, _ = _get_loops(script)
+        ln, has_mask = gamma is not None, mask is not None
+        none = h.new_empty(0)
+        opt = lambda t: none if t is None else t  # noqa: E731  (placeholders for the scripted loops)
+        ln_args = [opt(x) for x in (gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)]
+        hs, cs, hhs, hcs, saved = fwd(xm, xy, opt(mask), has_mask, ln, h, c, hh, hc, w_h, w_hyper_h, w_z, b_z,
+                                      w_d, b_d, ln_args[0], shift, ln_args[1], opt(ln_c_b), ln_args[2], hyper_shift,
+                                      ln_args[3], opt(hyper_ln_c_b))
+        ctx.script, ctx.ln, ctx.has_mask = script, ln, has_mask
+        ctx.states, ctx.saved = (hs, cs, hhs, hcs), saved
+        ctx.save_for_backward(xm, opt(mask), w_h, w_hyper_h, w_z, w_d, *ln_args)
+        return torch.stack(hs[1:]), hs[-1].clone(), cs[-1].clone(), hhs[-1].clone(), hcs[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_hs, dh, dc, dhh, dhc):
-        xm, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
-        _, bwd = _get_step_fns(ctx.compiled)
-        states, saved, masks = ctx.states, ctx.saved, ctx.masks
+        xm, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
+        _, bwd = _get_loops(ctx.script)
+        (hs, cs, hhs, hcs), saved = ctx.states, ctx.saved
         G = GATES
-        T, (B, H), N = xm.shape[0], states[0][0].shape, states[0][2].shape[1]
+        T, (B, H), N = xm.shape[0], hs[0].shape, hhs[0].shape[1]
         P, Z = w_d.shape[0], w_d.shape[1]
-        dh = torch.zeros_like(states[0][0]) if dh is None else dh
-        dc = torch.zeros_like(states[0][1]) if dc is None else dc
-        dhh = torch.zeros_like(states[0][2]) if dhh is None else dhh
-        dhc = torch.zeros_like(states[0][3]) if dhc is None else dhc
-        d_hs = [None] * T if d_hs is None else d_hs.unbind(0)
-        w_h_t, w_hyper_h_t, w_z_t, w_d_t = w_h.t(), w_hyper_h.t(), w_z.t(), w_d.transpose(1, 2)
-        xms = xm.unbind(0)
-        grads = [None] * T
-        for t in range(T - 1, -1, -1):
-            if d_hs[t] is not None:
-                dh = dh + d_hs[t]
-            (_, c, _, hc), (_, c_new, _, hc_new) = states[t], states[t + 1]
-            dh, dc, dhh, dhc, *rest = bwd(dh, dc, dhh, dhc, xms[t], masks[t], c, hc, c_new, hc_new, saved[t],
-                                          w_h_t, w_hyper_h_t, w_z_t, w_d_t, gamma, ln_c_w, hyper_gamma,
-                                          hyper_ln_c_w)
-            grads[t] = rest
-        dxm, dhp, dzz, dd, dg, dtc, dgy, dtcy = (torch.stack(x) for x in zip(*grads))
+        zero = lambda x, like: torch.zeros_like(like) if x is None else x  # noqa: E731
+        d_hs = torch.zeros(T, B, H, dtype=xm.dtype, device=xm.device) if d_hs is None else d_hs
+        # transposed weights made contiguous once: the per-step matmuls run faster on them
+        w_h_t, w_hyper_h_t = w_h.t().contiguous(), w_hyper_h.t().contiguous()
+        w_z_t, w_d_t = w_z.t().contiguous(), w_d.transpose(1, 2).contiguous()
+        dh, dc, dhh, dhc, stacked = bwd(d_hs, zero(dh, hs[0]), zero(dc, cs[0]), zero(dhh, hhs[0]), zero(dhc, hcs[0]),
+                                        xm, mask, ctx.has_mask, ctx.ln, cs, hcs, saved, w_h_t, w_hyper_h_t, w_z_t,
+                                        w_d_t, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
+        dxm, dhp, dzz, dd, dg, dtc, dgy, dtcy = stacked
         # weight gradients of all steps at once (rows = T*B)
-        h_prev = torch.stack([s[0] for s in states[:-1]]).reshape(T * B, H)
-        hh_prev = torch.stack([s[2] for s in states[:-1]]).reshape(T * B, N)
-        hh_new = torch.stack([s[2] for s in states[1:]]).reshape(T * B, N)
+        h_prev = torch.stack(hs[:-1]).reshape(T * B, H)
+        hh_prev = torch.stack(hhs[:-1]).reshape(T * B, N)
+        hh_new = torch.stack(hhs[1:]).reshape(T * B, N)
         dhp = dhp.reshape(T * B, -1)
         g_w_h = h_prev.t() @ dhp
         g_w_hyper_h = hh_prev.t() @ dhp[:, G * H :]
@@ -315,7 +369,7 @@ class _FusedScan(torch.autograd.Function):
         g_shift = dg.sum(0).sum(1).unsqueeze(1)  # dg (T, G, B, H)
         g_hyper_shift = dgy.sum(0).sum(0)  # dgy (T, B, G, N)
         g_gamma = g_ln_c_w = g_ln_c_b = g_hyper_gamma = g_hyper_ln_c_w = g_hyper_ln_c_b = None
-        if gamma is not None:
+        if ctx.ln:
             g_gamma = (dg * torch.stack([sv[14] for sv in saved])).sum(0).sum(1).unsqueeze(1)
             g_ln_c_w = (dtc * torch.stack([sv[19] for sv in saved])).sum(0).sum(0)
             g_ln_c_b = dtc.sum(0).sum(0)
@@ -332,7 +386,7 @@ def _fused_scan(*args):
     return _FusedScan.apply(False, *args)
 
 
-def _fused_compiled_scan(*args):
+def _fused_scripted_scan(*args):
     return _FusedScan.apply(True, *args)
 
 
@@ -354,8 +408,8 @@ class HyperLSTMCell(nn.Module):
         use_recurrent_dropout: dropout on the main candidate tanh(j) (Semeniuta et al.), training only.
         dropout_keep_prob: keep probability of the recurrent dropout.
         forget_bias: added to the forget gate before its sigmoid.
-        step_impl: how the per-step loop runs: "fused" (hand-written BPTT, fastest), "python" (autograd)
-            or "compile" (torch.compile of the autograd loop).
+        step_impl: how the per-step loop runs: "fused_script" (hand-written BPTT, loops in TorchScript;
+            fastest), "fused" (same, loops in Python) or "python" (plain autograd).
     """
 
     def __init__(
@@ -368,7 +422,7 @@ class HyperLSTMCell(nn.Module):
         use_recurrent_dropout: bool = False,
         dropout_keep_prob: float = 0.9,
         forget_bias: float = 1.0,
-        step_impl: str = "fused",
+        step_impl: str = "fused_script",
     ):
         super().__init__()
         I, H, N, Z = input_size, hidden_size, hyper_num_units, hyper_embedding_size
@@ -378,7 +432,6 @@ class HyperLSTMCell(nn.Module):
         self.dropout_keep_prob = dropout_keep_prob
         self.forget_bias = forget_bias
         self.step_impl = step_impl
-        self._compiled_scan = None
 
         # main LSTM
         self.weight_x = nn.Parameter(torch.empty(I, GATES * H))  # W_x, gate blocks i|j|f|o
@@ -481,12 +534,8 @@ class HyperLSTMCell(nn.Module):
     def _scan_fn(self):
         if self.step_impl == "fused":
             return _fused_scan
-        if self.step_impl == "fused_compile":
-            return _fused_compiled_scan
-        if self.step_impl == "compile":
-            if self._compiled_scan is None:
-                self._compiled_scan = torch.compile(_scan, dynamic=False)
-            return self._compiled_scan
+        if self.step_impl == "fused_script":
+            return _fused_scripted_scan
         return _scan
 
 
@@ -505,8 +554,8 @@ class HyperLSTM(nn.Module):
         dropout_keep_prob: keep probability of that recurrent dropout (the paper's convention).
         dropout: dropout probability on the outputs of every layer but the last.
         forget_bias: added to the forget gates before their sigmoid.
-        step_impl: per-step loop: "fused" (hand-written backward, fastest measured on CPU),
-            "python" (plain autograd) or "compile" (torch.compile, opt-in: slow to compile).
+        step_impl: per-step loop: "fused_script" (hand-written backward, loops in TorchScript;
+            fastest measured on CPU), "fused" (same in Python) or "python" (plain autograd).
     """
 
     task_kind = "causal_lm"
@@ -517,7 +566,7 @@ class HyperLSTM(nn.Module):
         self,
         vocab_size: int,
         embedding_size: int = 64,
-        hidden_size: int = 384,
+        hidden_size: int = 352,
         num_layers: int = 1,
         hyper_num_units: int = 128,
         hyper_embedding_size: int = 16,
@@ -526,7 +575,7 @@ class HyperLSTM(nn.Module):
         dropout_keep_prob: float = 0.9,
         dropout: float = 0.0,
         forget_bias: float = 1.0,
-        step_impl: str = "fused",
+        step_impl: str = "fused_script",
     ):
         super().__init__()
         for field, value in (
@@ -548,8 +597,8 @@ class HyperLSTM(nn.Module):
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1): it is the probability of dropping a unit")
         if not math.isfinite(forget_bias):
             raise ConfigError(f"model.forget_bias={forget_bias} must be a finite number (the reference uses 1.0)")
-        if step_impl not in ("fused", "fused_compile", "python", "compile"):
-            raise ConfigError(f"model.step_impl={step_impl!r} must be one of 'fused', 'fused_compile', 'python', 'compile'")
+        if step_impl not in ("fused", "fused_script", "python"):
+            raise ConfigError(f"model.step_impl={step_impl!r} must be one of 'fused', 'fused_script', 'python'")
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.layers = nn.ModuleList(
             HyperLSTMCell(
