@@ -151,8 +151,8 @@ def main(argv=None):
     idx = torch.randint(0, V, (B, T + 1))
     x, y = idx[:, :-1], idx[:, 1:]
     steps = {name: train_step_fn(m, V) for name, m in models.items()}
-    for name, step in steps.items():  # warm-up (TorchScript profiling runs, compilation)
-        for _ in range(2):
+    for name, step in steps.items():  # warm-up (TorchScript's profiling runs come first)
+        for _ in range(3):
             step(x, y)
 
     times = {name: [] for name in models}

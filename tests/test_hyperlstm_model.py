@@ -13,6 +13,15 @@ from memexp.models.hyperlstm import HyperLSTM, HyperLSTMCell
 IMPLS = ["fused_script", "fused", "python"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops: OpenMP threads only add contention (seconds per step on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _perturb(module, scale=0.3, seed=0):
     """Move every parameter off its initial value, so zero/constant inits hide no bug."""
     g = torch.Generator().manual_seed(seed)
