@@ -1,0 +1,94 @@
+"""Step time of HOPE vs the transformer baseline, measured side by side in one process.
+
+One step = forward + cross-entropy + backward + AdamW step on a (batch, seq_len) window of
+random bytes, at equal dim / depth / heads / ff_mult / seq_len. The two models alternate
+step by step (so load from other processes hits both alike) and the median is reported.
+
+    PYTHONPATH=. python experiments/bench_hope.py --out outputs/bench/hope.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from memexp.models.hope import HOPE
+from memexp.models.transformer import Transformer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--ff-mult", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--mem-write", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0 = leave as is); 1 by default: on a shared CPU, multi-threaded small ops "
+                         "stall on busy cores and the wall-clock ratio turns into noise")
+    ap.add_argument("--out", default="outputs/bench/hope.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    common = dict(dim=args.dim, depth=args.depth, ff_mult=args.ff_mult)
+    models = {
+        "transformer": Transformer(args.vocab, heads=args.heads, max_len=args.seq_len, **common),
+        "hope": HOPE(args.vocab, num_heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
+                     mem_write=args.mem_write, **common),
+    }
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
+    idx = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def step(name: str) -> tuple[float, float]:
+        m, opt = models[name], opts[name]
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits, _ = m(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    times = {name: [] for name in models}
+    cpu = {name: [] for name in models}
+    for i in range(args.warmup + args.steps):
+        for name in models:
+            dt, dc = step(name)
+            if i >= args.warmup:
+                times[name].append(dt)
+                cpu[name].append(dc)
+
+    med = {name: statistics.median(t) for name, t in times.items()}
+    med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+    result = {
+        "config": vars(args),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
+        "median_step_s": med,
+        "median_step_cpu_s": med_cpu,
+        "ratio_hope_over_transformer": med["hope"] / med["transformer"],
+        "ratio_cpu_time": med_cpu["hope"] / med_cpu["transformer"],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("params", "median_step_s", "ratio_hope_over_transformer", "ratio_cpu_time")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

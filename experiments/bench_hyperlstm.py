@@ -1,0 +1,196 @@
+"""Training throughput of HyperLSTM vs torch.nn.LSTM (same embedding, hidden size and head).
+
+Measures tokens/s of a full training step (forward + backward + AdamW step) on random
+char-level batches, with every model timed in interleaved rounds so that load from
+other processes hits all of them alike; the reported number is the median round.
+The target of issue 3 is checked here (never in timed tests):
+
+    HyperLSTM tokens/s >= 0.5 x nn.LSTM tokens/s
+
+Usage:
+    PYTHONPATH=. python experiments/bench_hyperlstm.py [--hidden 384] [--threads 1] [--out PATH]
+
+Variants timed: `lstm` (torch.nn.LSTM), `hyper_fused_script` (the model's default:
+hand-written BPTT, loops in TorchScript), `hyper_fused` (same, loops in Python),
+`hyper_python` (the fused step under plain autograd) and `naive` (the paper's equations
+gate by gate, one small matmul each: what a direct port does; skip with --no-naive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memexp.models.hyperlstm import HyperLSTM
+
+TARGET_RATIO = 0.5
+
+
+class LSTMLM(nn.Module):
+    """The baseline: embedding -> torch.nn.LSTM -> Linear head."""
+
+    def __init__(self, vocab_size, embedding_size, hidden_size, num_layers):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.lstm = nn.LSTM(embedding_size, hidden_size, num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, idx, state=None):
+        out, state = self.lstm(self.embedding(idx), state)
+        return self.head(out), state
+
+
+class NaiveHyperLSTMLM(nn.Module):
+    """A direct port: per step, per gate, every hyper projection as its own small matmul.
+
+    Shares the parameters of a HyperLSTM so it computes the same function.
+    """
+
+    def __init__(self, model: HyperLSTM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, state=None):
+        m = self.model
+        x = m.embedding(idx)
+        for cell in m.layers:
+            x = naive_layer(cell, x)
+        return m.head(x), None
+
+
+def naive_layer(cell, x):
+    B, T, _ = x.shape
+    H, N, Z = cell.hidden_size, cell.hyper_num_units, cell.hyper_embedding_size
+    h, c, hh, hc = cell.zero_state(B)
+    wx, wh = cell.weight_x.chunk(4, 1), cell.weight_h.chunk(4, 1)
+    hwx, hwh = cell.hyper_weight_x.chunk(4, 1), cell.hyper_weight_h.chunk(4, 1)
+    zw = cell.z_weight.chunk(12, 1)
+    zb = cell.z_bias.chunk(8)
+    b = cell.bias.chunk(4)
+    ln = cell.use_layer_norm
+    outs = []
+    for t in range(T):
+        xt = x[:, t]
+        xin = torch.cat([xt, h], 1)
+        hy = []
+        for k in range(4):
+            a = xin @ hwx[k] + hh @ hwh[k]
+            a = F.layer_norm(a, (N,), cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k], 1e-3) if ln else a + cell.hyper_bias.chunk(4)[k]
+            hy.append(a)
+        hc = hc * torch.sigmoid(hy[2] + cell.forget_bias) + torch.sigmoid(hy[0]) * torch.tanh(hy[1])
+        hc_n = F.layer_norm(hc, (N,), cell.hyper_ln_cell_weight, cell.hyper_ln_cell_bias, 1e-3) if ln else hc
+        hh = torch.tanh(hc_n) * torch.sigmoid(hy[3])
+        gates = []
+        for k in range(4):
+            dx = (hh @ zw[k] + zb[k]) @ cell.d_weight[k]
+            dh = (hh @ zw[4 + k] + zb[4 + k]) @ cell.d_weight[4 + k]
+            beta = (hh @ zw[8 + k]) @ cell.d_weight[8 + k]
+            y = dx * (xt @ wx[k]) + dh * (h @ wh[k]) + beta + b[k]
+            if ln:
+                y = F.layer_norm(y, (H,), cell.ln_gates_weight[k], cell.ln_gates_bias[k], 1e-3)
+            gates.append(y)
+        c = c * torch.sigmoid(gates[2] + cell.forget_bias) + torch.sigmoid(gates[0]) * torch.tanh(gates[1])
+        c_n = F.layer_norm(c, (H,), cell.ln_cell_weight, cell.ln_cell_bias, 1e-3) if ln else c
+        h = torch.tanh(c_n) * torch.sigmoid(gates[3])
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+def train_step_fn(model, vocab_size):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(idx, tgt):
+        logits, _ = model(idx)
+        loss = F.cross_entropy(logits.reshape(-1, vocab_size), tgt.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=65)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--embedding", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=352)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--hyper-units", type=int, default=128)
+    ap.add_argument("--hyper-embedding", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median is reported)")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per model per round")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-naive", action="store_true", help="skip the slow direct port")
+    ap.add_argument("--out", default="outputs/bench/hyperlstm.json")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    V, B, T = args.vocab, args.batch, args.seq
+    kw = dict(embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers,
+              hyper_num_units=args.hyper_units, hyper_embedding_size=args.hyper_embedding)
+    models = {
+        "lstm": LSTMLM(V, args.embedding, args.hidden, args.layers),
+        "hyper_fused": HyperLSTM(V, step_impl="fused", **kw),
+        "hyper_python": HyperLSTM(V, step_impl="python", **kw),
+    }
+    if not args.no_naive:
+        models["naive"] = NaiveHyperLSTMLM(HyperLSTM(V, step_impl="python", **kw))
+    models["hyper_fused_script"] = HyperLSTM(V, step_impl="fused_script", **kw)
+
+    idx = torch.randint(0, V, (B, T + 1))
+    x, y = idx[:, :-1], idx[:, 1:]
+    steps = {name: train_step_fn(m, V) for name, m in models.items()}
+    for name, step in steps.items():  # warm-up (TorchScript's profiling runs come first)
+        for _ in range(3):
+            step(x, y)
+
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            times[name].append((time.perf_counter() - t0) / args.steps)
+
+    tokens = B * T
+    rows = {}
+    base = tokens / statistics.median(times["lstm"])
+    for name, ts in times.items():
+        tps = tokens / statistics.median(ts)
+        rows[name] = {
+            "tokens_per_s": tps,
+            "ms_per_step": 1000 * statistics.median(ts),
+            "ratio_vs_lstm": tps / base,
+            "params": sum(p.numel() for p in models[name].parameters()),
+        }
+    print(f"batch {B} x {T}, vocab {V}, embedding {args.embedding}, hidden {args.hidden}, layers {args.layers}, "
+          f"hyper {args.hyper_units}/{args.hyper_embedding}, threads {args.threads}, median of {args.rounds} rounds")
+    print(f"{'model':<15}{'params':>10}{'ms/step':>10}{'tok/s':>10}{'x LSTM':>8}")
+    for name, r in rows.items():
+        print(f"{name:<15}{r['params']:>10,}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>10.0f}{r['ratio_vs_lstm']:>8.2f}")
+    ratio = rows["hyper_fused_script"]["ratio_vs_lstm"]
+    ok = ratio >= TARGET_RATIO
+    print(f"target: hyper_fused_script (default) >= {TARGET_RATIO} x LSTM -> {ratio:.2f} {'PASS' if ok else 'FAIL'}")
+
+    result = {"config": vars(args), "torch": torch.__version__, "results": rows,
+              "target_ratio": TARGET_RATIO, "ratio": ratio, "pass": ok}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

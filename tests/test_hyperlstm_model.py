@@ -1,0 +1,296 @@
+"""HyperLSTM: the fused cell against the paper's equations, initial values, layer norm,
+recurrent dropout, gradients, carried state, learning, and config errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memexp.errors import ConfigError
+from memexp.models.hyperlstm import HyperLSTM, HyperLSTMCell
+
+IMPLS = ["fused_script", "fused", "python"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops: OpenMP threads only add contention (seconds per step on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _perturb(module, scale=0.3, seed=0):
+    """Move every parameter off its initial value, so zero/constant inits hide no bug."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def _reference_step(cell, x, h, c, hh, hc, mask=None):
+    """Paper eq. 11-12 + LN-LSTM, gate by gate, written out plainly from the cell's parameters."""
+    H, N, Z = cell.hidden_size, cell.hyper_num_units, cell.hyper_embedding_size
+    ln, fb, eps = cell.use_layer_norm, cell.forget_bias, 1e-3
+
+    def norm(v, w, b):
+        mu = v.mean(-1, keepdim=True)
+        var = ((v - mu) ** 2).mean(-1, keepdim=True)
+        return w * (v - mu) / torch.sqrt(var + eps) + b
+
+    def blk(w, k, size):  # gate block k of a (rows, 4*size) weight
+        return w[:, k * size : (k + 1) * size]
+
+    # hyper LSTM on [x; h]
+    xh = torch.cat([x, h], 1)
+    pre_y = []
+    for k in range(4):
+        v = xh @ blk(cell.hyper_weight_x, k, N) + hh @ blk(cell.hyper_weight_h, k, N)
+        v = norm(v, cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k]) if ln else v + cell.hyper_bias[k * N : (k + 1) * N]
+        pre_y.append(v)
+    i, j, f, o = pre_y
+    hc = torch.sigmoid(f + fb) * hc + torch.sigmoid(i) * torch.tanh(j)
+    hh = torch.sigmoid(o) * torch.tanh(norm(hc, cell.hyper_ln_cell_weight, cell.hyper_ln_cell_bias) if ln else hc)
+    # per gate: z_x, z_h, z_b -> d_x, d_h, beta
+    Wz, bz, Wd = cell.z_weight, cell.z_bias, cell.d_weight
+    pre = []
+    for k in range(4):
+        z_x = hh @ Wz[:, k * Z : (k + 1) * Z] + bz[k * Z : (k + 1) * Z]
+        z_h = hh @ Wz[:, (4 + k) * Z : (5 + k) * Z] + bz[(4 + k) * Z : (5 + k) * Z]
+        z_b = hh @ Wz[:, (8 + k) * Z : (9 + k) * Z]
+        d_x, d_h, beta = z_x @ Wd[k], z_h @ Wd[4 + k], z_b @ Wd[8 + k]
+        y = d_x * (x @ blk(cell.weight_x, k, H)) + d_h * (h @ blk(cell.weight_h, k, H)) + beta + cell.bias[k * H : (k + 1) * H]
+        pre.append(norm(y, cell.ln_gates_weight[k], cell.ln_gates_bias[k]) if ln else y)
+    i, j, f, o = pre
+    g = torch.tanh(j) if mask is None else torch.tanh(j) * mask
+    c = torch.sigmoid(f + fb) * c + torch.sigmoid(i) * g
+    h = torch.sigmoid(o) * torch.tanh(norm(c, cell.ln_cell_weight, cell.ln_cell_bias) if ln else c)
+    return h, c, hh, hc
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("use_layer_norm", [True, False])
+def test_cell_matches_the_papers_equations(impl, use_layer_norm):
+    torch.manual_seed(0)
+    cell = HyperLSTMCell(5, 6, hyper_num_units=4, hyper_embedding_size=3, use_layer_norm=use_layer_norm,
+                         forget_bias=0.7, step_impl=impl).double()
+    _perturb(cell)
+    B, T = 2, 4
+    x = torch.randn(B, T, 5, dtype=torch.float64)
+    state = tuple(torch.randn(B, n, dtype=torch.float64) for n in (6, 6, 4, 4))
+    out, final = cell(x, state)
+    h, c, hh, hc = state
+    for t in range(T):
+        h, c, hh, hc = _reference_step(cell, x[:, t], h, c, hh, hc)
+        torch.testing.assert_close(out[:, t], h, rtol=1e-10, atol=1e-10)
+    for got, want in zip(final, (h, c, hh, hc)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_initial_values_follow_the_reference():
+    torch.manual_seed(0)
+    H, N, Z = 32, 64, 8
+    cell = HyperLSTMCell(7, H, hyper_num_units=N, hyper_embedding_size=Z)
+    torch.testing.assert_close(cell.z_weight[:, : 8 * Z], torch.zeros(N, 8 * Z))  # z_x, z_h weights 0
+    torch.testing.assert_close(cell.z_bias, torch.ones(8 * Z))  # ... with bias 1
+    zb = cell.z_weight[:, 8 * Z :]
+    assert abs(zb.std().item() - 0.01) < 0.002 and abs(zb.mean().item()) < 0.002  # z_b ~ N(0, 0.01)
+    torch.testing.assert_close(cell.d_weight[:8], torch.full((8, Z, H), 0.1 / Z))  # z -> d: 0.1/Z
+    torch.testing.assert_close(cell.d_weight[8:], torch.zeros(4, Z, H))  # bias projection zero
+    torch.testing.assert_close(cell.bias, torch.zeros(4 * H))
+    for w, n in ((cell.weight_h, H), (cell.hyper_weight_h, N)):  # orthogonal per gate
+        for k in range(4):
+            blk = w[:, k * n : (k + 1) * n]
+            torch.testing.assert_close(blk.T @ blk, torch.eye(n), atol=1e-5, rtol=0)
+        assert not torch.allclose(w[:, :n], w[:, n : 2 * n])  # independent blocks
+    # so every scaling d starts at exactly 0.1 whatever the hyper state, and beta at 0
+    hh = torch.randn(3, N)
+    z = hh @ cell.z_weight[:, : 8 * Z] + cell.z_bias
+    d = torch.stack([z[:, k * Z : (k + 1) * Z] @ cell.d_weight[k] for k in range(8)])
+    torch.testing.assert_close(d, torch.full_like(d, 0.1))
+
+
+def test_forget_bias_is_added_to_the_forget_gate():
+    # all weights zero and LN off: every pre-activation is 0, so c' = σ(fb)·c + σ(0)·tanh(0) = σ(fb)·c
+    cell = HyperLSTMCell(3, 4, hyper_num_units=2, hyper_embedding_size=2, use_layer_norm=False, forget_bias=1.5)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.zero_()
+    c0 = torch.randn(1, 4)
+    _, (_, c, _, _) = cell(torch.randn(1, 1, 3), (torch.zeros(1, 4), c0, torch.zeros(1, 2), torch.zeros(1, 2)))
+    torch.testing.assert_close(c, torch.sigmoid(torch.tensor(1.5)) * c0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_norm_makes_gates_invariant_to_the_scale_of_their_input(impl):
+    """Scaling W_x, W_h, the bias projection and b by k scales every gate pre-activation by k:
+    with LN the output is unchanged (once the 1e-3 epsilon is negligible); without LN it changes."""
+    for ln in (True, False):
+        torch.manual_seed(1)
+        cell = HyperLSTMCell(5, 6, hyper_num_units=4, hyper_embedding_size=3, use_layer_norm=ln, step_impl=impl).double()
+        _perturb(cell)
+        x = torch.randn(2, 3, 5, dtype=torch.float64)
+        scaled = (cell.weight_x, cell.weight_h, cell.bias, cell.d_weight[8:])
+        out, _ = cell(x)
+        with torch.no_grad():
+            for p in scaled:
+                p.mul_(3.0)
+        out3, _ = cell(x)
+        if ln:
+            assert (out3 - out).abs().max() < 1e-2  # only the epsilon differs
+            with torch.no_grad():
+                for p in scaled:
+                    p.mul_(1e3)
+            big, _ = cell(x)
+            with torch.no_grad():
+                for p in scaled:
+                    p.mul_(10.0)
+            bigger, _ = cell(x)
+            torch.testing.assert_close(bigger, big, rtol=1e-6, atol=1e-7)
+        else:
+            assert (out3 - out).abs().max() > 1e-2
+    assert not any("ln_" in n for n, _ in HyperLSTMCell(3, 4, use_layer_norm=False).named_parameters())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_recurrent_dropout_only_in_training(impl):
+    torch.manual_seed(0)
+    kw = dict(embedding_size=8, hidden_size=16, hyper_num_units=8, hyper_embedding_size=4, step_impl=impl)
+    m = HyperLSTM(11, use_recurrent_dropout=True, dropout_keep_prob=0.5, **kw)
+    plain = HyperLSTM(11, use_recurrent_dropout=False, **kw)
+    plain.load_state_dict(m.state_dict())
+    idx = torch.randint(0, 11, (3, 6))
+    a, _ = m(idx)
+    b, _ = m(idx)
+    assert (a - b).abs().max() > 1e-3  # a new mask each call in training
+    m.eval()
+    plain.eval()
+    e1, _ = m(idx)
+    e2, _ = m(idx)
+    torch.testing.assert_close(e1, e2, rtol=0, atol=0)  # deterministic in eval
+    torch.testing.assert_close(e1, plain(idx)[0])  # and the same as no recurrent dropout
+
+
+def test_recurrent_dropout_drops_only_the_candidate():
+    """With keep -> tiny and the mask forced to zero, the cell can only forget: c' = σ(f) c."""
+    torch.manual_seed(0)
+    cell = HyperLSTMCell(3, 4, hyper_num_units=2, hyper_embedding_size=2, use_recurrent_dropout=True,
+                         dropout_keep_prob=1e-9).double()
+    _perturb(cell)
+    x = torch.randn(2, 1, 3, dtype=torch.float64)
+    state = tuple(torch.randn(2, n, dtype=torch.float64) for n in (4, 4, 2, 2))
+    _, (h, c, hh, hc) = cell(x, state)
+    # reference with a zero mask (bernoulli(1e-9) is 0 everywhere)
+    rh, rc, rhh, rhc = _reference_step(cell, x[:, 0], *state, mask=torch.zeros(2, 4, dtype=torch.float64))
+    torch.testing.assert_close(c, rc)
+    torch.testing.assert_close(hh, rhh)  # the hyper LSTM has no recurrent dropout
+
+
+@pytest.mark.parametrize("impl", ["fused_script", "fused"])
+@pytest.mark.parametrize("use_layer_norm,use_recurrent_dropout", [(True, False), (True, True), (False, True)])
+def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurrent_dropout):
+    torch.manual_seed(0)
+    kw = dict(embedding_size=5, hidden_size=6, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
+              use_layer_norm=use_layer_norm, use_recurrent_dropout=use_recurrent_dropout, dropout_keep_prob=0.7)
+    ref = HyperLSTM(9, step_impl="python", **kw).double()
+    _perturb(ref)
+    fused = HyperLSTM(9, step_impl=impl, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, 9, (3, 5))
+    grads = []
+    for m in (ref, fused):
+        state = tuple(tuple(torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+                            .requires_grad_() for i, n in enumerate((6, 6, 4, 4))) for _ in range(2))
+        torch.manual_seed(3)  # same dropout masks
+        logits, new_state = m(idx, state)
+        w = torch.randn(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        loss = (logits * w).sum() + sum((s ** 2).sum() for layer in new_state for s in layer)
+        grads.append(torch.autograd.grad(loss, list(m.parameters()) + [s for layer in state for s in layer]))
+    for g_ref, g_fused in zip(*grads):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_reach_every_parameter(impl):
+    torch.manual_seed(0)
+    m = HyperLSTM(10, embedding_size=6, hidden_size=8, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
+                  step_impl=impl)
+    _perturb(m, scale=0.1)
+    idx = torch.randint(0, 10, (2, 7))
+    logits, _ = m(idx)
+    F.cross_entropy(logits.reshape(-1, 10), idx.reshape(-1)).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, name
+    hyper = [n for n, _ in m.named_parameters() if "hyper" in n or n.split(".")[-1].startswith(("z_", "d_"))]
+    assert len(hyper) == 2 * 9  # hyper_weight_x/h, z_weight/bias, d_weight, 4 hyper LN params, per layer
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_carried_state_equals_the_concatenated_sequence(impl):
+    torch.manual_seed(0)
+    m = HyperLSTM(12, embedding_size=6, hidden_size=8, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
+                  dropout=0.5, step_impl=impl).eval()
+    _perturb(m, scale=0.1)
+    idx = torch.randint(0, 12, (3, 10))
+    full, full_state = m(idx)
+    first, state = m(idx[:, :4])
+    state = torch.utils._pytree.tree_map(lambda t: t.detach(), state)  # what the LM task does between windows
+    second, second_state = m(idx[:, 4:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.utils._pytree.tree_leaves(second_state), torch.utils._pytree.tree_leaves(full_state)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert len(full_state) == 2 and all(len(layer) == 4 for layer in full_state)
+
+
+def test_contract():
+    m = HyperLSTM(13, embedding_size=4, hidden_size=8, hyper_num_units=4, hyper_embedding_size=2)
+    assert (m.task_kind, m.carries_state, m.max_len) == ("causal_lm", True, None)
+    logits, state = m(torch.randint(0, 13, (2, 5)))
+    assert logits.shape == (2, 5, 13)
+    assert m.head.in_features == 8 and m.head.out_features == 13
+
+
+def test_loss_falls_on_tiny_data():
+    torch.manual_seed(0)
+    text = "abcabdabcabd" * 8
+    vocab = sorted(set(text))
+    data = torch.tensor([vocab.index(ch) for ch in text])
+    m = HyperLSTM(len(vocab), embedding_size=8, hidden_size=24, hyper_num_units=8, hyper_embedding_size=4)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    x, y = data[:-1].view(1, -1), data[1:].view(1, -1)
+    losses = []
+    for _ in range(40):
+        logits, _ = m(x)
+        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.9 * math.log(len(vocab))
+    # the pattern is deterministic after 2 chars except 'c'/'d' after "ab" (1 bit per 3 chars)
+    assert losses[-1] < 0.4, losses[-1]
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(vocab_size=0), "model.vocab_size"),
+        (dict(hidden_size=0), "model.hidden_size"),
+        (dict(embedding_size=-3), "model.embedding_size"),
+        (dict(num_layers=0), "model.num_layers"),
+        (dict(hyper_num_units=0), "model.hyper_num_units"),
+        (dict(hyper_embedding_size=1.5), "model.hyper_embedding_size"),
+        (dict(dropout_keep_prob=0.0), "model.dropout_keep_prob"),
+        (dict(dropout_keep_prob=1.2), "model.dropout_keep_prob"),
+        (dict(dropout=1.0), "model.dropout"),
+        (dict(forget_bias=float("nan")), "model.forget_bias"),
+        (dict(step_impl="jit"), "model.step_impl"),
+    ],
+)
+def test_bad_args_raise_config_error_naming_the_field(kwargs, field):
+    args = dict(vocab_size=10) | kwargs
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        HyperLSTM(**args)
