@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from hydra_zen import builds, make_config, store
 from lightning import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from memexp.data.text import TextDataModule
+from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.loggers import wandb_logger
+from memexp.models.hope import HOPE
+from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.transformer import Transformer
 from memexp.tasks.optim import OptimizerSettings
 
@@ -18,11 +20,15 @@ TransformerConf = builds(
     Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"], max_len=64
 )
 
+HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+
 # -- data -----------------------------------------------------------------------------------
 _text = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
 ShakespeareConf = builds(TextDataModule, **_text)
 TextFileConf = builds(TextDataModule, **_text, path="???")
 JsonlConf = builds(TextDataModule, **_text, path="???", format="jsonl")
+RandomBytesConf = builds(RandomBytesDataModule, **_text, builds_bases=(ShakespeareConf,), tokenizer="byte")
 
 # -- optim ----------------------------------------------------------------------------------
 AdamWConf = builds(OptimizerSettings, populate_full_signature=True)
@@ -66,6 +72,8 @@ CheckpointConf = builds(
     every_n_train_steps=500,
 )
 LRMonitorConf = builds(LearningRateMonitor, logging_interval="step")
+# An exponential moving average of the weights, swapped in for validation, test and the final checkpoint.
+EMAConf = builds(EMAWeightAveraging, decay=0.999, update_starting_at_step=100)
 
 # -- paths ----------------------------------------------------------------------------------
 PathsConf = make_config(
@@ -78,11 +86,14 @@ PathsConf = make_config(
 def register_groups() -> None:
     model = store(group="model")
     model(TransformerConf, name="transformer")
+    model(HOPEConf, name="hope")
+    model(HyperLSTMConf, name="hyperlstm")
 
     data = store(group="data")
     data(ShakespeareConf, name="shakespeare")
     data(TextFileConf, name="text")
     data(JsonlConf, name="jsonl")
+    data(RandomBytesConf, name="random")
 
     optim = store(group="optim")
     optim(AdamWConf, name="adamw")
@@ -104,6 +115,7 @@ def register_groups() -> None:
     callbacks = store(group="callbacks")
     callbacks(dict(checkpoint=CheckpointConf, lr_monitor=LRMonitorConf), name="default")
     callbacks(dict(checkpoint=CheckpointConf), name="minimal")
+    callbacks(dict(checkpoint=CheckpointConf, lr_monitor=LRMonitorConf, ema=EMAConf), name="ema")
 
     store(PathsConf, group="paths", name="default")
 

@@ -155,7 +155,7 @@ class TextDataModule(L.LightningDataModule):
         windows: "random" (random-offset training windows) or "stream" (parallel in-order streams,
             for models that carry state across windows).
         train_windows_per_epoch: random windows per epoch; None means one pass worth (tokens // seq_len).
-        num_workers, pin_memory: DataLoader settings.
+        num_workers, pin_memory, prefetch_factor: DataLoader settings (prefetch only with workers).
         data_dir: the data root (raw files and caches); None means $MEMEXP_DATA_DIR or ./data.
     """
 
@@ -175,6 +175,7 @@ class TextDataModule(L.LightningDataModule):
         train_windows_per_epoch: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        prefetch_factor: int | None = None,
         data_dir: str | None = None,
     ):
         super().__init__()
@@ -183,7 +184,7 @@ class TextDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.splits, self.windows = tuple(splits), windows
         self.train_windows_per_epoch = train_windows_per_epoch
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.tokenizer = None
         self._split_tokens: dict[str, torch.Tensor] = {}
@@ -257,6 +258,7 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             **kwargs,
         )
 
@@ -277,3 +279,30 @@ class TextDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+class RandomBytesDataModule(TextDataModule):
+    """Uniformly random bytes (vocab 256), generated from a seed: a quick check that a model
+    runs end to end. Nothing can be learned beyond ln(256) = 5.545 nats per token."""
+
+    def __init__(self, num_tokens: int = 200_000, seed: int = 0, **kwargs):
+        kwargs.setdefault("tokenizer", "byte")
+        super().__init__(**kwargs)
+        self.num_tokens, self.seed = num_tokens, seed
+
+    def prepare_data(self) -> None:
+        pass
+
+    def source_path(self) -> Path:
+        return Path(f"<random bytes, seed {self.seed}>")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._split_tokens:
+            return
+        if self.tokenizer is None:
+            self.tokenizer = build_tokenizer("byte")
+        g = torch.Generator().manual_seed(self.seed)
+        tokens = torch.randint(0, 256, (self.num_tokens,), generator=g)
+        a = int(self.num_tokens * self.splits[0])
+        b = a + int(self.num_tokens * self.splits[1])
+        self._split_tokens = {"train": tokens[:a], "val": tokens[a:b], "test": tokens[b:]}

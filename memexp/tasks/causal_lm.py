@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from memexp.data.spec import DataSpec
+from memexp.models.hope import CMSGradientGate
 from memexp.models.sampling import sample_next
 from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
 
@@ -49,6 +50,10 @@ class CausalLMTask(L.LightningModule):
         self.carry_state = carry_state
         self._train_state = None
         self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
+        # Models that learn at several frequencies (HOPE's continuum memory) name which parameters
+        # the optimiser may move at which period; the gate holds their gradients in between.
+        schedule = net.cms_update_schedule() if hasattr(net, "cms_update_schedule") else None
+        self.cms_gate = CMSGradientGate(schedule) if schedule else None
         V = spec.vocab_size
         self.train_acc = MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX)
         for stage in ("val", "test"):
@@ -72,6 +77,14 @@ class CausalLMTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_state = None  # a new epoch starts the streams again
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if hasattr(self.net, "set_training_step"):  # schedules that ramp with the optimiser step
+            self.net.set_training_step(self.global_step)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.cms_gate is not None:
+            self.cms_gate.apply(self.global_step)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["input"], batch["target"]
@@ -125,6 +138,13 @@ class CausalLMTask(L.LightningModule):
             "tokenizer": self.spec.tokenizer.state_dict(),
             "task_kind": "causal_lm",
         }
+        if self.cms_gate is not None:
+            checkpoint["memexp"]["cms_gate"] = self.cms_gate.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        gate_state = checkpoint.get("memexp", {}).get("cms_gate")
+        if self.cms_gate is not None and gate_state is not None:
+            self.cms_gate.load_state_dict(gate_state)
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()
