@@ -13,17 +13,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
+    """$MEMEXP_DATA_DIR, else the team's ../shared/data, else the repository's ./data."""
     env = os.environ.get("MEMEXP_DATA_DIR")
     if env:
-        return Path(env)
-    return (REPO.parent / "shared" / "data").resolve()
+        return Path(env).resolve()
+    shared = (REPO.parent / "shared" / "data").resolve()
+    return shared if shared.is_dir() else REPO / "data"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The data root, with tiny-shakespeare in it (downloaded once when missing)."""
+    from memexp.data.sources import TINY_SHAKESPEARE, fetch
+
     d = shared_data_dir()
-    if not (d / "tinyshakespeare" / "input.txt").exists():
-        pytest.fail(f"tests need {d}/tinyshakespeare/input.txt; set MEMEXP_DATA_DIR to the shared data folder")
+    fetch(TINY_SHAKESPEARE, d)
     return d
 
 
