@@ -143,11 +143,13 @@ class DialogueTask(L.LightningModule):
         greedy: bool = False,
         seed: int | None = None,
         max_context_len: int | None = None,
+        min_len: int = 1,
     ) -> list[int]:
         """The reply (token ids, EOS excluded) to a history given as utterances (each a list of ids).
 
         Each utterance is followed by EOS, as in training; the history is cut to its last
-        `max_context_len` tokens. An empty history is one empty utterance.
+        `max_context_len` tokens. An empty history is one empty utterance. The reply has at
+        least `min_len` tokens (EOS is held back until then).
         """
         context: list[int] = []
         for utterance in context_ids_list or [[]]:
@@ -160,7 +162,8 @@ class DialogueTask(L.LightningModule):
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         ids = torch.tensor([context], device=device)
         ids = self.net.generate(ids, torch.ones_like(ids, dtype=torch.bool), max_len=max_len, sos_id=self.sos_id, eos_id=self.eos_id,
-                                temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+                                temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
+                                min_len=min(min_len, max_len))
         self.train(was_training)
         return self._until_eos(ids[0].tolist())
 
