@@ -40,7 +40,7 @@ def test_chat_answers_piped_lines_keeping_the_history(hgd_run):
 
 def test_evaluate_of_an_hgd_checkpoint_writes_json(hgd_run, tmp_path):
     out = tmp_path / "eval.json"
-    proc = run_cli("memexp.evaluate", f"ckpt={_last_ckpt(hgd_run)}", f"out={out}")
+    proc = run_cli("memexp.evaluate", f"ckpt={_last_ckpt(hgd_run)}", f"out={out}", "batch_size=256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["global_step"] == 30
