@@ -3,6 +3,7 @@
 import csv
 import math
 import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ class EchoNet(nn.Module):
 
 
 def test_bleu_of_identical_replies_is_one_and_distinct_counts_replies():
-    vocab = DialogueVocab.build(__import__("collections").Counter("你 好 呀 在 干 嘛 呢".split()))
+    vocab = DialogueVocab.build(Counter("你 好 呀 在 干 嘛 呢".split()))
     replies = [vocab.encode("你 好 呀 在 干 嘛"), vocab.encode("在 干 嘛 呢 你 好")]
     L = max(len(r) for r in replies) + 1
     reply_out = torch.tensor([r + [vocab.eos_id] + [vocab.pad_id] * (L - len(r) - 1) for r in replies])
