@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-TOY = Path("/work/shared/data/lccc_toy/toy_data.json")
+TOY = Path(os.environ.get("MEMEXP_DATA_DIR", "../shared/data")) / "lccc_toy" / "toy_data.json"
 
 
 def rss_mb() -> dict:

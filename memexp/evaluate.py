@@ -1,7 +1,9 @@
 """python -m memexp.evaluate ckpt=PATH [splits=[val,test]] [data_path=FILE] [out=FILE.json]
 
-Validation/test metrics of a checkpoint (loss, perplexity, bits per token, accuracy, top-5,
-top-10), printed and written as JSON (default: next to the checkpoint, <name>.eval.json).
+Validation/test metrics of a checkpoint (its task's: loss, perplexity, bits per token, accuracy,
+top-5, top-10 for language models; loss, perplexity, BLEU-2/4, distinct-1/2, thinking steps for
+dialogue models), printed and written as JSON (default: next to the checkpoint, <name>.eval.json).
+data_path: other data of the same kind (a text file, or a dialogue source).
 """
 
 from __future__ import annotations
@@ -28,11 +30,9 @@ def evaluate_checkpoint(
     accelerator: str = "auto",
 ) -> dict:
     overrides = {}
-    if data_path is not None:
-        overrides["path"] = data_path
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
-    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides)
+    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path)
     dm = loaded.datamodule
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     metrics: dict[str, float] = {}

@@ -11,6 +11,7 @@ No Hydra in here beyond reading the composed config it is given: tests call thes
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -30,7 +31,9 @@ from memexp.tasks import TASKS
 from memexp.tasks.optim import OptimizerSettings
 
 # Fields of the data config that do not change what is learned (left out of the run key).
-_DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size"}
+_DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
+# Fields of the task config that only change evaluation.
+_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches"}
 
 
 @dataclass
@@ -63,9 +66,29 @@ def check_pairing(model_factory: Callable, data_factory: Callable, names: RunNam
     )
 
 
-def build_task(model_factory: Callable, spec: DataSpec, optim: OptimizerSettings, carry_state: bool | str = "auto"):
-    """The LightningModule for this model on this data."""
-    net = model_factory(vocab_size=spec.vocab_size)
+def _takes(factory: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_task(
+    model_factory: Callable,
+    spec: DataSpec,
+    optim: OptimizerSettings,
+    carry_state: bool | str = "auto",
+    max_eval_generate_batches: int | None = None,
+):
+    """The LightningModule for this model on this data.
+
+    carry_state: causal LM only (see CausalLMTask). max_eval_generate_batches: dialogue only
+    (see DialogueTask); None keeps the task's default.
+    """
+    model_kwargs: dict[str, Any] = {"vocab_size": spec.vocab_size}
+    if spec.pad_id is not None and _takes(model_factory, "pad_id"):
+        model_kwargs["pad_id"] = spec.pad_id
+    net = model_factory(**model_kwargs)
     max_len = getattr(net, "max_len", None)
     if max_len is not None and spec.seq_len is not None and spec.seq_len > max_len:
         raise ConfigError(
@@ -82,13 +105,18 @@ def build_task(model_factory: Callable, spec: DataSpec, optim: OptimizerSettings
         elif carry_state and not ordered:
             raise ConfigError("task.carry_state=true needs in-order windows; set data.windows=stream")
         kwargs["carry_state"] = bool(carry_state)
+    elif carry_state not in ("auto", False):
+        raise ConfigError(f"task.carry_state={carry_state} applies to causal LM runs only; this is a {spec.task_kind} run")
+    if spec.task_kind == "dialogue" and max_eval_generate_batches is not None:
+        kwargs["max_eval_generate_batches"] = int(max_eval_generate_batches)
     return task_cls(net, spec, optim=optim, **kwargs)
 
 
 def run_key(cfg: dict) -> str:
     """A short hash of what determines the learned weights: model, data, optimiser, task, seed."""
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
-    payload = {k: cfg.get(k) for k in ("model", "optim", "task", "seed")} | {"data": data}
+    task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
+    payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -146,6 +174,7 @@ def train_and_test(
     logger: dict | None = None,
     callbacks: dict | None = None,
     carry_state: bool | str = "auto",
+    max_eval_generate_batches: int | None = None,
     fresh: bool = False,
     ckpt_dir: str | Path | None = None,
     sample_tokens: int = 0,
@@ -161,7 +190,7 @@ def train_and_test(
     datamodule = data()
     datamodule.prepare_data()
     datamodule.setup("fit")
-    task = build_task(model, datamodule.spec, optim, carry_state)
+    task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches)
     task.run_config = cfg | {"names": vars(names)}
 
     last = ckpt_dir / "last.ckpt"
@@ -245,8 +274,13 @@ def load_checkpoint(
     data_dir: str | None = None,
     expect_model: str | None = None,
     data_overrides: dict | None = None,
+    data_path: str | None = None,
 ) -> LoadedRun:
-    """Rebuild the task (with its weights) and the data module (with its tokenizer) of a checkpoint."""
+    """Rebuild the task (with its weights) and the data module (with its tokenizer) of a checkpoint.
+
+    data_path: other data to evaluate on, set as whichever of the data config's `path` (text)
+    or `source` (dialogues) it has.
+    """
     path = Path(path)
     ck = _read_checkpoint(path)
     meta = ck["memexp"]
@@ -257,11 +291,18 @@ def load_checkpoint(
     data_cfg = dict(cfg["data"]) | (data_overrides or {})
     if data_dir is not None:
         data_cfg["data_dir"] = data_dir
+    if data_path is not None:
+        field = next((f for f in ("path", "source") if f in data_cfg), None)
+        if field is None:
+            raise ConfigError(f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)")
+        data_cfg[field] = data_path
     datamodule = instantiate(data_cfg)()
     datamodule.restore_tokenizer(meta["tokenizer"])
     optim = instantiate(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
     model_factory = instantiate(cfg["model"])
-    task = build_task(model_factory, datamodule.spec, optim, carry_state=False)
+    task_cfg = cfg.get("task") or {}
+    task = build_task(model_factory, datamodule.spec, optim, carry_state=False,
+                      max_eval_generate_batches=task_cfg.get("max_eval_generate_batches"))
     try:
         task.load_state_dict(ck["state_dict"])
     except RuntimeError as e:

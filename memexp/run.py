@@ -51,6 +51,7 @@ def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, se
         logger=logger,
         callbacks=callbacks,
         carry_state=task.carry_state,
+        max_eval_generate_batches=task.max_eval_generate_batches,
         fresh=fresh,
         ckpt_dir=ckpt_dir,
         sample_tokens=sample_tokens,

@@ -21,6 +21,10 @@ def shared_data_dir() -> Path:
     return shared if shared.is_dir() else REPO / "data"
 
 
+# Configs resolve ${paths.data_dir} from MEMEXP_DATA_DIR: point it at the same folder the fixtures use.
+os.environ.setdefault("MEMEXP_DATA_DIR", str(shared_data_dir()))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The data root, with tiny-shakespeare in it (downloaded once when missing)."""
@@ -76,10 +80,38 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     return zen(run)(compose_run(overrides, output_dir))
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
-    """Run `python -m <module> args...` and return the CompletedProcess (text)."""
+def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None):
+    """Run `python -m <module> args...` (standard input: `input`, else none) and return the CompletedProcess (text)."""
     full_env = os.environ.copy() | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     full_env |= env or {}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+        input=input, stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+LCCC_TOY = shared_data_dir() / "lccc_toy" / "toy_data.json"
+# A tiny HGD-MemNet on the whole LCCC toy sample: 30 steps, a validation every 10.
+TINY_HGD = ["model=hgd", "data=lccc", "model.embedding_dim=32", "model.hidden_dim=64", "model.static_dim=32", "model.max_think=3",
+            "model.dropout=0.0", "data.batch_size=16", "data.eval_batch_size=32", "data.max_context_len=48", "data.max_reply_len=16",
+            "task.max_eval_generate_batches=1"]
+HGD_STEPS = ["trainer.max_steps=30", "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+             "trainer.log_every_n_steps=5", "optim.lr=1e-2", "optim.warmup_steps=5", "optim.schedule=constant"]
+
+
+@pytest.fixture(scope="session")
+def lccc_cache(tmp_path_factory) -> Path:
+    """One prepared cache of the toy sample for every test that trains on it (prepared on first use)."""
+    if not LCCC_TOY.exists():
+        pytest.skip(f"{LCCC_TOY} (the LCCC toy sample) is not in the shared data folder")
+    return tmp_path_factory.mktemp("lccc") / "cache"
+
+
+@pytest.fixture(scope="session")
+def hgd_run(lccc_cache, tmp_path_factory) -> dict:
+    """memexp.run of the tiny HGD-MemNet, in-process; its result dict (metrics, run_dir, ckpt_dir)."""
+    import torch
+
+    torch.set_num_threads(1)  # the test machine is shared; these tensors are tiny
+    out = tmp_path_factory.mktemp("hgd_run")
+    return run_in_process([*TINY_HGD, f"data.cache_dir={lccc_cache}", *QUIET, *HGD_STEPS], out)

@@ -36,7 +36,16 @@ def test_model_configs_instantiate(name):
 
 
 @pytest.mark.parametrize("name", entries("data"))
-def test_data_configs_instantiate(name, tiny_text, tiny_jsonl, data_dir):
+def test_data_configs_instantiate(name, tiny_text, tiny_jsonl, data_dir, tmp_path):
+    if name.startswith("lccc"):  # dialogue data: a source, not a path
+        cfg = compose_run([f"data={name}", f"data.cache_dir={tmp_path}"], Path("/tmp"))
+        dm = instantiate(cfg.data)(data_dir=str(data_dir))
+        assert isinstance(dm, L.LightningDataModule) and dm.task_kind == "dialogue"
+        if name == "lccc_full":  # LCCC-base is a multi-GB download: built here, never prepared
+            assert dm.source is None and not dm.is_prepared()
+        else:
+            assert dm.spec.vocab_size > 0 and dm.spec.pad_id == 0
+        return
     path = {"shakespeare": "null", "jsonl": tiny_jsonl}.get(name, tiny_text)
     cfg = compose_run([f"data={name}", f"data.path={path}"], Path("/tmp"))
     dm = instantiate(cfg.data)(data_dir=str(data_dir))
@@ -96,7 +105,8 @@ def test_experiment_presets_compose_and_build(name, debug, data_dir, tmp_path):
     assert cfg.experiment_name == name
     if debug == "fast":
         assert cfg.trainer.max_steps == 20
-    dm = instantiate(cfg.data)(data_dir=str(data_dir))
+    extra = {"cache_dir": str(tmp_path / "cache")} if "cache_dir" in cfg.data else {}  # the shared data root is read-only
+    dm = instantiate(cfg.data)(data_dir=str(data_dir), **extra)
     task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim), cfg.task.carry_state)
     batch = next(iter(dm.train_dataloader()))
     assert task.training_step(batch, 0).isfinite()

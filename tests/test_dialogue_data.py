@@ -22,11 +22,12 @@ from memexp.data.dialogue_prepare import (
 )
 from memexp.data.dialogue_stream import DialogueStream, collate_dialogues
 from memexp.errors import DataError
+from conftest import shared_data_dir
 
 torch.set_num_threads(1)  # the test machine is shared; tiny tensors gain nothing from threads
 
-TOY = Path("/work/shared/data/lccc_toy")
-BERT_VOCAB = Path("/work/shared/data/vocab/bert_chinese_vocab.txt")
+TOY = shared_data_dir() / "lccc_toy"
+BERT_VOCAB = shared_data_dir() / "vocab" / "bert_chinese_vocab.txt"
 pytestmark = pytest.mark.skipif(not (TOY / "toy_data.json").exists(), reason="shared LCCC toy data not present")
 
 

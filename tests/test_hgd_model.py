@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from memexp.errors import ConfigError
 from memexp.models.hgd import HGDMemNet
 from memexp.models.sampling import filter_logits, sample_next
+from conftest import shared_data_dir
 
 torch.set_num_threads(1)  # shared test machine; these tensors are tiny
 
 V, PAD, SOS, EOS = 50, 0, 1, 2
-TOY = Path("/work/shared/data/lccc_toy/toy_data.json")
+TOY = shared_data_dir() / "lccc_toy" / "toy_data.json"
 
 
 def tiny(**kw) -> HGDMemNet:

@@ -10,9 +10,9 @@ directory) are on Hydra's search path: `conf/experiment/foo.yaml` is `experiment
 """
 
 from memexp.configs.groups import register_groups
-from memexp.configs.apps import EvaluateConfig, GenerateConfig, RunConfig, register_apps
+from memexp.configs.apps import ChatConfig, EvaluateConfig, GenerateConfig, PrepareConfig, RunConfig, register_apps
 
 register_groups()
 register_apps()
 
-__all__ = ["RunConfig", "EvaluateConfig", "GenerateConfig"]
+__all__ = ["RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig"]

@@ -30,7 +30,8 @@ RunConfig = make_config(
     logger=None,
     callbacks=None,
     paths=None,
-    task=make_config(carry_state="auto"),
+    # carry_state: causal LM only; max_eval_generate_batches: dialogue only (BLEU/distinct decoding).
+    task=make_config(carry_state="auto", max_eval_generate_batches=4),
     seed=0,
     fresh=False,
     ckpt_dir=None,
@@ -70,6 +71,31 @@ GenerateConfig = make_config(
 )
 
 
+PrepareConfig = make_config(
+    hydra_defaults=["_self_", {"data": "lccc"}, {"paths": "default"}],
+    data=None,
+    paths=None,
+    zen_dataclass={"cls_name": "PrepareConfig"},
+)
+
+# `history`: utterances kept as context (None: the data's max_history); the options of sampling as in generate.
+ChatConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}, {"optional model": None}],
+    paths=None,
+    ckpt=MISSING,
+    model=None,
+    max_len=None,
+    temperature=0.8,
+    top_k=0,
+    top_p=0.9,
+    greedy=False,
+    seed=0,
+    history=None,
+    verbose=False,
+    zen_dataclass={"cls_name": "ChatConfig"},
+)
+
+
 def config_dir() -> str | None:
     """The YAML preset folder Hydra reads as its primary config path: the repository's conf/."""
     return str(REPO_CONF) if REPO_CONF.is_dir() else None
@@ -87,6 +113,8 @@ def register_apps() -> None:
     store(RunConfig, name="memexp_run")
     store(EvaluateConfig, name="memexp_evaluate")
     store(GenerateConfig, name="memexp_generate")
+    store(PrepareConfig, name="memexp_prepare")
+    store(ChatConfig, name="memexp_chat")
 
 
 def hydra_settings(folder: str):

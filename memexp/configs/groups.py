@@ -8,8 +8,10 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from memexp.data.dialogue import DialogueDataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.loggers import wandb_logger
+from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.transformer import Transformer
@@ -19,6 +21,8 @@ from memexp.tasks.optim import OptimizerSettings
 TransformerConf = builds(
     Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"], max_len=64
 )
+# pad_id comes from the data's vocabulary, like vocab_size.
+HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
 
 HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
@@ -29,6 +33,11 @@ ShakespeareConf = builds(TextDataModule, **_text)
 TextFileConf = builds(TextDataModule, **_text, path="???")
 JsonlConf = builds(TextDataModule, **_text, path="???", format="jsonl")
 RandomBytesConf = builds(RandomBytesDataModule, **_text, builds_bases=(ShakespeareConf,), tokenizer="byte")
+# The LCCC toy sample (1,400 dialogues; copied from ../shared/data or downloaded when missing),
+# and the full LCCC-base (downloaded into <data_dir>/lccc_base/, about 6.8M dialogues).
+LCCCConf = builds(DialogueDataModule, **_text, source="${paths.data_dir}/lccc_toy/toy_data.json")
+LCCCFullConf = builds(DialogueDataModule, **_text, source=None, min_freq=3, max_size=50_000, max_history=6,
+                      max_context_len=192, buffer_size=8192, num_workers=2)
 
 # -- optim ----------------------------------------------------------------------------------
 AdamWConf = builds(OptimizerSettings, populate_full_signature=True)
@@ -88,12 +97,15 @@ def register_groups() -> None:
     model(TransformerConf, name="transformer")
     model(HOPEConf, name="hope")
     model(HyperLSTMConf, name="hyperlstm")
+    model(HGDConf, name="hgd")
 
     data = store(group="data")
     data(ShakespeareConf, name="shakespeare")
     data(TextFileConf, name="text")
     data(JsonlConf, name="jsonl")
     data(RandomBytesConf, name="random")
+    data(LCCCConf, name="lccc")
+    data(LCCCFullConf, name="lccc_full")
 
     optim = store(group="optim")
     optim(AdamWConf, name="adamw")
@@ -150,4 +162,20 @@ def register_groups() -> None:
             experiment_name="nanogpt_shakespeare",
         ),
         name="nanogpt_shakespeare",
+    )
+    # HGD-MemNet on the LCCC toy sample, sized for a laptop CPU (about 5 minutes on 2 cores). The toy
+    # sample has 2,887 training pairs: past ~400 steps the model overfits it (validation perplexity rises).
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "hgd"}, {"override /data": "lccc"}],
+            model=dict(embedding_dim=96, hidden_dim=192, static_dim=96, min_think=1, max_think=4, dropout=0.2),
+            data=dict(batch_size=32, eval_batch_size=64, max_history=4, max_context_len=96, max_reply_len=32),
+            optim=dict(lr=3e-3, warmup_steps=50, min_lr=3e-4, weight_decay=0.01),
+            trainer=dict(max_steps=400, val_check_interval=50, limit_val_batches=5, limit_test_batches=5, gradient_clip_val=1.0),
+            task=dict(max_eval_generate_batches=2),
+            sample_tokens=30,
+            sample_prompt="你 好 ， 在 干 嘛 呢 ？",
+            experiment_name="hgd_lccc",
+        ),
+        name="hgd_lccc",
     )

@@ -424,6 +424,28 @@ class DialogueVocab:
             start = end
         return pieces
 
+    def segment(self, text: str, longest: int = 8) -> str:
+        """Unsegmented user text -> space-separated vocabulary tokens (for `encode`).
+
+        Whitespace-separated words found in the vocabulary are kept; any other word is cut
+        greedily into the longest known tokens of at most `longest` characters, unknown
+        characters standing alone. "你好吗" becomes "你 好 吗" with a character vocabulary
+        and "你好 吗" with a word vocabulary holding 你好.
+        """
+        out: list[str] = []
+        for word in text.split():
+            if word in self.stoi:
+                out.append(word)
+                continue
+            start = 0
+            while start < len(word):
+                end = min(len(word), start + longest)
+                while end > start + 1 and word[start:end] not in self.stoi:
+                    end -= 1
+                out.append(word[start:end])
+                start = end
+        return " ".join(out)
+
     def decode(self, ids, skip_special: bool = True) -> str:
         out: list[str] = []
         for i in ids:

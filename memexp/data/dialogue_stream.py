@@ -146,12 +146,15 @@ class DialogueStream(IterableDataset):
             return ids[rank::world], False
         return ids, True
 
-    def __len__(self) -> int:
-        rank, world = self._rank_world()
+    def samples_on_rank(self, rank: int, world: int) -> int:
+        """How many samples rank `rank` of `world` produces per epoch (all its workers together)."""
         ids, strided = self._rank_chunks(rank, world)
         if strided:
             return len(range(rank, self.num_samples, world))
         return sum(self.chunks[i][2] for i in ids)
+
+    def __len__(self) -> int:
+        return self.samples_on_rank(*self._rank_world())
 
     def _plan(self) -> tuple[list[int], callable, int]:
         """This worker's chunk ids (in epoch order), a keep(index) filter, and its consumer id."""

@@ -258,14 +258,18 @@ class HGDMemNet(nn.Module):
         top_p: float = 1.0,
         greedy: bool = False,
         generator: torch.Generator | None = None,
+        min_len: int = 0,
     ) -> torch.Tensor:
         """Replies (B, L), L <= max_len: tokens up to and including EOS, then pad_id.
 
-        Stops when every row has emitted EOS or after max_len tokens. Call .eval() first
+        Stops when every row has emitted EOS or after max_len tokens; EOS is not chosen
+        before `min_len` tokens (e.g. 1: never an empty reply). Call .eval() first
         (dropout is whatever mode the module is in).
         """
         if max_len < 1:
             raise ConfigError(f"max_len={max_len} must be >= 1")
+        if not 0 <= min_len <= max_len:
+            raise ConfigError(f"min_len={min_len} must be between 0 and max_len={max_len}")
         mask = context_mask.bool()
         enc, s = self.encode(context, mask)
         h_star, _, _ = self.think(enc, mask, s)
@@ -275,10 +279,12 @@ class HGDMemNet(nn.Module):
         y = torch.full((B,), sos_id, dtype=torch.long, device=context.device)
         done = torch.zeros(B, dtype=torch.bool, device=context.device)
         out_ids = []
-        for _ in range(max_len):
+        for t in range(max_len):
             inp = torch.cat([self.embed(y), s], dim=-1)[:, None, :]  # (B, 1, E+S)
             out, state = self.dec_rnn(inp, state)  # (B, 1, H)
             logits = self._logits(out, keys, enc, mask, h_star, s)[:, 0]  # (B, V)
+            if t < min_len:
+                logits[:, eos_id] = float("-inf")
             y = sample_next(logits, temperature, top_k, top_p, greedy=greedy, generator=generator)
             y = y.masked_fill(done, self.pad_id)
             out_ids.append(y)

@@ -2,5 +2,6 @@
 the kind it provides; `TASKS` maps the kind to the module that trains the pair."""
 
 from memexp.tasks.causal_lm import CausalLMTask
+from memexp.tasks.dialogue import DialogueTask
 
-TASKS = {"causal_lm": CausalLMTask}
+TASKS = {"causal_lm": CausalLMTask, "dialogue": DialogueTask}

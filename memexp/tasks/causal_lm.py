@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from memexp.data.spec import DataSpec
 from memexp.models.hope import CMSGradientGate
 from memexp.models.sampling import sample_next
-from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
+from memexp.tasks.optim import OptimizerSettings, configure_optimizers
 
 IGNORE_INDEX = -100
 
@@ -126,10 +126,7 @@ class CausalLMTask(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.net, self.optim)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        schedule = build_schedule(optimizer, self.optim, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return configure_optimizers(self)
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

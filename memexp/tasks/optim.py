@@ -63,3 +63,12 @@ def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total
     if s.schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=s.warmup_steps)
     raise ConfigError(f"optim.schedule={s.schedule!r}: expected 'cosine' or 'constant'")
+
+
+def configure_optimizers(task) -> dict:
+    """Lightning's `configure_optimizers` for a task with `.net` and `.optim` (OptimizerSettings):
+    the optimiser over the net, and the schedule over the run's estimated optimiser steps."""
+    optimizer = build_optimizer(task.net, task.optim)
+    total = int(task.trainer.estimated_stepping_batches) if task._trainer is not None else 1
+    schedule = build_schedule(optimizer, task.optim, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
