@@ -451,8 +451,10 @@ class _CppScan(torch.autograd.Function):
         xin = xin.contiguous()
         w_h, w_hyper_h, w_z, w_d = w_h.contiguous(), w_hyper_h.contiguous(), w_z.contiguous(), w_d.contiguous()
         ln_args = [opt(x) for x in (gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)]
+        w_zy = torch.cat([w_z, w_hyper_h], 1)  # (N, P*Z + G*N): one matmul per step for both
+        b_zy = torch.cat([b_z, b_z.new_zeros(w_hyper_h.shape[1])])
         saved = ext.hyperlstm_forward(xin, opt(mask), has_mask, ln, h.contiguous(), c.contiguous(),
-                                      hh.contiguous(), hc.contiguous(), w_h, w_hyper_h, w_z, b_z.contiguous(),
+                                      hh.contiguous(), hc.contiguous(), w_h, w_hyper_h, w_zy, b_zy,
                                       w_d, b_d.contiguous(), ln_args[0], shift.contiguous(), ln_args[1],
                                       opt(ln_c_b), ln_args[2], hyper_shift.contiguous(), ln_args[3],
                                       opt(hyper_ln_c_b))
@@ -466,7 +468,7 @@ class _CppScan(torch.autograd.Function):
     def backward(ctx, d_hs, dh, dc, dhh, dhc):
         xin, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
         saved = ctx.saved
-        h_all, c_all, hh_all, hc_all, hp, zz, dxh, n, act, rstd, cn, rstd_c, tc, ny = saved[:14]
+        h_all, c_all, hh_all, hc_all, hp, zy, dxh, n, act, rstd, cn, rstd_c, tc, ny = saved[:14]
         hcn = saved[16]
         G, (T, B, _), H, N = GATES, xin.shape, h_all.shape[2], hh_all.shape[2]
         P, Z = w_d.shape[0], w_d.shape[1]
@@ -474,7 +476,8 @@ class _CppScan(torch.autograd.Function):
         d_hs = torch.zeros(T, B, H, dtype=xin.dtype, device=xin.device) if d_hs is None else d_hs.contiguous()
         grads = _cpp_ext.hyperlstm_backward(
             d_hs, zero(dh, h_all[0]), zero(dc, c_all[0]), zero(dhh, hh_all[0]), zero(dhc, hc_all[0]), xin, mask,
-            ctx.has_mask, ctx.ln, saved, w_h.t().contiguous(), w_hyper_h.t().contiguous(), w_z.t().contiguous(),
+            ctx.has_mask, ctx.ln, saved, w_h.t().contiguous(), w_hyper_h.t().contiguous(),
+            torch.cat([w_z, w_hyper_h], 1).t().contiguous(),
             w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
         dh, dc, dhh, dhc, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy = grads
         # weight gradients of all steps at once (rows = T*B)
@@ -486,7 +489,8 @@ class _CppScan(torch.autograd.Function):
         g_w_z = hh_all[1:].reshape(TB, N).t() @ dzz
         g_b_z = dzz.sum(0)
         dd = dd.view(TB, P, H)
-        g_w_d = torch.bmm(zz.view(TB, P, Z).permute(1, 2, 0), dd.transpose(0, 1))  # (P, Z, H)
+        zz = zy.view(TB, -1)[:, : P * Z].reshape(TB, P, Z)
+        g_w_d = torch.bmm(zz.permute(1, 2, 0), dd.transpose(0, 1))  # (P, Z, H)
         g_b_d = dd.sum(0).unsqueeze(1)
         dg = dg.view(TB, G, H)
         g_shift = dg.sum(0).unsqueeze(1)
