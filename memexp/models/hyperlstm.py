@@ -31,7 +31,7 @@ step_impls then run the loop without autograd and differentiate it by hand: the
 backward loop carries only the gradients through time and the weight gradients of all T
 steps are a few large matmuls. The default on CPU ("auto" -> "cpp", `_CppScan`) runs
 both loops in C++ (hyperlstm_ext.cpp, built at first use): per step two matmuls through
-ATen and one hand-written loop over (B, units) for everything element-wise (~1.4x faster
+ATen and one hand-written loop over (B, units) for everything element-wise (~1.5x faster
 than TorchScript in experiments/bench_hyperlstm.py). Where it does not apply (no
 compiler: one warning; GPU; other dtypes) "fused_script" runs: the same BPTT
 (`_FusedScan`) as TorchScript loops (deprecated, but the cheapest op dispatch; Python if
