@@ -60,7 +60,7 @@ def evaluate(model, data, T, B, carry):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/data/tinyshakespeare/input.txt")
+    ap.add_argument("--data", default=os.path.join(os.environ.get("MEMEXP_DATA_DIR", "../shared/data"), "tinyshakespeare", "input.txt"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--context", type=int, default=64)

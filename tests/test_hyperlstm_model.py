@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from memexp.errors import ConfigError
 from memexp.models.hyperlstm import HyperLSTM, HyperLSTMCell
 
-IMPLS = ["fused_script", "fused", "python"]
+IMPLS = ["cpp", "fused_script", "fused", "python"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -188,8 +188,8 @@ def test_recurrent_dropout_drops_only_the_candidate():
     torch.testing.assert_close(hh, rhh)  # the hyper LSTM has no recurrent dropout
 
 
-@pytest.mark.parametrize("impl", ["fused_script", "fused"])
-@pytest.mark.parametrize("use_layer_norm,use_recurrent_dropout", [(True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("impl", ["cpp", "fused_script", "fused"])
+@pytest.mark.parametrize("use_layer_norm,use_recurrent_dropout", [(True, False), (True, True), (False, True), (False, False)])
 def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurrent_dropout):
     torch.manual_seed(0)
     kw = dict(embedding_size=5, hidden_size=6, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
@@ -294,3 +294,79 @@ def test_bad_args_raise_config_error_naming_the_field(kwargs, field):
     args = dict(vocab_size=10) | kwargs
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         HyperLSTM(**args)
+
+
+def _cpp_built():
+    from memexp.models import hyperlstm
+
+    return hyperlstm._load_cpp_ext() is not None
+
+
+def test_cpp_loops_run_and_agree_with_autograd_in_float64():
+    """The C++ path really runs (no silent fallback) and matches autograd to float64 rounding."""
+    if not _cpp_built():
+        pytest.skip("no C++ compiler: step_impl='cpp' falls back to 'fused_script' (tested elsewhere)")
+    torch.manual_seed(0)
+    cell = HyperLSTMCell(5, 7, hyper_num_units=6, hyper_embedding_size=3, step_impl="python").double()
+    _perturb(cell)
+    x = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    state = tuple((0.5 * torch.randn(3, n, dtype=torch.float64)).requires_grad_() for n in (7, 7, 6, 6))
+    assert HyperLSTMCell(5, 7, step_impl="cpp")._uses_cpp(x) and HyperLSTMCell(5, 7)._uses_cpp(x)  # "auto" -> cpp
+    results = []
+    for impl in ("python", "cpp"):
+        cell.step_impl = impl
+        hs, new_state = cell(x, state)
+        w = torch.linspace(-1, 1, hs.numel(), dtype=torch.float64).view_as(hs)
+        loss = (hs * w).sum() + sum((s ** 2).sum() for s in new_state)
+        results.append((hs, *new_state, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
+    for ref, got in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cpp_falls_back_to_torchscript_with_one_warning(monkeypatch):
+    from memexp.models import hyperlstm
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("g++ not found")
+
+    monkeypatch.setattr(hyperlstm, "_cpp_ext", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
+    torch.manual_seed(0)
+    m = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2, step_impl="cpp")
+    ref = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2,
+                    step_impl="fused_script")
+    ref.load_state_dict(m.state_dict())
+    idx = torch.randint(0, 9, (2, 5))
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        out, _ = m(idx)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once
+        out2, _ = m(idx)
+    torch.testing.assert_close(out, ref(idx)[0])
+    torch.testing.assert_close(out2, out)
+
+
+def test_cpp_is_not_used_off_cpu_or_for_other_dtypes():
+    cell = HyperLSTMCell(4, 6, hyper_num_units=4, hyper_embedding_size=2)
+    assert not cell._uses_cpp(torch.empty(1, device="meta"))
+    assert not cell._uses_cpp(torch.empty(1, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_runs_the_fused_path_and_matches_cpu():
+    torch.manual_seed(0)
+    m = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2).double()
+    _perturb(m, scale=0.1)
+    idx = torch.randint(0, 9, (2, 5))
+    out_cpu, _ = m(idx)
+    out_cpu.sum().backward()
+    g_cpu = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.cuda()
+    out_gpu, _ = m(idx.cuda())
+    out_gpu.sum().backward()
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu)
+    for p, g in zip(m.parameters(), g_cpu):
+        torch.testing.assert_close(p.grad.cpu(), g)

@@ -179,3 +179,20 @@ def register_groups() -> None:
         ),
         name="hgd_lccc",
     )
+
+    # HyperLSTM at the same budget (2000 steps of 12 x 64 chars), trained as the paper trains: in-order
+    # streams with the state carried across windows (truncated BPTT). ~0.99M params (H=352, N=128, Z=16);
+    # the optimiser settings of experiments/hyperlstm_quality.py (val 1.560 there, random windows).
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "hyperlstm"}, {"override /data": "shakespeare"}],
+            model=dict(embedding_size=64, hidden_size=352, num_layers=1, hyper_num_units=128, hyper_embedding_size=16,
+                       use_layer_norm=True, use_recurrent_dropout=False, dropout=0.0),
+            data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
+            task=dict(carry_state="auto"),
+            optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
+            trainer=dict(max_steps=2000, val_check_interval=500, gradient_clip_val=1.0),
+            experiment_name="hyperlstm_shakespeare",
+        ),
+        name="hyperlstm_shakespeare",
+    )

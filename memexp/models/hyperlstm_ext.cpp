@@ -1,0 +1,525 @@
+// HyperLSTM layer loops for CPU: one hand-written loop over (B, units) per step for all the
+// element-wise work (layer norms, gate nonlinearities, hyper scalings d = W_d z, cell update),
+// forward and backward; only the recurrent matmuls go to at::mm / at::addmm.
+// Built at first use by memexp/models/hyperlstm.py (torch.utils.cpp_extension.load_inline).
+//
+// Layouts (row-major; G = 4 gates i|j|f|o, P = 12 = (x, h, b) x G, Z embedding, H main, N hyper units):
+//   xin (T, B, 4H + 4N)   input terms: [W_x x | x-half of the hyper input (+ bias)]
+//   hp  (T, B, 4H + 4N)   h_{t-1} @ [W_h | h-half of the hyper input]
+//   zy  (T, B, P*Z + 4N)  hh_{t+1} @ [W_z | W_hyper_h] (+ [b_z | 0]): the hyper embeddings z (x, h, b
+//                         parts) of step t and the hyper recurrent term of step t + 1, one matmul
+//   dxh (T, B, 2G, H)     the scalings d_x, d_h
+//   w_d (P, Z, H), b_d (P, H)
+// The Python side (memexp/models/hyperlstm.py, _CppScan) computes all weight gradients from
+// what these loops save, as a few large matmuls over T*B rows.
+
+#include <torch/extension.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+constexpr int64_t G = 4;
+constexpr double EPS = 1e-3;  // LayerNorm epsilon of the reference (inside the square root)
+
+// Inner loops over units carry `#pragma GCC ivdep`: their arrays never overlap, and without it
+// the compiler must assume they might and leaves the loops scalar (4-5x slower).
+
+// exp-based forms, clamped so no inf appears (built with -ffast-math: exp vectorises, inf is not allowed)
+template <typename T>
+inline T sigm(T x) {
+  x = std::min(std::max(x, T(-40)), T(40));
+  return T(1) / (T(1) + std::exp(-x));
+}
+template <typename T>
+inline T tanh_(T x) {
+  x = std::min(std::max(x, T(-20)), T(20));
+  return T(1) - T(2) / (std::exp(T(2) * x) + T(1));
+}
+
+// normalise v[0..n) in place; returns rstd
+template <typename T>
+inline T layer_norm_(T* v, int64_t n) {
+  T mean = 0;
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) mean += v[i];
+  mean /= T(n);
+  T var = 0;
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    T d = v[i] - mean;
+    var += d * d;
+  }
+  var /= T(n);
+  T rstd = T(1) / std::sqrt(var + T(EPS));
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) v[i] = (v[i] - mean) * rstd;
+  return rstd;
+}
+
+// dx = rstd * (dy - mean(dy) - y * mean(dy * y)) for normalised y; writes out (may alias dy)
+template <typename T>
+inline void layer_norm_back(const T* dy, const T* y, T rstd, int64_t n, T* out) {
+  T m1 = 0, m2 = 0;
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    m1 += dy[i];
+    m2 += dy[i] * y[i];
+  }
+  m1 /= T(n);
+  m2 /= T(n);
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) out[i] = rstd * (dy[i] - m1 - y[i] * m2);
+}
+
+template <typename T>
+void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln, const Tensor& w_h,
+                  const Tensor& w_hyper_h, const Tensor& w_zy, const Tensor& b_zy, const Tensor& w_d,
+                  const Tensor& b_d, const Tensor& gamma, const Tensor& shift, const Tensor& ln_c_w,
+                  const Tensor& ln_c_b, const Tensor& hyper_gamma, const Tensor& hyper_shift,
+                  const Tensor& hyper_ln_c_w, const Tensor& hyper_ln_c_b, std::vector<Tensor>& o) {
+  // o: h_all c_all hh_all hc_all hp zy dxh n act rstd cn rstd_c tc ny acty rstd_y hcn rstd_hc tcy
+  Tensor &h_all = o[0], &c_all = o[1], &hh_all = o[2], &hc_all = o[3], &hp = o[4], &zy = o[5];
+  const int64_t T_ = xin.size(0), B = xin.size(1), H = h_all.size(2), N = hh_all.size(2);
+  const int64_t Z = w_d.size(1), P = w_d.size(0), W = G * H + G * N, PZ = P * Z, ZY = PZ + G * N;
+  Tensor yy = at::mm(hh_all[0], w_hyper_h);  // the hyper recurrent term of step 0; later ones come with zy
+  const T* wd = w_d.data_ptr<T>();
+  const T* bd = b_d.data_ptr<T>();
+  const T* gm = ln ? gamma.data_ptr<T>() : nullptr;
+  const T* sh = shift.data_ptr<T>();
+  const T* lcw = ln ? ln_c_w.data_ptr<T>() : nullptr;
+  const T* lcb = ln ? ln_c_b.data_ptr<T>() : nullptr;
+  const T* hgm = ln ? hyper_gamma.data_ptr<T>() : nullptr;
+  const T* hsh = hyper_shift.data_ptr<T>();
+  const T* hlcw = ln ? hyper_ln_c_w.data_ptr<T>() : nullptr;
+  const T* hlcb = ln ? hyper_ln_c_b.data_ptr<T>() : nullptr;
+  for (int64_t t = 0; t < T_; ++t) {
+    Tensor hp_t = hp[t];
+    at::mm_out(hp_t, h_all[t], w_h);
+    const T* yy0 = t == 0 ? yy.data_ptr<T>() : zy.data_ptr<T>() + (t - 1) * B * ZY + PZ;
+    const int64_t yy_stride = t == 0 ? G * N : ZY;
+    // --- hyper LSTM cell ---
+    {
+      const T* xr0 = xin.data_ptr<T>() + t * B * W;
+      const T* hp0 = hp_t.data_ptr<T>();
+      const T* hc_prev0 = hc_all.data_ptr<T>() + t * B * N;
+      T* hc_new0 = hc_all.data_ptr<T>() + (t + 1) * B * N;
+      T* hh_new0 = hh_all.data_ptr<T>() + (t + 1) * B * N;
+      T* ny0 = o[13].data_ptr<T>() + t * B * G * N;
+      T* acty0 = o[14].data_ptr<T>() + t * B * G * N;
+      T* rstdy0 = o[15].data_ptr<T>() + t * B * G;
+      T* hcn0 = o[16].data_ptr<T>() + t * B * N;
+      T* rstdhc0 = o[17].data_ptr<T>() + t * B;
+      T* tcy0 = o[18].data_ptr<T>() + t * B * N;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xr = xr0 + b * W + G * H;
+        const T* hr = hp0 + b * W + G * H;
+        const T* yr = yy0 + b * yy_stride;
+        T* ny = ny0 + b * G * N;
+        T* acty = acty0 + b * G * N;
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < G * N; ++i) ny[i] = xr[i] + hr[i] + yr[i];
+        for (int64_t k = 0; k < G; ++k) {
+          T* v = ny + k * N;
+          T* a = acty + k * N;
+          if (ln) {
+            rstdy0[b * G + k] = layer_norm_(v, N);
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) a[i] = v[i] * hgm[k * N + i] + hsh[k * N + i];
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) a[i] = v[i] + hsh[k * N + i];
+          }
+          if (k == 1) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) a[i] = tanh_(a[i]);
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) a[i] = sigm(a[i]);
+          }
+        }
+        const T* hcp = hc_prev0 + b * N;
+        T* hcn_ = hc_new0 + b * N;
+        T* hcnorm = hcn0 + b * N;
+        T* tcy = tcy0 + b * N;
+        T* hhn = hh_new0 + b * N;
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < N; ++i) {
+          hcn_[i] = acty[2 * N + i] * hcp[i] + acty[i] * acty[N + i];
+          hcnorm[i] = hcn_[i];
+        }
+        if (ln) {
+          rstdhc0[b] = layer_norm_(hcnorm, N);
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i] * hlcw[i] + hlcb[i]);
+        } else {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i]);
+        }
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < N; ++i) hhn[i] = acty[3 * N + i] * tcy[i];
+      }
+    }
+    // --- hyper embeddings z (x, h, b parts), and the next step's hyper recurrent term ---
+    Tensor zy_t = zy[t];
+    at::addmm_out(zy_t, b_zy, hh_all[t + 1], w_zy);
+    // --- main LSTM cell ---
+    {
+      const T* xr0 = xin.data_ptr<T>() + t * B * W;
+      const T* hp0 = hp_t.data_ptr<T>();
+      const T* zz0 = zy_t.data_ptr<T>();
+      const T* mk0 = has_mask ? mask.data_ptr<T>() + t * B * H : nullptr;
+      const T* c_prev0 = c_all.data_ptr<T>() + t * B * H;
+      T* c_new0 = c_all.data_ptr<T>() + (t + 1) * B * H;
+      T* h_new0 = h_all.data_ptr<T>() + (t + 1) * B * H;
+      T* dxh0 = o[6].data_ptr<T>() + t * B * 2 * G * H;
+      T* n0 = o[7].data_ptr<T>() + t * B * G * H;
+      T* act0 = o[8].data_ptr<T>() + t * B * G * H;
+      T* rstd0 = o[9].data_ptr<T>() + t * B * G;
+      T* cn0 = o[10].data_ptr<T>() + t * B * H;
+      T* rstdc0 = o[11].data_ptr<T>() + t * B;
+      T* tc0 = o[12].data_ptr<T>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xm = xr0 + b * W;
+        const T* hm = hp0 + b * W;
+        const T* zr = zz0 + b * ZY;
+        T* dxh = dxh0 + b * 2 * G * H;
+        T* nr = n0 + b * G * H;
+        T* act = act0 + b * G * H;
+        for (int64_t k = 0; k < G; ++k) {
+          T* dx = dxh + k * H;
+          T* dh = dxh + (G + k) * H;
+          T* a = nr + k * H;
+          const T* bx = bd + k * H;
+          const T* bh = bd + (G + k) * H;
+          const T* bb = bd + (2 * G + k) * H;
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) {
+            dx[i] = bx[i];
+            dh[i] = bh[i];
+            a[i] = bb[i];
+          }
+          for (int64_t z = 0; z < Z; ++z) {
+            const T zx = zr[k * Z + z], zh = zr[(G + k) * Z + z], zb = zr[(2 * G + k) * Z + z];
+            const T* wx = wd + (k * Z + z) * H;
+            const T* wh = wd + ((G + k) * Z + z) * H;
+            const T* wb = wd + ((2 * G + k) * Z + z) * H;
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) {
+              dx[i] += zx * wx[i];
+              dh[i] += zh * wh[i];
+              a[i] += zb * wb[i];
+            }
+          }
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) a[i] += dx[i] * xm[k * H + i] + dh[i] * hm[k * H + i];
+          T* g = act + k * H;
+          if (ln) {
+            rstd0[b * G + k] = layer_norm_(a, H);
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) g[i] = a[i] * gm[k * H + i] + sh[k * H + i];
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) g[i] = a[i] + sh[k * H + i];
+          }
+          if (k == 1) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) g[i] = tanh_(g[i]);
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) g[i] = sigm(g[i]);
+          }
+        }
+        const T* cp = c_prev0 + b * H;
+        const T* mk = has_mask ? mk0 + b * H : nullptr;
+        T* cnw = c_new0 + b * H;
+        T* cn = cn0 + b * H;
+        T* tc = tc0 + b * H;
+        T* hn = h_new0 + b * H;
+        if (has_mask) {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i] * mk[i];
+        } else {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i];
+        }
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < H; ++i) cn[i] = cnw[i];
+        if (ln) {
+          rstdc0[b] = layer_norm_(cn, H);
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i] * lcw[i] + lcb[i]);
+        } else {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i]);
+        }
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < H; ++i) hn[i] = act[3 * H + i] * tc[i];
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tensor& dhc, const Tensor& xin,
+                   const Tensor& mask, bool has_mask, bool ln, const std::vector<Tensor>& s,
+                   const Tensor& w_h_t, const Tensor& w_hyper_h_t, const Tensor& w_zy_t, const Tensor& w_d,
+                   const Tensor& gamma, const Tensor& ln_c_w, const Tensor& hyper_gamma,
+                   const Tensor& hyper_ln_c_w, std::vector<Tensor>& g) {
+  // s: the forward's outputs (see forward_impl); g: dxin dhp dzz dd dg dtc dgy dtcy
+  const Tensor &c_all = s[1], &hc_all = s[3], &hp = s[4];
+  const int64_t T_ = xin.size(0), B = xin.size(1), H = c_all.size(2), N = hc_all.size(2);
+  const int64_t Z = w_d.size(1), P = w_d.size(0), W = G * H + G * N, PZ = P * Z, ZY = PZ + G * N;
+  const T* wd = w_d.data_ptr<T>();
+  const T* gm = ln ? gamma.data_ptr<T>() : nullptr;
+  const T* lcw = ln ? ln_c_w.data_ptr<T>() : nullptr;
+  const T* hgm = ln ? hyper_gamma.data_ptr<T>() : nullptr;
+  const T* hlcw = ln ? hyper_ln_c_w.data_ptr<T>() : nullptr;
+  std::vector<T> tmp(std::max(G * H, G * N));
+  Tensor dh_next = at::empty_like(dh), dhh_tot = at::empty_like(dhh), no_dhh = at::zeros_like(dhh);
+  // [dzz_t | day_{t+1}]: both reach hh_{t+1}, through [W_z | W_hyper_h]; one matmul per step
+  Tensor dzy = at::zeros({B, ZY}, xin.options());
+  T* dzy0 = dzy.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    Tensor dhp_t = g[1][t];
+    // --- main cell ---
+    {
+      const T* dhs0 = d_hs.data_ptr<T>() + t * B * H;
+      T* dh0 = dh.data_ptr<T>();
+      T* dc0 = dc.data_ptr<T>();
+      const T* xr0 = xin.data_ptr<T>() + t * B * W;
+      const T* hp0 = hp.data_ptr<T>() + t * B * W;
+      const T* mk0 = has_mask ? mask.data_ptr<T>() + t * B * H : nullptr;
+      const T* cp0 = c_all.data_ptr<T>() + t * B * H;
+      const T* dxh0 = s[6].data_ptr<T>() + t * B * 2 * G * H;
+      const T* n0 = s[7].data_ptr<T>() + t * B * G * H;
+      const T* act0 = s[8].data_ptr<T>() + t * B * G * H;
+      const T* rstd0 = s[9].data_ptr<T>() + t * B * G;
+      const T* cn0 = s[10].data_ptr<T>() + t * B * H;
+      const T* rstdc0 = s[11].data_ptr<T>() + t * B;
+      const T* tc0 = s[12].data_ptr<T>() + t * B * H;
+      T* dxin0 = g[0].data_ptr<T>() + t * B * W;
+      T* dhp0 = dhp_t.data_ptr<T>();
+      T* dzz0 = g[2].data_ptr<T>() + t * B * P * Z;
+      T* dd0 = g[3].data_ptr<T>() + t * B * P * H;
+      T* dg0 = g[4].data_ptr<T>() + t * B * G * H;
+      T* dtc0 = g[5].data_ptr<T>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        T* dhr = dh0 + b * H;
+        T* dcr = dc0 + b * H;
+        const T* dhs = dhs0 + b * H;
+        const T* act = act0 + b * G * H;
+        const T* tc = tc0 + b * H;
+        const T* cn = cn0 + b * H;
+        const T* cp = cp0 + b * H;
+        T* dtc = dtc0 + b * H;
+        T* dg = dg0 + b * G * H;
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < H; ++i) {
+          const T dv = dhr[i] + dhs[i], so = act[3 * H + i], tv = tc[i];
+          dtc[i] = dv * so * (T(1) - tv * tv);
+          dg[3 * H + i] = dv * tv * so * (T(1) - so);
+        }
+        T* dcn = tmp.data();
+        if (ln) {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i] * lcw[i];
+          layer_norm_back(dcn, cn, rstdc0[b], H, dcn);
+        } else {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i];
+        }
+        const T* mk = has_mask ? mk0 + b * H : nullptr;
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < H; ++i) {
+          const T dct = dcr[i] + dcn[i];
+          const T si = act[i], tj = act[H + i], sf = act[2 * H + i];
+          const T m = has_mask ? mk[i] : T(1);
+          dg[i] = dct * tj * m * si * (T(1) - si);
+          dg[H + i] = dct * si * m * (T(1) - tj * tj);
+          dg[2 * H + i] = dct * cp[i] * sf * (T(1) - sf);
+          dcr[i] = dct * sf;
+        }
+        const T* xm = xr0 + b * W;
+        const T* hm = hp0 + b * W;
+        const T* dxh = dxh0 + b * 2 * G * H;
+        const T* nr = n0 + b * G * H;
+        T* dd = dd0 + b * P * H;
+        T* dxin = dxin0 + b * W;
+        T* dhp = dhp0 + b * W;
+        for (int64_t k = 0; k < G; ++k) {
+          T* da = dd + (2 * G + k) * H;  // the b part of dd is da itself
+          if (ln) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i] * gm[k * H + i];
+            layer_norm_back(da, nr + k * H, rstd0[b * G + k], H, da);
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i];
+          }
+          T* ddx = dd + k * H;
+          T* ddh = dd + (G + k) * H;
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) {
+            ddx[i] = da[i] * xm[k * H + i];
+            ddh[i] = da[i] * hm[k * H + i];
+            dxin[k * H + i] = da[i] * dxh[k * H + i];
+            dhp[k * H + i] = da[i] * dxh[(G + k) * H + i];
+          }
+        }
+        T* dzz = dzz0 + b * P * Z;
+        for (int64_t p = 0; p < P; ++p) {
+          const T* ddp = dd + p * H;
+          for (int64_t z = 0; z < Z; ++z) {
+            const T* w = wd + (p * Z + z) * H;
+            T acc = 0;
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) acc += ddp[i] * w[i];
+            dzz[p * Z + z] = acc;
+            dzy0[b * ZY + p * Z + z] = acc;
+          }
+        }
+      }
+    }
+    // gradient of hh_{t+1}: [dzz_t | day_{t+1}] @ [W_z | W_hyper_h]^T (+ the caller's, at the last step)
+    at::addmm_out(dhh_tot, t == T_ - 1 ? dhh : no_dhh, dzy, w_zy_t);
+    // --- hyper cell ---
+    {
+      T* dhh0 = dhh_tot.data_ptr<T>();
+      T* dhc0 = dhc.data_ptr<T>();
+      const T* hcp0 = hc_all.data_ptr<T>() + t * B * N;
+      const T* ny0 = s[13].data_ptr<T>() + t * B * G * N;
+      const T* acty0 = s[14].data_ptr<T>() + t * B * G * N;
+      const T* rstdy0 = s[15].data_ptr<T>() + t * B * G;
+      const T* hcn0 = s[16].data_ptr<T>() + t * B * N;
+      const T* rstdhc0 = s[17].data_ptr<T>() + t * B;
+      const T* tcy0 = s[18].data_ptr<T>() + t * B * N;
+      T* dxin0 = g[0].data_ptr<T>() + t * B * W;
+      T* dhp0 = dhp_t.data_ptr<T>();
+      T* dgy0 = g[6].data_ptr<T>() + t * B * G * N;
+      T* dtcy0 = g[7].data_ptr<T>() + t * B * N;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* dhhr = dhh0 + b * N;
+        T* dhcr = dhc0 + b * N;
+        const T* acty = acty0 + b * G * N;
+        const T* tcy = tcy0 + b * N;
+        const T* hcn = hcn0 + b * N;
+        const T* hcp = hcp0 + b * N;
+        T* dtcy = dtcy0 + b * N;
+        T* dgy = dgy0 + b * G * N;
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < N; ++i) {
+          const T so = acty[3 * N + i], tv = tcy[i];
+          dtcy[i] = dhhr[i] * so * (T(1) - tv * tv);
+          dgy[3 * N + i] = dhhr[i] * tv * so * (T(1) - so);
+        }
+        T* dcn = tmp.data();
+        if (ln) {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i] * hlcw[i];
+          layer_norm_back(dcn, hcn, rstdhc0[b], N, dcn);
+        } else {
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i];
+        }
+        #pragma GCC ivdep
+        for (int64_t i = 0; i < N; ++i) {
+          const T dct = dhcr[i] + dcn[i];
+          const T si = acty[i], tj = acty[N + i], sf = acty[2 * N + i];
+          dgy[i] = dct * tj * si * (T(1) - si);
+          dgy[N + i] = dct * si * (T(1) - tj * tj);
+          dgy[2 * N + i] = dct * hcp[i] * sf * (T(1) - sf);
+          dhcr[i] = dct * sf;
+        }
+        const T* ny = ny0 + b * G * N;
+        T* day = dhp0 + b * W + G * H;
+        T* dxy = dxin0 + b * W + G * H;
+        for (int64_t k = 0; k < G; ++k) {
+          T* dak = day + k * N;
+          if (ln) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i] * hgm[k * N + i];
+            layer_norm_back(dak, ny + k * N, rstdy0[b * G + k], N, dak);
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i];
+          }
+        }
+                T* dzy_y = dzy0 + b * ZY + PZ;
+#pragma GCC ivdep
+        for (int64_t i = 0; i < G * N; ++i) {
+          dxy[i] = day[i];
+          dzy_y[i] = day[i];
+        }
+      }
+    }
+    // gradients of the previous state through the recurrent matmuls
+    at::mm_out(dh_next, dhp_t, w_h_t);
+    std::swap(dh, dh_next);
+  }
+  at::mm_out(dhh, dzy.narrow(1, PZ, G * N), w_hyper_h_t);  // gradient of hh_0
+}
+
+}  // namespace
+
+// Runs one layer over T steps. Returns the states of steps 0..T and what backward needs.
+std::vector<Tensor> hyperlstm_forward(Tensor xin, Tensor mask, bool has_mask, bool ln, Tensor h0, Tensor c0,
+                                      Tensor hh0, Tensor hc0, Tensor w_h, Tensor w_hyper_h, Tensor w_zy, Tensor b_zy,
+                                      Tensor w_d, Tensor b_d, Tensor gamma, Tensor shift, Tensor ln_c_w,
+                                      Tensor ln_c_b, Tensor hyper_gamma, Tensor hyper_shift, Tensor hyper_ln_c_w,
+                                      Tensor hyper_ln_c_b) {
+  at::NoGradGuard no_grad;
+  const int64_t T_ = xin.size(0), B = xin.size(1), H = h0.size(1), N = hh0.size(1);
+  const int64_t P = w_d.size(0), Z = w_d.size(1);
+  auto opt = xin.options();
+  std::vector<Tensor> o = {
+      at::empty({T_ + 1, B, H}, opt),       at::empty({T_ + 1, B, H}, opt),       // h_all c_all
+      at::empty({T_ + 1, B, N}, opt),       at::empty({T_ + 1, B, N}, opt),       // hh_all hc_all
+      at::empty({T_, B, G * H + G * N}, opt), at::empty({T_, B, P * Z + G * N}, opt),  // hp zy
+      at::empty({T_, B, 2 * G, H}, opt),    at::empty({T_, B, G, H}, opt),        // dxh n
+      at::empty({T_, B, G, H}, opt),        at::zeros({T_, B, G}, opt),           // act rstd
+      at::empty({T_, B, H}, opt),           at::zeros({T_, B}, opt),              // cn rstd_c
+      at::empty({T_, B, H}, opt),           at::empty({T_, B, G, N}, opt),        // tc ny
+      at::empty({T_, B, G, N}, opt),        at::zeros({T_, B, G}, opt),           // acty rstd_y
+      at::empty({T_, B, N}, opt),           at::zeros({T_, B}, opt),              // hcn rstd_hc
+      at::empty({T_, B, N}, opt)};                                                // tcy
+  o[0][0].copy_(h0);
+  o[1][0].copy_(c0);
+  o[2][0].copy_(hh0);
+  o[3][0].copy_(hc0);
+  Tensor b_d2 = b_d.reshape({P, H}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "hyperlstm_forward", [&] {
+    forward_impl<scalar_t>(xin, mask, has_mask, ln, w_h, w_hyper_h, w_zy, b_zy, w_d, b_d2, gamma, shift, ln_c_w,
+                           ln_c_b, hyper_gamma, hyper_shift, hyper_ln_c_w, hyper_ln_c_b, o);
+  });
+  return o;
+}
+
+// BPTT over the saved steps. Returns [dh0, dc0, dhh0, dhc0, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy].
+std::vector<Tensor> hyperlstm_backward(Tensor d_hs, Tensor dh, Tensor dc, Tensor dhh, Tensor dhc, Tensor xin,
+                                       Tensor mask, bool has_mask, bool ln, std::vector<Tensor> saved,
+                                       Tensor w_h_t, Tensor w_hyper_h_t, Tensor w_zy_t, Tensor w_d, Tensor gamma,
+                                       Tensor ln_c_w, Tensor hyper_gamma, Tensor hyper_ln_c_w) {
+  at::NoGradGuard no_grad;
+  const int64_t T_ = xin.size(0), B = xin.size(1), H = dh.size(1), N = dhh.size(1);
+  const int64_t P = w_d.size(0), Z = w_d.size(1);
+  auto opt = xin.options();
+  dh = dh.clone();
+  dc = dc.clone();
+  dhh = dhh.clone();
+  dhc = dhc.clone();
+  std::vector<Tensor> g = {at::empty({T_, B, G * H + G * N}, opt), at::empty({T_, B, G * H + G * N}, opt),
+                           at::empty({T_, B, P * Z}, opt),          at::empty({T_, B, P, H}, opt),
+                           at::empty({T_, B, G, H}, opt),           at::empty({T_, B, H}, opt),
+                           at::empty({T_, B, G, N}, opt),           at::empty({T_, B, N}, opt)};
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "hyperlstm_backward", [&] {
+    backward_impl<scalar_t>(d_hs, dh, dc, dhh, dhc, xin, mask, has_mask, ln, saved, w_h_t, w_hyper_h_t, w_zy_t,
+                            w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w, g);
+  });
+  std::vector<Tensor> out = {dh, dc, dhh, dhc};
+  out.insert(out.end(), g.begin(), g.end());
+  return out;
+}
