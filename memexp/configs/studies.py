@@ -32,6 +32,8 @@ TransformerTinyConf = builds(
 )
 
 # -- the `study` section of a run (read by memexp.run) ----------------------------------------
+# data=recall's defaults are the study's: needle, seq_len=72, gaps drawn from [4, 64], 16+8+8 ids, batch 32.
+# The compare presets set no data fields, so `data=shakespeare` swaps in text (binned perplexity).
 _recall_data = dict(kind="needle", seq_len=72, gap=[4, 64], n_filler=16, n_keys=8, n_values=8, batch_size=32)
 _study_trainer = dict(max_steps=600, val_check_interval=200, limit_val_batches=2, limit_test_batches=4, log_every_n_steps=20)
 
@@ -59,7 +61,6 @@ def register_studies() -> None:
         dict(
             defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
             hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
-            data=_recall_data,
             optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
             trainer=_study_trainer,
             study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
@@ -89,7 +90,6 @@ def register_studies() -> None:
     experiment(
         dict(
             defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
-            data=_recall_data,
             optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
             trainer=_study_trainer,
             study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256),

@@ -165,8 +165,8 @@ class RecallDataModule(L.LightningDataModule):
     def __init__(
         self,
         kind: str = "needle",
-        seq_len: int = 64,
-        gap: int | Sequence[int] = (8, 56),
+        seq_len: int = 72,
+        gap: int | Sequence[int] = (4, 64),
         n_filler: int = 16,
         n_keys: int = 8,
         n_values: int = 8,
