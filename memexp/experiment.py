@@ -89,6 +89,8 @@ def run_key(cfg: dict) -> str:
     """A short hash of what determines the learned weights: model, data, optimiser, task, seed."""
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
     payload = {k: cfg.get(k) for k in ("model", "optim", "task", "seed")} | {"data": data}
+    if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
+        payload["meta"] = cfg["meta"]
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -154,8 +154,12 @@ def continual_markdown(cont: dict) -> str:
             lines.append(f"- loss forgetting (rise of test loss): {_fmt(c['avg_loss_forgetting'])}")
         lines.append("")
     if len(cont) > 1:
-        best = min(cont, key=lambda m: cont[m]["avg_forgetting"]["mean"])
-        lines.append(f"Lowest average forgetting: **{best}**.\n")
+        means = {m: cont[m]["avg_forgetting"]["mean"] for m in cont}
+        best = min(means, key=means.get)
+        if max(means.values()) - means[best] < 1e-6:
+            lines.append("Average forgetting is the same for all models (a tie).\n")
+        else:
+            lines.append(f"Lowest average forgetting: **{best}**.\n")
     return "\n".join(lines)
 
 
