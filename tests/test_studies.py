@@ -209,7 +209,8 @@ def test_multirun_over_two_seeds_aggregates_into_one_report(study_sweep):
 def test_evaluate_recall_on_a_study_checkpoint(study_sweep, tmp_path):
     out, _ = study_sweep
     ckpt = next((out / "checkpoints" / "hope_vs_baseline").glob("transformer_tiny-*seed0*/last.ckpt"))
-    proc = run_cli("memexp.evaluate", f"ckpt={ckpt}", "eval=recall", "gaps=[8,128]", "n_samples=32", f"reports_dir={tmp_path}")
+    proc = run_cli("memexp.evaluate", f"ckpt={ckpt}", "eval=recall", "gaps=[8,128]", "n_samples=32", f"reports_dir={tmp_path}",
+                   f"paths.output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "recall_prob" in proc.stdout and "last 72 of 131 tokens (max_len)" in proc.stdout
     assert len((tmp_path / "long_context.csv").read_text().splitlines()) == 3
