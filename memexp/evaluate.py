@@ -1,9 +1,19 @@
-"""python -m memexp.evaluate ckpt=PATH [splits=[val,test]] [data_path=FILE] [out=FILE.json]
+"""python -m memexp.evaluate ckpt=PATH [eval=metrics|recall|binned_ppl] [...]
 
-Validation/test metrics of a checkpoint (its task's: loss, perplexity, bits per token, accuracy,
-top-5, top-10 for language models; loss, perplexity, BLEU-2/4, distinct-1/2, thinking steps for
-dialogue models), printed and written as JSON (default: next to the checkpoint, <name>.eval.json).
-data_path: other data of the same kind (a text file, or a dialogue source).
+eval=metrics (default): validation/test metrics of a checkpoint (its task's: loss, perplexity,
+bits per token, accuracy, top-5, top-10 for language models; loss, perplexity, BLEU-2/4,
+distinct-1/2, thinking steps for dialogue models), printed and written as JSON (default: next
+to the checkpoint, <name>.eval.json). Options: splits=[val,test] out=FILE.json, and
+data_path=FILE for other data of the same kind (a text file, or a dialogue source).
+
+eval=recall: long-context recall of a model trained on data=recall: `gap=2048` prints
+recall_prob and exact-match accuracy at one gap; `gaps=[256,512,1024,2048]` also writes
+<reports_dir>/long_context.csv. n_samples=256 sequences per gap.
+
+eval=binned_ppl: perplexity by context-length bin, `lengths=[64,128,256,512]`, on a text
+split (split=test) -> <reports_dir>/binned_ppl.csv (see memexp.evals.binned_ppl).
+
+reports_dir defaults to `reports/` inside this command's run folder (outputs/evaluate/...).
 """
 
 from __future__ import annotations
@@ -52,12 +62,34 @@ def evaluate_checkpoint(
     return result
 
 
-def evaluate(ckpt, model, splits, data_path, batch_size, out, accelerator, paths) -> dict:
-    result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)
-    for k, v in result["metrics"].items():
-        print(f"{k:12s} {v:.4f}")
-    print(f"written to {result['out']}")
-    return result
+def _reports_dir(reports_dir: str | None) -> Path:
+    if reports_dir:
+        return Path(reports_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    base = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs/evaluate/manual")
+    return base / "reports"
+
+
+def evaluate(ckpt, model, splits, data_path, batch_size, out, accelerator, paths, eval="metrics", gap=None, gaps=None,
+             lengths=(64, 128, 256, 512), split="test", n_samples=256, reports_dir=None) -> dict:
+    if eval == "metrics":
+        result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)
+        for k, v in result["metrics"].items():
+            print(f"{k:12s} {v:.4f}")
+        print(f"written to {result['out']}")
+        return result
+    from memexp.evals.studies import binned_ppl_of_checkpoint, recall_of_checkpoint
+
+    if eval == "recall":
+        if gap is None and not gaps:
+            raise ConfigError("eval=recall needs gap=N (one gap) or gaps=[...] (a curve written to long_context.csv)")
+        return recall_of_checkpoint(ckpt, gap=gap, gaps=gaps, n_samples=n_samples, data_dir=paths.data_dir,
+                                    model=chosen_model(), reports_dir=_reports_dir(reports_dir))
+    if eval == "binned_ppl":
+        return binned_ppl_of_checkpoint(ckpt, lengths=list(lengths), split=split, data_path=data_path,
+                                        data_dir=paths.data_dir, model=chosen_model(), reports_dir=_reports_dir(reports_dir))
+    raise ConfigError(f"eval={eval!r} is not an evaluation; expected 'metrics', 'recall' or 'binned_ppl'")
 
 
 def main() -> None:

@@ -117,6 +117,8 @@ def run_key(cfg: dict) -> str:
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
     task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
     payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
+    if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
+        payload["meta"] = cfg["meta"]
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -179,8 +181,15 @@ def train_and_test(
     ckpt_dir: str | Path | None = None,
     sample_tokens: int = 0,
     sample_prompt: str = "\n",
+    after_test: Callable | None = None,
+    extra_callbacks: list | None = None,
 ) -> dict:
-    """Fit, test, sample; returns {"metrics": {...}, "ckpt_dir": ..., "sample": ..., "resumed_from_step": ...}."""
+    """Fit, test, sample; returns {"metrics": {...}, "ckpt_dir": ..., "sample": ..., "resumed_from_step": ...}.
+
+    after_test(task, datamodule, loggers, run_dir, names) -> dict runs after the test, while the
+    loggers are still open (studies log their tables there); its result is stored as "study".
+    extra_callbacks are added to the trainer (e.g. the meta-learning outer loop).
+    """
     check_pairing(model, data, names)
     L.seed_everything(names.seed, workers=True, verbose=False)
     run_dir = Path(run_dir)
@@ -209,7 +218,7 @@ def train_and_test(
         preset_callbacks = [cb for cb in preset_callbacks if not isinstance(cb, ProgressBar)]
     trainer_obj: L.Trainer = partial_trainer(
         logger=loggers,
-        callbacks=preset_callbacks + _callbacks(callbacks, ckpt_dir),
+        callbacks=preset_callbacks + _callbacks(callbacks, ckpt_dir) + list(extra_callbacks or []),
         default_root_dir=str(run_dir),
     )
     try:
@@ -221,6 +230,7 @@ def train_and_test(
         trainer_obj.test(task, datamodule=datamodule, verbose=False, weights_only=True)
         metrics = fit_metrics | _plain(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
+        study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
     finally:
         _finish_loggers(loggers)
 
@@ -229,7 +239,10 @@ def train_and_test(
         tok = datamodule.spec.tokenizer
         ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
         sample = sample_prompt + tok.decode(ids)
-    result = {"metrics": metrics, "ckpt_dir": str(ckpt_dir), "sample": sample, "resumed_from_step": resume_step, "run_dir": str(run_dir)}
+    result = {"metrics": metrics, "ckpt_dir": str(ckpt_dir), "sample": sample, "resumed_from_step": resume_step, "run_dir": str(run_dir),
+              "names": vars(names)}
+    if study is not None:
+        result["study"] = study
     if trainer_obj.is_global_zero:
         tmp = run_dir / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False))

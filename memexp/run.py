@@ -36,9 +36,29 @@ def _run_dir(paths) -> Path:
 
 
 def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, seed, fresh, ckpt_dir,
-        experiment_name, sample_tokens, sample_prompt) -> dict:
+        experiment_name, sample_tokens, sample_prompt, study=None, meta=None) -> dict:
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     names = _names(seed, experiment_name)
+    study = dict(study or {})
+    if study.get("kind") == "continual":
+        from memexp.evals.continual import run_continual
+
+        result = run_continual(cfg, names, model=model, data=data, optim=optim, trainer=trainer, run_dir=_run_dir(paths),
+                               logger=logger, tasks=study.get("tasks", ("A", "B", "C")))
+        _report(result)
+        return result
+    after_test = None
+    if study:
+        from memexp.evals.studies import StudyEvaluations, StudySettings
+
+        known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split") if k in study}
+        after_test = StudyEvaluations(StudySettings(**known))
+    extra_callbacks = []
+    if meta is not None and meta.use:
+        from memexp.tasks.meta import ReptileOuterLoop
+
+        extra_callbacks.append(ReptileOuterLoop(meta.inner_steps, meta.outer_steps, meta.outer_frequency, meta.inner_lr,
+                                                meta.outer_lr))
     result = train_and_test(
         cfg,
         names,
@@ -56,6 +76,8 @@ def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, se
         ckpt_dir=ckpt_dir,
         sample_tokens=sample_tokens,
         sample_prompt=sample_prompt,
+        after_test=after_test,
+        extra_callbacks=extra_callbacks,
     )
     _report(result)
     return result
@@ -79,7 +101,8 @@ def _report(result: dict) -> None:
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
     if result["resumed_from_step"] is not None:
         print(f"resumed from step {result['resumed_from_step']}")
-    print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
+    if result["ckpt_dir"]:
+        print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
     print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)", flush=True)
     if result["sample"] is not None:
         console.rule("sample")

@@ -11,8 +11,10 @@ directory) are on Hydra's search path: `conf/experiment/foo.yaml` is `experiment
 
 from memexp.configs.groups import register_groups
 from memexp.configs.apps import ChatConfig, EvaluateConfig, GenerateConfig, PrepareConfig, RunConfig, register_apps
+from memexp.configs.studies import ReportConfig, register_studies
 
 register_groups()
 register_apps()
+register_studies()
 
-__all__ = ["RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig"]
+__all__ = ["RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig", "ReportConfig"]

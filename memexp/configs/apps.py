@@ -38,6 +38,10 @@ RunConfig = make_config(
     experiment_name="default",
     sample_tokens=300,
     sample_prompt="\n",
+    # Studies (memexp.configs.studies): evaluations after the test, or a continual A->B->C driver.
+    study=None,
+    # First-order Reptile outer loop on held-out validation batches (memexp.evals.meta).
+    meta=make_config(use=False, inner_steps=5, outer_steps=1, outer_frequency=50, inner_lr=1e-2, outer_lr=0.5),
     zen_dataclass={"cls_name": "RunConfig"},
 )
 
@@ -53,6 +57,13 @@ EvaluateConfig = make_config(
     batch_size=None,
     out=None,
     accelerator="auto",
+    eval="metrics",  # metrics | recall | binned_ppl (memexp.evals)
+    gap=None,
+    gaps=None,
+    lengths=[64, 128, 256, 512],
+    split="test",
+    n_samples=256,
+    reports_dir=None,
     zen_dataclass={"cls_name": "EvaluateConfig"},
 )
 

@@ -155,7 +155,7 @@ def register_groups() -> None:
     experiment(
         dict(
             defaults=["_self_", {"override /model": "transformer"}, {"override /data": "shakespeare"}],
-            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, dropout=0.0, bias=False),
+            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, dropout=0.0),
             data=dict(seq_len=64, batch_size=12, tokenizer="char"),
             optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
             trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),

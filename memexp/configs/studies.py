@@ -1,0 +1,103 @@
+"""Store entries of the memory studies: synthetic recall data, study-sized models, the study
+presets (hope_vs_baseline, continual_abc, meta_recall) and the `memexp.report` app.
+
+Kept apart from groups.py so the studies can grow without touching the core groups.
+
+    python -m memexp.run -m experiment=hope_vs_baseline seed=0,1,2     # 2 models x 3 seeds
+    python -m memexp.run -m experiment=continual_abc seed=0,1          # A->B->C, both models
+    python -m memexp.report dir=outputs/multirun/<date>/<time>         # tables, plots, report
+"""
+
+from __future__ import annotations
+
+from hydra_zen import builds, make_config, store
+
+from memexp.data.recall import RecallDataModule
+from memexp.models.hope import HOPE
+from memexp.models.transformer import Transformer
+
+# -- data -----------------------------------------------------------------------------------
+RecallConf = builds(RecallDataModule, populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
+
+# -- study-sized models: a HOPE whose attention segment (seq_len=16) is far shorter than the
+# recall gaps, and a transformer of the same width/depth whose context covers the training
+# sequences (max_len=72) but nothing longer. Both ~30k parameters: minutes on a CPU.
+HOPETinyConf = builds(
+    HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"],
+    dim=32, depth=2, num_heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4, memory_capacity=8, top_k=2,
+)
+TransformerTinyConf = builds(
+    Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"],
+    dim=32, depth=2, heads=2, ff_mult=2, max_len=72,
+)
+
+# -- the `study` section of a run (read by memexp.run) ----------------------------------------
+# data=recall's defaults are the study's: needle, seq_len=72, gaps drawn from [4, 64], 16+8+8 ids, batch 32.
+# The compare presets set no data fields, so `data=shakespeare` swaps in text (binned perplexity).
+_recall_data = dict(kind="needle", seq_len=72, gap=[4, 64], n_filler=16, n_keys=8, n_values=8, batch_size=32)
+_study_trainer = dict(max_steps=600, val_check_interval=200, limit_val_batches=2, limit_test_batches=4, log_every_n_steps=20)
+
+ReportConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}],
+    paths=None,
+    dir=None,  # a multirun (or run) folder; None = the newest under ${paths.output_dir}/multirun
+    reports_dir=None,  # None = <dir>/reports
+    hf_model=None,  # a local Hugging Face causal LM folder to compare with (skipped with a note when absent)
+    hf_text=None,  # the text it is scored on (bits per character); None = tiny-shakespeare's test split
+    wandb=False,  # also log the aggregated tables and plots to one W&B run (offline unless logged in)
+    zen_dataclass={"cls_name": "ReportConfig"},
+)
+
+
+def register_studies() -> None:
+    store(RecallConf, group="data", name="recall")
+    store(HOPETinyConf, group="model", name="hope_tiny")
+    store(TransformerTinyConf, group="model", name="transformer_tiny")
+
+    experiment = store(group="experiment", package="_global_")
+    # HOPE vs the transformer baseline: same data, steps, optimiser; each job evaluates recall
+    # by gap (data=recall) or binned perplexity (text data) after its test.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
+            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
+            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+            trainer=_study_trainer,
+            study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
+            sample_tokens=0,
+            experiment_name="hope_vs_baseline",
+        ),
+        name="hope_vs_baseline",
+    )
+    # Continual learning: tasks A, B, C are recall with three value->answer permutations
+    # (same inputs, conflicting outputs), trained in sequence; trainer.max_steps per stage.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
+            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
+            data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True),
+            model=dict(),
+            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+            trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
+            study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
+            sample_tokens=0,
+            experiment_name="continual_abc",
+        ),
+        name="continual_abc",
+    )
+    # Meta-training (Reptile outer loop on held-out validation tasks), compared with meta.use=false:
+    #   python -m memexp.run -m experiment=meta_recall meta.use=true,false
+    experiment(
+        dict(
+            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
+            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+            trainer=_study_trainer,
+            study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256),
+            meta=dict(use=True),
+            sample_tokens=0,
+            experiment_name="meta_recall",
+        ),
+        name="meta_recall",
+    )
+
+    store(ReportConfig, name="memexp_report")

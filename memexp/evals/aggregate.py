@@ -1,0 +1,228 @@
+"""Aggregate the runs of a study (a multirun folder) into reports.
+
+Every job of `python -m memexp.run -m experiment=...` writes `metrics.json` into its run
+folder (metrics, names, and a "study" section: recall by gap, binned perplexity, or the
+continual matrices). `write_reports(folder)` gathers them and writes, into `reports/`:
+
+    metrics.json            per model: mean, std (over seeds, ddof=1), min, max, n of every metric
+                            (train/val/test loss, ppl, acc, top-5, top-10, recall_prob@gap, ...)
+    experiment_report.md    the same as tables, plus recall by gap and the optional HF comparison
+    long_context.csv        recall rows of every model, seed and gap
+    binned_ppl.csv          binned perplexity rows (text runs)
+    continual_metrics.json  accuracy/loss matrices per model and seed, their means, forgetting, BWT
+    continual_report.md
+    recall_curve.png, binned_ppl.png, compare_metrics.png, continual_heatmap.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from memexp.errors import ConfigError
+
+HEADLINE = ["train/loss", "val/loss", "val/ppl", "val/acc", "val/top5", "val/top10",
+            "test/loss", "test/ppl", "test/acc", "test/top5", "test/top10"]
+
+
+def collect_runs(root: str | Path) -> list[dict]:
+    """Every job's metrics.json under `root` (skipping report folders), sorted by model and seed."""
+    root = Path(root)
+    if not root.exists():
+        raise ConfigError(f"dir={root} does not exist; expected a multirun folder of memexp.run (outputs/multirun/<date>/<time>)")
+    runs = []
+    for path in sorted(root.rglob("metrics.json")):
+        if "reports" in path.relative_to(root).parts:
+            continue
+        try:
+            r = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "metrics" in r and "names" in r:
+            r["path"] = str(path.parent)
+            runs.append(r)
+    if not runs:
+        raise ConfigError(f"no run results (metrics.json with names) under {root}; run `python -m memexp.run -m experiment=...` first")
+    return sorted(runs, key=lambda r: (r["names"]["model"], r["names"]["seed"]))
+
+
+def stats(values: list[float]) -> dict:
+    vals = [float(v) for v in values if v == v]
+    n = len(vals)
+    if not n:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(vals), "max": max(vals), "n": n, "values": vals}
+
+
+def run_scalars(run: dict) -> dict[str, float]:
+    """Headline metrics of one run plus recall_prob@gap / recall_acc@gap."""
+    out = {k: v for k, v in run["metrics"].items() if isinstance(v, (int, float))}
+    for r in (run.get("study") or {}).get("recall", []):
+        out[f"recall_prob@{r['gap']}"] = r["recall_prob"]
+        out[f"recall_acc@{r['gap']}"] = r["accuracy"]
+    return out
+
+
+def summarize(runs: list[dict]) -> dict:
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        if "continual" not in (r.get("study") or {}):
+            by_model[r["names"]["model"]].append(run_scalars(r))
+    summary = {}
+    for model, scalars in sorted(by_model.items()):
+        keys = sorted({k for s in scalars for k in s})
+        summary[model] = {k: stats([s[k] for s in scalars if k in s]) for k in keys}
+    return summary
+
+
+def summarize_continual(runs: list[dict]) -> dict:
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        c = (r.get("study") or {}).get("continual")
+        if c:
+            by_model[r["names"]["model"]].append(c | {"seed": r["names"]["seed"]})
+    out = {}
+    for model, cs in sorted(by_model.items()):
+        T = len(cs[0]["tasks"])
+        mean = lambda key: [[sum(c[key][i][j] for c in cs) / len(cs) for j in range(T)] for i in range(T)]  # noqa: E731
+        out[model] = {
+            "tasks": cs[0]["tasks"],
+            "seeds": [c["seed"] for c in cs],
+            "accuracy_mean": mean("accuracy"),
+            "loss_mean": mean("loss"),
+            "per_seed": [{k: c[k] for k in ("seed", "accuracy", "loss")} for c in cs],
+            **{k: stats([c[k] for c in cs]) for k in ("avg_forgetting", "backward_transfer", "avg_final_accuracy",
+                                                       "avg_loss_forgetting", "avg_final_loss") if k in cs[0]},
+            "steps_per_stage": cs[0].get("steps_per_stage"),
+            "optimizer": cs[0].get("optimizer"),
+        }
+    return out
+
+
+def _fmt(s: dict) -> str:
+    if not s or s.get("n", 0) == 0:
+        return "-"
+    return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
+
+
+def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) -> str:
+    models = sorted(summary)
+    lines = ["# Experiment report", "", f"{len(runs)} runs: " + ", ".join(
+        f"{m} (seeds {sorted({r['names']['seed'] for r in runs if r['names']['model'] == m})})" for m in models), "",
+        "Mean ± standard deviation over seeds (ddof=1).", "", "## Metrics", "",
+        "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    keys = [k for k in HEADLINE if any(k in summary[m] for m in models)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(summary[m].get(k, {})) for m in models) + " |")
+    gaps = sorted({int(k.split("@")[1]) for m in models for k in summary[m] if k.startswith("recall_prob@")})
+    if gaps:
+        lines += ["", "## Long-context recall (recall_prob / exact match)", "",
+                  "| gap | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for g in gaps:
+            lines.append(f"| {g} | " + " | ".join(
+                f"{_fmt(summary[m].get(f'recall_prob@{g}', {}))} / {_fmt(summary[m].get(f'recall_acc@{g}', {}))}"
+                for m in models) + " |")
+        contexts = {r["names"]["model"]: x["context"] for r in runs for x in (r.get("study") or {}).get("recall", [])
+                    if x.get("context", "full") != "full"}
+        for m, c in sorted(contexts.items()):
+            lines.append(f"\n{m}: bounded context; at the longest gaps it saw only the {c}.")
+    if hf_note:
+        lines += ["", "## Hugging Face comparison", "", hf_note]
+    lines += ["", "Plots: recall_curve.png, binned_ppl.png, compare_metrics.png.", ""]
+    return "\n".join(lines)
+
+
+def continual_markdown(cont: dict) -> str:
+    lines = ["# Continual learning A -> B -> C", "",
+             "R[i][j] = test accuracy on task j after training stage i (mean over seeds). "
+             "Average forgetting = mean over earlier tasks of (best earlier accuracy - final accuracy); "
+             "backward transfer = mean of (final - just-after-training accuracy).", ""]
+    for model, c in cont.items():
+        tasks = c["tasks"]
+        lines += [f"## {model} (seeds {c['seeds']}, {c['steps_per_stage']} steps per stage, optimizer {c['optimizer']})", "",
+                  "| after \\ eval | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for i, t in enumerate(tasks):
+            lines.append(f"| {t} | " + " | ".join(f"{v:.3f}" for v in c["accuracy_mean"][i]) + " |")
+        lines += ["", f"- average forgetting: {_fmt(c['avg_forgetting'])}",
+                  f"- backward transfer: {_fmt(c['backward_transfer'])}",
+                  f"- final average accuracy: {_fmt(c['avg_final_accuracy'])}"]
+        if "avg_loss_forgetting" in c:
+            lines.append(f"- loss forgetting (rise of test loss): {_fmt(c['avg_loss_forgetting'])}")
+        lines.append("")
+    if len(cont) > 1:
+        means = {m: cont[m]["avg_forgetting"]["mean"] for m in cont}
+        best = min(means, key=means.get)
+        if max(means.values()) - means[best] < 1e-6:
+            lines.append("Average forgetting is the same for all models (a tie).\n")
+        else:
+            lines.append(f"Lowest average forgetting: **{best}**.\n")
+    return "\n".join(lines)
+
+
+def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None,
+                  wandb_log: bool = False) -> dict:
+    """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written."""
+    from memexp.evals.binned_ppl import write_binned_csv
+    from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
+    from memexp.evals.recall import write_recall_csv
+    from memexp.evals.studies import write_json
+
+    runs = collect_runs(root)
+    out = Path(reports_dir) if reports_dir else Path(root) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    summary = summarize(runs)
+    if summary:
+        written["metrics.json"] = write_json({"models": summary, "runs": [
+            {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
+            for r in runs if "continual" not in (r.get("study") or {})]}, out / "metrics.json")
+        md = out / "experiment_report.md"
+        md.write_text(experiment_markdown(summary, runs, hf_note))
+        written["experiment_report.md"] = md
+        written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
+    recall = [x for r in runs for x in (r.get("study") or {}).get("recall", [])]
+    if recall:
+        written["long_context.csv"] = write_recall_csv(recall, out / "long_context.csv")
+        written["recall_curve.png"] = plot_recall_curve(recall, out / "recall_curve.png")
+    binned = [x for r in runs for x in (r.get("study") or {}).get("binned_ppl", [])]
+    if binned:
+        written["binned_ppl.csv"] = write_binned_csv(binned, out / "binned_ppl.csv")
+        written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
+    cont = summarize_continual(runs)
+    if cont:
+        written["continual_metrics.json"] = write_json(cont, out / "continual_metrics.json")
+        md = out / "continual_report.md"
+        md.write_text(continual_markdown(cont))
+        written["continual_report.md"] = md
+        tasks = next(iter(cont.values()))["tasks"]
+        written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
+                                                                  out / "continual_heatmap.png")
+    if wandb_log:
+        _log_report_to_wandb(root, out, written, summary, recall, binned)
+    return {k: str(v) for k, v in written.items()}
+
+
+def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list) -> None:
+    import os
+
+    import wandb
+
+    from memexp.loggers import wandb_logged_in
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
+    rows = [{"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]} for m, ks in summary.items() for k, s in ks.items()]
+    payload = {}
+    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned)):
+        if table:
+            cols = list(table[0].keys())
+            payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])
+    for name, path in written.items():
+        if name.endswith(".png"):
+            payload[f"report/{name[:-4]}"] = wandb.Image(str(path))
+    run.log(payload)
+    run.finish()

@@ -1,0 +1,106 @@
+"""Report plots (matplotlib, Agg backend: no display needed). Each takes plain rows/dicts and a
+path, writes one PNG and returns its path. Rows of several seeds are averaged per model,
+with the spread (min..max over seeds) shaded or drawn as error bars."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[float]]]:
+    out: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = float(r[y])
+        if v == v:  # skip NaN (empty bins)
+            out[str(r.get("model", "model"))][float(r[x])].append(v)
+    return out
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_recall_curve(rows: list[dict], path) -> Path:
+    """recall_prob against gap (log-2 axis), one line per model, chance dashed."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, series in sorted(_by_model(rows, "gap", "recall_prob").items()):
+        gaps = sorted(series)
+        mean = np.array([np.mean(series[g]) for g in gaps])
+        lo = np.array([np.min(series[g]) for g in gaps])
+        hi = np.array([np.max(series[g]) for g in gaps])
+        ax.plot(gaps, mean, marker="o", label=model)
+        ax.fill_between(gaps, lo, hi, alpha=0.2)
+    chances = [float(r["chance"]) for r in rows if r.get("chance") not in (None, "")]
+    if chances:
+        ax.axhline(chances[0], ls="--", c="gray", label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("gap (filler tokens between value and query)")
+    ax.set_ylabel("recall_prob (p of the correct value)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Long-context recall")
+    return _save(fig, path)
+
+
+def plot_binned_ppl(rows: list[dict], path) -> Path:
+    """Perplexity of each context-length bin, grouped bars per model."""
+    data = _by_model(rows, "length", "ppl")
+    models = sorted(data)
+    lengths = sorted({L for s in data.values() for L in s})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        vals = [np.mean(data[m][L]) if L in data[m] else np.nan for L in lengths]
+        ax.bar(np.arange(len(lengths)) + i * width, vals, width, label=m)
+    ax.set_xticks(np.arange(len(lengths)) + width * (len(models) - 1) / 2, [f"<{L}" for L in lengths])
+    ax.set_xlabel("context length bin (token position)")
+    ax.set_ylabel("perplexity")
+    ax.legend()
+    ax.set_title("Perplexity by context length")
+    return _save(fig, path)
+
+
+def plot_compare_metrics(summary: dict, path, keys=("val/loss", "val/ppl", "val/top5", "val/top10")) -> Path:
+    """summary: {model: {metric: {"mean", "std"}}} -> one panel per metric, a bar per model."""
+    keys = [k for k in keys if any(k in m for m in summary.values())] or sorted({k for m in summary.values() for k in m})[:4]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3.5), squeeze=False)
+    models = sorted(summary)
+    for ax, k in zip(axes[0], keys):
+        means = [summary[m].get(k, {}).get("mean", np.nan) for m in models]
+        stds = [summary[m].get(k, {}).get("std", 0.0) for m in models]
+        ax.bar(models, means, yerr=stds, color=[f"C{i}" for i in range(len(models))], capsize=4)
+        ax.set_title(k)
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle("HOPE vs baseline (mean ± std over seeds)")
+    return _save(fig, path)
+
+
+def plot_continual_heatmap(matrices: dict[str, list[list[float]]], tasks: list[str], path, metric: str = "accuracy") -> Path:
+    """matrices: {model: R} with R[i][j] = metric on task j after training stage i."""
+    models = sorted(matrices)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        R = np.array(matrices[m], dtype=float)
+        im = ax.imshow(R, vmin=0, vmax=1 if metric == "accuracy" else None, cmap="viridis")
+        for i in range(R.shape[0]):
+            for j in range(R.shape[1]):
+                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", color="w" if R[i, j] < 0.6 else "k")
+        ax.set_xticks(range(len(tasks)), [f"eval {t}" for t in tasks])
+        ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
+        ax.set_title(m)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"Continual A->B->C: {metric}")
+    return _save(fig, path)
