@@ -18,14 +18,13 @@ reports_dir defaults to `reports/` inside this command's run folder (outputs/eva
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import lightning as L
 
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
+from memexp.evals.files import write_json
 from memexp.experiment import load_checkpoint
 
 
@@ -53,11 +52,7 @@ def evaluate_checkpoint(
         results = run(loaded.task, dataloaders=dm.eval_dataloader(split), verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
     result = {"ckpt": str(ckpt), "global_step": int(loaded.checkpoint.get("global_step", 0)), "metrics": metrics}
-    out_path = Path(out) if out else Path(ckpt).with_suffix(".eval.json")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_path)
+    out_path = write_json(result, Path(out) if out else Path(ckpt).with_suffix(".eval.json"))
     result["out"] = str(out_path)
     return result
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from memexp.data.spec import KIND_DESCRIPTIONS, DataSpec
 from memexp.errors import CheckpointError, ConfigError
+from memexp.evals.files import write_json
 from memexp.tasks import TASKS
 from memexp.tasks.optim import OptimizerSettings
 
@@ -244,9 +244,7 @@ def train_and_test(
     if study is not None:
         result["study"] = study
     if trainer_obj.is_global_zero:
-        tmp = run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        os.replace(tmp, run_dir / "metrics.json")
+        write_json(result, run_dir / "metrics.json")
     return result
 
 

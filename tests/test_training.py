@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from conftest import QUIET, TINY_MODEL, compose_run, run_in_process
+from conftest import QUIET, TINY_MODEL, run_in_process
 from memexp.errors import CheckpointError, ConfigError
 
 FAST = ["trainer.max_steps=60", "trainer.val_check_interval=30", "trainer.limit_val_batches=4",

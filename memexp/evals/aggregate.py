@@ -169,7 +169,7 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
     from memexp.evals.binned_ppl import write_binned_csv
     from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
     from memexp.evals.recall import write_recall_csv
-    from memexp.evals.studies import write_json
+    from memexp.evals.files import write_json, write_text
 
     runs = collect_runs(root)
     out = Path(reports_dir) if reports_dir else Path(root) / "reports"
@@ -181,7 +181,7 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
             {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
             for r in runs if "continual" not in (r.get("study") or {})]}, out / "metrics.json")
         md = out / "experiment_report.md"
-        md.write_text(experiment_markdown(summary, runs, hf_note))
+        write_text(experiment_markdown(summary, runs, hf_note), md)
         written["experiment_report.md"] = md
         written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
     recall = [x for r in runs for x in (r.get("study") or {}).get("recall", [])]
@@ -196,7 +196,7 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
     if cont:
         written["continual_metrics.json"] = write_json(cont, out / "continual_metrics.json")
         md = out / "continual_report.md"
-        md.write_text(continual_markdown(cont))
+        write_text(continual_markdown(cont), md)
         written["continual_report.md"] = md
         tasks = next(iter(cont.values()))["tasks"]
         written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,

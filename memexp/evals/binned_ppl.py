@@ -18,7 +18,6 @@ beyond it are left empty (NaN, with a note).
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from memexp.data.text import TiledWindows
+from memexp.evals.files import write_csv
 
 IGNORE_INDEX = -100
 
@@ -72,11 +72,4 @@ FIELDS = ["model", "seed", "split", "length", "lo", "hi", "tokens", "nll", "ppl"
 
 
 def write_binned_csv(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    return path
+    return write_csv(rows, path, FIELDS)

@@ -45,7 +45,8 @@ def run_continual(cfg: dict, names, model: Callable, data: Callable, optim, trai
                   logger: dict | None = None, tasks: Sequence[str] = ("A", "B", "C"), carry_state: bool | str = False) -> dict:
     """Train one model on tasks in sequence (data partial called with task_id=i) and fill the matrices."""
     from memexp.evals.plots import plot_continual_heatmap
-    from memexp.evals.studies import log_to_wandb, write_json
+    from memexp.evals.files import write_json
+    from memexp.evals.studies import log_to_wandb
     from memexp.experiment import _finish_loggers, _loggers, build_task, check_pairing
 
     check_pairing(model, data, names)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from memexp.evals.files import atomic_path  # noqa: E402
+
 
 def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[float]]]:
     out: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -24,12 +26,11 @@ def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[fl
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_recall_curve(rows: list[dict], path) -> Path:

@@ -14,11 +14,12 @@ score chance. That is the point of the study, and `context` in the result says s
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from memexp.evals.files import write_csv
 
 IGNORE_INDEX = -100
 
@@ -65,11 +66,4 @@ FIELDS = ["model", "seed", "gap", "recall_prob", "accuracy", "chance", "answers"
 
 def write_recall_csv(rows: list[dict], path: str | Path) -> Path:
     """rows of recall_at_gap results (plus model/seed) -> CSV (long format: one row per model, seed, gap)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    return path
+    return write_csv(rows, path, FIELDS)

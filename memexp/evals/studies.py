@@ -9,8 +9,6 @@ tables and a plot to every W&B logger of the run.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -108,14 +106,6 @@ def log_to_wandb(loggers: list, tables: dict[str, list[dict]], images: dict[str,
         if summary:
             lg.experiment.summary.update(summary)
 
-
-def write_json(obj, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-    return path
 
 
 class StudyEvaluations:
