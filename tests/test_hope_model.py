@@ -306,3 +306,18 @@ def _recall_pair():
     tf = Transformer(32, dim=32, depth=2, heads=2, ff_mult=2, max_len=16)
     acc_tf = train_recall(tf, window=16, **common)
     return acc_hope, acc_tf
+
+
+def test_bf16_autocast_runs_and_carries_state():
+    """trainer.precision=bf16-mixed (the source's amp/amp_dtype) runs HOPE under CPU autocast:
+    the slot read mixes a float32 softmax into bf16 similarities."""
+    torch.manual_seed(0)
+    m = tiny()
+    idx = torch.randint(0, 32, (2, 20))  # two segments and a half
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, st = m(idx[:, :12])
+        logits2, _ = m(idx[:, 12:], st)
+        loss = F.cross_entropy(torch.cat([logits, logits2], 1).float().reshape(-1, 32)[:-1], idx.reshape(-1)[1:])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -193,7 +193,8 @@ class SlotMemory(nn.Module):
         sim = sim.masked_fill(filled == 0, torch.finfo(sim.dtype).min)
         top, idx = sim.topk(self.top_k, dim=-1)  # (B, N, k)
         w = torch.softmax(top, dim=-1) * filled.expand_as(sim).gather(-1, idx)  # empty slots weigh 0
-        dense = torch.zeros_like(sim).scatter(-1, idx, w)  # (B, N, K)
+        # w may be float32 where sim is bf16 (softmax runs in float32 under autocast): scatter needs one dtype.
+        dense = torch.zeros_like(sim, dtype=w.dtype).scatter(-1, idx, w)  # (B, N, K)
         return torch.bmm(dense, values), dense
 
     def write(self, st: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
