@@ -177,9 +177,9 @@ def register_groups() -> None:
             model=dict(
                 dim=128, depth=4, num_heads=4, ff_mult=4, max_len=128, seq_len=128, dropout=0.0,
                 memory_capacity=64, top_k=4, error_decay=0.9, surprise_scale=1.0, base_momentum=0.9,
-                mem_write=32, error_update=1, cms_frequencies=[1, 4, 16],
+                mem_write=64, error_update=1, cms_frequencies=[1, 4, 16],
                 schedules=dict(surprise_scale=dict(start=0.0, end=1.0, warmup_steps=200),
-                               mem_write=dict(start=64, end=32, warmup_steps=200)),
+                               mem_write=dict(start=128, end=64, warmup_steps=200)),
             ),
             data=dict(seq_len=128, batch_size=16, tokenizer="byte", num_workers=0, pin_memory=False),
             optim=dict(name="adamw", lr=1e-3, warmup_steps=100, min_lr=1e-4),

@@ -470,7 +470,8 @@ class HOPE(nn.Module):
         surprise_scale: scale of the neural memory's data-dependent learning rate theta.
         base_momentum: initial momentum eta of the neural memory (gate bias logit).
         base_decay: initial forgetting alpha of the neural memory (gate bias logit).
-        mem_write: chunk size: the memories are written every `mem_write` tokens.
+        mem_write: chunk size: the memories are written every `mem_write` tokens (64: two writes per
+            default segment; 32 writes twice as often at ~15% more step time, same recall in the demo).
         error_update: the surprise EMA is refreshed every `error_update` chunks.
         cms_frequencies: period C_l (in optimizer steps) of each CMS level, e.g. (1, 4, 16);
             see `cms_update_schedule` and `CMSGradientGate`.
@@ -503,7 +504,7 @@ class HOPE(nn.Module):
         surprise_scale: float = 1.0,
         base_momentum: float = 0.9,
         base_decay: float = 0.01,
-        mem_write: int = 32,
+        mem_write: int = 64,
         error_update: int = 1,
         cms_frequencies: Sequence[int] = (1, 4, 16),
         mem_hidden_mult: int = 1,
