@@ -248,6 +248,7 @@ class HopeMemory(nn.Module):
         error_decay: float,
         error_update: int,
         usage_decay: float,
+        read_scale_init: float = 1.0,
     ):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
@@ -260,8 +261,8 @@ class HopeMemory(nn.Module):
         self.w = nn.Parameter(torch.stack([torch.randn(hidden, D), torch.randn(hidden, D) * 0.02]))
         self.slots = SlotMemory(memory_capacity, top_k, error_decay, error_update, usage_decay) if memory_capacity else None
         # Per-channel read-out scales of the two memories (added to the attention heads' output).
-        self.neural_scale = nn.Parameter(torch.ones(dim))
-        self.slot_scale = nn.Parameter(torch.ones(dim)) if self.slots is not None else None
+        self.neural_scale = nn.Parameter(torch.full((dim,), float(read_scale_init)))
+        self.slot_scale = nn.Parameter(torch.full((dim,), float(read_scale_init))) if self.slots is not None else None
         self._gate_bias = (0.0, _logit(base_momentum), _logit(base_decay))
         self.reset_gates()
 
@@ -479,6 +480,8 @@ class HOPE(nn.Module):
         memory_layers: indices of blocks that get a memory; None = all.
         cms_hidden_mult: hidden width multiple of every CMS level; None = ff_mult / levels.
         slot_usage_decay: EMA decay of slot usage (eviction picks the least used slot).
+        memory_read_init: initial per-channel scale of the memories' reads (added to attention's
+            output); 0 starts HOPE as a plain transformer that learns how much to read.
         schedules: optional ramps, {"surprise_scale": {"start", "end", "warmup_steps"},
             "mem_write": {...}}; applied by `set_training_step`.
         bias: biases in Linear and LayerNorm layers.
@@ -511,6 +514,7 @@ class HOPE(nn.Module):
         memory_layers: Sequence[int] | None = None,
         cms_hidden_mult: float | None = None,
         slot_usage_decay: float = 0.9,
+        memory_read_init: float = 1.0,
         schedules: Mapping[str, Mapping[str, float]] | None = None,
         bias: bool = True,
     ):
@@ -532,7 +536,7 @@ class HOPE(nn.Module):
 
         def memory():
             return HopeMemory(dim, num_heads, mem_hidden_mult, base_momentum, base_decay, memory_capacity, top_k,
-                              error_decay, error_update, slot_usage_decay)
+                              error_decay, error_update, slot_usage_decay, memory_read_init)
 
         self.blocks = nn.ModuleList(
             HopeBlock(dim, num_heads, dropout, bias, memory() if i in memory_layers else None, cms_hidden, cms_frequencies)
@@ -566,6 +570,8 @@ class HOPE(nn.Module):
         for f in ("base_momentum", "base_decay", "slot_usage_decay"):
             if not 0 < a[f] < 1:
                 raise ConfigError(f"model.{f}={a[f]} must be strictly between 0 and 1")
+        if a["memory_read_init"] < 0:
+            raise ConfigError(f"model.memory_read_init={a['memory_read_init']} must be >= 0")
         if a["surprise_scale"] < 0:
             raise ConfigError(f"model.surprise_scale={a['surprise_scale']} must be >= 0")
         if not a["cms_frequencies"] or min(a["cms_frequencies"]) < 1:
