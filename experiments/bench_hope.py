@@ -4,7 +4,7 @@ One step = forward + cross-entropy + backward + AdamW step on a (batch, seq_len)
 random bytes, at equal dim / depth / heads / ff_mult / seq_len. The two models alternate
 step by step (so load from other processes hits both alike) and the median is reported.
 
-    PYTHONPATH=. python experiments/bench_hope.py --out outputs/bench/hope.json
+    PYTHONPATH=. python experiments/bench_hope.py --mem-write 32 64 --out outputs/bench/hope.json
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--mem-write", type=int, default=32)
+    ap.add_argument("--mem-write", type=int, nargs="+", default=[64],
+                    help="one HOPE per chunk size, all timed side by side with the transformer")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1,
@@ -46,9 +47,10 @@ def main() -> None:
     common = dict(dim=args.dim, depth=args.depth, ff_mult=args.ff_mult)
     models = {
         "transformer": Transformer(args.vocab, heads=args.heads, max_len=args.seq_len, **common),
-        "hope": HOPE(args.vocab, num_heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
-                     mem_write=args.mem_write, **common),
     }
+    for mw in args.mem_write:
+        models[f"hope_mw{mw}"] = HOPE(args.vocab, num_heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
+                                      mem_write=mw, **common)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
     idx = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))
     x, y = idx[:, :-1], idx[:, 1:]
@@ -81,8 +83,8 @@ def main() -> None:
         "params": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
         "median_step_s": med,
         "median_step_cpu_s": med_cpu,
-        "ratio_hope_over_transformer": med["hope"] / med["transformer"],
-        "ratio_cpu_time": med_cpu["hope"] / med_cpu["transformer"],
+        "ratio_hope_over_transformer": {n: med[n] / med["transformer"] for n in models if n != "transformer"},
+        "ratio_cpu_time": {n: med_cpu[n] / med_cpu["transformer"] for n in models if n != "transformer"},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

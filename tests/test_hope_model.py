@@ -19,7 +19,9 @@ from hope_recall_demo import train_recall  # noqa: E402
 
 
 def tiny(**kw) -> HOPE:
-    cfg = dict(dim=16, depth=2, num_heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2)
+    # memory_read_init=1: the memory's reads reach the logits from the start, so the tests see them
+    cfg = dict(dim=16, depth=2, num_heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2,
+               memory_read_init=1.0)
     cfg.update(kw)
     return HOPE(32, **cfg)
 
@@ -270,6 +272,7 @@ def test_defaults_no_nan_and_anomaly_clean():
         (dict(cms_frequencies=[1, 0]), "model.cms_frequencies"),
         (dict(memory_layers=[0, 9]), "model.memory_layers"),
         (dict(surprise_scale=-1.0), "model.surprise_scale"),
+        (dict(memory_read_init=-1.0), "model.memory_read_init"),
         (dict(schedules={"lr": {"start": 0, "end": 1, "warmup_steps": 1}}), "model.schedules.lr"),
         (dict(schedules={"mem_write": {"start": 0, "end": 8, "warmup_steps": 1}}), "model.schedules.mem_write"),
         (dict(schedules={"surprise_scale": {"start": 0}}), "model.schedules.surprise_scale"),
@@ -306,3 +309,18 @@ def _recall_pair():
     tf = Transformer(32, dim=32, depth=2, heads=2, ff_mult=2, max_len=16)
     acc_tf = train_recall(tf, window=16, **common)
     return acc_hope, acc_tf
+
+
+def test_bf16_autocast_runs_and_carries_state():
+    """trainer.precision=bf16-mixed (the source's amp/amp_dtype) runs HOPE under CPU autocast:
+    the slot read mixes a float32 softmax into bf16 similarities."""
+    torch.manual_seed(0)
+    m = tiny()
+    idx = torch.randint(0, 32, (2, 20))  # two segments and a half
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, st = m(idx[:, :12])
+        logits2, _ = m(idx[:, 12:], st)
+        loss = F.cross_entropy(torch.cat([logits, logits2], 1).float().reshape(-1, 32)[:-1], idx.reshape(-1)[1:])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -196,3 +196,41 @@ def register_groups() -> None:
         ),
         name="hyperlstm_shakespeare",
     )
+
+    # HOPE at the nanoGPT CPU budget: the same width, depth, heads, MLP multiple, context (one
+    # 64-token segment), batch, steps and optimiser as nanogpt_shakespeare, so the two compare
+    # directly (experiments/hope_vs_transformer.py; docs/hope.md).
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}],
+            model=dict(dim=128, depth=4, num_heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0,
+                       mem_write=32, cms_frequencies=[1, 4, 16]),
+            data=dict(seq_len=64, batch_size=12, tokenizer="char"),
+            optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
+            trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
+            experiment_name="hope_nanogpt",
+        ),
+        name="hope_nanogpt",
+    )
+    # The source document's example HOPE config (configs/example.yaml in its terms), at a size a
+    # CPU trains in minutes: byte-level tiny-shakespeare, the memory and schedule keys set as
+    # the document describes them. Key-by-key mapping: docs/hope.md.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"},
+                      {"override /callbacks": "ema"}],
+            model=dict(
+                dim=128, depth=4, num_heads=4, ff_mult=4, max_len=128, seq_len=128, dropout=0.0,
+                memory_capacity=64, top_k=4, error_decay=0.9, surprise_scale=1.0, base_momentum=0.9,
+                mem_write=64, error_update=1, cms_frequencies=[1, 4, 16],
+                schedules=dict(surprise_scale=dict(start=0.0, end=1.0, warmup_steps=200),
+                               mem_write=dict(start=128, end=64, warmup_steps=200)),
+            ),
+            data=dict(seq_len=128, batch_size=16, tokenizer="byte", num_workers=0, pin_memory=False),
+            optim=dict(name="adamw", lr=1e-3, warmup_steps=100, min_lr=1e-4),
+            trainer=dict(max_steps=1000, val_check_interval=250, gradient_clip_val=1.0, accumulate_grad_batches=1),
+            callbacks=dict(ema=dict(decay=0.999, update_starting_at_step=100)),
+            experiment_name="hope_shakespeare",
+        ),
+        name="hope_shakespeare",
+    )

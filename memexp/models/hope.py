@@ -193,7 +193,8 @@ class SlotMemory(nn.Module):
         sim = sim.masked_fill(filled == 0, torch.finfo(sim.dtype).min)
         top, idx = sim.topk(self.top_k, dim=-1)  # (B, N, k)
         w = torch.softmax(top, dim=-1) * filled.expand_as(sim).gather(-1, idx)  # empty slots weigh 0
-        dense = torch.zeros_like(sim).scatter(-1, idx, w)  # (B, N, K)
+        # w may be float32 where sim is bf16 (softmax runs in float32 under autocast): scatter needs one dtype.
+        dense = torch.zeros_like(sim, dtype=w.dtype).scatter(-1, idx, w)  # (B, N, K)
         return torch.bmm(dense, values), dense
 
     def write(self, st: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
@@ -247,6 +248,7 @@ class HopeMemory(nn.Module):
         error_decay: float,
         error_update: int,
         usage_decay: float,
+        read_scale_init: float = 1.0,
     ):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
@@ -259,8 +261,8 @@ class HopeMemory(nn.Module):
         self.w = nn.Parameter(torch.stack([torch.randn(hidden, D), torch.randn(hidden, D) * 0.02]))
         self.slots = SlotMemory(memory_capacity, top_k, error_decay, error_update, usage_decay) if memory_capacity else None
         # Per-channel read-out scales of the two memories (added to the attention heads' output).
-        self.neural_scale = nn.Parameter(torch.ones(dim))
-        self.slot_scale = nn.Parameter(torch.ones(dim)) if self.slots is not None else None
+        self.neural_scale = nn.Parameter(torch.full((dim,), float(read_scale_init)))
+        self.slot_scale = nn.Parameter(torch.full((dim,), float(read_scale_init))) if self.slots is not None else None
         self._gate_bias = (0.0, _logit(base_momentum), _logit(base_decay))
         self.reset_gates()
 
@@ -469,7 +471,8 @@ class HOPE(nn.Module):
         surprise_scale: scale of the neural memory's data-dependent learning rate theta.
         base_momentum: initial momentum eta of the neural memory (gate bias logit).
         base_decay: initial forgetting alpha of the neural memory (gate bias logit).
-        mem_write: chunk size: the memories are written every `mem_write` tokens.
+        mem_write: chunk size: the memories are written every `mem_write` tokens (64: two writes per
+            default segment; 32 writes twice as often at ~15% more step time, same recall in the demo).
         error_update: the surprise EMA is refreshed every `error_update` chunks.
         cms_frequencies: period C_l (in optimizer steps) of each CMS level, e.g. (1, 4, 16);
             see `cms_update_schedule` and `CMSGradientGate`.
@@ -477,6 +480,9 @@ class HOPE(nn.Module):
         memory_layers: indices of blocks that get a memory; None = all.
         cms_hidden_mult: hidden width multiple of every CMS level; None = ff_mult / levels.
         slot_usage_decay: EMA decay of slot usage (eviction picks the least used slot).
+        memory_read_init: initial per-channel scale of the memories' reads (added to attention's
+            output). 0 (default) starts HOPE as a plain transformer that learns how much to read:
+            at nanoGPT's budget 1.0 ended 0.09 nats behind the transformer, 0.0 ahead (docs/hope.md).
         schedules: optional ramps, {"surprise_scale": {"start", "end", "warmup_steps"},
             "mem_write": {...}}; applied by `set_training_step`.
         bias: biases in Linear and LayerNorm layers.
@@ -502,13 +508,14 @@ class HOPE(nn.Module):
         surprise_scale: float = 1.0,
         base_momentum: float = 0.9,
         base_decay: float = 0.01,
-        mem_write: int = 32,
+        mem_write: int = 64,
         error_update: int = 1,
         cms_frequencies: Sequence[int] = (1, 4, 16),
         mem_hidden_mult: int = 1,
         memory_layers: Sequence[int] | None = None,
         cms_hidden_mult: float | None = None,
         slot_usage_decay: float = 0.9,
+        memory_read_init: float = 0.0,
         schedules: Mapping[str, Mapping[str, float]] | None = None,
         bias: bool = True,
     ):
@@ -530,7 +537,7 @@ class HOPE(nn.Module):
 
         def memory():
             return HopeMemory(dim, num_heads, mem_hidden_mult, base_momentum, base_decay, memory_capacity, top_k,
-                              error_decay, error_update, slot_usage_decay)
+                              error_decay, error_update, slot_usage_decay, memory_read_init)
 
         self.blocks = nn.ModuleList(
             HopeBlock(dim, num_heads, dropout, bias, memory() if i in memory_layers else None, cms_hidden, cms_frequencies)
@@ -564,6 +571,8 @@ class HOPE(nn.Module):
         for f in ("base_momentum", "base_decay", "slot_usage_decay"):
             if not 0 < a[f] < 1:
                 raise ConfigError(f"model.{f}={a[f]} must be strictly between 0 and 1")
+        if a["memory_read_init"] < 0:
+            raise ConfigError(f"model.memory_read_init={a['memory_read_init']} must be >= 0")
         if a["surprise_scale"] < 0:
             raise ConfigError(f"model.surprise_scale={a['surprise_scale']} must be >= 0")
         if not a["cms_frequencies"] or min(a["cms_frequencies"]) < 1:
