@@ -211,12 +211,11 @@ def train_and_test(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     loggers = _loggers(logger, run_dir, names)
-    partial_trainer = trainer
-    keywords = getattr(partial_trainer, "keywords", {})
+    keywords = getattr(trainer, "keywords", {})
     preset_callbacks = list(keywords.get("callbacks") or [])  # the preset's progress bar
     if keywords.get("enable_progress_bar") is False:
         preset_callbacks = [cb for cb in preset_callbacks if not isinstance(cb, ProgressBar)]
-    trainer_obj: L.Trainer = partial_trainer(
+    trainer_obj: L.Trainer = trainer(
         logger=loggers,
         callbacks=preset_callbacks + _callbacks(callbacks, ckpt_dir) + list(extra_callbacks or []),
         default_root_dir=str(run_dir),

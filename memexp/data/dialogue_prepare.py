@@ -140,8 +140,8 @@ def _as_utterances(value) -> tuple[list[str] | None, str | None]:
     return out, None
 
 
-def read_tsv(path: str | Path) -> Iterator[Record]:
-    """One dialogue per line, utterances separated by tabs."""
+def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a text file, streamed; invalid UTF-8 names its line."""
     with open_text(path) as f:
         line_no = 0
         while True:
@@ -152,39 +152,36 @@ def read_tsv(path: str | Path) -> Iterator[Record]:
                 raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
             if not line:
                 return
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                yield Record(None, line_no, [])
-                continue
-            utts = line.split("\t")
-            bad = next((i for i, u in enumerate(utts) if not u.strip()), None)
-            if bad is not None:
-                yield Record(None, line_no, None, f"utterance {bad} is empty (expected utterances separated by single tabs)")
-            else:
-                yield Record(None, line_no, utts)
+            yield line_no, line
+
+
+def read_tsv(path: str | Path) -> Iterator[Record]:
+    """One dialogue per line, utterances separated by tabs."""
+    for line_no, line in _numbered_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            yield Record(None, line_no, [])
+            continue
+        utts = line.split("\t")
+        bad = next((i for i, u in enumerate(utts) if not u.strip()), None)
+        if bad is not None:
+            yield Record(None, line_no, None, f"utterance {bad} is empty (expected utterances separated by single tabs)")
+        else:
+            yield Record(None, line_no, utts)
 
 
 def read_jsonl(path: str | Path) -> Iterator[Record]:
     """One dialogue per line: a JSON list of strings / of {"text": ...}, or {"dialog": [...]}."""
-    with open_text(path) as f:
-        line_no = 0
-        while True:
-            line_no += 1
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
-            if not line:
-                return
-            if not line.strip():
-                continue  # blank lines between records are not dialogues
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Record(None, line_no, None, f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            utts, problem = _as_utterances(value)
-            yield Record(None, line_no, utts, problem)
+    for line_no, line in _numbered_lines(path):
+        if not line.strip():
+            continue  # blank lines between records are not dialogues
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Record(None, line_no, None, f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        utts, problem = _as_utterances(value)
+        yield Record(None, line_no, utts, problem)
 
 
 class _JSONCursor:
