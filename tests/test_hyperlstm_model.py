@@ -302,15 +302,24 @@ def _cpp_built():
     return hyperlstm._load_cpp_ext() is not None
 
 
-def test_cpp_loops_run_and_agree_with_autograd_in_float64():
-    """The C++ path really runs (no silent fallback) and matches autograd to float64 rounding."""
+@pytest.mark.parametrize(
+    "batch, hidden, hyper, z, dtype, rtol, atol",
+    [
+        (3, 7, 6, 3, torch.float64, 1e-10, 1e-12),  # smaller than one register block: the scalar edges
+        # rows 11 = 6 + 4 + 1 and 9 = 6 + 2 + 1; columns: full 16- (8-) wide panels, a half panel, a tail
+        (11, 37, 20, 16, torch.float64, 1e-10, 1e-12),
+        (9, 44, 24, 17, torch.float32, 2e-4, 2e-5),  # float32 rounding
+    ],
+)
+def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, rtol, atol):
+    """The C++ path really runs (no silent fallback) and matches autograd (to float64 rounding in float64)."""
     if not _cpp_built():
         pytest.skip("no C++ compiler: step_impl='cpp' falls back to 'fused_script' (tested elsewhere)")
     torch.manual_seed(0)
-    cell = HyperLSTMCell(5, 7, hyper_num_units=6, hyper_embedding_size=3, step_impl="python").double()
+    cell = HyperLSTMCell(5, hidden, hyper_num_units=hyper, hyper_embedding_size=z, step_impl="python").to(dtype)
     _perturb(cell)
-    x = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
-    state = tuple((0.5 * torch.randn(3, n, dtype=torch.float64)).requires_grad_() for n in (7, 7, 6, 6))
+    x = torch.randn(batch, 6, 5, dtype=dtype, requires_grad=True)
+    state = tuple((0.5 * torch.randn(batch, n, dtype=dtype)).requires_grad_() for n in (hidden, hidden, hyper, hyper))
     assert HyperLSTMCell(5, 7, step_impl="cpp")._uses_cpp(x) and HyperLSTMCell(5, 7)._uses_cpp(x)  # "auto" -> cpp
     results = []
     for impl in ("python", "cpp"):
@@ -320,7 +329,7 @@ def test_cpp_loops_run_and_agree_with_autograd_in_float64():
         loss = (hs * w).sum() + sum((s ** 2).sum() for s in new_state)
         results.append((hs, *new_state, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
     for ref, got in zip(*results):
-        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
 
 
 def test_cpp_falls_back_to_torchscript_with_one_warning(monkeypatch):

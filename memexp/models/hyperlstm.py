@@ -483,7 +483,7 @@ class _CppScan(torch.autograd.Function):
             d_hs, zero(dh, h_all[0]), zero(dc, c_all[0]), zero(dhh, hh_all[0]), zero(dhc, hc_all[0]), xin, mask,
             ctx.has_mask, ctx.ln, saved, w_h.t().contiguous(), w_hyper_h.t().contiguous(),
             torch.cat([w_z, w_hyper_h], 1).t().contiguous(),
-            w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
+            w_d.transpose(1, 2).contiguous(), gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
         dh, dc, dhh, dhc, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy = grads
         # weight gradients of all steps at once (rows = T*B)
         TB = T * B
