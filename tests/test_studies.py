@@ -14,6 +14,7 @@ from memexp.data.recall import RecallDataModule
 from memexp.evals.binned_ppl import binned_perplexity
 from memexp.evals.continual import continual_summary
 from memexp.evals.recall import recall_at_gap
+from memexp.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- recall data and scoring
@@ -63,6 +64,34 @@ def test_recall_data_is_reproducible_and_targets_only_the_answers():
     mq = RecallDataModule(kind="multi_query", seq_len=40, gap=10, n_pairs=3, n_queries=2)
     assert ((mq.batch(4)["target"] != -100).sum(1) == 2).all()
     assert torch.equal(dm.train_dataloader().dataset[5]["input"], dm.train_dataloader().dataset[5]["input"])
+
+
+def test_task_cue_sits_before_the_query_and_names_the_task():
+    for t in range(3):
+        dm = RecallDataModule(seq_len=40, gap=[4, 32], remap_values=True, task_cue=True, task_id=t)
+        b = dm.batch(16, generator=torch.Generator().manual_seed(0))
+        assert dm.spec.vocab_size == 16 + 8 + 8 + 3
+        assert (b["input"][:, -2] == dm.cue).all() and dm.cue == 32 + t  # right before the query key
+        assert dm.tokenizer.decode([dm.cue]).strip() == f"t{t}"
+        assert ((b["input"][:, :-2] < 32).all())  # no cue anywhere else
+    with pytest.raises(ConfigError, match="data.task_id=3"):
+        RecallDataModule(task_cue=True, task_id=3)
+
+
+def test_disjoint_values_give_each_task_its_own_value_tokens():
+    blocks = []
+    for t in range(3):
+        dm = RecallDataModule(seq_len=40, gap=[4, 32], remap_values=True, disjoint_values=True, task_id=t)
+        b = dm.batch(64, generator=torch.Generator().manual_seed(0))
+        assert dm.spec.vocab_size == 16 + 8 + 3 * 8
+        values = b["input"][b["input"] >= 24]
+        answers = b["target"][b["target"] >= 0]
+        lo, hi = 24 + 8 * t, 24 + 8 * (t + 1)
+        assert ((values >= lo) & (values < hi)).all() and ((answers >= lo) & (answers < hi)).all()
+        blocks.append(dm.value_map)
+    assert all(m is not None for m in blocks)  # every task, A included, answers through its own map
+    assert not torch.equal(blocks[0], blocks[1])
+
 
 
 @pytest.mark.parametrize("kind", ["needle", "multi_query"])

@@ -70,13 +70,15 @@ def register_studies() -> None:
         ),
         name="hope_vs_baseline",
     )
-    # Continual learning: tasks A, B, C are recall with three value->answer permutations
-    # (same inputs, conflicting outputs), trained in sequence; trainer.max_steps per stage.
+    # Continual learning: tasks A, B, C are needle recall whose answer is a task-specific
+    # permutation of the stored value (a map the weights must hold), with a cue token before the
+    # query naming the task, so the three can be known at once (data.disjoint_values=true gives
+    # each task its own value tokens instead); trained in sequence, trainer.max_steps per stage.
     experiment(
         dict(
             defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
             hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
-            data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True),
+            data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True, task_cue=True),
             model=dict(),
             optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
             trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),

@@ -24,6 +24,8 @@ using at::Tensor;
 namespace {
 
 constexpr int64_t G = 4;
+// rows of a batch per thread, at least, in the element-wise loops (smaller batches run on one thread)
+constexpr int64_t ROW_GRAIN = 4;
 constexpr double EPS = 1e-3;  // LayerNorm epsilon of the reference (inside the square root)
 
 // Inner loops over units carry `#pragma GCC ivdep`: their arrays never overlap, and without it
@@ -195,54 +197,56 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
       T* hcn0 = o[16].data_ptr<T>() + t * B * N;
       T* rstdhc0 = o[17].data_ptr<T>() + t * B;
       T* tcy0 = o[18].data_ptr<T>() + t * B * N;
-      for (int64_t b = 0; b < B; ++b) {
-        const T* xr = xr0 + b * W + G * H;
-        const T* hr = hp0 + b * W + G * H;
-        const T* yr = yy0 + b * yy_stride;
-        T* ny = ny0 + b * G * N;
-        T* acty = acty0 + b * G * N;
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < G * N; ++i) ny[i] = xr[i] + hr[i] + yr[i];
-        for (int64_t k = 0; k < G; ++k) {
-          T* v = ny + k * N;
-          T* a = acty + k * N;
+      at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          const T* xr = xr0 + b * W + G * H;
+          const T* hr = hp0 + b * W + G * H;
+          const T* yr = yy0 + b * yy_stride;
+          T* ny = ny0 + b * G * N;
+          T* acty = acty0 + b * G * N;
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < G * N; ++i) ny[i] = xr[i] + hr[i] + yr[i];
+          for (int64_t k = 0; k < G; ++k) {
+            T* v = ny + k * N;
+            T* a = acty + k * N;
+            if (ln) {
+              rstdy0[b * G + k] = layer_norm_(v, N);
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) a[i] = v[i] * hgm[k * N + i] + hsh[k * N + i];
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) a[i] = v[i] + hsh[k * N + i];
+            }
+            if (k == 1) {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) a[i] = tanh_(a[i]);
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) a[i] = sigm(a[i]);
+            }
+          }
+          const T* hcp = hc_prev0 + b * N;
+          T* hcn_ = hc_new0 + b * N;
+          T* hcnorm = hcn0 + b * N;
+          T* tcy = tcy0 + b * N;
+          T* hhn = hh_new0 + b * N;
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) {
+            hcn_[i] = acty[2 * N + i] * hcp[i] + acty[i] * acty[N + i];
+            hcnorm[i] = hcn_[i];
+          }
           if (ln) {
-            rstdy0[b * G + k] = layer_norm_(v, N);
+            rstdhc0[b] = layer_norm_(hcnorm, N);
             #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) a[i] = v[i] * hgm[k * N + i] + hsh[k * N + i];
+            for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i] * hlcw[i] + hlcb[i]);
           } else {
             #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) a[i] = v[i] + hsh[k * N + i];
+            for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i]);
           }
-          if (k == 1) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) a[i] = tanh_(a[i]);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) a[i] = sigm(a[i]);
-          }
-        }
-        const T* hcp = hc_prev0 + b * N;
-        T* hcn_ = hc_new0 + b * N;
-        T* hcnorm = hcn0 + b * N;
-        T* tcy = tcy0 + b * N;
-        T* hhn = hh_new0 + b * N;
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < N; ++i) {
-          hcn_[i] = acty[2 * N + i] * hcp[i] + acty[i] * acty[N + i];
-          hcnorm[i] = hcn_[i];
-        }
-        if (ln) {
-          rstdhc0[b] = layer_norm_(hcnorm, N);
           #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i] * hlcw[i] + hlcb[i]);
-        } else {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i]);
+          for (int64_t i = 0; i < N; ++i) hhn[i] = acty[3 * N + i] * tcy[i];
         }
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < N; ++i) hhn[i] = acty[3 * N + i] * tcy[i];
-      }
+      });
     }
     // --- hyper embeddings z (x, h, b parts), and the next step's hyper recurrent term ---
     Tensor zy_t = zy[t];
@@ -269,61 +273,63 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
         T* out = p < 2 * G ? dxh0 + p * H : n0 + (p - 2 * G) * H;
         small_gemm<T>(zz0 + p * Z, ZY, wd + p * Z * H, H, bd + p * H, B, Z, H, out, p < 2 * G ? 2 * G * H : G * H);
       }
-      for (int64_t b = 0; b < B; ++b) {
-        const T* xm = xr0 + b * W;
-        const T* hm = hp0 + b * W;
-        T* dxh = dxh0 + b * 2 * G * H;
-        T* nr = n0 + b * G * H;
-        T* act = act0 + b * G * H;
-        for (int64_t k = 0; k < G; ++k) {
-          T* dx = dxh + k * H;
-          T* dh = dxh + (G + k) * H;
-          T* a = nr + k * H;
+      at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          const T* xm = xr0 + b * W;
+          const T* hm = hp0 + b * W;
+          T* dxh = dxh0 + b * 2 * G * H;
+          T* nr = n0 + b * G * H;
+          T* act = act0 + b * G * H;
+          for (int64_t k = 0; k < G; ++k) {
+            T* dx = dxh + k * H;
+            T* dh = dxh + (G + k) * H;
+            T* a = nr + k * H;
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) a[i] += dx[i] * xm[k * H + i] + dh[i] * hm[k * H + i];
+            T* g = act + k * H;
+            if (ln) {
+              rstd0[b * G + k] = layer_norm_(a, H);
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) g[i] = a[i] * gm[k * H + i] + sh[k * H + i];
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) g[i] = a[i] + sh[k * H + i];
+            }
+            if (k == 1) {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) g[i] = tanh_(g[i]);
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) g[i] = sigm(g[i]);
+            }
+          }
+          const T* cp = c_prev0 + b * H;
+          const T* mk = has_mask ? mk0 + b * H : nullptr;
+          T* cnw = c_new0 + b * H;
+          T* cn = cn0 + b * H;
+          T* tc = tc0 + b * H;
+          T* hn = h_new0 + b * H;
+          if (has_mask) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i] * mk[i];
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i];
+          }
           #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) a[i] += dx[i] * xm[k * H + i] + dh[i] * hm[k * H + i];
-          T* g = act + k * H;
+          for (int64_t i = 0; i < H; ++i) cn[i] = cnw[i];
           if (ln) {
-            rstd0[b * G + k] = layer_norm_(a, H);
+            rstdc0[b] = layer_norm_(cn, H);
             #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) g[i] = a[i] * gm[k * H + i] + sh[k * H + i];
+            for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i] * lcw[i] + lcb[i]);
           } else {
             #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) g[i] = a[i] + sh[k * H + i];
+            for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i]);
           }
-          if (k == 1) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) g[i] = tanh_(g[i]);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) g[i] = sigm(g[i]);
-          }
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) hn[i] = act[3 * H + i] * tc[i];
         }
-        const T* cp = c_prev0 + b * H;
-        const T* mk = has_mask ? mk0 + b * H : nullptr;
-        T* cnw = c_new0 + b * H;
-        T* cn = cn0 + b * H;
-        T* tc = tc0 + b * H;
-        T* hn = h_new0 + b * H;
-        if (has_mask) {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i] * mk[i];
-        } else {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i];
-        }
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < H; ++i) cn[i] = cnw[i];
-        if (ln) {
-          rstdc0[b] = layer_norm_(cn, H);
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i] * lcw[i] + lcb[i]);
-        } else {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i]);
-        }
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < H; ++i) hn[i] = act[3 * H + i] * tc[i];
-      }
+      });
     }
   }
 }
@@ -343,7 +349,6 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
   const T* lcw = ln ? ln_c_w.data_ptr<T>() : nullptr;
   const T* hgm = ln ? hyper_gamma.data_ptr<T>() : nullptr;
   const T* hlcw = ln ? hyper_ln_c_w.data_ptr<T>() : nullptr;
-  std::vector<T> tmp(std::max(G * H, G * N));
   Tensor dh_next = at::empty_like(dh), dhh_tot = at::empty_like(dhh);
   // [dzz_t | day_{t+1}]: both reach hh_{t+1}, through [W_z | W_hyper_h]; one matmul per step
   Tensor dzy = at::zeros({B, ZY}, xin.options());
@@ -372,70 +377,73 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       T* dd0 = g[3].data_ptr<T>() + t * B * P * H;
       T* dg0 = g[4].data_ptr<T>() + t * B * G * H;
       T* dtc0 = g[5].data_ptr<T>() + t * B * H;
-      for (int64_t b = 0; b < B; ++b) {
-        T* dhr = dh0 + b * H;
-        T* dcr = dc0 + b * H;
-        const T* dhs = dhs0 + b * H;
-        const T* act = act0 + b * G * H;
-        const T* tc = tc0 + b * H;
-        const T* cn = cn0 + b * H;
-        const T* cp = cp0 + b * H;
-        T* dtc = dtc0 + b * H;
-        T* dg = dg0 + b * G * H;
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < H; ++i) {
-          const T dv = dhr[i] + dhs[i], so = act[3 * H + i], tv = tc[i];
-          dtc[i] = dv * so * (T(1) - tv * tv);
-          dg[3 * H + i] = dv * tv * so * (T(1) - so);
-        }
-        T* dcn = tmp.data();
-        if (ln) {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i] * lcw[i];
-          layer_norm_back(dcn, cn, rstdc0[b], H, dcn);
-        } else {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i];
-        }
-        const T* mk = has_mask ? mk0 + b * H : nullptr;
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < H; ++i) {
-          const T dct = dcr[i] + dcn[i];
-          const T si = act[i], tj = act[H + i], sf = act[2 * H + i];
-          const T m = has_mask ? mk[i] : T(1);
-          dg[i] = dct * tj * m * si * (T(1) - si);
-          dg[H + i] = dct * si * m * (T(1) - tj * tj);
-          dg[2 * H + i] = dct * cp[i] * sf * (T(1) - sf);
-          dcr[i] = dct * sf;
-        }
-        const T* xm = xr0 + b * W;
-        const T* hm = hp0 + b * W;
-        const T* dxh = dxh0 + b * 2 * G * H;
-        const T* nr = n0 + b * G * H;
-        T* dd = dd0 + b * P * H;
-        T* dxin = dxin0 + b * W;
-        T* dhp = dhp0 + b * W;
-        for (int64_t k = 0; k < G; ++k) {
-          T* da = dd + (2 * G + k) * H;  // the b part of dd is da itself
-          if (ln) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i] * gm[k * H + i];
-            layer_norm_back(da, nr + k * H, rstd0[b * G + k], H, da);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i];
-          }
-          T* ddx = dd + k * H;
-          T* ddh = dd + (G + k) * H;
+      at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
+        std::vector<T> tmp(std::max(G * H, G * N));  // per thread
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          T* dhr = dh0 + b * H;
+          T* dcr = dc0 + b * H;
+          const T* dhs = dhs0 + b * H;
+          const T* act = act0 + b * G * H;
+          const T* tc = tc0 + b * H;
+          const T* cn = cn0 + b * H;
+          const T* cp = cp0 + b * H;
+          T* dtc = dtc0 + b * H;
+          T* dg = dg0 + b * G * H;
           #pragma GCC ivdep
           for (int64_t i = 0; i < H; ++i) {
-            ddx[i] = da[i] * xm[k * H + i];
-            ddh[i] = da[i] * hm[k * H + i];
-            dxin[k * H + i] = da[i] * dxh[k * H + i];
-            dhp[k * H + i] = da[i] * dxh[(G + k) * H + i];
+            const T dv = dhr[i] + dhs[i], so = act[3 * H + i], tv = tc[i];
+            dtc[i] = dv * so * (T(1) - tv * tv);
+            dg[3 * H + i] = dv * tv * so * (T(1) - so);
+          }
+          T* dcn = tmp.data();
+          if (ln) {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i] * lcw[i];
+            layer_norm_back(dcn, cn, rstdc0[b], H, dcn);
+          } else {
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i];
+          }
+          const T* mk = has_mask ? mk0 + b * H : nullptr;
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < H; ++i) {
+            const T dct = dcr[i] + dcn[i];
+            const T si = act[i], tj = act[H + i], sf = act[2 * H + i];
+            const T m = has_mask ? mk[i] : T(1);
+            dg[i] = dct * tj * m * si * (T(1) - si);
+            dg[H + i] = dct * si * m * (T(1) - tj * tj);
+            dg[2 * H + i] = dct * cp[i] * sf * (T(1) - sf);
+            dcr[i] = dct * sf;
+          }
+          const T* xm = xr0 + b * W;
+          const T* hm = hp0 + b * W;
+          const T* dxh = dxh0 + b * 2 * G * H;
+          const T* nr = n0 + b * G * H;
+          T* dd = dd0 + b * P * H;
+          T* dxin = dxin0 + b * W;
+          T* dhp = dhp0 + b * W;
+          for (int64_t k = 0; k < G; ++k) {
+            T* da = dd + (2 * G + k) * H;  // the b part of dd is da itself
+            if (ln) {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i] * gm[k * H + i];
+              layer_norm_back(da, nr + k * H, rstd0[b * G + k], H, da);
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i];
+            }
+            T* ddx = dd + k * H;
+            T* ddh = dd + (G + k) * H;
+            #pragma GCC ivdep
+            for (int64_t i = 0; i < H; ++i) {
+              ddx[i] = da[i] * xm[k * H + i];
+              ddh[i] = da[i] * hm[k * H + i];
+              dxin[k * H + i] = da[i] * dxh[k * H + i];
+              dhp[k * H + i] = da[i] * dxh[(G + k) * H + i];
+            }
           }
         }
-      }
+      });
       // dz of every row: dd @ W_d^T, part by part; into dzz (saved) and the z part of dzy
       for (int64_t p = 0; p < P; ++p)
         small_gemm<T>(dd0 + p * H, P * H, wdt + p * H * Z, Z, nullptr, B, H, Z, dzz0 + p * Z, P * Z);
@@ -459,60 +467,63 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       T* dhp0 = dhp_t.data_ptr<T>();
       T* dgy0 = g[6].data_ptr<T>() + t * B * G * N;
       T* dtcy0 = g[7].data_ptr<T>() + t * B * N;
-      for (int64_t b = 0; b < B; ++b) {
-        const T* dhhr = dhh0 + b * N;
-        T* dhcr = dhc0 + b * N;
-        const T* acty = acty0 + b * G * N;
-        const T* tcy = tcy0 + b * N;
-        const T* hcn = hcn0 + b * N;
-        const T* hcp = hcp0 + b * N;
-        T* dtcy = dtcy0 + b * N;
-        T* dgy = dgy0 + b * G * N;
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < N; ++i) {
-          const T so = acty[3 * N + i], tv = tcy[i];
-          dtcy[i] = dhhr[i] * so * (T(1) - tv * tv);
-          dgy[3 * N + i] = dhhr[i] * tv * so * (T(1) - so);
-        }
-        T* dcn = tmp.data();
-        if (ln) {
+      at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
+        std::vector<T> tmp(std::max(G * H, G * N));  // per thread
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          const T* dhhr = dhh0 + b * N;
+          T* dhcr = dhc0 + b * N;
+          const T* acty = acty0 + b * G * N;
+          const T* tcy = tcy0 + b * N;
+          const T* hcn = hcn0 + b * N;
+          const T* hcp = hcp0 + b * N;
+          T* dtcy = dtcy0 + b * N;
+          T* dgy = dgy0 + b * G * N;
           #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i] * hlcw[i];
-          layer_norm_back(dcn, hcn, rstdhc0[b], N, dcn);
-        } else {
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i];
-        }
-        #pragma GCC ivdep
-        for (int64_t i = 0; i < N; ++i) {
-          const T dct = dhcr[i] + dcn[i];
-          const T si = acty[i], tj = acty[N + i], sf = acty[2 * N + i];
-          dgy[i] = dct * tj * si * (T(1) - si);
-          dgy[N + i] = dct * si * (T(1) - tj * tj);
-          dgy[2 * N + i] = dct * hcp[i] * sf * (T(1) - sf);
-          dhcr[i] = dct * sf;
-        }
-        const T* ny = ny0 + b * G * N;
-        T* day = dhp0 + b * W + G * H;
-        T* dxy = dxin0 + b * W + G * H;
-        for (int64_t k = 0; k < G; ++k) {
-          T* dak = day + k * N;
+          for (int64_t i = 0; i < N; ++i) {
+            const T so = acty[3 * N + i], tv = tcy[i];
+            dtcy[i] = dhhr[i] * so * (T(1) - tv * tv);
+            dgy[3 * N + i] = dhhr[i] * tv * so * (T(1) - so);
+          }
+          T* dcn = tmp.data();
           if (ln) {
             #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i] * hgm[k * N + i];
-            layer_norm_back(dak, ny + k * N, rstdy0[b * G + k], N, dak);
+            for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i] * hlcw[i];
+            layer_norm_back(dcn, hcn, rstdhc0[b], N, dcn);
           } else {
             #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i];
+            for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i];
+          }
+          #pragma GCC ivdep
+          for (int64_t i = 0; i < N; ++i) {
+            const T dct = dhcr[i] + dcn[i];
+            const T si = acty[i], tj = acty[N + i], sf = acty[2 * N + i];
+            dgy[i] = dct * tj * si * (T(1) - si);
+            dgy[N + i] = dct * si * (T(1) - tj * tj);
+            dgy[2 * N + i] = dct * hcp[i] * sf * (T(1) - sf);
+            dhcr[i] = dct * sf;
+          }
+          const T* ny = ny0 + b * G * N;
+          T* day = dhp0 + b * W + G * H;
+          T* dxy = dxin0 + b * W + G * H;
+          for (int64_t k = 0; k < G; ++k) {
+            T* dak = day + k * N;
+            if (ln) {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i] * hgm[k * N + i];
+              layer_norm_back(dak, ny + k * N, rstdy0[b * G + k], N, dak);
+            } else {
+              #pragma GCC ivdep
+              for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i];
+            }
+          }
+                  T* dzy_y = dzy0 + b * ZY + PZ;
+  #pragma GCC ivdep
+          for (int64_t i = 0; i < G * N; ++i) {
+            dxy[i] = day[i];
+            dzy_y[i] = day[i];
           }
         }
-                T* dzy_y = dzy0 + b * ZY + PZ;
-#pragma GCC ivdep
-        for (int64_t i = 0; i < G * N; ++i) {
-          dxy[i] = day[i];
-          dzy_y[i] = day[i];
-        }
-      }
+      });
     }
     // gradients of the previous state through the recurrent matmuls
     small_gemm<T>(dhp_t.data_ptr<T>(), W, w_h_t.data_ptr<T>(), H, nullptr, B, W, H, dh_next.data_ptr<T>(), H);
