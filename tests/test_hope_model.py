@@ -92,6 +92,33 @@ def test_write_lowers_error_on_written_pair_test_time_learning():
     assert after < 0.5 * before
 
 
+def test_step_norm_cap_keeps_a_diverging_memory_finite():
+    """With a learning rate far past stability the inner gradient descent runs away to NaN;
+    capping each chunk's step keeps the fast weights finite and bounded."""
+    torch.manual_seed(0)
+    free = memory(dim=4, hidden_mult=2)
+    capped = memory(dim=4, hidden_mult=2)
+    capped.load_state_dict(free.state_dict())
+    capped.max_step_norm = 1.0
+    k = F.normalize(torch.randn(1, 4, 4, dtype=torch.float64), dim=-1)
+    v = 3 * torch.randn(1, 4, 4, dtype=torch.float64)
+    gates = torch.sigmoid(free.gates.bias).view(1, 1, 3).expand(1, 4, 3)
+    theta = torch.full((1, 4), 50.0, dtype=torch.float64)
+    final = []
+    for mem in (free, capped):
+        st = mem.init_state(1, mem.w)
+        for _ in range(40):
+            prev = st["m"]
+            st = mem.write(st, k, v, theta, gates)
+            if mem is capped:  # S = eta S - G with ||G|| <= 1
+                eta = gates[0, 0, 1].item()
+                assert (st["m"] - eta * prev).norm() <= 1.0 + 1e-9
+        final.append(st["w"])
+    assert not torch.isfinite(final[0]).all()
+    assert torch.isfinite(final[1]).all() and final[1].abs().max() < 50
+    assert HOPE(32).blocks[0].memory.max_step_norm == 5.0  # on by default
+
+
 def test_earlier_segment_changes_later_logits_only_through_memory():
     """Two inputs that differ only in segment 1: HOPE's segment-2 logits differ, and with
     memory_layers=[] and no slots (nothing carried) they are identical."""
@@ -273,6 +300,7 @@ def test_defaults_no_nan_and_anomaly_clean():
         (dict(memory_layers=[0, 9]), "model.memory_layers"),
         (dict(surprise_scale=-1.0), "model.surprise_scale"),
         (dict(memory_read_init=-1.0), "model.memory_read_init"),
+        (dict(mem_max_step_norm=0.0), "model.mem_max_step_norm"),
         (dict(schedules={"lr": {"start": 0, "end": 1, "warmup_steps": 1}}), "model.schedules.lr"),
         (dict(schedules={"mem_write": {"start": 0, "end": 8, "warmup_steps": 1}}), "model.schedules.mem_write"),
         (dict(schedules={"surprise_scale": {"start": 0}}), "model.schedules.surprise_scale"),

@@ -249,9 +249,11 @@ class HopeMemory(nn.Module):
         error_update: int,
         usage_decay: float,
         read_scale_init: float = 1.0,
+        max_step_norm: float | None = None,
     ):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.max_step_norm = max_step_norm
         hidden = hidden_mult * self.head_dim
         self.gates = nn.Linear(dim, 3 * heads)  # per head: theta (lr), eta (momentum), alpha (forget)
         # Learned initial fast weights [W1, W2^T], shared by all (sequence, head) rows; the outer
@@ -306,7 +308,11 @@ class HopeMemory(nn.Module):
         coef = theta * (-2.0 / (n * math.sqrt(h.shape[-1])))
         eta = gates[..., 1].mean(dim=1).view(-1, 1, 1, 1)  # (B', 1, 1, 1)
         keep = 1 - gates[..., 2].mean(dim=1).view(-1, 1, 1, 1)  # 1 - alpha
-        m = torch.addcmul(memory_mlp_descent(st["w"], k, h, sig, a, err, coef), eta, st["m"])  # S = eta S - G
+        step = memory_mlp_descent(st["w"], k, h, sig, a, err, coef)  # -G (B', 2, Hm, D)
+        if self.max_step_norm is not None:  # cap ||G|| per (sequence, head): test-time learning cannot run away
+            norm = step.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            step = step * (self.max_step_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+        m = torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
     def forward(self, u, q, k, v, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
@@ -480,6 +486,10 @@ class HOPE(nn.Module):
         memory_layers: indices of blocks that get a memory; None = all.
         cms_hidden_mult: hidden width multiple of every CMS level; None = ff_mult / levels.
         slot_usage_decay: EMA decay of slot usage (eviction picks the least used slot).
+        mem_max_step_norm: cap on the Frobenius norm of each chunk's memory step G (per sequence
+            and head; None: no cap). Trained models take steps of norm ~0.05-2; without a cap, inputs
+            unlike the training data can make the inner gradient descent diverge (measured: a HOPE
+            trained on tasks A -> B -> C read 1e27 and then NaN on task A's data).
         memory_read_init: initial per-channel scale of the memories' reads (added to attention's
             output). 0 (default) starts HOPE as a plain transformer that learns how much to read:
             at nanoGPT's budget 1.0 ended 0.09 nats behind the transformer, 0.0 ahead (docs/hope.md).
@@ -515,6 +525,7 @@ class HOPE(nn.Module):
         memory_layers: Sequence[int] | None = None,
         cms_hidden_mult: float | None = None,
         slot_usage_decay: float = 0.9,
+        mem_max_step_norm: float | None = 5.0,
         memory_read_init: float = 0.0,
         schedules: Mapping[str, Mapping[str, float]] | None = None,
         bias: bool = True,
@@ -537,7 +548,7 @@ class HOPE(nn.Module):
 
         def memory():
             return HopeMemory(dim, num_heads, mem_hidden_mult, base_momentum, base_decay, memory_capacity, top_k,
-                              error_decay, error_update, slot_usage_decay, memory_read_init)
+                              error_decay, error_update, slot_usage_decay, memory_read_init, mem_max_step_norm)
 
         self.blocks = nn.ModuleList(
             HopeBlock(dim, num_heads, dropout, bias, memory() if i in memory_layers else None, cms_hidden, cms_frequencies)
@@ -573,6 +584,8 @@ class HOPE(nn.Module):
                 raise ConfigError(f"model.{f}={a[f]} must be strictly between 0 and 1")
         if a["memory_read_init"] < 0:
             raise ConfigError(f"model.memory_read_init={a['memory_read_init']} must be >= 0")
+        if a["mem_max_step_norm"] is not None and a["mem_max_step_norm"] <= 0:
+            raise ConfigError(f"model.mem_max_step_norm={a['mem_max_step_norm']} must be > 0 or None (no cap)")
         if a["surprise_scale"] < 0:
             raise ConfigError(f"model.surprise_scale={a['surprise_scale']} must be >= 0")
         if not a["cms_frequencies"] or min(a["cms_frequencies"]) < 1:
