@@ -169,6 +169,16 @@ def test_continual_run_fills_a_task_by_task_matrix(tmp_path):
     assert Path(result["run_dir"], "reports", "continual_heatmap.png").stat().st_size > 5000
 
 
+def test_continual_text_trains_on_three_corpus_parts(tmp_path):
+    result = run_in_process(["experiment=continual_text", "model=hope_tiny", "debug=fast", *QUIET, "trainer.max_steps=2",
+                             "trainer.limit_test_batches=1"], tmp_path)
+    c = result["study"]["continual"]
+    loss = c["loss"]
+    assert len(loss) == 3 and all(len(r) == 3 and all(math.isfinite(x) for x in r) for r in loss)
+    assert loss[0][0] > loss[2][0]  # later stages keep training: task A's loss still falls (tiny budget)
+    assert len({round(x, 6) for x in loss[0]}) == 3  # three different parts of the text
+
+
 # ----------------------------------------------------------------------------- meta-training
 
 

@@ -17,6 +17,21 @@ def test_splits_are_contiguous_and_cover_the_text(tiny_text):
     assert len(dm.tokens("train")) == int(len(text) * 0.9)
 
 
+def test_corpus_parts_share_one_vocabulary_and_split_each_part(tmp_path):
+    # three parts whose letters differ: each part's splits come from its own third only
+    path = tmp_path / "abc.txt"
+    path.write_text("a" * 300 + "b" * 300 + "c" * 301)
+    mods = [TextDataModule(path=str(path), seq_len=8, n_tasks=3, task_id=t, splits=(0.8, 0.1, 0.1)) for t in range(3)]
+    assert len({m.spec.vocab_size for m in mods}) == 1 and mods[0].spec.vocab_size == 3  # a, b, c (train splits)
+    for t, m in enumerate(mods):
+        text = m.tokenizer.decode(m.tokens("train").tolist())
+        assert text == "abc"[t] * 240  # int(0.8 * 300) and int(0.8 * 301)
+        assert set(m.tokenizer.decode(m.tokens("val").tolist())) == {"abc"[t]}
+    assert len(mods[0].tokens("test")) == 30 and len(mods[2].tokens("test")) == 31  # the last part takes the remainder
+    with pytest.raises(ConfigError, match="data.task_id=3"):
+        TextDataModule(path=str(path), n_tasks=3, task_id=3)
+
+
 def test_eval_windows_score_every_target_once(tiny_text):
     dm = TextDataModule(path=str(tiny_text), seq_len=16, eval_batch_size=7)
     scored = []

@@ -88,6 +88,21 @@ def register_studies() -> None:
         ),
         name="continual_abc",
     )
+    # Continual learning on text, the source document's protocol: tiny-shakespeare cut into three
+    # contiguous parts (A, B, C), trained in sequence; next-character accuracy and loss on each.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /data": "shakespeare"}, {"override /model": "hope_tiny"}],
+            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
+            data=dict(n_tasks=3, seq_len=64, batch_size=16),
+            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+            trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
+            study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
+            sample_tokens=0,
+            experiment_name="continual_text",
+        ),
+        name="continual_text",
+    )
     # Meta-training (Reptile outer loop on held-out validation tasks), compared with meta.use=false:
     #   python -m memexp.run -m experiment=meta_recall meta.use=true,false
     experiment(

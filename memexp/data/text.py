@@ -157,6 +157,10 @@ class TextDataModule(L.LightningDataModule):
         train_windows_per_epoch: random windows per epoch; None means one pass worth (tokens // seq_len).
         num_workers, pin_memory, prefetch_factor: DataLoader settings (prefetch only with workers).
         data_dir: the data root (raw files and caches); None means $MEMEXP_DATA_DIR or ./data.
+        n_tasks, task_id: corpus parts for continual learning: with n_tasks > 1 the text is cut
+            into n_tasks contiguous parts of equal length and this module serves part task_id,
+            split by `splits` as a whole text would be; the char vocabulary comes from the
+            training splits of all parts, so every part's module has the same one.
     """
 
     task_kind = "causal_lm"
@@ -177,8 +181,11 @@ class TextDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         data_dir: str | None = None,
+        n_tasks: int = 1,
+        task_id: int = 0,
     ):
         super().__init__()
+        self.n_tasks, self.task_id = int(n_tasks), int(task_id)
         self.path, self.format, self.jsonl_field = path, format, jsonl_field
         self.tokenizer_name, self.seq_len = tokenizer, seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -199,6 +206,9 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.splits={list(self.splits)}: expected three non-negative fractions (train, val, test) summing to 1")
         if self.seq_len < 1 or self.batch_size < 1:
             raise ConfigError("data.seq_len and data.batch_size must be positive")
+        if self.n_tasks < 1 or not 0 <= self.task_id < self.n_tasks:
+            raise ConfigError(f"data.task_id={self.task_id}, data.n_tasks={self.n_tasks}: expected n_tasks >= 1 "
+                              f"and 0 <= task_id < n_tasks")
 
     # -- files --------------------------------------------------------------------------
     def source_path(self) -> Path:
@@ -227,18 +237,24 @@ class TextDataModule(L.LightningDataModule):
         if self.path is None and not self.source_path().exists():
             self.prepare_data()
         text = self.read_text()
-        n = len(text)
-        a = int(n * self.splits[0])
-        b = a + int(n * self.splits[1])
-        pieces = {"train": text[:a], "val": text[a:b], "test": text[b:]}
+        part = len(text) // self.n_tasks
+        parts = [self._split(text[i * part : (i + 1) * part if i < self.n_tasks - 1 else len(text)])
+                 for i in range(self.n_tasks)]
+        pieces = parts[self.task_id]
         if self.tokenizer is None:
-            self.tokenizer = build_tokenizer(self.tokenizer_name, pieces["train"])
+            self.tokenizer = build_tokenizer(self.tokenizer_name, "".join(p["train"] for p in parts))
         for name, piece in pieces.items():
             try:
                 ids = self.tokenizer.encode(piece)
             except DataError as e:
                 raise DataError(f"{self.source_path()} ({name} split): {e}") from None
             self._split_tokens[name] = torch.tensor(ids, dtype=torch.long)
+
+    def _split(self, text: str) -> dict[str, str]:
+        n = len(text)
+        a = int(n * self.splits[0])
+        b = a + int(n * self.splits[1])
+        return {"train": text[:a], "val": text[a:b], "test": text[b:]}
 
     def tokens(self, split: str) -> torch.Tensor:
         self.setup()
