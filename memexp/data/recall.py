@@ -28,9 +28,9 @@ Without a cue no model can answer two tasks at once (the same input wants two an
 forgetting is fixed by the data; `task_cue=true` puts the task's cue token right before the
 query (`... k v f_1 .. f_gap t k`), which makes all tasks learnable together: what a model
 keeps of task A after training on B and C alone is then a property of the model (this is
-the `continual_abc` preset's design). `disjoint_values=true` gives each task its own value tokens instead (no input of one task
-appears in another), so nothing forces a model to overwrite task A while it learns C: only
-the drift of shared weights does.
+the `continual_abc` preset's design). `disjoint_values=true` gives each task its own value
+tokens instead (no input of one task appears in another), so nothing forces a model to
+overwrite task A while it learns C: only the drift of shared weights does.
 
 Splits: train, val and test draw from disjoint seed streams (seed, split, index), so a
 sample is the same in every run and no evaluation sample is a training sample's twin.
