@@ -413,7 +413,7 @@ def _load_cpp_ext():
             from torch.utils.cpp_extension import load_inline
 
             source = (Path(__file__).with_name("hyperlstm_ext.cpp")).read_text()
-            flags = ["-O3", "-march=native", "-ffast-math"]
+            flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP
             # -march=native: the build is for this CPU, so the cache key names it
             cpu = platform.processor() + platform.machine()
             try:
@@ -428,6 +428,7 @@ def _load_cpp_ext():
                 cpp_sources=[source],
                 functions=["hyperlstm_forward", "hyperlstm_backward"],
                 extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],  # torch's own libgomp.so.1 (same soname) serves it
                 build_directory=str(build_dir),
                 verbose=False,
             )

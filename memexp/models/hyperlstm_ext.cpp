@@ -268,12 +268,14 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
       T* cn0 = o[10].data_ptr<T>() + t * B * H;
       T* rstdc0 = o[11].data_ptr<T>() + t * B;
       T* tc0 = o[12].data_ptr<T>() + t * B * H;
-      // d_x, d_h (into dxh) and the additive term (into n) of every row: W_d z + b_d, part by part
-      for (int64_t p = 0; p < P; ++p) {
-        T* out = p < 2 * G ? dxh0 + p * H : n0 + (p - 2 * G) * H;
-        small_gemm<T>(zz0 + p * Z, ZY, wd + p * Z * H, H, bd + p * H, B, Z, H, out, p < 2 * G ? 2 * G * H : G * H);
-      }
+      // per thread, for its rows: d_x, d_h (into dxh) and the additive term (into n), W_d z + b_d,
+      // part by part; then the element-wise cell
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t p = 0; p < P; ++p) {  // this thread's rows of W_d z + b_d
+          const int64_t ldc = p < 2 * G ? 2 * G * H : G * H;
+          T* out = (p < 2 * G ? dxh0 + p * H : n0 + (p - 2 * G) * H) + b_begin * ldc;
+          small_gemm<T>(zz0 + b_begin * ZY + p * Z, ZY, wd + p * Z * H, H, bd + p * H, b_end - b_begin, Z, H, out, ldc);
+        }
         for (int64_t b = b_begin; b < b_end; ++b) {
           const T* xm = xr0 + b * W;
           const T* hm = hp0 + b * W;
@@ -443,11 +445,12 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
             }
           }
         }
+        // dz of this thread's rows: dd @ W_d^T, part by part; into dzz (saved) and the z part of dzy
+        for (int64_t p = 0; p < P; ++p)
+          small_gemm<T>(dd0 + b_begin * P * H + p * H, P * H, wdt + p * H * Z, Z, nullptr, b_end - b_begin, H, Z,
+                        dzz0 + b_begin * P * Z + p * Z, P * Z);
+        for (int64_t b = b_begin; b < b_end; ++b) std::copy(dzz0 + b * P * Z, dzz0 + (b + 1) * P * Z, dzy0 + b * ZY);
       });
-      // dz of every row: dd @ W_d^T, part by part; into dzz (saved) and the z part of dzy
-      for (int64_t p = 0; p < P; ++p)
-        small_gemm<T>(dd0 + p * H, P * H, wdt + p * H * Z, Z, nullptr, B, H, Z, dzz0 + p * Z, P * Z);
-      for (int64_t b = 0; b < B; ++b) std::copy(dzz0 + b * P * Z, dzz0 + (b + 1) * P * Z, dzy0 + b * ZY);
     }
     // gradient of hh_{t+1}: [dzz_t | day_{t+1}] @ [W_z | W_hyper_h]^T (+ the caller's, at the last step)
     small_gemm<T>(dzy0, ZY, w_zy_t.data_ptr<T>(), N, nullptr, B, ZY, N, dhh_tot.data_ptr<T>(), N);
