@@ -23,6 +23,7 @@ from memexp.data.spec import DataSpec
 from memexp.models.hope import CMSGradientGate
 from memexp.models.sampling import sample_next
 from memexp.tasks.optim import OptimizerSettings, configure_optimizers
+from memexp.tasks.record import run_record
 
 IGNORE_INDEX = -100
 
@@ -130,11 +131,7 @@ class CausalLMTask(L.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["memexp"] = {
-            "config": self.run_config,
-            "tokenizer": self.spec.tokenizer.state_dict(),
-            "task_kind": "causal_lm",
-        }
+        checkpoint["memexp"] = run_record(self, "causal_lm")
         if self.cms_gate is not None:
             checkpoint["memexp"]["cms_gate"] = self.cms_gate.state_dict()
 

@@ -23,6 +23,7 @@ from torchmetrics.text import BLEUScore
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
 from memexp.tasks.optim import OptimizerSettings, configure_optimizers
+from memexp.tasks.record import run_record
 from memexp.tasks.text_metrics import DistinctN
 
 
@@ -115,11 +116,7 @@ class DialogueTask(L.LightningModule):
         return configure_optimizers(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["memexp"] = {
-            "config": self.run_config,
-            "tokenizer": self.spec.tokenizer.state_dict(),
-            "task_kind": "dialogue",
-        }
+        checkpoint["memexp"] = run_record(self, "dialogue")
 
     # -- decoding ---------------------------------------------------------------------------
     def _until_eos(self, ids: list[int]) -> list[int]:
