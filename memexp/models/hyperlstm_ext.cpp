@@ -78,6 +78,110 @@ inline void layer_norm_back(const T* dy, const T* y, T rstd, int64_t n, T* out) 
   for (int64_t i = 0; i < n; ++i) out[i] = rstd * (dy[i] - m1 - y[i] * m2);
 }
 
+// --- the LN-LSTM cell, shared by the hyper and the main cell (n units each) ---
+
+// The G gate activations from their pre-activations pre (G, n): with LN, each gate's pre is
+// normalised in place (its rstd into rstd[k]) and act = f(pre * gamma + shift); without,
+// act = f(pre + shift). f = tanh for the candidate (gate 1), sigmoid for the others.
+template <typename T>
+inline void gates_forward(T* pre, T* act, int64_t n, bool ln, const T* gamma, const T* shift, T* rstd) {
+  for (int64_t k = 0; k < G; ++k) {
+    T* v = pre + k * n;
+    T* a = act + k * n;
+    if (ln) {
+      rstd[k] = layer_norm_(v, n);
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) a[i] = v[i] * gamma[k * n + i] + shift[k * n + i];
+    } else {
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) a[i] = v[i] + shift[k * n + i];
+    }
+    if (k == 1) {
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) a[i] = tanh_(a[i]);
+    } else {
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) a[i] = sigm(a[i]);
+    }
+  }
+}
+
+// c' = f c + i j (mask) and h' = o tanh(LN(c')): writes c', its normalised copy cn, tc = tanh(.)
+// and h'; mask (dropout on the candidate) may be null.
+template <typename T>
+inline void cell_forward(const T* act, const T* c_prev, const T* mask, T* c_new, T* cn, T* tc, T* h_new, int64_t n,
+                         bool ln, const T* ln_w, const T* ln_b, T* rstd) {
+  if (mask) {
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) c_new[i] = act[2 * n + i] * c_prev[i] + act[i] * act[n + i] * mask[i];
+  } else {
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) c_new[i] = act[2 * n + i] * c_prev[i] + act[i] * act[n + i];
+  }
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) cn[i] = c_new[i];
+  if (ln) {
+    *rstd = layer_norm_(cn, n);
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) tc[i] = tanh_(cn[i] * ln_w[i] + ln_b[i]);
+  } else {
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) tc[i] = tanh_(cn[i]);
+  }
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) h_new[i] = act[3 * n + i] * tc[i];
+}
+
+// Backward of cell_forward for the gradient dh' = dh_a (+ dh_b, may be null) reaching h': writes
+// dtc (gradient of LN(c')'s affine output, for the LN weights) and the gate gradients dg (G, n),
+// and turns dc (gradient reaching c') into the gradient of c. tmp: n scratch values.
+template <typename T>
+inline void cell_backward(const T* dh_a, const T* dh_b, T* dc, const T* act, const T* c_prev, const T* mask,
+                          const T* cn, const T* tc, int64_t n, bool ln, const T* ln_w, T rstd, T* dtc, T* dg, T* tmp) {
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    const T dv = dh_b ? dh_a[i] + dh_b[i] : dh_a[i], so = act[3 * n + i], tv = tc[i];
+    dtc[i] = dv * so * (T(1) - tv * tv);
+    dg[3 * n + i] = dv * tv * so * (T(1) - so);
+  }
+  T* dcn = tmp;
+  if (ln) {
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) dcn[i] = dtc[i] * ln_w[i];
+    layer_norm_back(dcn, cn, rstd, n, dcn);
+  } else {
+    #pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) dcn[i] = dtc[i];
+  }
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    const T dct = dc[i] + dcn[i];
+    const T si = act[i], tj = act[n + i], sf = act[2 * n + i];
+    const T m = mask ? mask[i] : T(1);
+    dg[i] = dct * tj * m * si * (T(1) - si);
+    dg[n + i] = dct * si * m * (T(1) - tj * tj);
+    dg[2 * n + i] = dct * c_prev[i] * sf * (T(1) - sf);
+    dc[i] = dct * sf;
+  }
+}
+
+// Backward of gates_forward's normalisation: da (G, n) = gradient of the pre-activations,
+// from the gate gradients dg and the normalised pre-activations pre.
+template <typename T>
+inline void gates_backward(const T* dg, const T* pre, const T* rstd, int64_t n, bool ln, const T* gamma, T* da) {
+  for (int64_t k = 0; k < G; ++k) {
+    T* dak = da + k * n;
+    if (ln) {
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) dak[i] = dg[k * n + i] * gamma[k * n + i];
+      layer_norm_back(dak, pre + k * n, rstd[k], n, dak);
+    } else {
+      #pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) dak[i] = dg[k * n + i];
+    }
+  }
+}
+
 // C[m, n] = bias[n] (or 0) + sum_k A[m * lda + k] * W[k * ldw + n], for m < M, n < N.
 // Every matmul inside the time loops is such a product with few rows (M = batch): h @ [W_h | ...]
 // (K = H, N = 4H + 4N), hh @ [W_z | W_hyper_h], the z -> d projections (K = Z, N = H), and their
@@ -206,45 +310,9 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
           T* acty = acty0 + b * G * N;
           #pragma GCC ivdep
           for (int64_t i = 0; i < G * N; ++i) ny[i] = xr[i] + hr[i] + yr[i];
-          for (int64_t k = 0; k < G; ++k) {
-            T* v = ny + k * N;
-            T* a = acty + k * N;
-            if (ln) {
-              rstdy0[b * G + k] = layer_norm_(v, N);
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) a[i] = v[i] * hgm[k * N + i] + hsh[k * N + i];
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) a[i] = v[i] + hsh[k * N + i];
-            }
-            if (k == 1) {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) a[i] = tanh_(a[i]);
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) a[i] = sigm(a[i]);
-            }
-          }
-          const T* hcp = hc_prev0 + b * N;
-          T* hcn_ = hc_new0 + b * N;
-          T* hcnorm = hcn0 + b * N;
-          T* tcy = tcy0 + b * N;
-          T* hhn = hh_new0 + b * N;
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) {
-            hcn_[i] = acty[2 * N + i] * hcp[i] + acty[i] * acty[N + i];
-            hcnorm[i] = hcn_[i];
-          }
-          if (ln) {
-            rstdhc0[b] = layer_norm_(hcnorm, N);
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i] * hlcw[i] + hlcb[i]);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) tcy[i] = tanh_(hcnorm[i]);
-          }
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) hhn[i] = acty[3 * N + i] * tcy[i];
+          gates_forward(ny, acty, N, ln, hgm, hsh, rstdy0 + b * G);
+          cell_forward(acty, hc_prev0 + b * N, (const T*)nullptr, hc_new0 + b * N, hcn0 + b * N, tcy0 + b * N,
+                       hh_new0 + b * N, N, ln, hlcw, hlcb, rstdhc0 + b);
         }
       });
     }
@@ -283,53 +351,15 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
           T* nr = n0 + b * G * H;
           T* act = act0 + b * G * H;
           for (int64_t k = 0; k < G; ++k) {
-            T* dx = dxh + k * H;
-            T* dh = dxh + (G + k) * H;
+            const T* dx = dxh + k * H;
+            const T* dh = dxh + (G + k) * H;
             T* a = nr + k * H;
             #pragma GCC ivdep
             for (int64_t i = 0; i < H; ++i) a[i] += dx[i] * xm[k * H + i] + dh[i] * hm[k * H + i];
-            T* g = act + k * H;
-            if (ln) {
-              rstd0[b * G + k] = layer_norm_(a, H);
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) g[i] = a[i] * gm[k * H + i] + sh[k * H + i];
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) g[i] = a[i] + sh[k * H + i];
-            }
-            if (k == 1) {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) g[i] = tanh_(g[i]);
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) g[i] = sigm(g[i]);
-            }
           }
-          const T* cp = c_prev0 + b * H;
-          const T* mk = has_mask ? mk0 + b * H : nullptr;
-          T* cnw = c_new0 + b * H;
-          T* cn = cn0 + b * H;
-          T* tc = tc0 + b * H;
-          T* hn = h_new0 + b * H;
-          if (has_mask) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i] * mk[i];
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) cnw[i] = act[2 * H + i] * cp[i] + act[i] * act[H + i];
-          }
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) cn[i] = cnw[i];
-          if (ln) {
-            rstdc0[b] = layer_norm_(cn, H);
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i] * lcw[i] + lcb[i]);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) tc[i] = tanh_(cn[i]);
-          }
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) hn[i] = act[3 * H + i] * tc[i];
+          gates_forward(nr, act, H, ln, gm, sh, rstd0 + b * G);
+          cell_forward((const T*)act, c_prev0 + b * H, has_mask ? mk0 + b * H : nullptr, c_new0 + b * H, cn0 + b * H,
+                       tc0 + b * H, h_new0 + b * H, H, ln, lcw, lcb, rstdc0 + b);
         }
       });
     }
@@ -380,43 +410,12 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       T* dg0 = g[4].data_ptr<T>() + t * B * G * H;
       T* dtc0 = g[5].data_ptr<T>() + t * B * H;
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
-        std::vector<T> tmp(std::max(G * H, G * N));  // per thread
+        std::vector<T> tmp(H);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          T* dhr = dh0 + b * H;
-          T* dcr = dc0 + b * H;
-          const T* dhs = dhs0 + b * H;
-          const T* act = act0 + b * G * H;
-          const T* tc = tc0 + b * H;
-          const T* cn = cn0 + b * H;
-          const T* cp = cp0 + b * H;
-          T* dtc = dtc0 + b * H;
           T* dg = dg0 + b * G * H;
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) {
-            const T dv = dhr[i] + dhs[i], so = act[3 * H + i], tv = tc[i];
-            dtc[i] = dv * so * (T(1) - tv * tv);
-            dg[3 * H + i] = dv * tv * so * (T(1) - so);
-          }
-          T* dcn = tmp.data();
-          if (ln) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i] * lcw[i];
-            layer_norm_back(dcn, cn, rstdc0[b], H, dcn);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < H; ++i) dcn[i] = dtc[i];
-          }
-          const T* mk = has_mask ? mk0 + b * H : nullptr;
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < H; ++i) {
-            const T dct = dcr[i] + dcn[i];
-            const T si = act[i], tj = act[H + i], sf = act[2 * H + i];
-            const T m = has_mask ? mk[i] : T(1);
-            dg[i] = dct * tj * m * si * (T(1) - si);
-            dg[H + i] = dct * si * m * (T(1) - tj * tj);
-            dg[2 * H + i] = dct * cp[i] * sf * (T(1) - sf);
-            dcr[i] = dct * sf;
-          }
+          cell_backward(dh0 + b * H, dhs0 + b * H, dc0 + b * H, act0 + b * G * H, cp0 + b * H,
+                        has_mask ? mk0 + b * H : nullptr, cn0 + b * H, tc0 + b * H, H, ln, lcw,
+                        ln ? rstdc0[b] : T(0), dtc0 + b * H, dg, tmp.data());
           const T* xm = xr0 + b * W;
           const T* hm = hp0 + b * W;
           const T* dxh = dxh0 + b * 2 * G * H;
@@ -424,24 +423,17 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
           T* dd = dd0 + b * P * H;
           T* dxin = dxin0 + b * W;
           T* dhp = dhp0 + b * W;
+          T* da = dd + 2 * G * H;  // the b part of dd is the gradient of the gates' pre-activations itself
+          gates_backward((const T*)dg, nr, rstd0 + b * G, H, ln, gm, da);
           for (int64_t k = 0; k < G; ++k) {
-            T* da = dd + (2 * G + k) * H;  // the b part of dd is da itself
-            if (ln) {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i] * gm[k * H + i];
-              layer_norm_back(da, nr + k * H, rstd0[b * G + k], H, da);
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < H; ++i) da[i] = dg[k * H + i];
-            }
             T* ddx = dd + k * H;
             T* ddh = dd + (G + k) * H;
             #pragma GCC ivdep
             for (int64_t i = 0; i < H; ++i) {
-              ddx[i] = da[i] * xm[k * H + i];
-              ddh[i] = da[i] * hm[k * H + i];
-              dxin[k * H + i] = da[i] * dxh[k * H + i];
-              dhp[k * H + i] = da[i] * dxh[(G + k) * H + i];
+              ddx[i] = da[k * H + i] * xm[k * H + i];
+              ddh[i] = da[k * H + i] * hm[k * H + i];
+              dxin[k * H + i] = da[k * H + i] * dxh[k * H + i];
+              dhp[k * H + i] = da[k * H + i] * dxh[(G + k) * H + i];
             }
           }
         }
@@ -471,56 +463,17 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       T* dgy0 = g[6].data_ptr<T>() + t * B * G * N;
       T* dtcy0 = g[7].data_ptr<T>() + t * B * N;
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
-        std::vector<T> tmp(std::max(G * H, G * N));  // per thread
+        std::vector<T> tmp(N);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          const T* dhhr = dhh0 + b * N;
-          T* dhcr = dhc0 + b * N;
-          const T* acty = acty0 + b * G * N;
-          const T* tcy = tcy0 + b * N;
-          const T* hcn = hcn0 + b * N;
-          const T* hcp = hcp0 + b * N;
-          T* dtcy = dtcy0 + b * N;
           T* dgy = dgy0 + b * G * N;
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) {
-            const T so = acty[3 * N + i], tv = tcy[i];
-            dtcy[i] = dhhr[i] * so * (T(1) - tv * tv);
-            dgy[3 * N + i] = dhhr[i] * tv * so * (T(1) - so);
-          }
-          T* dcn = tmp.data();
-          if (ln) {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i] * hlcw[i];
-            layer_norm_back(dcn, hcn, rstdhc0[b], N, dcn);
-          } else {
-            #pragma GCC ivdep
-            for (int64_t i = 0; i < N; ++i) dcn[i] = dtcy[i];
-          }
-          #pragma GCC ivdep
-          for (int64_t i = 0; i < N; ++i) {
-            const T dct = dhcr[i] + dcn[i];
-            const T si = acty[i], tj = acty[N + i], sf = acty[2 * N + i];
-            dgy[i] = dct * tj * si * (T(1) - si);
-            dgy[N + i] = dct * si * (T(1) - tj * tj);
-            dgy[2 * N + i] = dct * hcp[i] * sf * (T(1) - sf);
-            dhcr[i] = dct * sf;
-          }
-          const T* ny = ny0 + b * G * N;
+          cell_backward(dhh0 + b * N, (const T*)nullptr, dhc0 + b * N, acty0 + b * G * N, hcp0 + b * N,
+                        (const T*)nullptr, hcn0 + b * N, tcy0 + b * N, N, ln, hlcw, ln ? rstdhc0[b] : T(0),
+                        dtcy0 + b * N, dgy, tmp.data());
           T* day = dhp0 + b * W + G * H;
           T* dxy = dxin0 + b * W + G * H;
-          for (int64_t k = 0; k < G; ++k) {
-            T* dak = day + k * N;
-            if (ln) {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i] * hgm[k * N + i];
-              layer_norm_back(dak, ny + k * N, rstdy0[b * G + k], N, dak);
-            } else {
-              #pragma GCC ivdep
-              for (int64_t i = 0; i < N; ++i) dak[i] = dgy[k * N + i];
-            }
-          }
-                  T* dzy_y = dzy0 + b * ZY + PZ;
-  #pragma GCC ivdep
+          T* dzy_y = dzy0 + b * ZY + PZ;
+          gates_backward((const T*)dgy, ny0 + b * G * N, rstdy0 + b * G, N, ln, hgm, day);
+          #pragma GCC ivdep
           for (int64_t i = 0; i < G * N; ++i) {
             dxy[i] = day[i];
             dzy_y[i] = day[i];
