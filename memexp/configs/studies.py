@@ -37,6 +37,24 @@ TransformerTinyConf = builds(
 # The compare presets set no data fields, so `data=shakespeare` swaps in text (binned perplexity).
 _recall_data = dict(kind="needle", seq_len=72, gap=[4, 64], n_filler=16, n_keys=8, n_values=8, batch_size=32)
 _study_trainer = dict(max_steps=600, val_check_interval=200, limit_val_batches=2, limit_test_batches=4, log_every_n_steps=20)
+_continual = dict(trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
+                  study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256))
+
+
+def _study_preset(name: str, data_group: str, both_models: bool = True, **fields) -> dict:
+    """A study preset: hope_tiny on `data_group`, the studies' optimiser and trainer (unless `fields`
+    set them), no samples; `both_models` sweeps hope_tiny and transformer_tiny under -m."""
+    preset = dict(
+        defaults=["_self_", {"override /data": data_group}, {"override /model": "hope_tiny"}],
+        optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+        trainer=_study_trainer,
+        sample_tokens=0,
+        experiment_name=name,
+    )
+    if both_models:
+        preset["hydra"] = dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"}))
+    return preset | fields
+
 
 ReportConfig = make_config(
     hydra_defaults=["_self_", {"paths": "default"}],
@@ -59,15 +77,8 @@ def register_studies() -> None:
     # HOPE vs the transformer baseline: same data, steps, optimiser; each job evaluates recall
     # by gap (data=recall) or binned perplexity (text data) after its test.
     experiment(
-        dict(
-            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
-            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
-            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
-            trainer=_study_trainer,
-            study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
-            sample_tokens=0,
-            experiment_name="hope_vs_baseline",
-        ),
+        _study_preset("hope_vs_baseline", "recall",
+                      study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256)),
         name="hope_vs_baseline",
     )
     # Continual learning: tasks A, B, C are needle recall whose answer is a task-specific
@@ -75,46 +86,21 @@ def register_studies() -> None:
     # query naming the task, so the three can be known at once (data.disjoint_values=true gives
     # each task its own value tokens instead); trained in sequence, trainer.max_steps per stage.
     experiment(
-        dict(
-            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
-            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
-            data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True, task_cue=True),
-            model=dict(),
-            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
-            trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
-            study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
-            sample_tokens=0,
-            experiment_name="continual_abc",
-        ),
+        _study_preset("continual_abc", "recall", **_continual,
+                      data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True, task_cue=True)),
         name="continual_abc",
     )
     # Continual learning on text, the source document's protocol: tiny-shakespeare cut into three
     # contiguous parts (A, B, C), trained in sequence; next-character accuracy and loss on each.
     experiment(
-        dict(
-            defaults=["_self_", {"override /data": "shakespeare"}, {"override /model": "hope_tiny"}],
-            hydra=dict(sweeper=dict(params={"model": "hope_tiny,transformer_tiny"})),
-            data=dict(n_tasks=3, seq_len=64, batch_size=16),
-            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
-            trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
-            study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
-            sample_tokens=0,
-            experiment_name="continual_text",
-        ),
+        _study_preset("continual_text", "shakespeare", **_continual, data=dict(n_tasks=3, seq_len=64, batch_size=16)),
         name="continual_text",
     )
     # Meta-training (Reptile outer loop on held-out validation tasks), compared with meta.use=false:
     #   python -m memexp.run -m experiment=meta_recall meta.use=true,false
     experiment(
-        dict(
-            defaults=["_self_", {"override /data": "recall"}, {"override /model": "hope_tiny"}],
-            optim=dict(lr=3e-3, warmup_steps=20, weight_decay=0.0),
-            trainer=_study_trainer,
-            study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256),
-            meta=dict(use=True),
-            sample_tokens=0,
-            experiment_name="meta_recall",
-        ),
+        _study_preset("meta_recall", "recall", both_models=False, meta=dict(use=True),
+                      study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256)),
         name="meta_recall",
     )
 
