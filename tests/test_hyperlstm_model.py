@@ -303,15 +303,17 @@ def _cpp_built():
 
 
 @pytest.mark.parametrize(
-    "batch, hidden, hyper, z, dtype, rtol, atol",
+    "batch, hidden, hyper, z, dtype, rtol, atol, threads",
     [
-        (3, 7, 6, 3, torch.float64, 1e-10, 1e-12),  # smaller than one register block: the scalar edges
+        (3, 7, 6, 3, torch.float64, 1e-10, 1e-12, 1),  # smaller than one register block: the scalar edges
         # rows 11 = 6 + 4 + 1 and 9 = 6 + 2 + 1; columns: full 16- (8-) wide panels, a half panel, a tail
-        (11, 37, 20, 16, torch.float64, 1e-10, 1e-12),
-        (9, 44, 24, 17, torch.float32, 2e-4, 2e-5),  # float32 rounding
+        (11, 37, 20, 16, torch.float64, 1e-10, 1e-12, 1),
+        (9, 44, 24, 17, torch.float32, 2e-4, 2e-5, 1),  # float32 rounding
+        # two threads: batch rows and (at 4H + 4N = 384 columns) GEMM column panels split between them
+        (11, 64, 32, 16, torch.float64, 1e-10, 1e-12, 2),
     ],
 )
-def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, rtol, atol):
+def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, rtol, atol, threads):
     """The C++ path really runs (no silent fallback) and matches autograd (to float64 rounding in float64)."""
     if not _cpp_built():
         pytest.skip("no C++ compiler: step_impl='cpp' falls back to 'fused_script' (tested elsewhere)")
@@ -324,10 +326,14 @@ def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, r
     results = []
     for impl in ("python", "cpp"):
         cell.step_impl = impl
-        hs, new_state = cell(x, state)
-        w = torch.linspace(-1, 1, hs.numel(), dtype=torch.float64).view_as(hs)
-        loss = (hs * w).sum() + sum((s ** 2).sum() for s in new_state)
-        results.append((hs, *new_state, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
+        torch.set_num_threads(threads if impl == "cpp" else 1)
+        try:
+            hs, new_state = cell(x, state)
+            w = torch.linspace(-1, 1, hs.numel(), dtype=torch.float64).view_as(hs)
+            loss = (hs * w).sum() + sum((s ** 2).sum() for s in new_state)
+            results.append((hs, *new_state, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
+        finally:
+            torch.set_num_threads(1)
     for ref, got in zip(*results):
         torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
 
