@@ -158,6 +158,42 @@ def test_forgetting_and_backward_transfer_by_hand():
     assert continual_summary(acc2) == pytest.approx({"avg_forgetting": -0.2, "backward_transfer": 0.2, "avg_final_accuracy": 0.8})
 
 
+def _continual_run(model: str, seed: int, forget_a: float) -> dict:
+    """A fake job whose only forgetting is on task A: best 0.9, final 0.9 - forget_a."""
+    acc = [[0.9, 0.1], [0.9 - forget_a, 0.8]]
+    loss = [[1.0, 3.0], [1.0 + forget_a, 1.5]]
+    return {"names": {"model": model, "seed": seed},
+            "study": {"continual": {"tasks": ["A", "B"], "accuracy": acc, "loss": loss, **continual_summary(acc, loss)}}}
+
+
+def test_paired_forgetting_comparison_by_hand():
+    from memexp.evals.aggregate import compare_continual, continual_markdown, summarize_continual
+
+    # six seeds, "hope" forgets 0.01 less at every one (0.02 + s/100 vs 0.03 + s/100)
+    runs = [_continual_run(m, s, base + s / 100) for s in range(6) for m, base in (("hope", 0.02), ("transformer", 0.03))]
+    cont = summarize_continual(runs)
+    (pair,) = compare_continual(cont)
+    d = pair["metrics"]["avg_forgetting"]
+    assert (pair["a"], pair["b"], d["n"], d["a_lower"]) == ("hope", "transformer", 6, 6)
+    assert d["mean"] == pytest.approx(-0.01) and d["std"] == pytest.approx(0.0, abs=1e-12)
+    assert d["sign_p"] == pytest.approx(2 / 64)  # all six one way: 2 * (1/2)^6
+    assert pair["metrics"]["avg_loss_forgetting"]["mean"] == pytest.approx(-0.01)
+    assert pair["verdict"].startswith("**hope** forgets less")
+    assert "| hope vs transformer | avg_forgetting | -0.0100 ± 0.0000 | 6 of 6 seeds | 0.031 |" in continual_markdown(cont)
+
+    # three seeds all one way is still p = 0.25: reported as noise, with the seeds it would take
+    (pair3,) = compare_continual(summarize_continual([r for r in runs if r["names"]["seed"] < 3]))
+    assert pair3["metrics"]["avg_forgetting"]["sign_p"] == pytest.approx(0.25)
+    assert pair3["verdict"].startswith("No difference beyond seed noise") and "run at least 6" in pair3["verdict"]
+
+    # mixed signs: 4 of 6 lower -> p = 2 * (1 + 6 + 15) / 64
+    mixed = [_continual_run("hope", s, 0.03 + (0.01 if s < 2 else -0.01)) for s in range(6)] + \
+            [_continual_run("transformer", s, 0.03) for s in range(6)]
+    (pm,) = compare_continual(summarize_continual(mixed))
+    assert pm["metrics"]["avg_forgetting"]["a_lower"] == 4
+    assert pm["metrics"]["avg_forgetting"]["sign_p"] == pytest.approx(44 / 64)
+
+
 def test_continual_run_fills_a_task_by_task_matrix(tmp_path):
     result = run_in_process(["experiment=continual_abc", "model=transformer_tiny", "debug=fast", *QUIET, "trainer.max_steps=3",
                              "data.test_size=32", "data.eval_batch_size=32"], tmp_path)

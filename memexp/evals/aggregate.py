@@ -9,7 +9,8 @@ continual matrices). `write_reports(folder)` gathers them and writes, into `repo
     experiment_report.md    the same as tables, plus recall by gap and the optional HF comparison
     long_context.csv        recall rows of every model, seed and gap
     binned_ppl.csv          binned perplexity rows (text runs)
-    continual_metrics.json  accuracy/loss matrices per model and seed, their means, forgetting, BWT
+    continual_metrics.json  {"models": accuracy/loss matrices per model and seed, their means, forgetting,
+                            BWT; "comparisons": per-seed paired differences of forgetting between models}
     continual_report.md
     recall_curve.png, binned_ppl.png, compare_metrics.png, continual_heatmap.png
 """
@@ -153,14 +154,81 @@ def continual_markdown(cont: dict) -> str:
         if "avg_loss_forgetting" in c:
             lines.append(f"- loss forgetting (rise of test loss): {_fmt(c['avg_loss_forgetting'])}")
         lines.append("")
-    if len(cont) > 1:
-        means = {m: cont[m]["avg_forgetting"]["mean"] for m in cont}
-        best = min(means, key=means.get)
-        if max(means.values()) - means[best] < 1e-6:
-            lines.append("Average forgetting is the same for all models (a tie).\n")
-        else:
-            lines.append(f"Lowest average forgetting: **{best}**.\n")
+    pairs = compare_continual(cont)
+    if pairs:
+        lines += ["## Which model forgets less", "",
+                  "Differences a - b of average forgetting, pairing the runs of both models by seed "
+                  "(each pair an independent draw of initialisation and batches). The sign test asks how "
+                  "often a random +/- pattern would be this one-sided; a difference it does not separate "
+                  "from seed noise is not a finding.", "",
+                  "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t |",
+                  "|---|---|---|---|---|---|"]
+        for pr in pairs:
+            for key, d in pr["metrics"].items():
+                t = "-" if d["t"] is None else f"{d['t']:.2f}"
+                lines.append(f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
+                             f"{d['a_lower']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |")
+            lines.append("")
+            lines.append(pr["verdict"] + "\n")
     return "\n".join(lines)
+
+
+def sign_test_p(n_lower: int, n_higher: int) -> float:
+    """Exact two-sided sign test: P(a split at least this uneven | each sign has probability 1/2); ties dropped."""
+    n = n_lower + n_higher
+    if n == 0:
+        return 1.0
+    k = min(n_lower, n_higher)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """Per-seed a - b over the seeds both have: mean, std (ddof=1), counts, sign-test p, paired t."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    st = stats(diffs)
+    lower, higher = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
+    t = st["mean"] / (st["std"] / math.sqrt(st["n"])) if st["n"] > 1 and st["std"] > 0 else None
+    return {"seeds": seeds, "diffs": diffs, "mean": st["mean"], "std": st["std"], "n": len(seeds),
+            "a_lower": lower, "a_higher": higher, "sign_p": sign_test_p(lower, higher), "t": t}
+
+
+def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
+    """Every pair of models that share seeds: paired differences of average forgetting (accuracy and loss).
+
+    The verdict names a model as forgetting less only when it is lower at a sign-test p below
+    `alpha` on the accuracy matrix; otherwise it says the difference is within seed noise.
+    """
+    models = list(cont)
+    out = []
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            metrics = {}
+            for key in ("avg_forgetting", "avg_loss_forgetting"):
+                va, vb = cont[a].get(key), cont[b].get(key)
+                if not va or not vb or "values" not in va or "values" not in vb:
+                    continue
+                per_a = dict(zip(cont[a]["seeds"], va["values"]))
+                per_b = dict(zip(cont[b]["seeds"], vb["values"]))
+                d = paired_difference(per_a, per_b)
+                if d:
+                    metrics[key] = d
+            if "avg_forgetting" not in metrics:
+                continue
+            d = metrics["avg_forgetting"]
+            if d["sign_p"] < alpha:
+                lo, hi = (a, b) if d["mean"] < 0 else (b, a)
+                verdict = (f"**{lo}** forgets less than {hi} (accuracy forgetting lower in "
+                           f"{max(d['a_lower'], d['a_higher'])} of {d['n']} seeds, sign test p = {d['sign_p']:.3f}).")
+            else:
+                verdict = (f"No difference beyond seed noise between {a} and {b}: {a} lower in {d['a_lower']} of "
+                           f"{d['n']} seeds, sign test p = {d['sign_p']:.3f}.")
+                if sign_test_p(d["n"], 0) >= alpha:
+                    verdict += f" ({d['n']} seeds cannot reach p < {alpha} even if all agree; run at least 6.)"
+            out.append({"a": a, "b": b, "metrics": metrics, "verdict": verdict})
+    return out
 
 
 def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None,
@@ -194,7 +262,8 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
         written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
     cont = summarize_continual(runs)
     if cont:
-        written["continual_metrics.json"] = write_json(cont, out / "continual_metrics.json")
+        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": compare_continual(cont)},
+                                                        out / "continual_metrics.json")
         md = out / "continual_report.md"
         write_text(continual_markdown(cont), md)
         written["continual_report.md"] = md
