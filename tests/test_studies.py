@@ -194,6 +194,26 @@ def test_paired_forgetting_comparison_by_hand():
     assert pm["metrics"]["avg_forgetting"]["sign_p"] == pytest.approx(44 / 64)
 
 
+def test_continual_report_files_and_wandb_tables(tmp_path, monkeypatch):
+    from memexp.evals.aggregate import write_reports
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for s in range(2):
+        for m, f in (("hope", 0.02), ("transformer", 0.05)):
+            run = _continual_run(m, s, f) | {"metrics": {}}
+            (tmp_path / f"{m}{s}").mkdir()
+            (tmp_path / f"{m}{s}" / "metrics.json").write_text(json.dumps(run))
+    written = write_reports(tmp_path, wandb_log=True)
+    data = json.loads(Path(written["continual_metrics.json"]).read_text())
+    assert set(data["models"]) == {"hope", "transformer"} and data["models"]["hope"]["seeds"] == [0, 1]
+    assert data["comparisons"][0]["metrics"]["avg_forgetting"]["a_lower"] == 2
+    assert "No difference beyond seed noise" in Path(written["continual_report.md"]).read_text()
+    _assert_real_png(Path(written["continual_heatmap.png"]))
+    (run_file,) = (tmp_path / "reports").rglob("offline-run-*/*.wandb")
+    blob = run_file.read_bytes()
+    assert b"report/continual_comparison" in blob and b"report/continual_heatmap" in blob
+
+
 def test_continual_run_fills_a_task_by_task_matrix(tmp_path):
     result = run_in_process(["experiment=continual_abc", "model=transformer_tiny", "debug=fast", *QUIET, "trainer.max_steps=3",
                              "data.test_size=32", "data.eval_batch_size=32"], tmp_path)

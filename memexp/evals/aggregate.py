@@ -271,11 +271,15 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
         written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
                                                                   out / "continual_heatmap.png")
     if wandb_log:
-        _log_report_to_wandb(root, out, written, summary, recall, binned)
+        comparison = [{"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"],
+                       "a_lower": d["a_lower"], "n": d["n"], "sign_p": d["sign_p"]}
+                      for pr in compare_continual(cont) for k, d in pr["metrics"].items()] if cont else []
+        _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
     return {k: str(v) for k, v in written.items()}
 
 
-def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list) -> None:
+def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list,
+                         continual_comparison: list) -> None:
     import os
 
     import wandb
@@ -286,7 +290,8 @@ def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: 
     run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
     rows = [{"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]} for m, ks in summary.items() for k, s in ks.items()]
     payload = {}
-    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned)):
+    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned),
+                        ("report/continual_comparison", continual_comparison)):
         if table:
             cols = list(table[0].keys())
             payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])
