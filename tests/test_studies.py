@@ -179,7 +179,7 @@ def test_paired_forgetting_comparison_by_hand():
     assert d["sign_p"] == pytest.approx(2 / 64)  # all six one way: 2 * (1/2)^6
     assert pair["metrics"]["avg_loss_forgetting"]["mean"] == pytest.approx(-0.01)
     assert pair["verdict"].startswith("**hope** forgets less")
-    assert "| hope vs transformer | avg_forgetting | -0.0100 ± 0.0000 | 6 of 6 seeds | 0.031 |" in continual_markdown(cont)
+    assert "| hope vs transformer | avg_forgetting | -0.0100 ± 0.0000 | 6 of 6 seeds | 0.031 |" in continual_markdown(cont, [pair])
 
     # three seeds all one way is still p = 0.25: reported as noise, with the seeds it would take
     (pair3,) = compare_continual(summarize_continual([r for r in runs if r["names"]["seed"] < 3]))
@@ -192,6 +192,13 @@ def test_paired_forgetting_comparison_by_hand():
     (pm,) = compare_continual(summarize_continual(mixed))
     assert pm["metrics"]["avg_forgetting"]["a_lower"] == 4
     assert pm["metrics"]["avg_forgetting"]["sign_p"] == pytest.approx(44 / 64)
+
+    # a diverged run (NaN forgetting at seed 0) drops that seed only; the others stay paired by seed
+    nan_runs = [_continual_run("hope", 0, float("nan"))] + [r for r in mixed if r["names"] != {"model": "hope", "seed": 0}]
+    (pn,) = compare_continual(summarize_continual(nan_runs))
+    d = pn["metrics"]["avg_forgetting"]
+    assert d["seeds"] == [1, 2, 3, 4, 5] and d["a_lower"] == 4 and d["a_higher"] == 1
+    assert d["diffs"] == pytest.approx([0.01, -0.01, -0.01, -0.01, -0.01])
 
 
 def test_continual_report_files_and_wandb_tables(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ continual matrices). `write_reports(folder)` gathers them and writes, into `repo
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -80,6 +81,9 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+FORGETTING = ("avg_forgetting", "avg_loss_forgetting")  # the continual metrics models are compared on
+
+
 def summarize_continual(runs: list[dict]) -> dict:
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
@@ -95,7 +99,7 @@ def summarize_continual(runs: list[dict]) -> dict:
             "seeds": [c["seed"] for c in cs],
             "accuracy_mean": mean("accuracy"),
             "loss_mean": mean("loss"),
-            "per_seed": [{k: c[k] for k in ("seed", "accuracy", "loss")} for c in cs],
+            "per_seed": [{k: c[k] for k in ("seed", "accuracy", "loss", *FORGETTING) if k in c} for c in cs],
             **{k: stats([c[k] for c in cs]) for k in ("avg_forgetting", "backward_transfer", "avg_final_accuracy",
                                                        "avg_loss_forgetting", "avg_final_loss") if k in cs[0]},
             "steps_per_stage": cs[0].get("steps_per_stage"),
@@ -137,7 +141,8 @@ def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) ->
     return "\n".join(lines)
 
 
-def continual_markdown(cont: dict) -> str:
+def continual_markdown(cont: dict, pairs: list[dict]) -> str:
+    """The report of `summarize_continual` output, with `compare_continual`'s pairs."""
     lines = ["# Continual learning A -> B -> C", "",
              "R[i][j] = test accuracy on task j after training stage i (mean over seeds). "
              "Average forgetting = mean over earlier tasks of (best earlier accuracy - final accuracy); "
@@ -154,7 +159,6 @@ def continual_markdown(cont: dict) -> str:
         if "avg_loss_forgetting" in c:
             lines.append(f"- loss forgetting (rise of test loss): {_fmt(c['avg_loss_forgetting'])}")
         lines.append("")
-    pairs = compare_continual(cont)
     if pairs:
         lines += ["## Which model forgets less", "",
                   "Differences a - b of average forgetting, pairing the runs of both models by seed "
@@ -183,8 +187,8 @@ def sign_test_p(n_lower: int, n_higher: int) -> float:
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
-    """Per-seed a - b over the seeds both have: mean, std (ddof=1), counts, sign-test p, paired t."""
-    seeds = sorted(set(a) & set(b))
+    """Per-seed a - b over the seeds both have a number for: mean, std (ddof=1), counts, sign-test p, paired t."""
+    seeds = sorted(s for s in set(a) & set(b) if a[s] == a[s] and b[s] == b[s])  # NaN (a diverged run) dropped
     if not seeds:
         return None
     diffs = [a[s] - b[s] for s in seeds]
@@ -206,12 +210,9 @@ def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
     for i, a in enumerate(models):
         for b in models[i + 1:]:
             metrics = {}
-            for key in ("avg_forgetting", "avg_loss_forgetting"):
-                va, vb = cont[a].get(key), cont[b].get(key)
-                if not va or not vb or "values" not in va or "values" not in vb:
-                    continue
-                per_a = dict(zip(cont[a]["seeds"], va["values"]))
-                per_b = dict(zip(cont[b]["seeds"], vb["values"]))
+            for key in FORGETTING:
+                per_a = {r["seed"]: r[key] for r in cont[a]["per_seed"] if key in r}
+                per_b = {r["seed"]: r[key] for r in cont[b]["per_seed"] if key in r}
                 d = paired_difference(per_a, per_b)
                 if d:
                     metrics[key] = d
@@ -226,7 +227,8 @@ def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
                 verdict = (f"No difference beyond seed noise between {a} and {b}: {a} lower in {d['a_lower']} of "
                            f"{d['n']} seeds, sign test p = {d['sign_p']:.3f}.")
                 if sign_test_p(d["n"], 0) >= alpha:
-                    verdict += f" ({d['n']} seeds cannot reach p < {alpha} even if all agree; run at least 6.)"
+                    need = next(n for n in itertools.count(d["n"] + 1) if sign_test_p(n, 0) < alpha)
+                    verdict += f" ({d['n']} seeds cannot reach p < {alpha} even if all agree; run at least {need}.)"
             out.append({"a": a, "b": b, "metrics": metrics, "verdict": verdict})
     return out
 
@@ -261,11 +263,11 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
         written["binned_ppl.csv"] = write_binned_csv(binned, out / "binned_ppl.csv")
         written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
     cont = summarize_continual(runs)
+    pairs = compare_continual(cont)
     if cont:
-        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": compare_continual(cont)},
-                                                        out / "continual_metrics.json")
+        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": pairs}, out / "continual_metrics.json")
         md = out / "continual_report.md"
-        write_text(continual_markdown(cont), md)
+        write_text(continual_markdown(cont, pairs), md)
         written["continual_report.md"] = md
         tasks = next(iter(cont.values()))["tasks"]
         written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
@@ -273,7 +275,7 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
     if wandb_log:
         comparison = [{"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"],
                        "a_lower": d["a_lower"], "n": d["n"], "sign_p": d["sign_p"]}
-                      for pr in compare_continual(cont) for k, d in pr["metrics"].items()] if cont else []
+                      for pr in pairs for k, d in pr["metrics"].items()]
         _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
     return {k: str(v) for k, v in written.items()}
 
