@@ -49,7 +49,7 @@ def main() -> None:
         "transformer": Transformer(args.vocab, heads=args.heads, max_len=args.seq_len, **common),
     }
     for mw in args.mem_write:
-        models[f"hope_mw{mw}"] = HOPE(args.vocab, num_heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
+        models[f"hope_mw{mw}"] = HOPE(args.vocab, heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
                                       mem_write=mw, **common)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
     idx = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))

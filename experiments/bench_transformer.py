@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 NANOGPT = ["experiment=nanogpt_shakespeare"]
 
@@ -74,11 +73,12 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
     from hydra_zen import instantiate
     from lightning.pytorch.callbacks import Timer
 
-    from conftest import compose_run
-    from memexp.experiment import RunNames, train_and_test
+    from memexp.configs.search import compose_config
+    from memexp.runs import RunNames, train_and_test
 
-    cfg = compose_run([*overrides, f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
-                       "sample_tokens=0", "fresh=true", "logger=csv"], out)
+    cfg = compose_config("memexp_run", [f"paths.output_dir={out}", *overrides, f"trainer.max_steps={steps}",
+                                        "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
+                                        "sample_tokens=0", "fresh=true", "logger=csv"])
     timer = Timer()
     from omegaconf import OmegaConf
 
@@ -97,11 +97,11 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
 def overhead(args) -> dict:
     from hydra_zen import instantiate
 
-    from conftest import compose_run
-    from memexp.experiment import build_task
+    from memexp.configs.search import compose_config
+    from memexp.runs.build import build_task
 
     out = REPO / "outputs" / "bench" / "transformer_overhead_runs"
-    cfg = compose_run(NANOGPT, out)
+    cfg = compose_config("memexp_run", [f"paths.output_dir={out}", *NANOGPT])
     dm = instantiate(cfg.data)()
     dm.setup()
     suite, plain = [], []

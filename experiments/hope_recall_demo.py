@@ -6,7 +6,7 @@ again as the last token; the target is v. The gap is longer than HOPE's segment
 transformer gets the last `seq_len` tokens (its whole context), so it is at chance
 (1 / values) by construction; training it the same way shows it stays there.
 
-    PYTHONPATH=. python experiments/hope_recall_demo.py --steps 300
+    python experiments/hope_recall_demo.py --steps 300
 """
 
 from __future__ import annotations
@@ -16,42 +16,10 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
-
-
-def recall_batch(batch: int, length: int, n_filler: int, n_keys: int, n_values: int, gen: torch.Generator):
-    """(batch, length) tokens and (batch,) targets. Vocabulary: filler | keys | values."""
-    x = torch.randint(0, n_filler, (batch, length), generator=gen)
-    k = n_filler + torch.randint(0, n_keys, (batch,), generator=gen)
-    v = n_filler + n_keys + torch.randint(0, n_values, (batch,), generator=gen)
-    x[:, 1], x[:, 2], x[:, -1] = k, v, k
-    return x, v
-
-
-def train_recall(model, *, steps, batch, length, window, vocab_parts, lr, seed, log_every=0):
-    """Train on the final position's loss; return accuracy on 512 held-out sequences."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for step in range(steps):
-        x, y = recall_batch(batch, length, *vocab_parts, gen)
-        logits, _ = model(x[:, -window:])
-        loss = F.cross_entropy(logits[:, -1], y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if log_every and step % log_every == 0:
-            print(f"  step {step:4d} loss {loss.item():.3f}", flush=True)
-    model.eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    x, y = recall_batch(512, length, *vocab_parts, gen)
-    with torch.no_grad():
-        logits, _ = model(x[:, -window:])
-    return (logits[:, -1].argmax(-1) == y).float().mean().item()
+from memexp.runs.probes import recall_probe
 
 
 def main() -> None:
@@ -72,12 +40,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     common = dict(steps=args.steps, batch=args.batch, length=args.length, vocab_parts=parts, lr=args.lr, seed=args.seed)
     t0 = time.time()
-    hope = HOPE(vocab, dim=args.dim, depth=args.depth, num_heads=2, ff_mult=2, seq_len=args.seq_len,
+    hope = HOPE(vocab, dim=args.dim, depth=args.depth, heads=2, ff_mult=2, seq_len=args.seq_len,
                 max_len=args.seq_len, mem_write=args.mem_write, memory_capacity=8, top_k=2)
-    acc_hope = train_recall(hope, window=args.length, log_every=50, **common)
+    acc_hope = recall_probe(hope, window=args.length, log_every=50, **common)
     t1 = time.time()
     tf = Transformer(vocab, dim=args.dim, depth=args.depth, heads=2, ff_mult=2, max_len=args.seq_len)
-    acc_tf = train_recall(tf, window=args.seq_len, **common)
+    acc_tf = recall_probe(tf, window=args.seq_len, **common)
     result = {"hope_recall": acc_hope, "transformer_recall": acc_tf, "chance": 1 / parts[2],
               "hope_train_s": t1 - t0, "config": vars(args)}
     print(json.dumps(result, indent=2))

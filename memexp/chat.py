@@ -18,7 +18,7 @@ import sys
 
 from memexp.entry import chosen_model, launch
 from memexp.errors import CheckpointError, ConfigError
-from memexp.experiment import load_checkpoint
+from memexp.configs.rebuild import load_checkpoint
 
 _CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"
 _SPACE_NEXT_TO_CJK = re.compile(rf"(?<={_CJK}) +| +(?={_CJK})")

@@ -28,12 +28,14 @@ def one_line_errors(fn: Callable) -> Callable:
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name`."""
     import memexp.configs  # noqa: F401  (fills the store)
-    from memexp.configs.apps import config_dir, hydra_settings
+    from memexp.configs.apps import hydra_settings
+    from memexp.configs.search import store_with_search_path
 
     hydra_settings(folder)
+    store_with_search_path(config_name)  # ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     store.add_to_hydra_store(overwrite_ok=True)
     app = zen(one_line_errors(task_function))
-    app.hydra_main(config_name=config_name, config_path=config_dir(), version_base="1.3")
+    app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 
 
 def chosen_model() -> str | None:

@@ -24,8 +24,8 @@ import lightning as L
 
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
-from memexp.evals.files import write_json
-from memexp.experiment import load_checkpoint
+from memexp.files import write_json
+from memexp.configs.rebuild import load_checkpoint
 
 
 def evaluate_checkpoint(
@@ -74,16 +74,17 @@ def evaluate(ckpt, model, splits, data_path, batch_size, out, accelerator, paths
             print(f"{k:12s} {v:.4f}")
         print(f"written to {result['out']}")
         return result
-    from memexp.evals.studies import binned_ppl_of_checkpoint, recall_of_checkpoint
+    from memexp.runs.studies import binned_ppl_report, recall_report
 
     if eval == "recall":
         if gap is None and not gaps:
             raise ConfigError("eval=recall needs gap=N (one gap) or gaps=[...] (a curve written to long_context.csv)")
-        return recall_of_checkpoint(ckpt, gap=gap, gaps=gaps, n_samples=n_samples, data_dir=paths.data_dir,
-                                    model=chosen_model(), reports_dir=_reports_dir(reports_dir))
+        loaded = load_checkpoint(ckpt, data_dir=paths.data_dir, expect_model=chosen_model())
+        return recall_report(loaded, ckpt, gap=gap, gaps=gaps, n_samples=n_samples, reports_dir=_reports_dir(reports_dir))
     if eval == "binned_ppl":
-        return binned_ppl_of_checkpoint(ckpt, lengths=list(lengths), split=split, data_path=data_path,
-                                        data_dir=paths.data_dir, model=chosen_model(), reports_dir=_reports_dir(reports_dir))
+        overrides = {"path": data_path} if data_path else {}
+        loaded = load_checkpoint(ckpt, data_dir=paths.data_dir, expect_model=chosen_model(), data_overrides=overrides)
+        return binned_ppl_report(loaded, ckpt, lengths=list(lengths), split=split, reports_dir=_reports_dir(reports_dir))
     raise ConfigError(f"eval={eval!r} is not an evaluation; expected 'metrics', 'recall' or 'binned_ppl'")
 
 

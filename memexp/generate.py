@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
-from memexp.experiment import load_checkpoint
+from memexp.configs.rebuild import load_checkpoint
 
 
 def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int = 0,

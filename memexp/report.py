@@ -4,7 +4,7 @@ Aggregates the runs of a study (every job's metrics.json under `dir`; default: t
 multirun folder under paths.output_dir) into reports/: experiment_report.md, metrics.json
 (mean and spread over seeds), long_context.csv, binned_ppl.csv, continual_metrics.json,
 continual_report.md and the plots recall_curve.png, binned_ppl.png, compare_metrics.png,
-continual_heatmap.png. See memexp.evals.aggregate.
+continual_heatmap.png. See memexp.runs.report and memexp.evals.aggregate.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def newest_multirun(output_dir: str | Path) -> Path:
 
 
 def report(dir, reports_dir, hf_model, hf_text, wandb, paths) -> dict:
-    from memexp.evals.aggregate import write_reports
+    from memexp.runs.report import write_reports
     from memexp.evals.hf_compare import hf_bits_per_char
 
     root = Path(dir) if dir else newest_multirun(paths.output_dir)

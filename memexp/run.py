@@ -12,7 +12,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from memexp.entry import launch
-from memexp.experiment import RunNames, train_and_test
+from memexp.runs.build import RunNames
+from memexp.runs.train import train_and_test
 
 
 def _names(seed: int, experiment_name: str) -> RunNames:
@@ -41,7 +42,7 @@ def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, se
     names = _names(seed, experiment_name)
     study = dict(study or {})
     if study.get("kind") == "continual":
-        from memexp.evals.continual import run_continual
+        from memexp.runs.continual import run_continual
 
         result = run_continual(cfg, names, model=model, data=data, optim=optim, trainer=trainer, run_dir=_run_dir(paths),
                                logger=logger, tasks=study.get("tasks", ("A", "B", "C")))
@@ -49,7 +50,7 @@ def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, se
         return result
     after_test = None
     if study:
-        from memexp.evals.studies import StudyEvaluations, StudySettings
+        from memexp.runs.studies import StudyEvaluations, StudySettings
 
         known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split") if k in study}
         after_test = StudyEvaluations(StudySettings(**known))

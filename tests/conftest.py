@@ -60,16 +60,9 @@ QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_mode
 
 def compose_run(overrides: list[str], output_dir: Path):
     """Compose the memexp.run config as the command line would."""
-    from hydra import compose, initialize_config_dir
-    from hydra_zen import store
+    from memexp.configs.search import compose_config
 
-    import memexp.configs  # noqa: F401
-    from memexp.configs.apps import config_dir, hydra_settings
-
-    hydra_settings("runs")
-    store.add_to_hydra_store(overwrite_ok=True)
-    with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
-        return compose("memexp_run", overrides=[f"paths.output_dir={output_dir}", *overrides])
+    return compose_config("memexp_run", [f"paths.output_dir={output_dir}", *overrides])
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:

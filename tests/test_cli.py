@@ -56,7 +56,7 @@ def test_generate_continues_the_prompt(trained):
 
 def test_checkpoint_of_another_model_is_refused(trained):
     from memexp.errors import CheckpointError
-    from memexp.experiment import load_checkpoint
+    from memexp.configs.rebuild import load_checkpoint
 
     _, ckpt = trained
     with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} holds a model=transformer model, not model=hope"):
@@ -106,7 +106,7 @@ def test_all_loggers_write_offline(tiny_text, tmp_path):
 
 
 def test_wandb_is_offline_without_login(tmp_path, monkeypatch):
-    from memexp.loggers import wandb_logged_in, wandb_logger
+    from memexp.runs.loggers import wandb_logged_in, wandb_logger
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -9,7 +9,7 @@ from hydra_zen import instantiate, store
 
 import memexp.configs  # noqa: F401
 from conftest import REPO, compose_run
-from memexp.experiment import build_task
+from memexp.runs.build import build_task
 from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
 
 
@@ -95,7 +95,9 @@ def test_callback_configs_instantiate(name, tmp_path):
 
 
 def yaml_presets():
-    return sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    from memexp.configs.search import preset_dirs
+
+    return sorted({p.stem for d in preset_dirs(REPO) for p in (d / "experiment").glob("*.yaml")})
 
 
 @pytest.mark.parametrize("name", sorted(set(entries("experiment")) | set(yaml_presets())))

@@ -11,24 +11,25 @@ import torch
 import torch.nn.functional as F
 
 from memexp.errors import ConfigError
-from memexp.models.hope import HOPE, CMSGradientGate, HopeMemory, Ramp, memory_mlp
+from memexp.models.hope import HOPE, Ramp
+from memexp.models.hope_memory import HopeMemory, memory_mlp
+from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.models.transformer import Transformer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from hope_recall_demo import train_recall  # noqa: E402
+from memexp.runs.probes import recall_probe as train_recall
 
 
 def tiny(**kw) -> HOPE:
     # memory_read_init=1: the memory's reads reach the logits from the start, so the tests see them
-    cfg = dict(dim=16, depth=2, num_heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2,
+    cfg = dict(dim=16, depth=2, heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2,
                memory_read_init=1.0)
     cfg.update(kw)
     return HOPE(32, **cfg)
 
 
 def memory(dim=4, heads=1, hidden_mult=2, capacity=0) -> HopeMemory:
-    return HopeMemory(dim, heads, hidden_mult, base_momentum=0.9, base_decay=0.01, memory_capacity=capacity,
-                      top_k=1, error_decay=0.9, error_update=1, usage_decay=0.9).double()
+    return HopeMemory(dim=dim, heads=heads, mem_hidden_mult=hidden_mult, base_momentum=0.9, base_decay=0.01,
+                      memory_capacity=capacity, top_k=1, error_decay=0.9, error_update=1, slot_usage_decay=0.9).double()
 
 
 # ----------------------------------------------------------------------------- memory math
@@ -289,7 +290,8 @@ def test_defaults_no_nan_and_anomaly_clean():
 @pytest.mark.parametrize(
     "kw, field",
     [
-        (dict(dim=30, num_heads=4), "model.num_heads"),
+        (dict(dim=30, num_heads=4), "model.num_heads"),  # the deprecated name, as the user wrote it
+        (dict(dim=30, heads=4), "model.heads"),
         (dict(max_len=64, seq_len=128), "model.max_len"),
         (dict(memory_capacity=4, top_k=5), "model.top_k"),
         (dict(error_decay=1.0), "model.error_decay"),
@@ -330,7 +332,7 @@ def _recall_pair():
     torch.manual_seed(0)
     parts = (16, 8, 8)  # filler, keys, values -> chance 1/8
     common = dict(steps=120, batch=32, length=48, vocab_parts=parts, lr=3e-3, seed=0)
-    hope = HOPE(32, dim=32, depth=2, num_heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4,
+    hope = HOPE(32, dim=32, depth=2, heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4,
                 memory_capacity=8, top_k=2)
     acc_hope = train_recall(hope, window=48, **common)
     torch.manual_seed(0)
@@ -352,3 +354,14 @@ def test_bf16_autocast_runs_and_carries_state():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_num_heads_is_a_deprecated_name_of_heads():
+    """Configs and checkpoints written before the rename still build the same model, with a warning."""
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning, match="use model.heads"):
+        old = tiny(heads=4, num_heads=2)
+    torch.manual_seed(0)
+    new = tiny(heads=2)
+    assert old.blocks[0].heads == 2
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import memexp.experiment
+import memexp.runs.train
 import memexp.run
 from conftest import QUIET, run_in_process
-from memexp.experiment import load_checkpoint
+from memexp.configs.rebuild import load_checkpoint
 
-HOPE_TINY = ["model=hope", "model.dim=32", "model.depth=1", "model.num_heads=2", "model.ff_mult=2", "model.max_len=32",
+HOPE_TINY = ["model=hope", "model.dim=32", "model.depth=1", "model.heads=2", "model.ff_mult=2", "model.max_len=32",
              "model.seq_len=32", "model.mem_write=16", "model.memory_capacity=8", "model.top_k=2",
              "data.seq_len=32", "data.batch_size=8"]
 SHORT = ["trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
@@ -49,7 +49,7 @@ class Probe(L.Callback):
 
 def run_probed(overrides, out, monkeypatch) -> tuple[dict, Probe]:
     probe = Probe()
-    inner = memexp.experiment.train_and_test
+    inner = memexp.runs.train.train_and_test
 
     def with_probe(*args, callbacks=None, **kwargs):
         return inner(*args, callbacks=dict(callbacks or {}) | {"probe": probe}, **kwargs)
@@ -155,7 +155,7 @@ def test_resume_restores_the_cms_gate(tiny_text, tmp_path, monkeypatch):
 def test_hope_on_random_bytes_with_anomaly_detection(tmp_path):
     """model=hope data=random runs; trainer.detect_anomaly=true (the source's debug_anomaly) finds no
     in-place error, with several segments per window and the state carried across windows."""
-    result = run_in_process(["model=hope", "data=random", "model.dim=32", "model.depth=1", "model.num_heads=2",
+    result = run_in_process(["model=hope", "data=random", "model.dim=32", "model.depth=1", "model.heads=2",
                              "model.max_len=16", "model.seq_len=16", "model.mem_write=8", "model.memory_capacity=4",
                              "data.seq_len=24", "data.batch_size=2", "data.windows=stream", "trainer.detect_anomaly=true",
                              "trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *QUIET],

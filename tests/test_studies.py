@@ -202,7 +202,7 @@ def test_paired_forgetting_comparison_by_hand():
 
 
 def test_continual_report_files_and_wandb_tables(tmp_path, monkeypatch):
-    from memexp.evals.aggregate import write_reports
+    from memexp.runs.report import write_reports
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for s in range(2):

@@ -68,7 +68,7 @@ def test_changed_model_in_same_folder_is_refused(tiny_text, tmp_path):
 
 
 def test_model_data_kind_mismatch_stops_before_work():
-    from memexp.experiment import RunNames, check_pairing
+    from memexp.runs.build import RunNames, check_pairing
 
     class Classifier:
         task_kind = "classification"

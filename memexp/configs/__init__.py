@@ -5,16 +5,20 @@ _global_), debug (package _global_). Every constructor argument of what a group 
 is a config field (`populate_full_signature=True`), so anything is overridable from the
 command line: `python -m memexp.run model.depth=6 data.seq_len=128 trainer.max_steps=500`.
 
-YAML presets in the repository's `conf/` folder (and in `./conf` of the working
-directory) are on Hydra's search path: `conf/experiment/foo.yaml` is `experiment=foo`.
+YAML presets are found in `./conf/local/`, `./conf/` of the working directory and the
+package's own `memexp/conf/` (first match wins; `memexp.configs.search`):
+`conf/experiment/foo.yaml` is `experiment=foo`. `load_checkpoint` rebuilds a checkpoint's
+task and data from the config it saved (`memexp.configs.rebuild`).
 """
 
 from memexp.configs.groups import register_groups
 from memexp.configs.apps import ChatConfig, EvaluateConfig, GenerateConfig, PrepareConfig, RunConfig, register_apps
 from memexp.configs.studies import ReportConfig, register_studies
 
+from memexp.configs.rebuild import load_checkpoint
+
 register_groups()
 register_apps()
 register_studies()
 
-__all__ = ["RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig", "ReportConfig"]
+__all__ = ["load_checkpoint", "RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig", "ReportConfig"]

@@ -1,14 +1,10 @@
-"""Top-level configs of the entry points and Hydra's own settings (job name, output folders,
-search path for YAML presets)."""
+"""Top-level configs of the entry points and Hydra's own settings (job name, output folders).
+The search path for YAML presets is `memexp.configs.search`'s."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.conf import HydraConf, JobConf, RunDir, SweepDir
 from hydra_zen import MISSING, make_config, store
-
-REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 RunConfig = make_config(
     hydra_defaults=[
@@ -105,11 +101,6 @@ ChatConfig = make_config(
     verbose=False,
     zen_dataclass={"cls_name": "ChatConfig"},
 )
-
-
-def config_dir() -> str | None:
-    """The YAML preset folder Hydra reads as its primary config path: the repository's conf/."""
-    return str(REPO_CONF) if REPO_CONF.is_dir() else None
 
 
 def _hydra_conf(folder: str) -> HydraConf:

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from memexp.data.dialogue import DialogueDataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
-from memexp.loggers import wandb_logger
+from memexp.runs.loggers import wandb_logger
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
@@ -203,7 +203,7 @@ def register_groups() -> None:
     experiment(
         dict(
             defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}],
-            model=dict(dim=128, depth=4, num_heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0,
+            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0,
                        mem_write=32, cms_frequencies=[1, 4, 16]),
             data=dict(seq_len=64, batch_size=12, tokenizer="char"),
             optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
@@ -220,7 +220,7 @@ def register_groups() -> None:
             defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"},
                       {"override /callbacks": "ema"}],
             model=dict(
-                dim=128, depth=4, num_heads=4, ff_mult=4, max_len=128, seq_len=128, dropout=0.0,
+                dim=128, depth=4, heads=4, ff_mult=4, max_len=128, seq_len=128, dropout=0.0,
                 memory_capacity=64, top_k=4, error_decay=0.9, surprise_scale=1.0, base_momentum=0.9,
                 mem_write=64, error_update=1, cms_frequencies=[1, 4, 16],
                 schedules=dict(surprise_scale=dict(start=0.0, end=1.0, warmup_steps=200),

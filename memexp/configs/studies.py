@@ -24,7 +24,7 @@ RecallConf = builds(RecallDataModule, populate_full_signature=True, zen_partial=
 # sequences (max_len=72) but nothing longer. Both ~30k parameters: minutes on a CPU.
 HOPETinyConf = builds(
     HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"],
-    dim=32, depth=2, num_heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4, memory_capacity=8, top_k=2,
+    dim=32, depth=2, heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4, memory_capacity=8, top_k=2,
     memory_read_init=1.0,  # recall lives in the memory: read it at full strength from the start (as measured)
 )
 TransformerTinyConf = builds(

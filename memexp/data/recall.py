@@ -45,10 +45,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from memexp.data.spec import DataSpec
+from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 
-IGNORE_INDEX = -100
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2, "meta": 3}
 KINDS = ("needle", "multi_query")
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Targets at this value are not predicted (padding, prompt positions): the default of
+# torch.nn.functional.cross_entropy and of torchmetrics' ignore_index, used by every data module and task.
+IGNORE_INDEX = -100
+
 # What each task kind consumes, in words used by the model/data mismatch error.
 KIND_DESCRIPTIONS = {
     "causal_lm": "token sequences for next-token prediction (text, JSONL, synthetic recall)",

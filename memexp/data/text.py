@@ -22,11 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
-from memexp.data.spec import DataSpec
+from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.data.tokenizers import build_tokenizer, tokenizer_from_state
 from memexp.errors import ConfigError, DataError
 
-IGNORE_INDEX = -100
 
 
 def read_utf8(path: Path) -> str:

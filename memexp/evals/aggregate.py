@@ -2,7 +2,8 @@
 
 Every job of `python -m memexp.run -m experiment=...` writes `metrics.json` into its run
 folder (metrics, names, and a "study" section: recall by gap, binned perplexity, or the
-continual matrices). `write_reports(folder)` gathers them and writes, into `reports/`:
+continual matrices). This module turns them into numbers and markdown; `memexp.runs.report.write_reports(folder)`
+gathers them and writes, into `reports/`:
 
     metrics.json            per model: mean, std (over seeds, ddof=1), min, max, n of every metric
                             (train/val/test loss, ppl, acc, top-5, top-10, recall_prob@gap, ...)
@@ -22,6 +23,8 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+
+from scipy.stats import binomtest, ttest_rel
 
 from memexp.errors import ConfigError
 
@@ -165,11 +168,11 @@ def continual_markdown(cont: dict, pairs: list[dict]) -> str:
                   "(each pair an independent draw of initialisation and batches). The sign test asks how "
                   "often a random +/- pattern would be this one-sided; a difference it does not separate "
                   "from seed noise is not a finding.", "",
-                  "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t |",
+                  "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t (two-sided p) |",
                   "|---|---|---|---|---|---|"]
         for pr in pairs:
             for key, d in pr["metrics"].items():
-                t = "-" if d["t"] is None else f"{d['t']:.2f}"
+                t = "-" if d["t"] is None else f"{d['t']:.2f} (p = {d['t_p']:.3f})"
                 lines.append(f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
                              f"{d['a_lower']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |")
             lines.append("")
@@ -182,8 +185,7 @@ def sign_test_p(n_lower: int, n_higher: int) -> float:
     n = n_lower + n_higher
     if n == 0:
         return 1.0
-    k = min(n_lower, n_higher)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return float(binomtest(n_lower, n, 0.5, alternative="two-sided").pvalue)
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
@@ -194,9 +196,12 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
     diffs = [a[s] - b[s] for s in seeds]
     st = stats(diffs)
     lower, higher = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
-    t = st["mean"] / (st["std"] / math.sqrt(st["n"])) if st["n"] > 1 and st["std"] > 0 else None
+    t = t_p = None
+    if st["n"] > 1 and st["std"] > 0:
+        paired = ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+        t, t_p = float(paired.statistic), float(paired.pvalue)
     return {"seeds": seeds, "diffs": diffs, "mean": st["mean"], "std": st["std"], "n": len(seeds),
-            "a_lower": lower, "a_higher": higher, "sign_p": sign_test_p(lower, higher), "t": t}
+            "a_lower": lower, "a_higher": higher, "sign_p": sign_test_p(lower, higher), "t": t, "t_p": t_p}
 
 
 def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
@@ -231,74 +236,3 @@ def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
                     verdict += f" ({d['n']} seeds cannot reach p < {alpha} even if all agree; run at least {need}.)"
             out.append({"a": a, "b": b, "metrics": metrics, "verdict": verdict})
     return out
-
-
-def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None,
-                  wandb_log: bool = False) -> dict:
-    """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written."""
-    from memexp.evals.binned_ppl import write_binned_csv
-    from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
-    from memexp.evals.recall import write_recall_csv
-    from memexp.evals.files import write_json, write_text
-
-    runs = collect_runs(root)
-    out = Path(reports_dir) if reports_dir else Path(root) / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    summary = summarize(runs)
-    if summary:
-        written["metrics.json"] = write_json({"models": summary, "runs": [
-            {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
-            for r in runs if "continual" not in (r.get("study") or {})]}, out / "metrics.json")
-        md = out / "experiment_report.md"
-        write_text(experiment_markdown(summary, runs, hf_note), md)
-        written["experiment_report.md"] = md
-        written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
-    recall = [x for r in runs for x in (r.get("study") or {}).get("recall", [])]
-    if recall:
-        written["long_context.csv"] = write_recall_csv(recall, out / "long_context.csv")
-        written["recall_curve.png"] = plot_recall_curve(recall, out / "recall_curve.png")
-    binned = [x for r in runs for x in (r.get("study") or {}).get("binned_ppl", [])]
-    if binned:
-        written["binned_ppl.csv"] = write_binned_csv(binned, out / "binned_ppl.csv")
-        written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
-    cont = summarize_continual(runs)
-    pairs = compare_continual(cont)
-    if cont:
-        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": pairs}, out / "continual_metrics.json")
-        md = out / "continual_report.md"
-        write_text(continual_markdown(cont, pairs), md)
-        written["continual_report.md"] = md
-        tasks = next(iter(cont.values()))["tasks"]
-        written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
-                                                                  out / "continual_heatmap.png")
-    if wandb_log:
-        comparison = [{"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"],
-                       "a_lower": d["a_lower"], "n": d["n"], "sign_p": d["sign_p"]}
-                      for pr in pairs for k, d in pr["metrics"].items()]
-        _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
-    return {k: str(v) for k, v in written.items()}
-
-
-def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list,
-                         continual_comparison: list) -> None:
-    import os
-
-    import wandb
-
-    from memexp.loggers import wandb_logged_in
-
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
-    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
-    rows = [{"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]} for m, ks in summary.items() for k, s in ks.items()]
-    payload = {}
-    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned),
-                        ("report/continual_comparison", continual_comparison)):
-        if table:
-            cols = list(table[0].keys())
-            payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])
-    for name, path in written.items():
-        if name.endswith(".png"):
-            payload[f"report/{name[:-4]}"] = wandb.Image(str(path))
-    run.log(payload)
-    run.finish()

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from memexp.data.spec import IGNORE_INDEX
 from memexp.data.text import TiledWindows
-from memexp.evals.files import write_csv
+from memexp.files import write_csv
 
-IGNORE_INDEX = -100
 
 
 @torch.no_grad()

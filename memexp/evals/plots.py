@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from memexp.evals.files import atomic_path  # noqa: E402
+from memexp.files import atomic_path  # noqa: E402
 
 
 def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[float]]]:

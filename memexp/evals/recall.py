@@ -19,9 +19,9 @@ from typing import Sequence
 
 import torch
 
-from memexp.evals.files import write_csv
+from memexp.data.spec import IGNORE_INDEX
+from memexp.files import write_csv
 
-IGNORE_INDEX = -100
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import ConfigError
+from memexp.models.attention import cached_causal_attention
 
 
 @dataclass
@@ -49,15 +50,7 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, S, D)
             v = torch.cat([past[1], v], dim=2)
-        S = k.shape[2]
-        p = self.dropout if self.training else 0.0
-        if S == T:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            # New tokens sit at the end of the cache: token i may see cache positions <= S - T + i.
-            # (is_causal aligns the mask top-left, which is wrong when S > T.)
-            allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), (k, v)
 

@@ -19,13 +19,12 @@ from torch.utils._pytree import tree_map
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from memexp.data.spec import DataSpec
-from memexp.models.hope import CMSGradientGate
+from memexp.data.spec import IGNORE_INDEX, DataSpec
+from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.models.sampling import sample_next
 from memexp.tasks.optim import OptimizerSettings, configure_optimizers
 from memexp.tasks.record import run_record
 
-IGNORE_INDEX = -100
 
 
 def _detach(state):

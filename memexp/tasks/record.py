@@ -1,5 +1,5 @@
 """What every task writes into its Lightning checkpoints besides the weights: the `memexp` entry
-that `memexp.experiment.load_checkpoint` reads to rebuild the run (config, tokenizer, task kind)."""
+that `memexp.runs.checkpoints.load_checkpoint` reads to rebuild the run (config, tokenizer, task kind)."""
 
 from __future__ import annotations
 

@@ -1,43 +1,45 @@
-"""The evaluations a study runs on a trained model, from a checkpoint or at the end of a run.
+"""What a study run evaluates after its test, and the study evaluations of a saved checkpoint.
 
-`recall_of_checkpoint` / `binned_ppl_of_checkpoint` back `memexp.evaluate eval=recall|binned_ppl`.
-`StudyEvaluations` runs after `Trainer.test` inside `train_and_test` (a run whose config has a
+`StudyEvaluations` runs inside `train_and_test` after `Trainer.test` (a run whose config has a
 `study` section): it scores recall by gap (data=recall) or binned perplexity (text data),
-writes `study.json` into the run folder for `memexp.report` to aggregate, and logs the
-tables and a plot to every W&B logger of the run.
+writes the CSV and plot into `<run_dir>/reports/`, and logs the tables and the plot to every
+W&B logger of the run; its result lands in `metrics.json` under "study" for `memexp.report`.
+`recall_report` / `binned_ppl_report` back `memexp.evaluate eval=recall|binned_ppl`.
+The numbers themselves come from `memexp.evals` (recall_at_gap, binned_perplexity).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+
+import lightning as L
 
 from memexp.errors import ConfigError
 from memexp.evals.binned_ppl import binned_perplexity, write_binned_csv
+from memexp.evals.plots import plot_binned_ppl, plot_recall_curve
 from memexp.evals.recall import recall_at_gap, write_recall_csv
+from memexp.runs.build import RunNames
+from memexp.runs.checkpoints import LoadedRun
+from memexp.runs.loggers import log_to_wandb
 
 
-def _is_recall_data(dm) -> bool:
+def is_recall_data(dm: L.LightningDataModule) -> bool:
+    """Synthetic recall data (it can draw batches at a chosen gap)."""
     return hasattr(dm, "batch") and hasattr(dm, "chance")
 
 
-def _model_name(loaded) -> str:
-    return (loaded.config.get("names") or {}).get("model") or "model"
-
-
-def recall_of_checkpoint(ckpt, gap=None, gaps=None, n_samples=256, data_dir=None, model=None, reports_dir="reports") -> dict:
-    from memexp.experiment import load_checkpoint
-
-    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
-    if not _is_recall_data(loaded.datamodule):
+def recall_report(loaded: LoadedRun, ckpt: str | Path, gap: int | None = None, gaps: Sequence[int] | None = None,
+                  n_samples: int = 256, reports_dir: str | Path = "reports") -> dict:
+    """recall_prob and accuracy of a recall-trained checkpoint at `gap` and/or `gaps` (then also long_context.csv)."""
+    if not is_recall_data(loaded.datamodule):
         raise ConfigError(f"eval=recall needs a checkpoint trained on data=recall (its vocabulary holds the keys and "
                           f"values); {ckpt} was trained on other data")
     net, dm = loaded.task.net, loaded.datamodule
-    names = loaded.config.get("names") or {}
     rows = []
     for g in ([int(gap)] if gap is not None else []) + [int(x) for x in (gaps or []) if gap is None or int(x) != int(gap)]:
-        r = recall_at_gap(net, dm, g, n_samples=n_samples) | {"model": _model_name(loaded), "seed": names.get("seed", 0)}
+        r = recall_at_gap(net, dm, g, n_samples=n_samples) | {"model": loaded.model_name, "seed": loaded.seed}
         rows.append(r)
         print(f"gap {g:6d}  recall_prob {r['recall_prob']:.4f}  accuracy {r['accuracy']:.4f}  "
               f"(chance {r['chance']:.3f}; context: {r['context']})", flush=True)
@@ -48,19 +50,15 @@ def recall_of_checkpoint(ckpt, gap=None, gaps=None, n_samples=256, data_dir=None
     return result
 
 
-def binned_ppl_of_checkpoint(ckpt, lengths=(64, 128, 256, 512), split="test", data_path=None, data_dir=None, model=None,
-                             reports_dir="reports") -> dict:
-    from memexp.experiment import load_checkpoint
-
-    overrides = {"path": data_path} if data_path else {}
-    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides)
+def binned_ppl_report(loaded: LoadedRun, ckpt: str | Path, lengths: Sequence[int] = (64, 128, 256, 512),
+                      split: str = "test", reports_dir: str | Path = "reports") -> dict:
+    """Perplexity by context-length bin of a text-trained checkpoint on `split` -> binned_ppl.csv."""
     if not hasattr(loaded.datamodule, "tokens"):
         raise ConfigError(f"eval=binned_ppl needs a checkpoint trained on text data (data=shakespeare|text|jsonl); "
                           f"{ckpt} was trained on synthetic data")
-    names = loaded.config.get("names") or {}
     rows = binned_perplexity(loaded.task.net, loaded.datamodule.tokens(split), lengths)
     for r in rows:
-        r |= {"model": _model_name(loaded), "seed": names.get("seed", 0), "split": split}
+        r |= {"model": loaded.model_name, "seed": loaded.seed, "split": split}
         print(f"positions [{r['lo']:5d}, {r['hi']:5d})  tokens {r['tokens']:7d}  ppl {r['ppl']:.4f}  "
               f"ppl(<{r['hi']}) {r['ppl_upto']:.4f} {r['note']}", flush=True)
     out = write_binned_csv(rows, Path(reports_dir) / "binned_ppl.csv")
@@ -83,54 +81,29 @@ class StudySettings:
     extra: dict = field(default_factory=dict)
 
 
-def log_to_wandb(loggers: list, tables: dict[str, list[dict]], images: dict[str, Path] | None = None,
-                 summary: dict | None = None) -> None:
-    """Tables (lists of flat dicts) and images to every W&B logger in `loggers`."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for lg in loggers:
-        if not isinstance(lg, WandbLogger):
-            continue
-        import wandb
-
-        payload = {}
-        for name, rows in tables.items():
-            if rows:
-                cols = list(rows[0].keys())
-                payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
-        for name, path in (images or {}).items():
-            if path and Path(path).exists():
-                payload[name] = wandb.Image(str(path))
-        if payload:
-            lg.experiment.log(payload)
-        if summary:
-            lg.experiment.summary.update(summary)
-
-
-
 class StudyEvaluations:
     """Called by `train_and_test` after the test: (task, datamodule, loggers, run_dir, names) -> extra results."""
 
     def __init__(self, settings: StudySettings):
         self.settings = settings
 
-    def __call__(self, task, datamodule, loggers, run_dir: Path, names) -> dict:
-        from memexp.evals.plots import plot_binned_ppl, plot_recall_curve
-
+    def __call__(self, task: L.LightningModule, datamodule: L.LightningDataModule, loggers: list, run_dir: Path,
+                 names: RunNames) -> dict:
         s, net = self.settings, task.net
         label = {"model": names.model, "seed": names.seed}
+        reports = Path(run_dir) / "reports"
         out: dict = {}
         images = {}
-        if _is_recall_data(datamodule):
+        if is_recall_data(datamodule):
             out["recall"] = [recall_at_gap(net, datamodule, int(g), n_samples=s.n_samples, device=task.device) | label
                              for g in s.gaps]
-            write_recall_csv(out["recall"], Path(run_dir) / "reports" / "long_context.csv")
-            images["study/recall_curve"] = plot_recall_curve(out["recall"], Path(run_dir) / "reports" / "recall_curve.png")
+            write_recall_csv(out["recall"], reports / "long_context.csv")
+            images["study/recall_curve"] = plot_recall_curve(out["recall"], reports / "recall_curve.png")
         elif hasattr(datamodule, "tokens"):
             out["binned_ppl"] = [r | label | {"split": s.split} for r in
                                  binned_perplexity(net, datamodule.tokens(s.split), s.lengths, device=task.device)]
-            write_binned_csv(out["binned_ppl"], Path(run_dir) / "reports" / "binned_ppl.csv")
-            images["study/binned_ppl"] = plot_binned_ppl(out["binned_ppl"], Path(run_dir) / "reports" / "binned_ppl.png")
+            write_binned_csv(out["binned_ppl"], reports / "binned_ppl.csv")
+            images["study/binned_ppl"] = plot_binned_ppl(out["binned_ppl"], reports / "binned_ppl.png")
         summary = {f"study/recall_prob@{r['gap']}": r["recall_prob"] for r in out.get("recall", [])}
         log_to_wandb(loggers, {"study/recall": out.get("recall", []), "study/binned_ppl": out.get("binned_ppl", [])},
                      images, summary)

@@ -1,0 +1,22 @@
+"""What a run does, between the config store and the pieces it trains.
+
+    build.py        RunNames, the model/data pairing check, the task from model + DataSpec
+    train.py        train_and_test: checkpoint folder (run key), loggers, callbacks, fit, test, sample
+    checkpoints.py  read a checkpoint, check a resume, load a checkpoint back into task + data
+    loggers.py      W&B / CSV loggers of a run, tables and plots to W&B
+    studies.py      evaluations after a study run's test; recall / binned-perplexity reports of a checkpoint
+    continual.py    the continual A -> B -> C driver (one model, several fits)
+    report.py       aggregation of a sweep's runs into reports/ (and W&B)
+
+Imports go down only: runs uses tasks, data, evals, models and the ground floor, never
+`memexp.configs` or an entry point, and never Hydra (checkpoint loading takes the config
+builder as an argument). Everything here takes already-built factories, so tests and
+scripts call it directly.
+"""
+
+from memexp.runs.build import RunNames, build_task, check_pairing
+from memexp.runs.checkpoints import LoadedRun, load_checkpoint, read_checkpoint
+from memexp.runs.train import checkpoint_dir, run_key, train_and_test
+
+__all__ = ["RunNames", "build_task", "check_pairing", "LoadedRun", "load_checkpoint", "read_checkpoint",
+           "checkpoint_dir", "run_key", "train_and_test"]

@@ -1,0 +1,98 @@
+"""Build a run's LightningModule: check that the model fits the data, then pair them in a task.
+
+`RunNames` are the names a run is filed under (experiment, model and data choices, seed);
+`check_pairing` stops a model/data pair whose task kinds differ before any work is done;
+`build_task` turns a model factory and the data's `DataSpec` into the task's LightningModule.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+
+from memexp.data.spec import KIND_DESCRIPTIONS, DataSpec
+from memexp.errors import ConfigError
+from memexp.tasks import TASKS
+from memexp.tasks.optim import OptimizerSettings
+
+
+@dataclass
+class RunNames:
+    """The names a run is filed under: experiment, model and data choices, seed."""
+
+    experiment: str = "default"
+    model: str = "model"
+    data: str = "data"
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        """`<model>-<data>-seed<seed>`: the run's name in loggers and checkpoint folders."""
+        return f"{self.model}-{self.data}-seed{self.seed}"
+
+
+def task_kind_of(factory: Callable) -> str | None:
+    """The `task_kind` a model or data class (or a partial of one) declares, if any."""
+    target = getattr(factory, "func", factory)
+    return getattr(target, "task_kind", None)
+
+
+def check_pairing(model_factory: Callable, data_factory: Callable, names: RunNames) -> None:
+    """Stop before any work when the model's task kind differs from the data's."""
+    needs, provides = task_kind_of(model_factory), task_kind_of(data_factory)
+    if needs is None or provides is None or needs == provides:
+        return
+    raise ConfigError(
+        f"model={names.model} is a {needs} model and needs {KIND_DESCRIPTIONS.get(needs, needs)}, "
+        f"but data={names.data} provides {KIND_DESCRIPTIONS.get(provides, provides)}; pick a data option of kind {needs}"
+    )
+
+
+def _takes(factory: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_task(
+    model_factory: Callable,
+    spec: DataSpec,
+    optim: OptimizerSettings,
+    carry_state: bool | str = "auto",
+    max_eval_generate_batches: int | None = None,
+) -> L.LightningModule:
+    """The LightningModule for this model on this data.
+
+    carry_state: causal LM only (see CausalLMTask). max_eval_generate_batches: dialogue only
+    (see DialogueTask); None keeps the task's default.
+    """
+    model_kwargs: dict[str, Any] = {"vocab_size": spec.vocab_size}
+    if spec.pad_id is not None and _takes(model_factory, "pad_id"):
+        model_kwargs["pad_id"] = spec.pad_id
+    net = model_factory(**model_kwargs)
+    max_len = getattr(net, "max_len", None)
+    if max_len is not None and spec.seq_len is not None and spec.seq_len > max_len:
+        raise ConfigError(
+            f"data.seq_len={spec.seq_len} is longer than model.max_len={max_len}; raise model.max_len or lower data.seq_len"
+        )
+    task_cls = TASKS[spec.task_kind]
+    kwargs: dict[str, Any] = {}
+    if spec.task_kind == "causal_lm":
+        ordered = getattr(spec, "ordered_windows", False)
+        if carry_state == "auto":
+            carry_state = bool(getattr(net, "carries_state", False) and ordered)
+        elif carry_state and not getattr(net, "carries_state", False):
+            raise ConfigError(f"task.carry_state=true needs a model that carries state; {type(net).__name__} does not")
+        elif carry_state and not ordered:
+            raise ConfigError("task.carry_state=true needs in-order windows; set data.windows=stream")
+        kwargs["carry_state"] = bool(carry_state)
+    elif carry_state not in ("auto", False):
+        raise ConfigError(f"task.carry_state={carry_state} applies to causal LM runs only; this is a {spec.task_kind} run")
+    if spec.task_kind == "dialogue" and max_eval_generate_batches is not None:
+        kwargs["max_eval_generate_batches"] = int(max_eval_generate_batches)
+    return task_cls(net, spec, optim=optim, **kwargs)

@@ -1,0 +1,117 @@
+"""A checkpoint back into a usable module: its task (with weights) and its data (with tokenizer).
+
+Every task writes a `memexp` entry into its Lightning checkpoints (`memexp.tasks.record`):
+the run's resolved config, the tokenizer's state and the task kind. `load_checkpoint`
+rebuilds the model, data and optimiser settings from that config and loads the weights.
+
+The config sections are Hydra configs (`_target_` plus arguments); turning one into an
+object is the config layer's job, so the caller passes `build` (the entry points and
+`memexp.configs.load_checkpoint` pass hydra-zen's `instantiate`). That keeps Hydra out of
+this layer, as DESIGN.md asks, and lets a test pass any builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from memexp.errors import CheckpointError, ConfigError
+from memexp.runs.build import build_task
+from memexp.tasks.optim import OptimizerSettings
+
+Builder = Callable[[dict], Any]  # a saved config section (with `_target_`) -> the object it describes
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict (weights_only=True), or a CheckpointError naming the path and the fault."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; expected a .ckpt written by memexp.run (see outputs/checkpoints/)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, pickled objects
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(ck, dict) or "memexp" not in ck or "state_dict" not in ck:
+        raise CheckpointError(f"checkpoint {path} is not a memexp checkpoint (no 'memexp' entry); expected a .ckpt written by memexp.run")
+    return ck
+
+
+def checked_resume(last: Path, cfg: dict) -> int:
+    """The step to resume from, after checking that the checkpoint holds this run's model."""
+    ck = read_checkpoint(last)
+    saved = (ck["memexp"].get("config") or {}).get("model")
+    if saved is not None and saved != cfg.get("model"):
+        raise CheckpointError(
+            f"checkpoint {last} was trained with another model config than this run's; pass fresh=true to start over "
+            f"or ckpt_dir=<another folder>"
+        )
+    return int(ck.get("global_step", 0))
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint rebuilt: its task (weights loaded), data module (tokenizer restored), config and raw dict."""
+
+    task: L.LightningModule
+    datamodule: L.LightningDataModule
+    config: dict
+    checkpoint: dict
+
+    @property
+    def model_name(self) -> str:
+        """The `model=` choice the run was trained with ("model" when unknown)."""
+        return (self.config.get("names") or {}).get("model") or "model"
+
+    @property
+    def seed(self) -> int:
+        return int((self.config.get("names") or {}).get("seed", 0))
+
+
+def load_checkpoint(
+    path: str | Path,
+    build: Builder,
+    data_dir: str | None = None,
+    expect_model: str | None = None,
+    data_overrides: dict | None = None,
+    data_path: str | None = None,
+) -> LoadedRun:
+    """Rebuild the task (with its weights) and the data module (with its tokenizer) of a checkpoint.
+
+    build: turns a saved config section into its object (hydra-zen's `instantiate`).
+    expect_model: the `model=` choice the caller asked for; another one is an error.
+    data_path: other data to evaluate on, set as whichever of the data config's `path` (text)
+    or `source` (dialogues) it has.
+    """
+    path = Path(path)
+    ck = read_checkpoint(path)
+    meta = ck["memexp"]
+    cfg = meta["config"]
+    saved_model = cfg.get("names", {}).get("model")
+    if expect_model is not None and saved_model is not None and expect_model != saved_model:
+        raise CheckpointError(f"checkpoint {path} holds a model={saved_model} model, not model={expect_model}")
+    data_cfg = dict(cfg["data"]) | (data_overrides or {})
+    if data_dir is not None:
+        data_cfg["data_dir"] = data_dir
+    if data_path is not None:
+        field = next((f for f in ("path", "source") if f in data_cfg), None)
+        if field is None:
+            raise ConfigError(f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)")
+        data_cfg[field] = data_path
+    datamodule = build(data_cfg)()
+    datamodule.restore_tokenizer(meta["tokenizer"])
+    optim = build(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
+    model_factory = build(cfg["model"])
+    task_cfg = cfg.get("task") or {}
+    task = build_task(model_factory, datamodule.spec, optim, carry_state=False,
+                      max_eval_generate_batches=task_cfg.get("max_eval_generate_batches"))
+    try:
+        task.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its own model config: {str(e).splitlines()[0]}") from None
+    task.run_config = cfg
+    return LoadedRun(task=task, datamodule=datamodule, config=cfg, checkpoint=ck)

@@ -1,0 +1,70 @@
+"""Continual learning A -> B -> C: train on tasks in sequence, test on all of them after each stage.
+
+One LightningModule is carried through the stages; each stage is a fresh `Trainer.fit` of
+`trainer.max_steps` steps on that task's data. The optimiser restarts at every stage (new
+AdamW moments and warmup/cosine schedule, as `configure_optimizers` builds them): a new task
+arrives like a new training run on the same weights. HOPE's CMS gate keeps its pending sums.
+The matrices and their metrics (forgetting, backward transfer) are `memexp.evals.continual`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+
+from memexp.evals.continual import continual_summary
+from memexp.evals.plots import plot_continual_heatmap
+from memexp.files import write_json
+from memexp.runs.build import RunNames, build_task, check_pairing
+from memexp.runs.loggers import finish_loggers, log_to_wandb, make_loggers
+from memexp.runs.train import preset_callbacks
+from memexp.tasks.optim import OptimizerSettings
+
+
+def run_continual(
+    cfg: dict,
+    names: RunNames,
+    model: Callable,
+    data: Callable,
+    optim: OptimizerSettings,
+    trainer: Callable,
+    run_dir: str | Path,
+    logger: Mapping[str, Callable | None] | None = None,
+    tasks: Sequence[str] = ("A", "B", "C"),
+) -> dict:
+    """Train one model on tasks in sequence (data partial called with task_id=i) and fill the matrices."""
+    check_pairing(model, data, names)
+    L.seed_everything(names.seed, workers=True, verbose=False)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    modules = [data(task_id=i) for i in range(len(tasks))]
+    task = build_task(model, modules[0].spec, optim, carry_state=False)
+    task.run_config = cfg | {"names": vars(names)}
+    loggers = make_loggers(logger, run_dir, names)
+    callbacks = preset_callbacks(trainer)
+    T = len(tasks)
+    acc = [[0.0] * T for _ in range(T)]
+    loss = [[0.0] * T for _ in range(T)]
+    try:
+        for i, dm in enumerate(modules):
+            t = trainer(logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
+            t.fit(task, datamodule=dm)
+            for j, other in enumerate(modules):
+                res = t.test(task, dataloaders=other.test_dataloader(), verbose=False)[0]
+                acc[i][j], loss[i][j] = float(res["test/acc"]), float(res["test/loss"])
+            print(f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)),
+                  flush=True)
+        summary = continual_summary(acc, loss)
+        result = {"tasks": list(tasks), "accuracy": acc, "loss": loss, **summary,
+                  "steps_per_stage": int(t.max_steps), "optimizer": "restarted each stage"}
+        png = plot_continual_heatmap({names.model: acc}, list(tasks), run_dir / "reports" / "continual_heatmap.png")
+        rows = [{"after": tasks[i], "task": tasks[j], "accuracy": acc[i][j], "loss": loss[i][j]} for i in range(T) for j in range(T)]
+        log_to_wandb(loggers, {"continual/matrix": rows}, {"continual/heatmap": png}, {f"continual/{k}": v for k, v in summary.items()})
+    finally:
+        finish_loggers(loggers)
+    out = {"metrics": {f"continual/{k}": v for k, v in summary.items()}, "run_dir": str(run_dir), "names": vars(names),
+           "study": {"continual": result}, "ckpt_dir": None, "sample": None, "resumed_from_step": None}
+    write_json(out, run_dir / "metrics.json")
+    return out

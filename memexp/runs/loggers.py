@@ -1,0 +1,104 @@
+"""The loggers of a run: built for its folder, finished at its end, and fed tables and plots.
+
+`wandb_logger` is the W&B factory the `logger` config group builds (online when logged in,
+offline otherwise); `make_loggers` instantiates a run's logger partials (CSV is always
+there); `log_to_wandb` sends study tables and images to every W&B logger of a run.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from memexp.runs.build import RunNames
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B credentials exist (WANDB_API_KEY, or `wandb login`'s netrc entry)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return path.exists() and any("wandb" in host for host in netrc.netrc(path).hosts)
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "memexp",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    tags: list[str] | None = None,
+    mode: str = "auto",
+) -> WandbLogger:
+    """A W&B logger: online when logged in, offline otherwise (mode="auto"), or as `mode` says
+    ("online", "offline", "disabled"). Offline runs are uploaded later with `wandb sync`."""
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        entity=entity,
+        group=group,
+        name=name,
+        tags=tags,
+        offline=mode == "offline",
+        mode=mode,
+    )
+
+
+def make_loggers(logger_factories: Mapping[str, Callable | None] | None, run_dir: Path, names: RunNames) -> list[Logger]:
+    """The run's loggers, saving under `run_dir`; W&B runs are grouped by experiment. CSV always."""
+    loggers: list[Logger] = []
+    for name, factory in (logger_factories or {}).items():
+        if factory is None:
+            continue
+        if name == "wandb":
+            loggers.append(factory(save_dir=str(run_dir), group=names.experiment, name=names.label))
+        else:
+            loggers.append(factory(save_dir=str(run_dir)))
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):
+        loggers.insert(0, CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    return loggers
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Close the W&B run (if any) so the next run in this process starts its own."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            wandb.finish()
+
+
+def log_to_wandb(
+    loggers: list[Logger],
+    tables: Mapping[str, list[dict]],
+    images: Mapping[str, Path | None] | None = None,
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """Tables (lists of flat dicts) and images to every W&B logger in `loggers`."""
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        import wandb
+
+        payload = {}
+        for name, rows in tables.items():
+            if rows:
+                cols = list(rows[0].keys())
+                payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
+        for name, path in (images or {}).items():
+            if path and Path(path).exists():
+                payload[name] = wandb.Image(str(path))
+        if payload:
+            lg.experiment.log(payload)
+        if summary:
+            lg.experiment.summary.update(summary)

@@ -1,0 +1,88 @@
+"""Aggregate the runs of a study (a multirun or run folder) into `reports/`, and optionally into W&B.
+
+The numbers and the markdown come from `memexp.evals.aggregate` (see its docstring for the
+files); this module collects the runs, writes every file atomically, draws the plots and,
+with `wandb_log=True`, logs the tables and plots to one W&B run of job type "report".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from memexp.evals.aggregate import (
+    collect_runs,
+    compare_continual,
+    continual_markdown,
+    experiment_markdown,
+    run_scalars,
+    summarize,
+    summarize_continual,
+)
+from memexp.evals.binned_ppl import write_binned_csv
+from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
+from memexp.evals.recall import write_recall_csv
+from memexp.files import write_json, write_text
+from memexp.runs.loggers import wandb_logged_in
+
+
+def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None,
+                  wandb_log: bool = False) -> dict:
+    """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written."""
+    runs = collect_runs(root)
+    out = Path(reports_dir) if reports_dir else Path(root) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    summary = summarize(runs)
+    if summary:
+        written["metrics.json"] = write_json({"models": summary, "runs": [
+            {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
+            for r in runs if "continual" not in (r.get("study") or {})]}, out / "metrics.json")
+        md = out / "experiment_report.md"
+        write_text(experiment_markdown(summary, runs, hf_note), md)
+        written["experiment_report.md"] = md
+        written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
+    recall = [x for r in runs for x in (r.get("study") or {}).get("recall", [])]
+    if recall:
+        written["long_context.csv"] = write_recall_csv(recall, out / "long_context.csv")
+        written["recall_curve.png"] = plot_recall_curve(recall, out / "recall_curve.png")
+    binned = [x for r in runs for x in (r.get("study") or {}).get("binned_ppl", [])]
+    if binned:
+        written["binned_ppl.csv"] = write_binned_csv(binned, out / "binned_ppl.csv")
+        written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
+    cont = summarize_continual(runs)
+    pairs = compare_continual(cont)
+    if cont:
+        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": pairs}, out / "continual_metrics.json")
+        md = out / "continual_report.md"
+        write_text(continual_markdown(cont, pairs), md)
+        written["continual_report.md"] = md
+        tasks = next(iter(cont.values()))["tasks"]
+        written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
+                                                                  out / "continual_heatmap.png")
+    if wandb_log:
+        comparison = [{"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"],
+                       "a_lower": d["a_lower"], "n": d["n"], "sign_p": d["sign_p"]}
+                      for pr in pairs for k, d in pr["metrics"].items()]
+        _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
+    return {k: str(v) for k, v in written.items()}
+
+
+def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list,
+                         continual_comparison: list) -> None:
+    import wandb  # only when asked for: importing wandb costs about a second
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
+    rows = [{"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]} for m, ks in summary.items() for k, s in ks.items()]
+    payload = {}
+    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned),
+                        ("report/continual_comparison", continual_comparison)):
+        if table:
+            cols = list(table[0].keys())
+            payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])
+    for name, path in written.items():
+        if name.endswith(".png"):
+            payload[f"report/{name[:-4]}"] = wandb.Image(str(path))
+    run.log(payload)
+    run.finish()

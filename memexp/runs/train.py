@@ -1,0 +1,153 @@
+"""Train and test one run: the body of `python -m memexp.run`.
+
+`train_and_test` builds the data, checks that the model fits it, builds the task, fits with a
+stable checkpoint folder (so the same command resumes from `last.ckpt`), tests, samples, and
+returns the metrics (also written to `<run_dir>/metrics.json`). It takes the run's pieces as
+already-built factories (partials from the config store), never a Hydra config: tests and
+scripts call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+
+from memexp.files import text_digest, write_json
+from memexp.runs.build import RunNames, build_task, check_pairing
+from memexp.runs.checkpoints import checked_resume
+from memexp.runs.loggers import finish_loggers, make_loggers
+from memexp.tasks.optim import OptimizerSettings
+
+# Fields of the data config that do not change what is learned (left out of the run key).
+_DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
+# Fields of the task config that only change evaluation.
+_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches"}
+
+# after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
+AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
+
+
+def run_key(cfg: Mapping[str, Any]) -> str:
+    """A short hash of what determines the learned weights: model, data, optimiser, task, seed."""
+    data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
+    task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
+    payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
+    if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
+        payload["meta"] = cfg["meta"]
+    return text_digest(json.dumps(payload, sort_keys=True, default=str), "sha1", length=8)
+
+
+def checkpoint_dir(cfg: Mapping[str, Any], names: RunNames, root: str | Path) -> Path:
+    """outputs/checkpoints/<experiment>/<model>-<data>-seed<seed>-<key>: the same command, the same folder."""
+    return Path(root) / names.experiment / f"{names.label}-{run_key(cfg)}"
+
+
+def preset_callbacks(trainer: Callable) -> list[L.Callback]:
+    """The callbacks a trainer preset carries (its progress bar), minus the bar when bars are off."""
+    keywords = getattr(trainer, "keywords", {})
+    callbacks = list(keywords.get("callbacks") or [])
+    if keywords.get("enable_progress_bar") is False:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    return callbacks
+
+
+def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path) -> list[L.Callback]:
+    callbacks = []
+    for cb in (callback_configs or {}).values():
+        if cb is None:
+            continue
+        if callable(cb) and not isinstance(cb, L.Callback):  # a partial: the checkpoint callback
+            cb = cb(dirpath=str(ckpt_dir))
+        callbacks.append(cb)
+    return callbacks
+
+
+def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Lightning's callback metrics as sorted plain floats."""
+    return {k: float(v) for k, v in sorted(metrics.items()) if isinstance(v, (torch.Tensor, float, int))}
+
+
+def train_and_test(
+    cfg: dict,
+    names: RunNames,
+    model: Callable,
+    data: Callable,
+    optim: OptimizerSettings,
+    trainer: Callable,
+    run_dir: str | Path,
+    checkpoint_root: str | Path,
+    logger: Mapping[str, Callable | None] | None = None,
+    callbacks: Mapping[str, Any] | None = None,
+    carry_state: bool | str = "auto",
+    max_eval_generate_batches: int | None = None,
+    fresh: bool = False,
+    ckpt_dir: str | Path | None = None,
+    sample_tokens: int = 0,
+    sample_prompt: str = "\n",
+    after_test: AfterTest | None = None,
+    extra_callbacks: list[L.Callback] | None = None,
+) -> dict:
+    """Fit, test, sample; returns {"metrics": {...}, "ckpt_dir": ..., "sample": ..., "resumed_from_step": ...}.
+
+    after_test(task, datamodule, loggers, run_dir, names) -> dict runs after the test, while the
+    loggers are still open (studies log their tables there); its result is stored as "study".
+    extra_callbacks are added to the trainer (e.g. the meta-learning outer loop).
+    """
+    check_pairing(model, data, names)
+    L.seed_everything(names.seed, workers=True, verbose=False)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg, names, checkpoint_root)
+
+    datamodule = data()
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches)
+    task.run_config = cfg | {"names": vars(names)}
+
+    last = ckpt_dir / "last.ckpt"
+    if fresh and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    resume_step = None
+    if last.exists():
+        resume_step = checked_resume(last, cfg)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    loggers = make_loggers(logger, run_dir, names)
+    trainer_obj: L.Trainer = trainer(
+        logger=loggers,
+        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir) + list(extra_callbacks or []),
+        default_root_dir=str(run_dir),
+    )
+    try:
+        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+        if trainer_obj.interrupted:
+            raise KeyboardInterrupt
+        trainer_obj.save_checkpoint(last)  # the final state whatever the cadence; collective (rank 0 writes)
+        fit_metrics = plain_metrics(trainer_obj.callback_metrics)
+        trainer_obj.test(task, datamodule=datamodule, verbose=False, weights_only=True)
+        metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
+        metrics["global_step"] = float(trainer_obj.global_step)
+        study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
+    finally:
+        finish_loggers(loggers)
+
+    sample = None
+    if sample_tokens and trainer_obj.is_global_zero:
+        tok = datamodule.spec.tokenizer
+        ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
+        sample = sample_prompt + tok.decode(ids)
+    result = {"metrics": metrics, "ckpt_dir": str(ckpt_dir), "sample": sample, "resumed_from_step": resume_step,
+              "run_dir": str(run_dir), "names": vars(names)}
+    if study is not None:
+        result["study"] = study
+    if trainer_obj.is_global_zero:
+        write_json(result, run_dir / "metrics.json")
+    return result
