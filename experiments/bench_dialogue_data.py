@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from memexp.files import write_json
+
 TOY = Path(os.environ.get("MEMEXP_DATA_DIR", "../shared/data")) / "lccc_toy" / "toy_data.json"
 
 
@@ -62,7 +64,7 @@ def job_prepare(corpus: str, out: str, chunk_size: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from memexp.data.dialogue_prepare import prepare_dialogues
+    from memexp.data.dialogue import prepare_dialogues
 
     base = rss_mb()
     t = time.perf_counter()
@@ -78,8 +80,7 @@ def job_stream(root: str, design: str, batch_size: int) -> dict:
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    from memexp.data.dialogue_prepare import read_chunk
-    from memexp.data.dialogue_stream import DialogueStream
+    from memexp.data.dialogue import DialogueStream, read_chunk
 
     class AllChunksInMemory(DialogueStream):
         """The source's design: every chunk loaded at start and kept in a list (same sampling otherwise)."""
@@ -181,8 +182,7 @@ def main() -> None:
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     results["summary"] = summary
     print(json.dumps(summary, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    write_json(results, args.out, indent=1)
     if not args.keep:
         import shutil
 

@@ -10,17 +10,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import memexp.data.dialogue_prepare as prep
-from memexp.data.dialogue_prepare import (
+import memexp.data.dialogue.prepare as prep
+from memexp.data.dialogue import (
     ChunkWriter,
+    DialogueStream,
     DialogueVocab,
     chunk_dialogues,
+    collate_dialogues,
     download_lccc,
     prepare_dialogues,
     read_chunk,
     read_json,
 )
-from memexp.data.dialogue_stream import DialogueStream, collate_dialogues
 from memexp.errors import DataError
 from conftest import shared_data_dir
 
@@ -235,7 +236,7 @@ def test_interrupted_preparation_completes_identically(tmp_path, toy, monkeypatc
                 raise Interrupt
             return real_save(obj, f, *a, **k)
 
-        monkeypatch.setattr(prep.torch, "save", dying_save)
+        monkeypatch.setattr(torch, "save", dying_save)
     else:  # die after a chunk was renamed into place but before progress.json records it
         real_write = prep._write_json_atomic
 

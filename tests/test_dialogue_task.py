@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from conftest import compose_run
-from memexp.data.dialogue import DialogueDataModule
-from memexp.data.dialogue_prepare import DialogueVocab
-from memexp.data.dialogue_stream import DialogueStream
+from memexp.data.dialogue import DialogueDataModule, DialogueStream, DialogueVocab
 from memexp.data.spec import DataSpec
 from memexp.tasks.dialogue import DialogueTask
 from memexp.tasks.text_metrics import DistinctN

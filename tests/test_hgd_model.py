@@ -171,8 +171,7 @@ def test_bad_configuration_names_the_field():
 
 @pytest.mark.skipif(not TOY.exists(), reason="shared LCCC toy data not present")
 def test_loss_falls_on_toy_dialogues(tmp_path):
-    from memexp.data.dialogue_prepare import prepare_dialogues
-    from memexp.data.dialogue_stream import DialogueStream
+    from memexp.data.dialogue import DialogueStream, prepare_dialogues
 
     dialogues = json.loads(TOY.read_text(encoding="utf-8"))["train"][:50]
     src = tmp_path / "toy50.json"

@@ -6,7 +6,7 @@ distinct-1/2 of greedy replies to the first `max_eval_generate_batches` evaluati
 torchmetrics), the optimiser and schedule, and decoding for chat.
 
 Batches: dict(context (B, Lc), context_mask (B, Lc), reply_in (B, Lr), reply_out (B, Lr)),
-see `memexp.data.dialogue_stream.collate_dialogues`. The net: `net(context, context_mask,
+see `memexp.data.dialogue.collate_dialogues`. The net: `net(context, context_mask,
 reply_in) -> {"logits" (B, Lr, V), "ponder_loss" (), "think_steps" (B,)}` and
 `net.generate(context, context_mask, max_len, sos_id, eos_id, ...) -> (B, L)`.
 """
@@ -112,7 +112,7 @@ class DialogueTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     # -- optimisation and checkpoints ---------------------------------------------------------
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -22,21 +22,22 @@ index (B,) long).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from memexp.data.dialogue_prepare import DialogueVocab, download_lccc, prepare_dialogues
-from memexp.data.dialogue_stream import DialogueStream, load_manifest
+from memexp.data.dialogue.prepare import download_lccc, prepare_dialogues
+from memexp.data.dialogue.stream import DialogueStream, load_manifest
+from memexp.data.dialogue.vocab import DialogueVocab
 from memexp.data.sources import RawFile, default_data_dir, fetch
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError, DataError
+from memexp.files import text_digest
 
 # The 1,400-dialogue sample that ships with CDial-GPT (LCCC's authors): offline tests and demos.
 LCCC_TOY = RawFile(
@@ -164,9 +165,9 @@ class DialogueDataModule(L.LightningDataModule):
             "chunk_size": self.chunk_size,
             "skip_bad": self.skip_bad,
         }
-        return f"{name}-{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+        return f"{name}-{text_digest(json.dumps(settings, sort_keys=True), 'sha1', 8)}"
 
-    def _raw_source(self):
+    def _raw_source(self) -> Path:
         """The raw corpus, fetched or downloaded when it is a known file that is missing."""
         if self.source is None:
             download_lccc(self.data_dir / LCCC_BASE_DIR)
@@ -183,6 +184,7 @@ class DialogueDataModule(L.LightningDataModule):
         return path
 
     def is_prepared(self) -> bool:
+        """Whether cache_dir holds a finished preparation (its manifest.json)."""
         return (self.cache_dir / "manifest.json").is_file()
 
     def prepare(self, progress: bool | None = None) -> dict:
@@ -205,6 +207,7 @@ class DialogueDataModule(L.LightningDataModule):
         return self.last_preparation
 
     def prepare_data(self) -> None:
+        """Lightning's hook (one rank): prepare the cache."""
         self.prepare()
 
     def _ensure_prepared(self) -> None:
@@ -218,6 +221,7 @@ class DialogueDataModule(L.LightningDataModule):
 
     @property
     def tokenizer(self) -> DialogueVocab:
+        """The vocabulary: restored from a checkpoint, else the prepared cache's vocabulary.json."""
         if self.vocab is None:
             self._ensure_prepared()
             self.vocab = DialogueVocab.load(self.cache_dir / load_manifest(self.cache_dir)["vocab"].get("file", "vocabulary.json"))
@@ -237,12 +241,14 @@ class DialogueDataModule(L.LightningDataModule):
         return self.streams[name]
 
     def setup(self, stage: str | None = None) -> None:
+        """Open the streams the stage needs (preparing the cache first when it is missing)."""
         names = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
         for split in names:
             self.stream(split)
 
     @property
     def spec(self) -> DataSpec:
+        """Task kind 'dialogue', vocabulary size, tokenizer and pad id."""
         vocab = self.tokenizer
         return DataSpec(task_kind=self.task_kind, vocab_size=vocab.vocab_size, tokenizer=vocab, pad_id=vocab.pad_id)
 
@@ -256,6 +262,7 @@ class DialogueDataModule(L.LightningDataModule):
         return trainer.world_size if trainer is not None else 1
 
     def train_dataloader(self) -> EpochBatches:
+        """The train split, the same number of batches on every rank, reshuffled each epoch."""
         stream = self.stream("train")
         world = self._world()
         fewest = min(stream.samples_on_rank(r, world) for r in range(world))
@@ -266,10 +273,18 @@ class DialogueDataModule(L.LightningDataModule):
         return EpochBatches(self._loader(stream, self.batch_size), stream, num_batches, epoch_of)
 
     def eval_dataloader(self, split: str) -> UnsizedBatches:
+        """Every sample of `split` once over all ranks, without a length."""
         return UnsizedBatches(self._loader(self.stream(split), self.eval_batch_size))
 
     def val_dataloader(self) -> UnsizedBatches:
+        """The valid split (see eval_dataloader)."""
         return self.eval_dataloader("val")
 
     def test_dataloader(self) -> UnsizedBatches:
+        """The test split (see eval_dataloader)."""
         return self.eval_dataloader("test")
+
+
+# Configs name the data module by its public path (`builds` takes __module__): run configs saved so
+# far say _target_: memexp.data.dialogue.DialogueDataModule, whatever module defines the class.
+DialogueDataModule.__module__ = "memexp.data.dialogue"

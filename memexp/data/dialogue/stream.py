@@ -1,34 +1,27 @@
-"""Stream (context -> reply) pairs from a prepared chunk folder, one chunk at a time.
+"""DialogueStream: (context -> reply) samples from a prepared chunk folder, one chunk at a time.
 
-Contract (what a DataModule and a task can rely on):
-  - A sample is one reply turn of one dialogue: for a dialogue u_0 .. u_{n-1}, turns
-    i = 1 .. n-1 each give ("context": the last `max_history` utterances before u_i, each
-    followed by EOS, cut to the last `max_context_len` tokens; "reply": SOS u_i EOS with u_i
-    cut to `max_reply_len - 1` tokens, so reply_in / reply_out are at most `max_reply_len`
-    long; "index": the pair's position in the split, 0 .. num_samples-1).
-  - Per epoch every sample is produced exactly once over all DDP ranks x DataLoader workers.
-    Chunks are dealt to ranks (chunk c to rank c % world_size) and, within a rank, to
-    workers; when there are fewer chunks than ranks (or than a rank's workers), that level
-    shards by sample index with a stride instead. Either way the union is the whole split.
-  - Order is shuffled per epoch (chunk order, then a shuffle buffer of `buffer_size`
-    samples), reproducibly from `seed` and the epoch given to `set_epoch`.
-  - Memory holds one chunk and the shuffle buffer per worker, whatever the corpus size.
-  - `len(stream)` is the number of samples this rank produces per epoch.
+What a sample is, and how chunks are dealt to DDP ranks and DataLoader workers so that every
+sample is produced once per epoch, is part of the package contract (see `memexp.data.dialogue`).
+Order is shuffled per epoch (chunk order, then a shuffle buffer of `buffer_size` samples),
+reproducibly from `seed` and the epoch given to `set_epoch`. Memory holds one chunk and the
+shuffle buffer per worker, whatever the corpus size. `len(stream)` is the number of samples
+this rank produces per epoch.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset, get_worker_info
 
-from memexp.data.dialogue_prepare import DialogueVocab, read_chunk
+from memexp.data.dialogue.chunks import read_chunk
+from memexp.data.dialogue.vocab import DialogueVocab
 from memexp.errors import ConfigError, DataError
 
 
@@ -47,7 +40,7 @@ def load_manifest(root: str | Path) -> dict:
 
 
 class DialogueStream(IterableDataset):
-    """(context, reply) pairs from `root/split/chunk_*.pt`; see the module docstring.
+    """(context, reply) pairs from `root/split/chunk_*.pt`; see the package docstring (memexp.data.dialogue).
 
     Args:
         root: folder written by `prepare_dialogues`.
@@ -105,7 +98,7 @@ class DialogueStream(IterableDataset):
             offset += rec["pairs"]
         self.num_samples = offset
 
-    def _checked_vocab(self, vocab) -> DialogueVocab:
+    def _checked_vocab(self, vocab: DialogueVocab | None) -> DialogueVocab:
         expected = self.manifest["vocab"]
         if vocab is None:
             vocab = DialogueVocab.load(self.root / expected.get("file", "vocabulary.json"))
@@ -154,9 +147,10 @@ class DialogueStream(IterableDataset):
         return sum(self.chunks[i][2] for i in ids)
 
     def __len__(self) -> int:
+        """Samples this rank produces per epoch."""
         return self.samples_on_rank(*self._rank_world())
 
-    def _plan(self) -> tuple[list[int], callable, int]:
+    def _plan(self) -> tuple[list[int], Callable[[int], bool] | None, int]:
         """This worker's chunk ids (in epoch order), a keep(index) filter, and its consumer id."""
         rank, world = self._rank_world()
         info = get_worker_info()
@@ -174,12 +168,14 @@ class DialogueStream(IterableDataset):
 
     # -- samples
 
-    def _chunk_samples(self, chunk_id: int, keep) -> Iterator[dict]:
+    def _chunk_samples(self, chunk_id: int, keep: Callable[[int], bool] | None) -> Iterator[dict]:
         path, sha, _, first_index = self.chunks[chunk_id]
         chunk = read_chunk(path, sha256=sha if self.verify_checksums else None)
         return self.samples_from_chunk(chunk, first_index, keep)
 
-    def samples_from_chunk(self, chunk: dict[str, torch.Tensor], first_index: int = 0, keep=None) -> Iterator[dict]:
+    def samples_from_chunk(
+        self, chunk: dict[str, torch.Tensor], first_index: int = 0, keep: Callable[[int], bool] | None = None
+    ) -> Iterator[dict]:
         """The (context, reply) samples of one loaded chunk whose first pair has index first_index."""
         tokens, uo, do = chunk["tokens"].long(), chunk["utt_offsets"], chunk["dial_offsets"]
         n_utt = len(uo) - 1
@@ -225,7 +221,7 @@ class DialogueStream(IterableDataset):
         yield from buf
 
     @property
-    def collate_fn(self):
+    def collate_fn(self) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         """`collate_dialogues` bound to this vocabulary's pad id (picklable, for DataLoader)."""
         return partial(collate_dialogues, pad_id=self.pad_id)
 
