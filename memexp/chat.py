@@ -15,10 +15,18 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, TextIO
 
+from memexp.configs.rebuild import load_checkpoint
 from memexp.entry import chosen_model, launch
 from memexp.errors import CheckpointError, ConfigError
-from memexp.configs.rebuild import load_checkpoint
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from memexp.data.dialogue.vocab import DialogueVocab
+    from memexp.tasks.dialogue import DialogueTask
 
 _CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"
 _SPACE_NEXT_TO_CJK = re.compile(rf"(?<={_CJK}) +| +(?={_CJK})")
@@ -32,8 +40,9 @@ def detokenize(text: str) -> str:
 class ChatSession:
     """The history of one conversation and the sampling settings of its replies."""
 
-    def __init__(self, task, vocab, max_len: int = 32, temperature: float = 0.8, top_k: int = 0, top_p: float = 0.9,
-                 greedy: bool = False, seed: int | None = 0, history: int = 4, max_context_len: int | None = None):
+    def __init__(self, task: DialogueTask, vocab: DialogueVocab, max_len: int = 32, temperature: float = 0.8, top_k: int = 0,
+                 top_p: float = 0.9, greedy: bool = False, seed: int | None = 0, history: int = 4,
+                 max_context_len: int | None = None):
         if history < 1:
             raise ConfigError(f"history={history} must be >= 1 (utterances kept as context)")
         if max_len < 1:
@@ -75,7 +84,8 @@ def open_session(ckpt: str, data_dir: str | None = None, model: str | None = Non
     )
 
 
-def converse(session: ChatSession, lines, interactive: bool, verbose: bool = False, out=sys.stdout, err=sys.stderr) -> int:
+def converse(session: ChatSession, lines: Iterable[str], interactive: bool, verbose: bool = False, out: TextIO = sys.stdout,
+             err: TextIO = sys.stderr) -> int:
     """Answer `lines` (an iterator of input lines); returns the number of replies."""
     replies = 0
     for line in lines:
@@ -97,7 +107,7 @@ def converse(session: ChatSession, lines, interactive: bool, verbose: bool = Fal
     return replies
 
 
-def _terminal_lines():
+def _terminal_lines() -> Iterator[str]:
     while True:
         try:
             yield input("you> ")
@@ -106,7 +116,9 @@ def _terminal_lines():
             return
 
 
-def chat(ckpt, model, max_len, temperature, top_k, top_p, greedy, seed, history, verbose, paths) -> int:
+def chat(ckpt: str, model: str | None, max_len: int | None, temperature: float, top_k: int, top_p: float, greedy: bool,
+         seed: int | None, history: int | None, verbose: bool, paths: DictConfig) -> int:
+    """The Hydra task of `python -m memexp.chat` (arguments: `ChatConfig`; `model` is read back by `chosen_model`)."""
     session = open_session(str(ckpt), paths.data_dir, chosen_model(), max_len, temperature, top_k, top_p, greedy, seed, history)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -18,19 +18,24 @@ reports_dir defaults to `reports/` inside this command's run folder (outputs/eva
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 
+from memexp.configs.rebuild import load_checkpoint
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 from memexp.files import write_json
-from memexp.configs.rebuild import load_checkpoint
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def evaluate_checkpoint(
     ckpt: str,
-    splits=("val", "test"),
+    splits: Sequence[str] = ("val", "test"),
     data_dir: str | None = None,
     model: str | None = None,
     data_path: str | None = None,
@@ -66,8 +71,11 @@ def _reports_dir(reports_dir: str | None) -> Path:
     return base / "reports"
 
 
-def evaluate(ckpt, model, splits, data_path, batch_size, out, accelerator, paths, eval="metrics", gap=None, gaps=None,
-             lengths=(64, 128, 256, 512), split="test", n_samples=256, reports_dir=None) -> dict:
+def evaluate(ckpt: str, model: str | None, splits: Sequence[str], data_path: str | None, batch_size: int | None, out: str | None,
+             accelerator: str, paths: DictConfig, eval: str = "metrics", gap: int | None = None,
+             gaps: Sequence[int] | None = None, lengths: Sequence[int] = (64, 128, 256, 512), split: str = "test", n_samples: int = 256,
+             reports_dir: str | None = None) -> dict:
+    """The Hydra task of `python -m memexp.evaluate` (arguments: `EvaluateConfig`; `model` is read back by `chosen_model`)."""
     if eval == "metrics":
         result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)
         for k, v in result["metrics"].items():

@@ -5,9 +5,14 @@ Prints the prompt followed by the generated continuation.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from memexp.configs.rebuild import load_checkpoint
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
-from memexp.configs.rebuild import load_checkpoint
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int = 0,
@@ -22,7 +27,9 @@ def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature
     return prompt + tok.decode(ids)
 
 
-def generate(ckpt, model, prompt, max_new_tokens, temperature, top_k, top_p, seed, paths) -> str:
+def generate(ckpt: str, model: str | None, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+             seed: int, paths: DictConfig) -> str:
+    """The Hydra task of `python -m memexp.generate` (arguments: `GenerateConfig`; `model` is read back by `chosen_model`)."""
     text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, chosen_model())
     print(text)
     return text

@@ -10,7 +10,14 @@ Data without a preparation step (text files) is just fetched and tokenized.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from memexp.entry import launch
+
+if TYPE_CHECKING:
+    import lightning as L
+    from omegaconf import DictConfig
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -33,7 +40,8 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def prepare(data, paths) -> dict:
+def prepare(data: Callable[..., L.LightningDataModule], paths: DictConfig) -> dict:
+    """The Hydra task of `python -m memexp.prepare`: `data` is the data option's partial (`PrepareConfig`)."""
     dm = data()
     if hasattr(dm, "prepare"):
         result = dm.prepare()

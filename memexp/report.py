@@ -10,9 +10,13 @@ continual_heatmap.png. See memexp.runs.report and memexp.evals.aggregate.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memexp.entry import launch
 from memexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def newest_multirun(output_dir: str | Path) -> Path:
@@ -23,9 +27,11 @@ def newest_multirun(output_dir: str | Path) -> Path:
     return folders[-1]
 
 
-def report(dir, reports_dir, hf_model, hf_text, wandb, paths) -> dict:
-    from memexp.runs.report import write_reports
+def report(dir: str | None, reports_dir: str | None, hf_model: str | None, hf_text: str | None, wandb: bool,
+           paths: DictConfig) -> dict:
+    """The Hydra task of `python -m memexp.report` (arguments: `ReportConfig`)."""
     from memexp.evals.hf_compare import hf_bits_per_char
+    from memexp.runs.report import write_reports
 
     root = Path(dir) if dir else newest_multirun(paths.output_dir)
     text = None

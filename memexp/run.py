@@ -7,13 +7,22 @@ Running the same command again resumes from the checkpoint's last.ckpt; fresh=tr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from memexp.entry import launch
 from memexp.runs.build import RunNames
 from memexp.runs.train import train_and_test
+
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.loggers import Logger
+    from torch import nn
+
+    from memexp.tasks.optim import OptimizerSettings
 
 
 def _names(seed: int, experiment_name: str) -> RunNames:
@@ -28,7 +37,7 @@ def _names(seed: int, experiment_name: str) -> RunNames:
     )
 
 
-def _run_dir(paths) -> Path:
+def _run_dir(paths: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -36,8 +45,31 @@ def _run_dir(paths) -> Path:
     return Path(paths.output_dir) / "runs" / "manual"
 
 
-def run(zen_cfg, model, data, optim, trainer, logger, callbacks, paths, task, seed, fresh, ckpt_dir,
-        experiment_name, sample_tokens, sample_prompt, study=None, meta=None) -> dict:
+def run(
+    zen_cfg: DictConfig,
+    model: Callable[..., nn.Module],
+    data: Callable[..., L.LightningDataModule],
+    optim: OptimizerSettings,
+    trainer: Callable[..., L.Trainer],
+    logger: Mapping[str, Callable[..., Logger] | None] | None,
+    callbacks: Mapping[str, Any] | None,
+    paths: DictConfig,
+    task: DictConfig,
+    seed: int,
+    fresh: bool,
+    ckpt_dir: str | None,
+    experiment_name: str,
+    sample_tokens: int,
+    sample_prompt: str,
+    study: DictConfig | None = None,
+    meta: DictConfig | None = None,
+) -> dict:
+    """The Hydra task of `python -m memexp.run` (arguments: `RunConfig`, built by hydra-zen's `zen`).
+
+    `model`, `data` and `trainer` are partials the run completes (vocab_size, data_dir, callbacks);
+    `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
+    are config sections, read by attribute.
+    """
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     names = _names(seed, experiment_name)
     study = dict(study or {})

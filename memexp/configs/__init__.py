@@ -11,11 +11,10 @@ package's own `memexp/conf/` (first match wins; `memexp.configs.search`):
 task and data from the config it saved (`memexp.configs.rebuild`).
 """
 
-from memexp.configs.groups import register_groups
 from memexp.configs.apps import ChatConfig, EvaluateConfig, GenerateConfig, PrepareConfig, RunConfig, register_apps
-from memexp.configs.studies import ReportConfig, register_studies
-
+from memexp.configs.groups import register_groups
 from memexp.configs.rebuild import load_checkpoint
+from memexp.configs.studies import ReportConfig, register_studies
 
 register_groups()
 register_apps()

@@ -119,7 +119,7 @@ def register_apps() -> None:
     store(ChatConfig, name="memexp_chat")
 
 
-def hydra_settings(folder: str):
+def hydra_settings(folder: str) -> None:
     """Store Hydra's settings for one entry point (runs land in outputs/<folder>/...)."""
     if ("hydra", "config") in store:
         store.delete_entry("hydra", "config")

@@ -10,11 +10,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from memexp.data.dialogue import DialogueDataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
-from memexp.runs.loggers import wandb_logger
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.transformer import Transformer
+from memexp.runs.loggers import wandb_logger
 from memexp.tasks.optim import OptimizerSettings
 
 # -- model ----------------------------------------------------------------------------------

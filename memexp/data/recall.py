@@ -38,8 +38,8 @@ sample is the same in every run and no evaluation sample is a training sample's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
@@ -76,7 +76,7 @@ class RecallTokenizer:
                 out.append(int(word) % self.vocab_size)
         return out
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         names = []
         for i in ids:
             i = int(i)
@@ -154,7 +154,7 @@ def recall_batch(
 class _RecallSplit(Dataset):
     """Item i of a split: one sequence generated from (seed, split, i)."""
 
-    def __init__(self, module: "RecallDataModule", split: str, size: int):
+    def __init__(self, module: RecallDataModule, split: str, size: int):
         self.module, self.split, self.size = module, split, size
 
     def __len__(self) -> int:

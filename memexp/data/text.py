@@ -14,8 +14,8 @@ split without overlap, so every token of it is scored exactly once.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
 from memexp.data.spec import IGNORE_INDEX, DataSpec
-from memexp.data.tokenizers import build_tokenizer, tokenizer_from_state
+from memexp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_state
 from memexp.errors import ConfigError, DataError
-
 
 
 def read_utf8(path: Path) -> str:
@@ -222,7 +221,7 @@ class TextDataModule(L.LightningDataModule):
         return read_jsonl_text(path, self.jsonl_field) if self.format == "jsonl" else read_utf8(path)
 
     # -- splits and tokenizer -----------------------------------------------------------
-    def set_tokenizer(self, tokenizer) -> None:
+    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use this tokenizer instead of fitting one."""
         self.tokenizer = tokenizer
 
@@ -267,7 +266,7 @@ class TextDataModule(L.LightningDataModule):
         )
 
     # -- loaders ------------------------------------------------------------------------
-    def _loader(self, dataset, **kwargs) -> DataLoader:
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
         return DataLoader(
             dataset,
             num_workers=self.num_workers,

@@ -7,9 +7,26 @@ state_dict()/from_state() so the exact tokenizer travels inside a checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from memexp.errors import ConfigError, DataError
+
+
+class Tokenizer(Protocol):
+    """What a text data module needs of a tokenizer (every class below is one)."""
+
+    name: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def state_dict(self) -> dict: ...
 
 
 class CharTokenizer:
@@ -22,7 +39,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
-    def fit(cls, text: str) -> "CharTokenizer":
+    def fit(cls, text: str) -> CharTokenizer:
         return cls(sorted(set(text)))
 
     @property
@@ -38,7 +55,7 @@ class CharTokenizer:
                 f"({self.vocab_size} characters); use data.tokenizer=byte for open-vocabulary text"
             ) from None
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
     def state_dict(self) -> dict:
@@ -54,7 +71,7 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
     def state_dict(self) -> dict:
@@ -85,14 +102,14 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids))
 
     def state_dict(self) -> dict:
         return {"name": self.name, "path": self.path}
 
 
-def build_tokenizer(name: str, train_text: str | None = None):
+def build_tokenizer(name: str, train_text: str | None = None) -> CharTokenizer | ByteTokenizer | HFTokenizer:
     """`char` (fit on train_text), `byte`, or a path to a Hugging Face tokenizer."""
     if name == "char":
         if train_text is None:
@@ -105,7 +122,7 @@ def build_tokenizer(name: str, train_text: str | None = None):
     raise ConfigError(f"data.tokenizer={name!r}: expected 'char', 'byte' or a path to a Hugging Face tokenizer folder")
 
 
-def tokenizer_from_state(state: dict):
+def tokenizer_from_state(state: dict) -> CharTokenizer | ByteTokenizer | HFTokenizer:
     """Rebuild the tokenizer saved with a checkpoint."""
     name = state.get("name")
     if name == "char":

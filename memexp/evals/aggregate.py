@@ -96,7 +96,8 @@ def summarize_continual(runs: list[dict]) -> dict:
     out = {}
     for model, cs in sorted(by_model.items()):
         T = len(cs[0]["tasks"])
-        mean = lambda key: [[sum(c[key][i][j] for c in cs) / len(cs) for j in range(T)] for i in range(T)]  # noqa: E731
+        # cs and T bound as defaults: the lambda belongs to this model's iteration (ruff B023).
+        mean = lambda key, cs=cs, T=T: [[sum(c[key][i][j] for c in cs) / len(cs) for j in range(T)] for i in range(T)]  # noqa: E731
         out[model] = {
             "tasks": cs[0]["tasks"],
             "seeds": [c["seed"] for c in cs],

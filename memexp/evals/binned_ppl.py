@@ -19,11 +19,12 @@ beyond it are left empty (NaN, with a note).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from memexp.data.spec import IGNORE_INDEX
@@ -31,9 +32,8 @@ from memexp.data.text import TiledWindows
 from memexp.files import write_csv
 
 
-
 @torch.no_grad()
-def binned_perplexity(net, tokens: torch.Tensor, lengths: Sequence[int], batch_size: int = 16,
+def binned_perplexity(net: nn.Module, tokens: torch.Tensor, lengths: Sequence[int], batch_size: int = 16,
                       device: torch.device | str = "cpu") -> list[dict]:
     """tokens (N,) of one split -> one row per bin: {length, lo, hi, tokens, nll, ppl, ppl_upto, note}."""
     lengths = sorted(int(n) for n in lengths)

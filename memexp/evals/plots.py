@@ -5,7 +5,9 @@ with the spread (min..max over seeds) shaded or drawn as error bars."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,6 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from memexp.files import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[float]]]:
@@ -25,7 +30,7 @@ def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[fl
     return out
 
 
-def _save(fig, path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -33,7 +38,7 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
-def plot_recall_curve(rows: list[dict], path) -> Path:
+def plot_recall_curve(rows: list[dict], path: str | Path) -> Path:
     """recall_prob against gap (log-2 axis), one line per model, chance dashed."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for model, series in sorted(_by_model(rows, "gap", "recall_prob").items()):
@@ -56,7 +61,7 @@ def plot_recall_curve(rows: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-def plot_binned_ppl(rows: list[dict], path) -> Path:
+def plot_binned_ppl(rows: list[dict], path: str | Path) -> Path:
     """Perplexity of each context-length bin, grouped bars per model."""
     data = _by_model(rows, "length", "ppl")
     models = sorted(data)
@@ -74,7 +79,8 @@ def plot_binned_ppl(rows: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-def plot_compare_metrics(summary: dict, path, keys=("val/loss", "val/ppl", "val/top5", "val/top10")) -> Path:
+def plot_compare_metrics(summary: dict, path: str | Path,
+                         keys: Sequence[str] = ("val/loss", "val/ppl", "val/top5", "val/top10")) -> Path:
     """summary: {model: {metric: {"mean", "std"}}} -> one panel per metric, a bar per model."""
     keys = [k for k in keys if any(k in m for m in summary.values())] or sorted({k for m in summary.values() for k in m})[:4]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3.5), squeeze=False)
@@ -89,7 +95,8 @@ def plot_compare_metrics(summary: dict, path, keys=("val/loss", "val/ppl", "val/
     return _save(fig, path)
 
 
-def plot_continual_heatmap(matrices: dict[str, list[list[float]]], tasks: list[str], path, metric: str = "accuracy") -> Path:
+def plot_continual_heatmap(matrices: dict[str, list[list[float]]], tasks: list[str], path: str | Path,
+                           metric: str = "accuracy") -> Path:
     """matrices: {model: R} with R[i][j] = metric on task j after training stage i."""
     models = sorted(matrices)
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)

@@ -14,18 +14,22 @@ score chance. That is the point of the study, and `context` in the result says s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from memexp.data.spec import IGNORE_INDEX
 from memexp.files import write_csv
 
+if TYPE_CHECKING:
+    from memexp.data.recall import RecallDataModule
 
 
 @torch.no_grad()
-def recall_at_gap(net, data, gap: int, n_samples: int = 256, batch_size: int = 64, seed: int = 1234,
+def recall_at_gap(net: nn.Module, data: RecallDataModule, gap: int, n_samples: int = 256, batch_size: int = 64, seed: int = 1234,
                   device: torch.device | str = "cpu") -> dict:
     """Recall of `net` at filler gap `gap` over `n_samples` fresh sequences (seeded)."""
     was_training = net.training
@@ -57,7 +61,7 @@ def recall_at_gap(net, data, gap: int, n_samples: int = 256, batch_size: int = 6
     }
 
 
-def recall_curve(net, data, gaps: Sequence[int], **kwargs) -> list[dict]:
+def recall_curve(net: nn.Module, data: RecallDataModule, gaps: Sequence[int], **kwargs) -> list[dict]:
     return [recall_at_gap(net, data, int(g), **kwargs) for g in gaps]
 
 

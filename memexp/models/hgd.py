@@ -220,8 +220,12 @@ class HGDMemNet(nn.Module):
     def _decoder_state(self, h_star: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dec_init(torch.cat([h_star, s], dim=-1))).unsqueeze(0)  # (1, B, H)
 
-    def _logits(self, out, keys, enc, mask, h_star, s) -> torch.Tensor:
-        """Decoder states out (B, T, H) -> logits (B, T, V)."""
+    def _logits(self, out: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, h_star: torch.Tensor,
+                s: torch.Tensor) -> torch.Tensor:
+        """Decoder states out (B, T, H) -> logits (B, T, V).
+
+        keys (B, Lc, A) from `dec_attn.keys(enc)`, enc (B, Lc, H), mask (B, Lc) bool, h_star (B, H), s (B, S).
+        """
         T = out.shape[1]
         ctx = self.dec_attn(out, keys, enc, mask)  # (B, T, H)
         cond = torch.cat([h_star, s], dim=-1)[:, None, :].expand(-1, T, -1)  # (B, T, H+S)

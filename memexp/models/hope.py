@@ -50,7 +50,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import ConfigError
@@ -95,7 +94,8 @@ class CMSLevel(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> the level's residual update (B, T, C)."""
         return self.dropout(self.mlp(self.ln(x)))
 
 
@@ -114,8 +114,10 @@ class HopeBlock(nn.Module):
         self.memory = memory
         self.cms = nn.ModuleList(CMSLevel(dim, cms_hidden, dropout, bias, f) for f in cms_frequencies)
 
-    def attend(self, q, k, v, st):
-        """q, k, v (B, T, C) -> (B, T, C) attention over the cached segment + these tokens, new cache."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               st: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, T, C) -> (B, T, C) attention over the cached segment + these tokens, new cache
+        k, v (B, H, S, D)."""
         B, T, C = q.shape
         q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         k = torch.cat([st["attn_k"], k], 2)  # (B, H, S, D)
@@ -123,7 +125,9 @@ class HopeBlock(nn.Module):
         y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C), k, v
 
-    def forward(self, x, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
+    def forward(self, x: torch.Tensor, st: dict, chunk: int, seg_end: bool,
+                surprise_scale: float) -> tuple[torch.Tensor, dict]:
+        """x (B, T, C) -> (B, T, C), this layer's new state (attention cache, memory)."""
         u = self.ln_attn(x)  # (B, T, C)
         q, k, v = self.qkv(u).chunk(3, dim=-1)  # each (B, T, C)
         y, ck, cv = self.attend(q, k, v, st)
@@ -294,9 +298,9 @@ class HOPE(nn.Module):
             if r["warmup_steps"] < 0:
                 raise ConfigError(f"model.schedules.{name}.warmup_steps={r['warmup_steps']} must be >= 0")
             if name == "mem_write" and min(r["start"], r["end"]) < 1:
-                raise ConfigError(f"model.schedules.mem_write start/end must be >= 1 (chunk sizes in tokens)")
+                raise ConfigError("model.schedules.mem_write start/end must be >= 1 (chunk sizes in tokens)")
             if name == "surprise_scale" and min(r["start"], r["end"]) < 0:
-                raise ConfigError(f"model.schedules.surprise_scale start/end must be >= 0")
+                raise ConfigError("model.schedules.surprise_scale start/end must be >= 0")
 
     def _init_weights(self, depth: int) -> None:
         for m in self.modules():

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def memory_mlp(w: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None):
+def memory_mlp(
+    w: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """M(x) = silu(x W1^T) W2^T / sqrt(Hm) for fast weights w (B', 2, Hm, D) = [W1, W2^T], x (B', N, D).
 
     W1 and W2^T share one (Hm, D) layout so an update touches one tensor and one bmm
@@ -30,7 +32,10 @@ def memory_mlp(w: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = N
     return y, h, sig, a
 
 
-def memory_mlp_descent(w, k, h, sig, a, err, coef):
+def memory_mlp_descent(
+    w: torch.Tensor, k: torch.Tensor, h: torch.Tensor, sig: torch.Tensor, a: torch.Tensor, err: torch.Tensor,
+    coef: torch.Tensor,
+) -> torch.Tensor:
     """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
 
     w (B', 2, Hm, D), k (B', n, D) keys, h, sig, a (B', n, Hm) from `memory_mlp(w, k)`,
@@ -69,7 +74,8 @@ class SlotMemory(nn.Module):
             "slot_chunks": torch.zeros((), dtype=torch.long, device=like.device),
         }
 
-    def read(self, keys, values, filled, q: torch.Tensor):
+    def read(self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor,
+             q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, N, C) unit queries, slots keys / values (B, K, C), filled (B, K)
         -> read values (B, N, C) and dense read weights (B, N, K)."""
         sim = torch.bmm(q, keys.transpose(1, 2)) * self.log_scale.exp()  # (B, N, K)
@@ -190,7 +196,7 @@ class HopeMemory(nn.Module):
         B, N, C = x.shape
         return (F.rms_norm(x.view(B, N, self.heads, -1), (self.head_dim,)) * self.head_dim**-0.5).view(B, N, C)
 
-    def write(self, st: dict, k, v, theta, gates) -> dict:
+    def write(self, st: dict, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, gates: torch.Tensor) -> dict:
         """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
         n = k.shape[1]
         err, h, sig, a = memory_mlp(st["w"], k, target=v)  # err = M(k) - v under the old W
@@ -204,7 +210,8 @@ class HopeMemory(nn.Module):
         m = torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
-    def forward(self, u, q, k, v, st: dict, chunk: int, seg_end: bool, surprise_scale: float):
+    def forward(self, u: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: dict, chunk: int,
+                seg_end: bool, surprise_scale: float) -> tuple[torch.Tensor, dict]:
         """New tokens' block input u and attention q, k, v, all (B, T, C) -> memory read (B, T, C), new state.
 
         `chunk` is the chunk size; `seg_end` says the last of these tokens closes a segment,
@@ -251,7 +258,7 @@ class HopeMemory(nn.Module):
             st = {**new, "pending": pend[:, :0]}
         return self.read(read_states, pieces, q), st
 
-    def read(self, states: list[dict], pieces, q: torch.Tensor) -> torch.Tensor:
+    def read(self, states: list[dict], pieces: list[tuple[int, int, bool]], q: torch.Tensor) -> torch.Tensor:
         """Every piece of q (B, T, C) reads the state it started from -> (B, T, C)."""
         B, T, C = q.shape
         n = pieces[0][1] - pieces[0][0]

@@ -74,7 +74,10 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(dim, bias=bias)
         self.mlp = MLP(dim, ff_mult, dropout, bias)
 
-    def forward(self, x, past=None):
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, C), past (k, v) each (B, H, S - T, D) or None -> (B, T, C), new (k, v) each (B, H, S, D)."""
         a, kv = self.attn(self.ln_attn(x), past)
         x = x + a
         x = x + self.mlp(self.ln_mlp(x))

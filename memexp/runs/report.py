@@ -68,7 +68,7 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
     return {k: str(v) for k, v in written.items()}
 
 
-def _log_report_to_wandb(root, out: Path, written: dict, summary: dict, recall: list, binned: list,
+def _log_report_to_wandb(root: str | Path, out: Path, written: dict, summary: dict, recall: list, binned: list,
                          continual_comparison: list) -> None:
     import wandb  # only when asked for: importing wandb costs about a second
 

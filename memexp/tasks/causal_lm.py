@@ -10,6 +10,7 @@ Batches: dict(input=(B, T) long, target=(B, T) long with -100 where nothing is p
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
 import torch
@@ -20,14 +21,14 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from memexp.data.spec import IGNORE_INDEX, DataSpec
-from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.models.sampling import sample_next
+from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.tasks.optim import OptimizerSettings, configure_optimizers
 from memexp.tasks.record import run_record
 
 
-
-def _detach(state):
+def _detach(state: Any) -> Any:
+    """The model state (a nest of tuples / lists / dicts of tensors, or None) cut from the graph."""
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
 
 
@@ -69,7 +70,8 @@ class CausalLMTask(L.LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric())
 
     # -- steps --------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, state=None):
+    def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """idx (B, T) long, the net's state or None -> logits (B, T, V) and the new state."""
         return self.net(idx, state)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,11 +80,11 @@ class CausalLMTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_state = None  # a new epoch starts the streams again
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if hasattr(self.net, "set_training_step"):  # schedules that ramp with the optimiser step
             self.net.set_training_step(self.global_step)
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.cms_gate is not None:
             self.cms_gate.apply(self.global_step)
 
@@ -125,7 +127,7 @@ class CausalLMTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     # -- optimisation -------------------------------------------------------------------
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
 
     # -- checkpoints --------------------------------------------------------------------

@@ -17,7 +17,6 @@ from torch import nn
 from memexp.errors import ConfigError
 
 
-
 class CMSGradientGate:
     """Lets CMS level l's parameters move only every C_l optimizer steps.
 

@@ -14,6 +14,8 @@ outer loop never touches: `python -m memexp.run -m experiment=meta_recall meta.u
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 
@@ -32,7 +34,7 @@ class ReptileOuterLoop(L.Callback):
         self._batches = None
         self.updates = 0
 
-    def _next_batch(self, trainer):
+    def _next_batch(self, trainer: L.Trainer) -> dict:
         if self._batches is None:
             self._batches = iter(trainer.datamodule.val_dataloader())
         try:
@@ -41,12 +43,13 @@ class ReptileOuterLoop(L.Callback):
             self._batches = iter(trainer.datamodule.val_dataloader())
             return next(self._batches)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         if trainer.global_step == 0 or trainer.global_step % self.outer_frequency:
             return
         self.meta_update(trainer, pl_module)
 
-    def meta_update(self, trainer, pl_module) -> None:
+    def meta_update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = pl_module.net
         params = [p for p in net.parameters() if p.requires_grad]
         with torch.enable_grad():

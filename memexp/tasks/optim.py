@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from memexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 @dataclass
@@ -52,7 +56,7 @@ def build_optimizer(module: nn.Module, s: OptimizerSettings) -> torch.optim.Opti
     raise ConfigError(f"optim.name={s.name!r}: expected 'adamw' or 'sgd'")
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total_steps: int):
+def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to min_lr (or constant), stepped once per optimiser step."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -65,7 +69,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total
     raise ConfigError(f"optim.schedule={s.schedule!r}: expected 'cosine' or 'constant'")
 
 
-def configure_optimizers(task) -> dict:
+def configure_optimizers(task: L.LightningModule) -> dict:
     """Lightning's `configure_optimizers` for a task with `.net` and `.optim` (OptimizerSettings):
     the optimiser over the net, and the schedule over the run's estimated optimiser steps."""
     optimizer = build_optimizer(task.net, task.optim)
