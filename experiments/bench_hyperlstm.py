@@ -68,7 +68,7 @@ class NaiveHyperLSTMLM(nn.Module):
 
 def naive_layer(cell, x):
     B, T, _ = x.shape
-    H, N, Z = cell.hidden_size, cell.hyper_num_units, cell.hyper_embedding_size
+    H, N = cell.hidden_size, cell.hyper_num_units
     h, c, hh, hc = cell.zero_state(B)
     wx, wh = cell.weight_x.chunk(4, 1), cell.weight_h.chunk(4, 1)
     hwx, hwh = cell.hyper_weight_x.chunk(4, 1), cell.hyper_weight_h.chunk(4, 1)
@@ -157,7 +157,7 @@ def main(argv=None):
     idx = torch.randint(0, V, (B, T + 1))
     x, y = idx[:, :-1], idx[:, 1:]
     steps = {name: train_step_fn(m, V) for name, m in models.items()}
-    for name, step in steps.items():  # warm-up (TorchScript's profiling runs come first)
+    for step in steps.values():  # warm-up (TorchScript's profiling runs come first)
         for _ in range(3):
             step(x, y)
 

@@ -297,7 +297,7 @@ def test_bad_args_raise_config_error_naming_the_field(kwargs, field):
 
 
 def _cpp_built():
-    from memexp.models import hyperlstm
+    from memexp.kernels import hyperlstm_cpp as hyperlstm
 
     return hyperlstm._load_cpp_ext() is not None
 
@@ -339,7 +339,7 @@ def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, r
 
 
 def test_cpp_falls_back_to_torchscript_with_one_warning(monkeypatch):
-    from memexp.models import hyperlstm
+    from memexp.kernels import hyperlstm_cpp as hyperlstm
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("g++ not found")

@@ -80,7 +80,7 @@ def _checkpoint(result):
 
 
 def test_generate_feeds_the_prime_once_and_is_greedy_at_temperature_zero(carried_run):
-    from memexp.experiment import load_checkpoint
+    from memexp.configs.rebuild import load_checkpoint
     from memexp.generate import generate_text
 
     result, _ = carried_run

@@ -1,7 +1,7 @@
 // HyperLSTM layer loops for CPU: per step, the recurrent matmuls run through a register-blocked
 // small-batch GEMM (small_gemm, below) and one hand-written loop over (B, units) does all the
 // element-wise work (layer norms, gate nonlinearities, cell update), forward and backward.
-// Built at first use by memexp/models/hyperlstm.py (torch.utils.cpp_extension.load_inline).
+// Built at first use by memexp/kernels/hyperlstm_cpp.py (torch.utils.cpp_extension.load_inline).
 //
 // Layouts (row-major; G = 4 gates i|j|f|o, P = 12 = (x, h, b) x G, Z embedding, H main, N hyper units):
 //   xin (T, B, 4H + 4N)   input terms: [W_x x | x-half of the hyper input (+ bias)]
@@ -10,7 +10,7 @@
 //                         parts) of step t and the hyper recurrent term of step t + 1, one matmul
 //   dxh (T, B, 2G, H)     the scalings d_x, d_h
 //   w_d (P, Z, H), b_d (P, H); the backward takes W_d transposed, w_d_t (P, H, Z)
-// The Python side (memexp/models/hyperlstm.py, _CppScan) computes all weight gradients from
+// The Python side (memexp/kernels/hyperlstm_cpp.py, _CppScan) computes all weight gradients from
 // what these loops save, as a few large matmuls over T*B rows.
 
 #include <torch/extension.h>

@@ -1,0 +1,159 @@
+"""HyperLSTM layer loops in C++ (hyperlstm_ext.cpp): the loader and the autograd Function.
+
+`_load_cpp_ext` compiles hyperlstm_ext.cpp with torch.utils.cpp_extension.load_inline at
+first use (-O3 -march=native -ffast-math -fopenmp) and loads it; later processes load the
+cached build. The build folder is `$MEMEXP_EXT_DIR/<key>` (default ~/.cache/memexp/ext/<key>),
+managed by load_inline; the key hashes the source, the flags, this CPU (-march=native builds
+for the CPU it meets, so a folder shared between machines never hands one CPU another's code)
+and the torch version. Without a compiler (or headers) it warns once and returns None, and the
+caller runs the TorchScript loops of `hyperlstm_fused` instead.
+
+`_CppScan` is `hyperlstm_fused._scan` with both loops in C++: per step only the matmuls go
+through ATen; the weight gradients of all steps are computed here from what the loops save.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memexp.files import text_digest
+from memexp.kernels.hyperlstm_fused import GATES, ScanResult
+
+SOURCE = Path(__file__).with_name("hyperlstm_ext.cpp")
+# -fopenmp: at::parallel_for is inline OpenMP; -march=native: the build is for this CPU, so the key names it
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+
+_cpp_ext: ModuleType | bool | None = None  # the compiled module, False when it could not be built
+
+
+def _cpu_signature() -> str:
+    """Processor, machine and (on Linux) the CPU's instruction-set flags: what -march=native compiles for."""
+    cpu = platform.processor() + platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
+def _build_key(source: str) -> str:
+    """12 hex digits naming the build: source, flags, CPU and torch version (sha1, computed as before the move)."""
+    return text_digest(source + " ".join(FLAGS) + _cpu_signature() + torch.__version__, "sha1", 12)
+
+
+def _load_cpp_ext() -> ModuleType | None:
+    """Build (once; cached under ~/.cache/memexp/ext) and load the C++ loops, or None with a warning."""
+    global _cpp_ext
+    if _cpp_ext is None:
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            source = SOURCE.read_text(encoding="utf-8")
+            key = _build_key(source)
+            build_dir = Path(os.environ.get("MEMEXP_EXT_DIR", Path.home() / ".cache" / "memexp" / "ext")) / key
+            build_dir.mkdir(parents=True, exist_ok=True)
+            _cpp_ext = load_inline(
+                name=f"memexp_hyperlstm_{key}",
+                cpp_sources=[source],
+                functions=["hyperlstm_forward", "hyperlstm_backward"],
+                extra_cflags=FLAGS,
+                extra_ldflags=["-fopenmp"],  # torch's own libgomp.so.1 (same soname) serves it
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        except Exception as e:  # no compiler, no headers, ...: the TorchScript loops compute the same
+            warnings.warn(f"HyperLSTM: the C++ loops could not be built ({type(e).__name__}: {e}); "
+                          f"using step_impl='fused_script' instead", RuntimeWarning, stacklevel=3)
+            _cpp_ext = False
+    return _cpp_ext or None
+
+
+class _CppScan(torch.autograd.Function):
+    """`_scan` with both loops in C++ (hyperlstm_ext.cpp): per step only the matmuls go through ATen.
+
+    Call `_load_cpp_ext()` first (it returns None where the loops cannot be built).
+
+    Takes the input terms as one (T, B, 4H + 4N) tensor `xin` ([W_x x | hyper input]); the weight
+    gradients of all steps are computed here from what the loops save, as in `_FusedScan`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xin: Tensor, mask: Tensor | None, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor,
+                w_h: Tensor, w_hyper_h: Tensor, w_z: Tensor, b_z: Tensor, w_d: Tensor, b_d: Tensor,
+                gamma: Tensor | None, shift: Tensor, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
+                hyper_gamma: Tensor | None, hyper_shift: Tensor, hyper_ln_c_w: Tensor | None,
+                hyper_ln_c_b: Tensor | None) -> ScanResult:
+        ext = _cpp_ext
+        ln, has_mask = gamma is not None, mask is not None
+        none = h.new_empty(0)
+        opt = lambda t: none if t is None else t.contiguous()  # noqa: E731
+        xin = xin.contiguous()
+        w_h, w_hyper_h, w_z, w_d = w_h.contiguous(), w_hyper_h.contiguous(), w_z.contiguous(), w_d.contiguous()
+        ln_args = [opt(x) for x in (gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)]
+        w_zy = torch.cat([w_z, w_hyper_h], 1)  # (N, P*Z + G*N): one matmul per step for both
+        b_zy = torch.cat([b_z, b_z.new_zeros(w_hyper_h.shape[1])])
+        saved = ext.hyperlstm_forward(xin, opt(mask), has_mask, ln, h.contiguous(), c.contiguous(),
+                                      hh.contiguous(), hc.contiguous(), w_h, w_hyper_h, w_zy, b_zy,
+                                      w_d, b_d.contiguous(), ln_args[0], shift.contiguous(), ln_args[1],
+                                      opt(ln_c_b), ln_args[2], hyper_shift.contiguous(), ln_args[3],
+                                      opt(hyper_ln_c_b))
+        ctx.ln, ctx.has_mask, ctx.saved = ln, has_mask, saved
+        ctx.save_for_backward(xin, opt(mask), w_h, w_hyper_h, w_z, w_d, *ln_args)
+        h_all, c_all, hh_all, hc_all = saved[:4]
+        return h_all[1:], h_all[-1].clone(), c_all[-1].clone(), hh_all[-1].clone(), hc_all[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, d_hs: Tensor | None, dh: Tensor | None, dc: Tensor | None,
+                 dhh: Tensor | None, dhc: Tensor | None) -> tuple[Tensor | None, ...]:
+        xin, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
+        saved = ctx.saved
+        h_all, c_all, hh_all, hc_all, hp, zy, dxh, n, act, rstd, cn, rstd_c, tc, ny = saved[:14]
+        hcn = saved[16]
+        G, (T, B, _), H, N = GATES, xin.shape, h_all.shape[2], hh_all.shape[2]
+        P, Z = w_d.shape[0], w_d.shape[1]
+        zero = lambda x, like: torch.zeros_like(like) if x is None else x.contiguous()  # noqa: E731
+        d_hs = torch.zeros(T, B, H, dtype=xin.dtype, device=xin.device) if d_hs is None else d_hs.contiguous()
+        grads = _cpp_ext.hyperlstm_backward(
+            d_hs, zero(dh, h_all[0]), zero(dc, c_all[0]), zero(dhh, hh_all[0]), zero(dhc, hc_all[0]), xin, mask,
+            ctx.has_mask, ctx.ln, saved, w_h.t().contiguous(), w_hyper_h.t().contiguous(),
+            torch.cat([w_z, w_hyper_h], 1).t().contiguous(),
+            w_d.transpose(1, 2).contiguous(), gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
+        dh, dc, dhh, dhc, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy = grads
+        # weight gradients of all steps at once (rows = T*B)
+        TB = T * B
+        dhp = dhp.view(TB, -1)
+        g_w_h = h_all[:-1].reshape(TB, H).t() @ dhp
+        g_w_hyper_h = hh_all[:-1].reshape(TB, N).t() @ dhp[:, G * H :]
+        dzz = dzz.view(TB, P * Z)
+        g_w_z = hh_all[1:].reshape(TB, N).t() @ dzz
+        g_b_z = dzz.sum(0)
+        dd = dd.view(TB, P, H)
+        zz = zy.view(TB, -1)[:, : P * Z].reshape(TB, P, Z)
+        g_w_d = torch.bmm(zz.permute(1, 2, 0), dd.transpose(0, 1))  # (P, Z, H)
+        g_b_d = dd.sum(0).unsqueeze(1)
+        dg = dg.view(TB, G, H)
+        g_shift = dg.sum(0).unsqueeze(1)
+        dgy = dgy.view(TB, G, N)
+        g_hyper_shift = dgy.sum(0)
+        g_gamma = g_ln_c_w = g_ln_c_b = g_hyper_gamma = g_hyper_ln_c_w = g_hyper_ln_c_b = None
+        if ctx.ln:
+            dtc, dtcy = dtc.view(TB, H), dtcy.view(TB, N)
+            g_gamma = (dg * n.view(TB, G, H)).sum(0).unsqueeze(1)
+            g_ln_c_w = (dtc * cn.view(TB, H)).sum(0)
+            g_ln_c_b = dtc.sum(0)
+            g_hyper_gamma = (dgy * ny.view(TB, G, N)).sum(0)
+            g_hyper_ln_c_w = (dtcy * hcn.view(TB, N)).sum(0)
+            g_hyper_ln_c_b = dtcy.sum(0)
+        del ctx.saved
+        return (dxin, None, dh, dc, dhh, dhc, g_w_h, g_w_hyper_h, g_w_z, g_b_z, g_w_d, g_b_d, g_gamma, g_shift,
+                g_ln_c_w, g_ln_c_b, g_hyper_gamma, g_hyper_shift, g_hyper_ln_c_w, g_hyper_ln_c_b)
