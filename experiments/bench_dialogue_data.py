@@ -71,8 +71,15 @@ def job_prepare(corpus: str, out: str, chunk_size: int) -> dict:
     m = prepare_dialogues(corpus, out, chunk_size=chunk_size, splits=("train",), progress=False)
     wall = time.perf_counter() - t
     n = m["splits"]["train"]["dialogues"]
-    return {"dialogues": n, "chunks": len(m["splits"]["train"]["chunks"]), "tokens": m["splits"]["train"]["tokens"],
-            "seconds": round(wall, 2), "dialogues_per_s": round(n / wall), "rss_after_imports_mb": base["rss_mb"], **rss_mb()}
+    return {
+        "dialogues": n,
+        "chunks": len(m["splits"]["train"]["chunks"]),
+        "tokens": m["splits"]["train"]["tokens"],
+        "seconds": round(wall, 2),
+        "dialogues_per_s": round(n / wall),
+        "rss_after_imports_mb": base["rss_mb"],
+        **rss_mb(),
+    }
 
 
 def job_stream(root: str, design: str, batch_size: int) -> dict:
@@ -102,8 +109,17 @@ def job_stream(root: str, design: str, batch_size: int) -> dict:
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=ds.collate_fn, num_workers=0):
         n += batch["context"].shape[0]
     wall = time.perf_counter() - t
-    return {"design": design, "samples": n, "expected_samples": ds.num_samples, "chunks": len(ds.chunks), "startup_s": round(load_s, 2),
-            "seconds": round(wall, 2), "samples_per_s": round(n / wall), "rss_after_imports_mb": base["rss_mb"], **rss_mb()}
+    return {
+        "design": design,
+        "samples": n,
+        "expected_samples": ds.num_samples,
+        "chunks": len(ds.chunks),
+        "startup_s": round(load_s, 2),
+        "seconds": round(wall, 2),
+        "samples_per_s": round(n / wall),
+        "rss_after_imports_mb": base["rss_mb"],
+        **rss_mb(),
+    }
 
 
 def run_job(*args: str) -> dict:
@@ -137,7 +153,10 @@ def main() -> None:
 
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "args": {k: v for k, v in vars(args).items() if k != "job"}}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "args": {k: v for k, v in vars(args).items() if k != "job"},
+    }
     t0 = time.perf_counter()
 
     results["prepare"] = []
@@ -167,7 +186,10 @@ def main() -> None:
     def by(rows, key, value):
         return next(r for r in rows if r[key] == value)
 
-    small_p, large_p = by(results["prepare"], "dialogues", min(args.prep_sizes)), by(results["prepare"], "dialogues", max(args.prep_sizes))
+    small_p, large_p = (
+        by(results["prepare"], "dialogues", min(args.prep_sizes)),
+        by(results["prepare"], "dialogues", max(args.prep_sizes)),
+    )
     summary = {
         "prepare_peak_rss_ratio_large_over_small": round(large_p["peak_rss_mb"] / small_p["peak_rss_mb"], 3),
         "prepare_dialogues_per_s_large": large_p["dialogues_per_s"],

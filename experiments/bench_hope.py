@@ -31,13 +31,22 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--mem-write", type=int, nargs="+", default=[64],
-                    help="one HOPE per chunk size, all timed side by side with the transformer")
+    ap.add_argument(
+        "--mem-write",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="one HOPE per chunk size, all timed side by side with the transformer",
+    )
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0 = leave as is); 1 by default: on a shared CPU, multi-threaded small ops "
-                         "stall on busy cores and the wall-clock ratio turns into noise")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0 = leave as is); 1 by default: on a shared CPU, multi-threaded small ops "
+        "stall on busy cores and the wall-clock ratio turns into noise",
+    )
     ap.add_argument("--out", default="outputs/bench/hope.json")
     args = ap.parse_args()
     if args.threads:
@@ -49,8 +58,9 @@ def main() -> None:
         "transformer": Transformer(args.vocab, heads=args.heads, max_len=args.seq_len, **common),
     }
     for mw in args.mem_write:
-        models[f"hope_mw{mw}"] = HOPE(args.vocab, heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len,
-                                      mem_write=mw, **common)
+        models[f"hope_mw{mw}"] = HOPE(
+            args.vocab, heads=args.heads, max_len=args.seq_len, seq_len=args.seq_len, mem_write=mw, **common
+        )
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
     idx = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))
     x, y = idx[:, :-1], idx[:, 1:]
@@ -89,7 +99,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("params", "median_step_s", "ratio_hope_over_transformer", "ratio_cpu_time")}, indent=2))
+    print(
+        json.dumps({k: result[k] for k in ("params", "median_step_s", "ratio_hope_over_transformer", "ratio_cpu_time")}, indent=2)
+    )
 
 
 if __name__ == "__main__":

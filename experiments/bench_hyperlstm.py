@@ -83,7 +83,11 @@ def naive_layer(cell, x):
         hy = []
         for k in range(4):
             a = xin @ hwx[k] + hh @ hwh[k]
-            a = F.layer_norm(a, (N,), cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k], 1e-3) if ln else a + cell.hyper_bias.chunk(4)[k]
+            a = (
+                F.layer_norm(a, (N,), cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k], 1e-3)
+                if ln
+                else a + cell.hyper_bias.chunk(4)[k]
+            )
             hy.append(a)
         hc = hc * torch.sigmoid(hy[2] + cell.forget_bias) + torch.sigmoid(hy[0]) * torch.tanh(hy[1])
         hc_n = F.layer_norm(hc, (N,), cell.hyper_ln_cell_weight, cell.hyper_ln_cell_bias, 1e-3) if ln else hc
@@ -139,8 +143,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     V, B, T = args.vocab, args.batch, args.seq
-    kw = dict(embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers,
-              hyper_num_units=args.hyper_units, hyper_embedding_size=args.hyper_embedding)
+    kw = dict(
+        embedding_size=args.embedding,
+        hidden_size=args.hidden,
+        depth=args.layers,
+        hyper_num_units=args.hyper_units,
+        hyper_embedding_size=args.hyper_embedding,
+    )
     models = {
         "lstm": LSTMLM(V, args.embedding, args.hidden, args.layers),
     }
@@ -180,8 +189,10 @@ def main(argv=None):
             "ratio_vs_lstm": tps / base,
             "params": sum(p.numel() for p in models[name].parameters()),
         }
-    print(f"batch {B} x {T}, vocab {V}, embedding {args.embedding}, hidden {args.hidden}, layers {args.layers}, "
-          f"hyper {args.hyper_units}/{args.hyper_embedding}, threads {args.threads}, median of {args.rounds} rounds")
+    print(
+        f"batch {B} x {T}, vocab {V}, embedding {args.embedding}, hidden {args.hidden}, layers {args.layers}, "
+        f"hyper {args.hyper_units}/{args.hyper_embedding}, threads {args.threads}, median of {args.rounds} rounds"
+    )
     print(f"{'model':<15}{'params':>10}{'ms/step':>10}{'tok/s':>10}{'x LSTM':>8}")
     for name, r in rows.items():
         print(f"{name:<15}{r['params']:>10,}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>10.0f}{r['ratio_vs_lstm']:>8.2f}")
@@ -189,8 +200,14 @@ def main(argv=None):
     ok = ratio >= TARGET_RATIO
     print(f"target: hyper_cpp (default) >= {TARGET_RATIO} x LSTM -> {ratio:.2f} {'PASS' if ok else 'FAIL'}")
 
-    result = {"config": vars(args), "torch": torch.__version__, "results": rows,
-              "target_ratio": TARGET_RATIO, "ratio": ratio, "pass": ok}
+    result = {
+        "config": vars(args),
+        "torch": torch.__version__,
+        "results": rows,
+        "target_ratio": TARGET_RATIO,
+        "ratio": ratio,
+        "pass": ok,
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -76,9 +76,19 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
     from memexp.configs.search import compose_config
     from memexp.runs import RunNames, train_and_test
 
-    cfg = compose_config("memexp_run", [f"paths.output_dir={out}", *overrides, f"trainer.max_steps={steps}",
-                                        "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
-                                        "sample_tokens=0", "fresh=true", "logger=csv"])
+    cfg = compose_config(
+        "memexp_run",
+        [
+            f"paths.output_dir={out}",
+            *overrides,
+            f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=0",
+            "trainer.limit_test_batches=1",
+            "sample_tokens=0",
+            "fresh=true",
+            "logger=csv",
+        ],
+    )
     timer = Timer()
     from omegaconf import OmegaConf
 
@@ -86,10 +96,17 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
     callbacks["timer"] = timer
     callbacks["checkpoint"] = None  # the final save is outside the timed loop; no periodic saves here
     train_and_test(
-        OmegaConf.to_container(cfg, resolve=True), RunNames(experiment="bench", model="transformer", data="shakespeare"),
-        model=instantiate(cfg.model), data=instantiate(cfg.data), optim=instantiate(cfg.optim),
-        trainer=instantiate(cfg.trainer), run_dir=out / "run", checkpoint_root=out / "ckpt",
-        logger=instantiate(cfg.logger), callbacks=callbacks, fresh=True,
+        OmegaConf.to_container(cfg, resolve=True),
+        RunNames(experiment="bench", model="transformer", data="shakespeare"),
+        model=instantiate(cfg.model),
+        data=instantiate(cfg.data),
+        optim=instantiate(cfg.optim),
+        trainer=instantiate(cfg.trainer),
+        run_dir=out / "run",
+        checkpoint_root=out / "ckpt",
+        logger=instantiate(cfg.logger),
+        callbacks=callbacks,
+        fresh=True,
     )
     return timer.time_elapsed("train") / steps
 
@@ -110,7 +127,7 @@ def overhead(args) -> dict:
         torch.manual_seed(r)
         task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim))
         plain.append(plain_loop(task, dm.train_dataloader(), args.steps, cfg.trainer.gradient_clip_val))
-        print(f"round {r}: memexp.run {suite[-1]*1e3:.1f} ms/step, plain loop {plain[-1]*1e3:.1f} ms/step", flush=True)
+        print(f"round {r}: memexp.run {suite[-1] * 1e3:.1f} ms/step, plain loop {plain[-1] * 1e3:.1f} ms/step", flush=True)
     peak = matmul_peak()
     net = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim)).net
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -137,15 +154,30 @@ def overhead(args) -> dict:
 def quality(args) -> dict:
     out = REPO / "outputs" / "bench" / "transformer_quality_runs"
     start = time.time()
-    cmd = [sys.executable, "-m", "memexp.run", *NANOGPT, "logger=csv", "trainer.enable_progress_bar=false",
-           f"paths.output_dir={out}", "fresh=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "memexp.run",
+        *NANOGPT,
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"paths.output_dir={out}",
+        "fresh=true",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     (metrics_file,) = sorted(out.glob("runs/*/*/metrics.json"))[-1:]
     metrics = json.loads(metrics_file.read_text())["metrics"]
-    return {"command": " ".join(cmd[1:]), "val_loss": metrics["val/loss"], "test_loss": metrics["test/loss"],
-            "target_val_loss": 1.88, "nanogpt_val_loss": 1.886, "wall_s": time.time() - start, "metrics": metrics}
+    return {
+        "command": " ".join(cmd[1:]),
+        "val_loss": metrics["val/loss"],
+        "test_loss": metrics["test/loss"],
+        "target_val_loss": 1.88,
+        "nanogpt_val_loss": 1.886,
+        "wall_s": time.time() - start,
+        "metrics": metrics,
+    }
 
 
 def main() -> None:

@@ -40,14 +40,29 @@ def main() -> None:
     torch.manual_seed(args.seed)
     common = dict(steps=args.steps, batch=args.batch, length=args.length, vocab_parts=parts, lr=args.lr, seed=args.seed)
     t0 = time.time()
-    hope = HOPE(vocab, dim=args.dim, depth=args.depth, heads=2, ff_mult=2, seq_len=args.seq_len,
-                max_len=args.seq_len, mem_write=args.mem_write, memory_capacity=8, top_k=2)
+    hope = HOPE(
+        vocab,
+        dim=args.dim,
+        depth=args.depth,
+        heads=2,
+        ff_mult=2,
+        seq_len=args.seq_len,
+        max_len=args.seq_len,
+        mem_write=args.mem_write,
+        memory_capacity=8,
+        top_k=2,
+    )
     acc_hope = recall_probe(hope, window=args.length, log_every=50, **common)
     t1 = time.time()
     tf = Transformer(vocab, dim=args.dim, depth=args.depth, heads=2, ff_mult=2, max_len=args.seq_len)
     acc_tf = recall_probe(tf, window=args.seq_len, **common)
-    result = {"hope_recall": acc_hope, "transformer_recall": acc_tf, "chance": 1 / parts[2],
-              "hope_train_s": t1 - t0, "config": vars(args)}
+    result = {
+        "hope_recall": acc_hope,
+        "transformer_recall": acc_tf,
+        "chance": 1 / parts[2],
+        "hope_train_s": t1 - t0,
+        "config": vars(args),
+    }
     print(json.dumps(result, indent=2))
     from pathlib import Path
 

@@ -37,8 +37,16 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def run_one(name: str, experiment: str, out: Path, overrides: list[str], threads: int) -> dict:
     run_dir = out / name
-    cmd = [sys.executable, "-m", "memexp.run", f"experiment={experiment}", *QUIET, *overrides,
-           f"paths.output_dir={out}", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "memexp.run",
+        f"experiment={experiment}",
+        *QUIET,
+        *overrides,
+        f"paths.output_dir={out}",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -81,11 +89,15 @@ def main() -> None:
     gap = results["hope"]["final_val_loss"] - results["transformer"]["final_val_loss"]
     summary = {"results": results, "hope_minus_transformer_final_val_loss": gap, "hope_at_most_transformer": gap <= 0}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| model | experiment | steps | final val loss | best val loss | test loss | test bpc | test acc | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | experiment | steps | final val loss | best val loss | test loss | test bpc | test acc | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for n, r in results.items():
-        lines.append(f"| {n} | {r['experiment']} | {r['steps']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
-                     f"{r['test_loss']:.4f} | {r['test_bpc']:.4f} | {r['test_acc']:.4f} | {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {n} | {r['experiment']} | {r['steps']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
+            f"{r['test_loss']:.4f} | {r['test_bpc']:.4f} | {r['test_acc']:.4f} | {r['wall_s']:.0f} |"
+        )
     lines.append(f"\nHOPE - transformer, final val loss: {gap:+.4f} nats/char ({gap / math.log(2):+.4f} bits/char)")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -60,7 +60,9 @@ def evaluate(model, data, T, B, carry):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(os.environ.get("MEMEXP_DATA_DIR", "../shared/data"), "tinyshakespeare", "input.txt"))
+    ap.add_argument(
+        "--data", default=os.path.join(os.environ.get("MEMEXP_DATA_DIR", "../shared/data"), "tinyshakespeare", "input.txt")
+    )
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--context", type=int, default=64)
@@ -87,17 +89,24 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     train, val, test, V = load_splits(args.data)
     model = HyperLSTM(
-        V, embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers,
-        hyper_num_units=args.hyper_units, hyper_embedding_size=args.hyper_embedding,
-        use_layer_norm=not args.no_layer_norm, use_recurrent_dropout=args.recurrent_dropout_keep < 1.0,
-        dropout_keep_prob=args.recurrent_dropout_keep, dropout=args.dropout,
+        V,
+        embedding_size=args.embedding,
+        hidden_size=args.hidden,
+        depth=args.layers,
+        hyper_num_units=args.hyper_units,
+        hyper_embedding_size=args.hyper_embedding,
+        use_layer_norm=not args.no_layer_norm,
+        use_recurrent_dropout=args.recurrent_dropout_keep < 1.0,
+        dropout_keep_prob=args.recurrent_dropout_keep,
+        dropout=args.dropout,
     )
     n_params = sum(p.numel() for p in model.parameters())
     print(f"vocab {V}, train/val/test chars {len(train)}/{len(val)}/{len(test)}, params {n_params:,}", flush=True)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
 
     def lr_at(step):
         if step < args.warmup:
@@ -127,11 +136,21 @@ def main(argv=None):
             history.append({"step": step + 1, "val_loss": v, "train_loss_ema": running, "elapsed_s": time.time() - t0})
             print(f"step {step + 1} val {v:.4f}", flush=True)
     val_carry = evaluate(model, val, T, B, carry=True)
-    result = {"config": vars(args), "params": n_params, "vocab": V, "val_loss": history[-1]["val_loss"],
-              "val_loss_carried_state": val_carry, "target": 1.75, "pass": history[-1]["val_loss"] <= 1.75,
-              "history": history, "train_seconds": time.time() - t0}
-    print(f"final val {result['val_loss']:.4f} (carried state {val_carry:.4f}), target <= 1.75: "
-          f"{'PASS' if result['pass'] else 'FAIL'}; params {n_params:,}")
+    result = {
+        "config": vars(args),
+        "params": n_params,
+        "vocab": V,
+        "val_loss": history[-1]["val_loss"],
+        "val_loss_carried_state": val_carry,
+        "target": 1.75,
+        "pass": history[-1]["val_loss"] <= 1.75,
+        "history": history,
+        "train_seconds": time.time() - t0,
+    }
+    print(
+        f"final val {result['val_loss']:.4f} (carried state {val_carry:.4f}), target <= 1.75: "
+        f"{'PASS' if result['pass'] else 'FAIL'}; params {n_params:,}"
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -40,9 +40,19 @@ def detokenize(text: str) -> str:
 class ChatSession:
     """The history of one conversation and the sampling settings of its replies."""
 
-    def __init__(self, task: DialogueTask, vocab: DialogueVocab, max_len: int = 32, temperature: float = 0.8, top_k: int = 0,
-                 top_p: float = 0.9, greedy: bool = False, seed: int | None = 0, history: int = 4,
-                 max_context_len: int | None = None):
+    def __init__(
+        self,
+        task: DialogueTask,
+        vocab: DialogueVocab,
+        max_len: int = 32,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 0.9,
+        greedy: bool = False,
+        seed: int | None = 0,
+        history: int = 4,
+        max_context_len: int | None = None,
+    ):
         if history < 1:
             raise ConfigError(f"history={history} must be >= 1 (utterances kept as context)")
         if max_len < 1:
@@ -64,28 +74,61 @@ class ChatSession:
         """Add the user's line to the history, reply, add the reply; returns the reply's text."""
         self.turns.append(self.vocab.encode(self.vocab.segment(text)))
         seed = None if self.seed is None else self.seed + len(self.turns)  # reproducible, yet not the same draw every turn
-        ids = self.task.reply(self.context(), max_len=self.max_len, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, greedy=self.greedy, seed=seed, max_context_len=self.max_context_len)
+        ids = self.task.reply(
+            self.context(),
+            max_len=self.max_len,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            greedy=self.greedy,
+            seed=seed,
+            max_context_len=self.max_context_len,
+        )
         self.turns.append(ids)
         return detokenize(self.vocab.decode(ids))
 
 
-def open_session(ckpt: str, data_dir: str | None = None, model: str | None = None, max_len: int | None = None,
-                 temperature: float = 0.8, top_k: int = 0, top_p: float = 0.9, greedy: bool = False, seed: int | None = 0,
-                 history: int | None = None) -> ChatSession:
+def open_session(
+    ckpt: str,
+    data_dir: str | None = None,
+    model: str | None = None,
+    max_len: int | None = None,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    greedy: bool = False,
+    seed: int | None = 0,
+    history: int | None = None,
+) -> ChatSession:
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
     if not hasattr(loaded.task, "reply"):
         kind = loaded.checkpoint["memexp"].get("task_kind", "another")
-        raise CheckpointError(f"checkpoint {ckpt} holds a {kind} model; chat needs a dialogue model (model=hgd); use memexp.generate")
+        raise CheckpointError(
+            f"checkpoint {ckpt} holds a {kind} model; chat needs a dialogue model (model=hgd); use memexp.generate"
+        )
     dm = loaded.datamodule
     return ChatSession(
-        loaded.task, dm.tokenizer, max_len=max_len or dm.max_reply_len, temperature=temperature, top_k=top_k, top_p=top_p,
-        greedy=greedy, seed=seed, history=history or dm.max_history, max_context_len=dm.max_context_len,
+        loaded.task,
+        dm.tokenizer,
+        max_len=max_len or dm.max_reply_len,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        seed=seed,
+        history=history or dm.max_history,
+        max_context_len=dm.max_context_len,
     )
 
 
-def converse(session: ChatSession, lines: Iterable[str], interactive: bool, verbose: bool = False, out: TextIO = sys.stdout,
-             err: TextIO = sys.stderr) -> int:
+def converse(
+    session: ChatSession,
+    lines: Iterable[str],
+    interactive: bool,
+    verbose: bool = False,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
     """Answer `lines` (an iterator of input lines); returns the number of replies."""
     replies = 0
     for line in lines:
@@ -116,8 +159,19 @@ def _terminal_lines() -> Iterator[str]:
             return
 
 
-def chat(ckpt: str, model: str | None, max_len: int | None, temperature: float, top_k: int, top_p: float, greedy: bool,
-         seed: int | None, history: int | None, verbose: bool, paths: DictConfig) -> int:
+def chat(
+    ckpt: str,
+    model: str | None,
+    max_len: int | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    greedy: bool,
+    seed: int | None,
+    history: int | None,
+    verbose: bool,
+    paths: DictConfig,
+) -> int:
     """The Hydra task of `python -m memexp.chat` (arguments: `ChatConfig`; `model` is read back by `chosen_model`)."""
     session = open_session(str(ckpt), paths.data_dir, chosen_model(), max_len, temperature, top_k, top_p, greedy, seed, history)
     interactive = sys.stdin.isatty()

@@ -48,7 +48,14 @@ def evaluate_checkpoint(
         overrides["eval_batch_size"] = batch_size
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path)
     dm = loaded.datamodule
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics: dict[str, float] = {}
     for split in splits:
         if split not in ("val", "test"):
@@ -71,10 +78,23 @@ def _reports_dir(reports_dir: str | None) -> Path:
     return base / "reports"
 
 
-def evaluate(ckpt: str, model: str | None, splits: Sequence[str], data_path: str | None, batch_size: int | None, out: str | None,
-             accelerator: str, paths: DictConfig, eval: str = "metrics", gap: int | None = None,
-             gaps: Sequence[int] | None = None, lengths: Sequence[int] = (64, 128, 256, 512), split: str = "test", n_samples: int = 256,
-             reports_dir: str | None = None) -> dict:
+def evaluate(
+    ckpt: str,
+    model: str | None,
+    splits: Sequence[str],
+    data_path: str | None,
+    batch_size: int | None,
+    out: str | None,
+    accelerator: str,
+    paths: DictConfig,
+    eval: str = "metrics",
+    gap: int | None = None,
+    gaps: Sequence[int] | None = None,
+    lengths: Sequence[int] = (64, 128, 256, 512),
+    split: str = "test",
+    n_samples: int = 256,
+    reports_dir: str | None = None,
+) -> dict:
     """The Hydra task of `python -m memexp.evaluate` (arguments: `EvaluateConfig`; `model` is read back by `chosen_model`)."""
     if eval == "metrics":
         result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)

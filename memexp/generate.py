@@ -15,8 +15,17 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int = 0,
-                  top_p: float = 1.0, seed: int = 0, data_dir: str | None = None, model: str | None = None) -> str:
+def generate_text(
+    ckpt: str,
+    prompt: str,
+    max_new_tokens: int = 300,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    data_dir: str | None = None,
+    model: str | None = None,
+) -> str:
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not 0 < top_p <= 1:
@@ -27,8 +36,17 @@ def generate_text(ckpt: str, prompt: str, max_new_tokens: int = 300, temperature
     return prompt + tok.decode(ids)
 
 
-def generate(ckpt: str, model: str | None, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-             seed: int, paths: DictConfig) -> str:
+def generate(
+    ckpt: str,
+    model: str | None,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    paths: DictConfig,
+) -> str:
     """The Hydra task of `python -m memexp.generate` (arguments: `GenerateConfig`; `model` is read back by `chosen_model`)."""
     text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, chosen_model())
     print(text)

@@ -27,7 +27,9 @@ def summary_lines(result: dict) -> list[str]:
     lines.append(f"{'split':6s} {'dialogues':>10s} {'pairs':>10s} {'tokens':>12s} {'chunks':>7s} {'skipped':>8s}")
     for split, st in m["splits"].items():
         skipped = st["skipped_empty"] + st["skipped_bad"]
-        lines.append(f"{split:6s} {st['dialogues']:>10,d} {st['pairs']:>10,d} {st['tokens']:>12,d} {len(st['chunks']):>7d} {skipped:>8,d}")
+        lines.append(
+            f"{split:6s} {st['dialogues']:>10,d} {st['pairs']:>10,d} {st['tokens']:>12,d} {len(st['chunks']):>7d} {skipped:>8,d}"
+        )
     t = m["totals"]
     lines.append(f"skipped: {t['skipped_empty']:,} empty, {t['skipped_bad']:,} malformed records")
     lines.append(f"vocabulary: {m['vocab']['description']}")

@@ -27,8 +27,9 @@ def newest_multirun(output_dir: str | Path) -> Path:
     return folders[-1]
 
 
-def report(dir: str | None, reports_dir: str | None, hf_model: str | None, hf_text: str | None, wandb: bool,
-           paths: DictConfig) -> dict:
+def report(
+    dir: str | None, reports_dir: str | None, hf_model: str | None, hf_text: str | None, wandb: bool, paths: DictConfig
+) -> dict:
     """The Hydra task of `python -m memexp.report` (arguments: `ReportConfig`)."""
     from memexp.evals.hf_compare import hf_bits_per_char
     from memexp.runs.report import write_reports
@@ -41,7 +42,7 @@ def report(dir: str | None, reports_dir: str | None, hf_model: str | None, hf_te
         else:
             src = Path(paths.data_dir) / "tinyshakespeare" / "input.txt"
             full = src.read_text(encoding="utf-8") if src.exists() else ""
-            text = full[int(len(full) * 0.95):]
+            text = full[int(len(full) * 0.95) :]
     _, note = hf_bits_per_char(hf_model, text or "") if hf_model else (None, None)
     written = write_reports(root, reports_dir, hf_note=note or "Skipped: no hf_model=PATH given.", wandb_log=wandb)
     print(f"aggregated runs under {root}")

@@ -76,8 +76,17 @@ def run(
     if study.get("kind") == "continual":
         from memexp.runs.continual import run_continual
 
-        result = run_continual(cfg, names, model=model, data=data, optim=optim, trainer=trainer, run_dir=_run_dir(paths),
-                               logger=logger, tasks=study.get("tasks", ("A", "B", "C")))
+        result = run_continual(
+            cfg,
+            names,
+            model=model,
+            data=data,
+            optim=optim,
+            trainer=trainer,
+            run_dir=_run_dir(paths),
+            logger=logger,
+            tasks=study.get("tasks", ("A", "B", "C")),
+        )
         _report(result)
         return result
     after_test = None
@@ -90,8 +99,9 @@ def run(
     if meta is not None and meta.use:
         from memexp.tasks.meta import ReptileOuterLoop
 
-        extra_callbacks.append(ReptileOuterLoop(meta.inner_steps, meta.outer_steps, meta.outer_frequency, meta.inner_lr,
-                                                meta.outer_lr))
+        extra_callbacks.append(
+            ReptileOuterLoop(meta.inner_steps, meta.outer_steps, meta.outer_frequency, meta.inner_lr, meta.outer_lr)
+        )
     result = train_and_test(
         cfg,
         names,

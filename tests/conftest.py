@@ -73,23 +73,50 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     return zen(run)(compose_run(overrides, output_dir))
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None):
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None
+):
     """Run `python -m <module> args...` (standard input: `input`, else none) and return the CompletedProcess (text)."""
     full_env = os.environ.copy() | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     full_env |= env or {}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
-        input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
 
 
 LCCC_TOY = shared_data_dir() / "lccc_toy" / "toy_data.json"
 # A tiny HGD-MemNet on the whole LCCC toy sample: 30 steps, a validation every 10.
-TINY_HGD = ["model=hgd", "data=lccc", "model.embedding_dim=32", "model.hidden_dim=64", "model.static_dim=32", "model.max_think=3",
-            "model.dropout=0.0", "data.batch_size=16", "data.eval_batch_size=32", "data.max_context_len=48", "data.max_reply_len=16",
-            "task.max_eval_generate_batches=1"]
-HGD_STEPS = ["trainer.max_steps=30", "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-             "trainer.log_every_n_steps=5", "optim.lr=1e-2", "optim.warmup_steps=5", "optim.schedule=constant"]
+TINY_HGD = [
+    "model=hgd",
+    "data=lccc",
+    "model.embedding_dim=32",
+    "model.hidden_dim=64",
+    "model.static_dim=32",
+    "model.max_think=3",
+    "model.dropout=0.0",
+    "data.batch_size=16",
+    "data.eval_batch_size=32",
+    "data.max_context_len=48",
+    "data.max_reply_len=16",
+    "task.max_eval_generate_batches=1",
+]
+HGD_STEPS = [
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=5",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=5",
+    "optim.schedule=constant",
+]
 
 
 @pytest.fixture(scope="session")

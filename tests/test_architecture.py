@@ -15,10 +15,15 @@ WHOLE_MARKER = "# read whole:"  # a file longer than MAX_LINES says in this comm
 
 # Lower number = lower layer. A module may import its own layer or lower ones.
 LAYERS = {
-    "memexp": 0, "memexp.errors": 0, "memexp.files": 0,
+    "memexp": 0,
+    "memexp.errors": 0,
+    "memexp.files": 0,
     "memexp.kernels": 1,
     "memexp.models": 2,
-    "memexp.data": 3, "memexp.tasks": 3, "memexp.evals": 3, "memexp.memory": 3,
+    "memexp.data": 3,
+    "memexp.tasks": 3,
+    "memexp.evals": 3,
+    "memexp.memory": 3,
     "memexp.runs": 4,
     "memexp.configs": 5,
 }
@@ -84,8 +89,12 @@ def import_graph(root: Path = PACKAGE) -> tuple[dict[str, set[str]], dict[str, s
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
-                  for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    return sorted(
+        f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+        for a, targets in graph.items()
+        for b in targets
+        if layer_of(b) > layer_of(a)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -164,7 +173,14 @@ def test_model_files_do_no_file_io():
     for path in (PACKAGE / "models").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
-                    "open", "read_text", "write_text", "read_bytes", "write_bytes", "load_inline", "mkdir"):
+                "open",
+                "read_text",
+                "write_text",
+                "read_bytes",
+                "write_bytes",
+                "load_inline",
+                "mkdir",
+            ):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
 

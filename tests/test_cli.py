@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import QUIET, TINY_MODEL, run_cli
 
 RUN = ["debug=fast", *TINY_MODEL, *QUIET, "trainer.max_steps=8", "trainer.val_check_interval=4"]
@@ -14,8 +13,15 @@ RUN = ["debug=fast", *TINY_MODEL, *QUIET, "trainer.max_steps=8", "trainer.val_ch
 @pytest.fixture(scope="module")
 def trained(tiny_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
-    proc = run_cli("memexp.run", "data=text", f"data.path={tiny_text}", f"paths.output_dir={out}", *RUN,
-                   "sample_tokens=20", "sample_prompt=ROMEO:")
+    proc = run_cli(
+        "memexp.run",
+        "data=text",
+        f"data.path={tiny_text}",
+        f"paths.output_dir={out}",
+        *RUN,
+        "sample_tokens=20",
+        "sample_prompt=ROMEO:",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpts = list(Path(out, "checkpoints").rglob("last.ckpt"))
     assert len(ckpts) == 1
@@ -55,8 +61,8 @@ def test_generate_continues_the_prompt(trained):
 
 
 def test_checkpoint_of_another_model_is_refused(trained):
-    from memexp.errors import CheckpointError
     from memexp.configs.rebuild import load_checkpoint
+    from memexp.errors import CheckpointError
 
     _, ckpt = trained
     with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} holds a model=transformer model, not model=hope"):
@@ -95,8 +101,17 @@ def test_non_utf8_and_foreign_checkpoints(tmp_path):
 def test_all_loggers_write_offline(tiny_text, tmp_path):
     """logger=many: CSV, an offline W&B run (no login here) that is finished, and TensorBoard events."""
     args = [a for a in RUN if not a.startswith("logger=")]
-    proc = run_cli("memexp.run", "data=text", f"data.path={tiny_text}", f"paths.output_dir={tmp_path}", *args,
-                   "logger=many", "trainer.max_steps=4", "trainer.log_every_n_steps=1", env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")})
+    proc = run_cli(
+        "memexp.run",
+        "data=text",
+        f"data.path={tiny_text}",
+        f"paths.output_dir={tmp_path}",
+        *args,
+        "logger=many",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = tmp_path.glob("runs/*/*")
     (wandb_run,) = run_dir.glob("wandb/offline-run-*")

@@ -5,10 +5,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REPO, compose_run
 from hydra_zen import instantiate, store
 
 import memexp.configs  # noqa: F401
-from conftest import REPO, compose_run
 from memexp.runs.build import build_task
 from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
 

@@ -45,7 +45,9 @@ def test_evaluate_of_an_hgd_checkpoint_writes_json(hgd_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["global_step"] == 30
     m = result["metrics"]
-    assert {f"{s}/{k}" for s in ("val", "test") for k in ("loss", "ppl", "bleu2", "bleu4", "distinct1", "distinct2", "think_steps")} <= set(m)
+    assert {
+        f"{s}/{k}" for s in ("val", "test") for k in ("loss", "ppl", "bleu2", "bleu4", "distinct1", "distinct2", "think_steps")
+    } <= set(m)
     assert 0 < m["val/loss"] < 7.74  # below ln(2298), a uniform guess
 
 

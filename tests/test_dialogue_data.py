@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data_dir
 from torch.utils.data import DataLoader
 
 import memexp.data.dialogue.prepare as prep
@@ -23,7 +24,6 @@ from memexp.data.dialogue import (
     read_json,
 )
 from memexp.errors import DataError
-from conftest import shared_data_dir
 
 torch.set_num_threads(1)  # the test machine is shared; tiny tensors gain nothing from threads
 
@@ -55,7 +55,9 @@ def expected_pairs(dialogues, max_history):
 
 
 def streamed_pairs(root, split, vocab=None, max_history=4, **kw):
-    ds = DialogueStream(root, split, vocab=vocab, max_history=max_history, max_context_len=10_000, max_reply_len=10_000, shuffle=False, **kw)
+    ds = DialogueStream(
+        root, split, vocab=vocab, max_history=max_history, max_context_len=10_000, max_reply_len=10_000, shuffle=False, **kw
+    )
     out = {}
     for s in ds:
         ids = s["context"].tolist()
@@ -106,7 +108,11 @@ def test_round_trip_raw_chunks_samples(tmp_path, toy, toy_tsv_lines, fmt, vocab_
     manifest = prepare_dialogues(src, tmp_path / "out", vocab=vocab, chunk_size=16, splits=tuple(raw))
     v = DialogueVocab.load(tmp_path / "out" / "vocabulary.json")
     # built vocabularies come from the training split: valid/test words it lacks read as <unk>
-    view = (lambda t: bert_view(t, v)) if vocab_kind == "bert" else (lambda t: " ".join(w if w in v.stoi else "<unk>" for w in t.split()))
+    view = (
+        (lambda t: bert_view(t, v))
+        if vocab_kind == "bert"
+        else (lambda t: " ".join(w if w in v.stoi else "<unk>" for w in t.split()))
+    )
     if vocab_kind == "bert":
         assert (v.pad_id, v.sos_id, v.eos_id, v.unk_id) == (0, 101, 102, 100)
     else:
@@ -265,7 +271,9 @@ def test_interrupted_preparation_completes_identically(tmp_path, toy, monkeypatc
     assert resumed == clean
     for split, info in clean["splits"].items():
         for rec in info["chunks"]:
-            assert (tmp_path / "run" / split / rec["file"]).read_bytes() == (tmp_path / "clean" / split / rec["file"]).read_bytes()
+            assert (tmp_path / "run" / split / rec["file"]).read_bytes() == (
+                tmp_path / "clean" / split / rec["file"]
+            ).read_bytes()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json", "test", "train", "valid", "vocabulary.json"]
     assert not list((tmp_path / "run").rglob("*.tmp"))
     # a finished folder is returned as is
@@ -358,6 +366,9 @@ def test_download_failure_says_which_file_to_put_where(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(prep.urllib.request, "urlopen", offline)
-    with pytest.raises(DataError, match=r"huggingface\.co/datasets/silver/lccc/resolve/main/lccc_base_train\.jsonl\.gz.*put it at .*raw/lccc_base_train\.jsonl\.gz"):
+    with pytest.raises(
+        DataError,
+        match=r"huggingface\.co/datasets/silver/lccc/resolve/main/lccc_base_train\.jsonl\.gz.*put it at .*raw/lccc_base_train\.jsonl\.gz",
+    ):
         download_lccc(tmp_path / "raw", splits=("train",))
     assert not list((tmp_path / "raw").iterdir())  # no partial file left

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import compose_run
 from torch import nn
 
-from conftest import compose_run
 from memexp.data.dialogue import DialogueDataModule, DialogueStream, DialogueVocab
 from memexp.data.spec import DataSpec
 from memexp.tasks.dialogue import DialogueTask
@@ -74,8 +74,12 @@ def test_bleu_of_identical_replies_is_one_and_distinct_counts_replies():
     replies = [vocab.encode("你 好 呀 在 干 嘛"), vocab.encode("在 干 嘛 呢 你 好")]
     L = max(len(r) for r in replies) + 1
     reply_out = torch.tensor([r + [vocab.eos_id] + [vocab.pad_id] * (L - len(r) - 1) for r in replies])
-    batch = {"context": torch.tensor([[5, 2], [6, 2]]), "context_mask": torch.ones(2, 2, dtype=torch.bool),
-             "reply_in": torch.full_like(reply_out, vocab.sos_id), "reply_out": reply_out}
+    batch = {
+        "context": torch.tensor([[5, 2], [6, 2]]),
+        "context_mask": torch.ones(2, 2, dtype=torch.bool),
+        "reply_in": torch.full_like(reply_out, vocab.sos_id),
+        "reply_out": reply_out,
+    }
     spec = DataSpec(task_kind="dialogue", vocab_size=vocab.vocab_size, tokenizer=vocab, pad_id=vocab.pad_id)
     task = DialogueTask(EchoNet(vocab.vocab_size, reply_out), spec, max_eval_generate_batches=1)
     task.validation_step(batch, 0)
@@ -96,8 +100,14 @@ class FakeTrainer:
 
 def test_ddp_ranks_get_equal_batches_and_epochs_reshuffle(lccc_cache, tmp_path, data_dir):
     # Small chunks of 150 dialogues: 7 train chunks, dealt 4 / 3 to two ranks, so their pair counts differ.
-    dm = DialogueDataModule(source=str(data_dir / "lccc_toy" / "toy_data.json"), cache_dir=str(tmp_path / "c"), chunk_size=150,
-                            batch_size=16, buffer_size=64, data_dir=str(data_dir))
+    dm = DialogueDataModule(
+        source=str(data_dir / "lccc_toy" / "toy_data.json"),
+        cache_dir=str(tmp_path / "c"),
+        chunk_size=150,
+        batch_size=16,
+        buffer_size=64,
+        data_dir=str(data_dir),
+    )
     dm.prepare_data()
     stream = dm.stream("train")
     counts = [stream.samples_on_rank(r, 2) for r in range(2)]

@@ -4,16 +4,15 @@ masking, learning on toy dialogues, generation; and the shared sampling helpers.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import shared_data_dir
 
 from memexp.errors import ConfigError
 from memexp.models.hgd import HGDMemNet
 from memexp.models.sampling import filter_logits, sample_next
-from conftest import shared_data_dir
 
 torch.set_num_threads(1)  # shared test machine; these tensors are tiny
 

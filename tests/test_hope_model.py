@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,23 +11,33 @@ import torch.nn.functional as F
 from memexp.errors import ConfigError
 from memexp.models.hope import HOPE, Ramp
 from memexp.models.hope_memory import HopeMemory, memory_mlp
-from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.models.transformer import Transformer
-
 from memexp.runs.probes import recall_probe as train_recall
+from memexp.tasks.cms_gate import CMSGradientGate
 
 
 def tiny(**kw) -> HOPE:
     # memory_read_init=1: the memory's reads reach the logits from the start, so the tests see them
-    cfg = dict(dim=16, depth=2, heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2,
-               memory_read_init=1.0)
+    cfg = dict(
+        dim=16, depth=2, heads=2, ff_mult=2, seq_len=8, max_len=8, mem_write=4, memory_capacity=4, top_k=2, memory_read_init=1.0
+    )
     cfg.update(kw)
     return HOPE(32, **cfg)
 
 
 def memory(dim=4, heads=1, hidden_mult=2, capacity=0) -> HopeMemory:
-    return HopeMemory(dim=dim, heads=heads, mem_hidden_mult=hidden_mult, base_momentum=0.9, base_decay=0.01,
-                      memory_capacity=capacity, top_k=1, error_decay=0.9, error_update=1, slot_usage_decay=0.9).double()
+    return HopeMemory(
+        dim=dim,
+        heads=heads,
+        mem_hidden_mult=hidden_mult,
+        base_momentum=0.9,
+        base_decay=0.01,
+        memory_capacity=capacity,
+        top_k=1,
+        error_decay=0.9,
+        error_update=1,
+        slot_usage_decay=0.9,
+    ).double()
 
 
 # ----------------------------------------------------------------------------- memory math
@@ -41,8 +49,13 @@ def test_memory_update_scalar_case_by_hand():
     w1, w2, k, v, theta = 0.5, 2.0, 1.0, 0.0, 0.3
     st = {"w": torch.tensor([[[[w1]], [[w2]]]], dtype=torch.float64), "m": torch.zeros(1, 2, 1, 1, dtype=torch.float64)}
     gates = torch.tensor([[[0.0, 0.5, 0.0]]], dtype=torch.float64)  # eta irrelevant (S = 0), alpha = 0
-    new = mem.write(st, torch.tensor([[[k]]], dtype=torch.float64), torch.tensor([[[v]]], dtype=torch.float64),
-                    torch.tensor([[theta]], dtype=torch.float64), gates)
+    new = mem.write(
+        st,
+        torch.tensor([[[k]]], dtype=torch.float64),
+        torch.tensor([[[v]]], dtype=torch.float64),
+        torch.tensor([[theta]], dtype=torch.float64),
+        gates,
+    )
     # By hand: h = w1 k, a = silu(h), y = w2 a (Hm = 1 so no scaling), L = theta (y - v)^2.
     h = w1 * k
     sig = 1 / (1 + math.exp(-h))
@@ -88,7 +101,9 @@ def test_write_lowers_error_on_written_pair_test_time_learning():
     v = torch.randn(1, 4, 4, dtype=torch.float64)
     before = (memory_mlp(st["w"], k)[0] - v).pow(2).sum()
     for _ in range(5):
-        st = mem.write(st, k, v, torch.full((1, 4), 1.0, dtype=torch.float64), torch.sigmoid(mem.gates.bias).view(1, 1, 3).expand(1, 4, 3))
+        st = mem.write(
+            st, k, v, torch.full((1, 4), 1.0, dtype=torch.float64), torch.sigmoid(mem.gates.bias).view(1, 1, 3).expand(1, 4, 3)
+        )
     after = (memory_mlp(st["w"], k)[0] - v).pow(2).sum()
     assert after < 0.5 * before
 
@@ -241,8 +256,12 @@ def test_ramp_and_schedules_hit_endpoints():
     assert r.value(100) == pytest.approx(1.0)
     assert r.value(10_000) == pytest.approx(1.0)
     assert Ramp(3.0, 7.0, 0).value(0) == 7.0
-    m = tiny(schedules={"surprise_scale": {"start": 0.0, "end": 2.0, "warmup_steps": 10},
-                        "mem_write": {"start": 2, "end": 8, "warmup_steps": 10}})
+    m = tiny(
+        schedules={
+            "surprise_scale": {"start": 0.0, "end": 2.0, "warmup_steps": 10},
+            "mem_write": {"start": 2, "end": 8, "warmup_steps": 10},
+        }
+    )
     m.set_training_step(0)
     assert (m.surprise_now, m.mem_write_now) == (0.0, 2)
     m.set_training_step(5)
@@ -262,7 +281,7 @@ def test_loss_falls_on_tiny_text():
     m = tiny()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     losses = []
-    for step in range(40):
+    for _step in range(40):
         starts = torch.randint(0, len(text) - 25, (8,))
         batch = torch.stack([text[s : s + 25] for s in starts.tolist()])
         logits, _ = m(batch[:, :-1])
@@ -332,8 +351,7 @@ def _recall_pair():
     torch.manual_seed(0)
     parts = (16, 8, 8)  # filler, keys, values -> chance 1/8
     common = dict(steps=120, batch=32, length=48, vocab_parts=parts, lr=3e-3, seed=0)
-    hope = HOPE(32, dim=32, depth=2, heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4,
-                memory_capacity=8, top_k=2)
+    hope = HOPE(32, dim=32, depth=2, heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4, memory_capacity=8, top_k=2)
     acc_hope = train_recall(hope, window=48, **common)
     torch.manual_seed(0)
     tf = Transformer(32, dim=32, depth=2, heads=2, ff_mult=2, max_len=16)

@@ -10,17 +10,34 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-
-import memexp.runs.train
-import memexp.run
 from conftest import QUIET, run_in_process
+
+import memexp.run
+import memexp.runs.train
 from memexp.configs.rebuild import load_checkpoint
 
-HOPE_TINY = ["model=hope", "model.dim=32", "model.depth=1", "model.heads=2", "model.ff_mult=2", "model.max_len=32",
-             "model.seq_len=32", "model.mem_write=16", "model.memory_capacity=8", "model.top_k=2",
-             "data.seq_len=32", "data.batch_size=8"]
-SHORT = ["trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
-         "trainer.enable_checkpointing=true", "optim.warmup_steps=0", "optim.lr=1e-2"]
+HOPE_TINY = [
+    "model=hope",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.ff_mult=2",
+    "model.max_len=32",
+    "model.seq_len=32",
+    "model.mem_write=16",
+    "model.memory_capacity=8",
+    "model.top_k=2",
+    "data.seq_len=32",
+    "data.batch_size=8",
+]
+SHORT = [
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_checkpointing=true",
+    "optim.warmup_steps=0",
+    "optim.lr=1e-2",
+]
 
 
 class Probe(L.Callback):
@@ -67,10 +84,21 @@ def changed_levels(probe: Probe, step: int) -> list[bool]:
 def test_cms_levels_move_every_c_steps_and_schedules_ramp(accumulate, tiny_text, tmp_path, monkeypatch):
     periods, steps = [1, 2, 3], 7
     result, probe = run_probed(
-        ["data=text", f"data.path={tiny_text}", *HOPE_TINY, *QUIET, *SHORT, f"model.cms_frequencies={periods}",
-         f"trainer.max_steps={steps}", f"trainer.accumulate_grad_batches={accumulate}", "trainer.val_check_interval=100",
-         "model.schedules={surprise_scale:{start:0.0,end:2.0,warmup_steps:4},mem_write:{start:32,end:8,warmup_steps:4}}"],
-        tmp_path, monkeypatch)
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            *HOPE_TINY,
+            *QUIET,
+            *SHORT,
+            f"model.cms_frequencies={periods}",
+            f"trainer.max_steps={steps}",
+            f"trainer.accumulate_grad_batches={accumulate}",
+            "trainer.val_check_interval=100",
+            "model.schedules={surprise_scale:{start:0.0,end:2.0,warmup_steps:4},mem_write:{start:32,end:8,warmup_steps:4}}",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
     assert result["metrics"]["global_step"] == steps
     assert sorted(probe.snapshots) == list(range(steps + 1))
     for g in range(1, steps + 1):  # after optimizer step g (1-based), level l has moved iff g % C_l == 0
@@ -94,7 +122,9 @@ def _val_loss_of(ckpt, limit_batches: int) -> float:
                 break
             logits, _ = run.task.net(batch["input"], None)
             y = batch["target"]
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
             count += int((y != -100).sum())
     return total / count
 
@@ -106,11 +136,21 @@ def _csv_losses(run_dir):
 
 def test_ema_weights_are_what_validation_sees_and_what_is_saved(tiny_text, tmp_path, monkeypatch):
     decay, steps = 0.8, 30
-    common = ["data=text", f"data.path={tiny_text}", *HOPE_TINY, *QUIET, *SHORT, f"trainer.max_steps={steps}",
-              f"trainer.val_check_interval={steps}"]
+    common = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *HOPE_TINY,
+        *QUIET,
+        *SHORT,
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+    ]
     plain, _ = run_probed([*common, "callbacks=default"], tmp_path / "plain", monkeypatch)
-    ema, probe = run_probed([*common, "callbacks=ema", f"callbacks.ema.decay={decay}", "callbacks.ema.update_starting_at_step=0"],
-                            tmp_path / "ema", monkeypatch)
+    ema, probe = run_probed(
+        [*common, "callbacks=ema", f"callbacks.ema.decay={decay}", "callbacks.ema.update_starting_at_step=0"],
+        tmp_path / "ema",
+        monkeypatch,
+    )
     # Without EMA the loss falls well below a uniform guess over the 66 characters.
     losses = _csv_losses(plain["run_dir"])
     assert losses[-1] < losses[0] - 0.8, losses
@@ -129,17 +169,37 @@ def test_ema_weights_are_what_validation_sees_and_what_is_saved(tiny_text, tmp_p
 
 
 def test_sgd_trains(tiny_text, tmp_path):
-    result = run_in_process(["data=text", f"data.path={tiny_text}", *HOPE_TINY, *QUIET, *SHORT, "optim=sgd",
-                             "optim.warmup_steps=0", "optim.lr=0.1", "trainer.max_steps=25", "trainer.val_check_interval=25"],
-                            tmp_path)
+    result = run_in_process(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            *HOPE_TINY,
+            *QUIET,
+            *SHORT,
+            "optim=sgd",
+            "optim.warmup_steps=0",
+            "optim.lr=0.1",
+            "trainer.max_steps=25",
+            "trainer.val_check_interval=25",
+        ],
+        tmp_path,
+    )
     losses = _csv_losses(result["run_dir"])
     assert result["metrics"]["global_step"] == 25
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
 
 
 def test_resume_restores_the_cms_gate(tiny_text, tmp_path, monkeypatch):
-    common = ["data=text", f"data.path={tiny_text}", *HOPE_TINY, *QUIET, *SHORT, "model.cms_frequencies=[1,4]",
-              "trainer.val_check_interval=100", f"paths.checkpoint_root={tmp_path}/ck"]
+    common = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *HOPE_TINY,
+        *QUIET,
+        *SHORT,
+        "model.cms_frequencies=[1,4]",
+        "trainer.val_check_interval=100",
+        f"paths.checkpoint_root={tmp_path}/ck",
+    ]
     first, _ = run_probed([*common, "trainer.max_steps=6"], tmp_path / "a", monkeypatch)
     saved = torch.load(f"{first['ckpt_dir']}/last.ckpt", map_location="cpu", weights_only=True)["memexp"]["cms_gate"]["sums"]
     assert all(s is None for s in saved[0]) and all(s is not None for s in saved[1])  # steps 5, 6 wait for step 8
@@ -155,11 +215,28 @@ def test_resume_restores_the_cms_gate(tiny_text, tmp_path, monkeypatch):
 def test_hope_on_random_bytes_with_anomaly_detection(tmp_path):
     """model=hope data=random runs; trainer.detect_anomaly=true (the source's debug_anomaly) finds no
     in-place error, with several segments per window and the state carried across windows."""
-    result = run_in_process(["model=hope", "data=random", "model.dim=32", "model.depth=1", "model.heads=2",
-                             "model.max_len=16", "model.seq_len=16", "model.mem_write=8", "model.memory_capacity=4",
-                             "data.seq_len=24", "data.batch_size=2", "data.windows=stream", "trainer.detect_anomaly=true",
-                             "trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *QUIET],
-                            tmp_path)
+    result = run_in_process(
+        [
+            "model=hope",
+            "data=random",
+            "model.dim=32",
+            "model.depth=1",
+            "model.heads=2",
+            "model.max_len=16",
+            "model.seq_len=16",
+            "model.mem_write=8",
+            "model.memory_capacity=4",
+            "data.seq_len=24",
+            "data.batch_size=2",
+            "data.windows=stream",
+            "trainer.detect_anomaly=true",
+            "trainer.max_steps=3",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            *QUIET,
+        ],
+        tmp_path,
+    )
     m = result["metrics"]
     assert m["global_step"] == 3
     assert abs(m["test/loss"] - math.log(256)) < 0.2  # random bytes: nothing to learn beyond a uniform guess

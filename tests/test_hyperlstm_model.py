@@ -48,7 +48,11 @@ def _reference_step(cell, x, h, c, hh, hc, mask=None):
     pre_y = []
     for k in range(4):
         v = xh @ blk(cell.hyper_weight_x, k, N) + hh @ blk(cell.hyper_weight_h, k, N)
-        v = norm(v, cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k]) if ln else v + cell.hyper_bias[k * N : (k + 1) * N]
+        v = (
+            norm(v, cell.hyper_ln_gates_weight[k], cell.hyper_ln_gates_bias[k])
+            if ln
+            else v + cell.hyper_bias[k * N : (k + 1) * N]
+        )
         pre_y.append(v)
     i, j, f, o = pre_y
     hc = torch.sigmoid(f + fb) * hc + torch.sigmoid(i) * torch.tanh(j)
@@ -74,8 +78,9 @@ def _reference_step(cell, x, h, c, hh, hc, mask=None):
 @pytest.mark.parametrize("use_layer_norm", [True, False])
 def test_cell_matches_the_papers_equations(impl, use_layer_norm):
     torch.manual_seed(0)
-    cell = HyperLSTMCell(5, 6, hyper_num_units=4, hyper_embedding_size=3, use_layer_norm=use_layer_norm,
-                         forget_bias=0.7, step_impl=impl).double()
+    cell = HyperLSTMCell(
+        5, 6, hyper_num_units=4, hyper_embedding_size=3, use_layer_norm=use_layer_norm, forget_bias=0.7, step_impl=impl
+    ).double()
     _perturb(cell)
     B, T = 2, 4
     x = torch.randn(B, T, 5, dtype=torch.float64)
@@ -176,8 +181,9 @@ def test_recurrent_dropout_only_in_training(impl):
 def test_recurrent_dropout_drops_only_the_candidate():
     """With keep -> tiny and the mask forced to zero, the cell can only forget: c' = σ(f) c."""
     torch.manual_seed(0)
-    cell = HyperLSTMCell(3, 4, hyper_num_units=2, hyper_embedding_size=2, use_recurrent_dropout=True,
-                         dropout_keep_prob=1e-9).double()
+    cell = HyperLSTMCell(
+        3, 4, hyper_num_units=2, hyper_embedding_size=2, use_recurrent_dropout=True, dropout_keep_prob=1e-9
+    ).double()
     _perturb(cell)
     x = torch.randn(2, 1, 3, dtype=torch.float64)
     state = tuple(torch.randn(2, n, dtype=torch.float64) for n in (4, 4, 2, 2))
@@ -192,8 +198,16 @@ def test_recurrent_dropout_drops_only_the_candidate():
 @pytest.mark.parametrize("use_layer_norm,use_recurrent_dropout", [(True, False), (True, True), (False, True), (False, False)])
 def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurrent_dropout):
     torch.manual_seed(0)
-    kw = dict(embedding_size=5, hidden_size=6, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
-              use_layer_norm=use_layer_norm, use_recurrent_dropout=use_recurrent_dropout, dropout_keep_prob=0.7)
+    kw = dict(
+        embedding_size=5,
+        hidden_size=6,
+        depth=2,
+        hyper_num_units=4,
+        hyper_embedding_size=3,
+        use_layer_norm=use_layer_norm,
+        use_recurrent_dropout=use_recurrent_dropout,
+        dropout_keep_prob=0.7,
+    )
     ref = HyperLSTM(9, step_impl="python", **kw).double()
     _perturb(ref)
     fused = HyperLSTM(9, step_impl=impl, **kw).double()
@@ -201,12 +215,17 @@ def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurre
     idx = torch.randint(0, 9, (3, 5))
     grads = []
     for m in (ref, fused):
-        state = tuple(tuple(torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
-                            .requires_grad_() for i, n in enumerate((6, 6, 4, 4))) for _ in range(2))
+        state = tuple(
+            tuple(
+                torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(i)).requires_grad_()
+                for i, n in enumerate((6, 6, 4, 4))
+            )
+            for _ in range(2)
+        )
         torch.manual_seed(3)  # same dropout masks
         logits, new_state = m(idx, state)
         w = torch.randn(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-        loss = (logits * w).sum() + sum((s ** 2).sum() for layer in new_state for s in layer)
+        loss = (logits * w).sum() + sum((s**2).sum() for layer in new_state for s in layer)
         grads.append(torch.autograd.grad(loss, list(m.parameters()) + [s for layer in state for s in layer]))
     for g_ref, g_fused in zip(*grads):
         torch.testing.assert_close(g_fused, g_ref, rtol=1e-9, atol=1e-11)
@@ -215,8 +234,7 @@ def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurre
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradients_reach_every_parameter(impl):
     torch.manual_seed(0)
-    m = HyperLSTM(10, embedding_size=6, hidden_size=8, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
-                  step_impl=impl)
+    m = HyperLSTM(10, embedding_size=6, hidden_size=8, depth=2, hyper_num_units=4, hyper_embedding_size=3, step_impl=impl)
     _perturb(m, scale=0.1)
     idx = torch.randint(0, 10, (2, 7))
     logits, _ = m(idx)
@@ -231,8 +249,9 @@ def test_gradients_reach_every_parameter(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_carried_state_equals_the_concatenated_sequence(impl):
     torch.manual_seed(0)
-    m = HyperLSTM(12, embedding_size=6, hidden_size=8, num_layers=2, hyper_num_units=4, hyper_embedding_size=3,
-                  dropout=0.5, step_impl=impl).eval()
+    m = HyperLSTM(
+        12, embedding_size=6, hidden_size=8, depth=2, hyper_num_units=4, hyper_embedding_size=3, dropout=0.5, step_impl=impl
+    ).eval()
     _perturb(m, scale=0.1)
     idx = torch.randint(0, 12, (3, 10))
     full, full_state = m(idx)
@@ -280,7 +299,8 @@ def test_loss_falls_on_tiny_data():
         (dict(vocab_size=0), "model.vocab_size"),
         (dict(hidden_size=0), "model.hidden_size"),
         (dict(embedding_size=-3), "model.embedding_size"),
-        (dict(num_layers=0), "model.num_layers"),
+        (dict(num_layers=0), "model.num_layers"),  # the deprecated name, as the user wrote it
+        (dict(depth=0), "model.depth"),
         (dict(hyper_num_units=0), "model.hyper_num_units"),
         (dict(hyper_embedding_size=1.5), "model.hyper_embedding_size"),
         (dict(dropout_keep_prob=0.0), "model.dropout_keep_prob"),
@@ -330,7 +350,7 @@ def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, r
         try:
             hs, new_state = cell(x, state)
             w = torch.linspace(-1, 1, hs.numel(), dtype=torch.float64).view_as(hs)
-            loss = (hs * w).sum() + sum((s ** 2).sum() for s in new_state)
+            loss = (hs * w).sum() + sum((s**2).sum() for s in new_state)
             results.append((hs, *new_state, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
         finally:
             torch.set_num_threads(1)
@@ -348,8 +368,7 @@ def test_cpp_falls_back_to_torchscript_with_one_warning(monkeypatch):
     monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
     torch.manual_seed(0)
     m = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2, step_impl="cpp")
-    ref = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2,
-                    step_impl="fused_script")
+    ref = HyperLSTM(9, embedding_size=4, hidden_size=6, hyper_num_units=4, hyper_embedding_size=2, step_impl="fused_script")
     ref.load_state_dict(m.state_dict())
     idx = torch.randint(0, 9, (2, 5))
     with pytest.warns(RuntimeWarning, match="could not be built"):

@@ -6,14 +6,30 @@ import math
 
 import pytest
 import torch
-
 from conftest import QUIET, run_in_process
+
 from memexp.tasks.causal_lm import CausalLMTask
 
-TINY = ["model=hyperlstm", "model.embedding_size=8", "model.hidden_size=24", "model.hyper_num_units=8",
-        "model.hyper_embedding_size=4", "data=text", "data.seq_len=16", "data.batch_size=4", "data.windows=stream"]
-FAST = ["trainer.max_steps=40", "trainer.val_check_interval=20", "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "optim.lr=1e-2", "optim.warmup_steps=5"]
+TINY = [
+    "model=hyperlstm",
+    "model.embedding_size=8",
+    "model.hidden_size=24",
+    "model.hyper_num_units=8",
+    "model.hyper_embedding_size=4",
+    "data=text",
+    "data.seq_len=16",
+    "data.batch_size=4",
+    "data.windows=stream",
+]
+FAST = [
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=20",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=5",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")

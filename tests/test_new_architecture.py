@@ -5,10 +5,10 @@ and its checkpoint loads back with `memexp.configs.load_checkpoint`."""
 from __future__ import annotations
 
 import torch
+from conftest import QUIET, run_in_process
 from hydra_zen import builds, store
 from torch import nn
 
-from conftest import QUIET, run_in_process
 from memexp.configs import load_checkpoint
 
 
@@ -29,14 +29,37 @@ class BigramLM(nn.Module):
 
 
 def test_a_new_model_needs_one_class_and_one_store_entry(tiny_text, tmp_path):
-    store(builds(BigramLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"]),
-          group="model", name="bigram_test")
-    steps = ["trainer.max_steps=60", "trainer.val_check_interval=30", "trainer.limit_val_batches=2",
-             "trainer.limit_test_batches=2", "optim.lr=3e-2", "optim.warmup_steps=0", "data.seq_len=32", "data.batch_size=8"]
-    first = run_in_process(["model=bigram_test", "model.dim=8", "data=text", f"data.path={tiny_text}", *QUIET,
-                            "trainer.max_steps=1", "trainer.val_check_interval=1", *steps[2:]], tmp_path / "a")
-    result = run_in_process(["model=bigram_test", "model.dim=8", "data=text", f"data.path={tiny_text}", *QUIET, *steps],
-                            tmp_path / "b")
+    store(
+        builds(BigramLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"]),
+        group="model",
+        name="bigram_test",
+    )
+    steps = [
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "optim.lr=3e-2",
+        "optim.warmup_steps=0",
+        "data.seq_len=32",
+        "data.batch_size=8",
+    ]
+    first = run_in_process(
+        [
+            "model=bigram_test",
+            "model.dim=8",
+            "data=text",
+            f"data.path={tiny_text}",
+            *QUIET,
+            "trainer.max_steps=1",
+            "trainer.val_check_interval=1",
+            *steps[2:],
+        ],
+        tmp_path / "a",
+    )
+    result = run_in_process(
+        ["model=bigram_test", "model.dim=8", "data=text", f"data.path={tiny_text}", *QUIET, *steps], tmp_path / "b"
+    )
     assert result["metrics"]["val/loss"] < first["metrics"]["val/loss"] - 0.5
     loaded = load_checkpoint(f"{result['ckpt_dir']}/last.ckpt")
     assert isinstance(loaded.task.net, BigramLM) and loaded.task.net.emb.embedding_dim == 8

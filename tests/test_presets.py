@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
 
 USER_PRESET = "# @package _global_\ndefaults:\n  - override /model: transformer\nmodel:\n  dim: {dim}\n"
@@ -45,7 +44,9 @@ def test_non_editable_install_keeps_its_presets(tmp_path):
     target = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if build.returncode != 0:
         pytest.skip(f"could not build a wheel here: {build.stderr.strip().splitlines()[-1:]}")
@@ -53,8 +54,13 @@ def test_non_editable_install_keeps_its_presets(tmp_path):
     away = tmp_path / "elsewhere"
     away.mkdir()
     env = {"PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    where = subprocess.run([sys.executable, "-c", "import memexp; print(memexp.__file__)"], cwd=away, env=os.environ | env,
-                           capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import memexp; print(memexp.__file__)"],
+        cwd=away,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+    )
     assert Path(where.stdout.strip()).is_relative_to(target), where
     cfg = job_config(run_cli("memexp.run", "experiment=quick_byte", "--cfg", "job", cwd=away, env=env))
     assert cfg["model"]["dim"] == 96

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import QUIET, run_cli, run_in_process
+
 from memexp.data.recall import RecallDataModule
+from memexp.errors import ConfigError
 from memexp.evals.binned_ppl import binned_perplexity
 from memexp.evals.continual import continual_summary
 from memexp.evals.recall import recall_at_gap
-from memexp.errors import ConfigError
-
 
 # ----------------------------------------------------------------------------- recall data and scoring
 
@@ -29,7 +28,7 @@ class BlindModel(torch.nn.Module):
 
     def forward(self, idx, state=None):
         logits = torch.full((*idx.shape, self.dm.tokenizer.vocab_size), -1e9)
-        logits[..., self.dm.n_filler + self.dm.n_keys:] = 0.0
+        logits[..., self.dm.n_filler + self.dm.n_keys :] = 0.0
         return logits, None
 
 
@@ -73,7 +72,7 @@ def test_task_cue_sits_before_the_query_and_names_the_task():
         assert dm.spec.vocab_size == 16 + 8 + 8 + 3
         assert (b["input"][:, -2] == dm.cue).all() and dm.cue == 32 + t  # right before the query key
         assert dm.tokenizer.decode([dm.cue]).strip() == f"t{t}"
-        assert ((b["input"][:, :-2] < 32).all())  # no cue anywhere else
+        assert (b["input"][:, :-2] < 32).all()  # no cue anywhere else
     with pytest.raises(ConfigError, match="data.task_id=3"):
         RecallDataModule(task_cue=True, task_id=3)
 
@@ -91,7 +90,6 @@ def test_disjoint_values_give_each_task_its_own_value_tokens():
         blocks.append(dm.value_map)
     assert all(m is not None for m in blocks)  # every task, A included, answers through its own map
     assert not torch.equal(blocks[0], blocks[1])
-
 
 
 @pytest.mark.parametrize("kind", ["needle", "multi_query"])
@@ -137,7 +135,9 @@ def test_binned_perplexity_full_bin_matches_plain_evaluation(tiny_text):
     nll = sum(r["nll"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows)
     assert math.exp(nll) == pytest.approx(rows[-1]["ppl_upto"], rel=1e-6)
     # a model with a shorter context leaves the bins beyond it empty
-    short = binned_perplexity(Transformer(dm.spec.vocab_size, dim=32, depth=1, heads=2, max_len=32), dm.tokens("test"), [16, 32, 64])
+    short = binned_perplexity(
+        Transformer(dm.spec.vocab_size, dim=32, depth=1, heads=2, max_len=32), dm.tokens("test"), [16, 32, 64]
+    )
     assert math.isnan(short[-1]["ppl"]) and "max_len=32" in short[-1]["note"]
 
 
@@ -145,9 +145,7 @@ def test_binned_perplexity_full_bin_matches_plain_evaluation(tiny_text):
 
 
 def test_forgetting_and_backward_transfer_by_hand():
-    acc = [[0.9, 0.1, 0.1],
-           [0.6, 0.8, 0.2],
-           [0.5, 0.4, 0.7]]
+    acc = [[0.9, 0.1, 0.1], [0.6, 0.8, 0.2], [0.5, 0.4, 0.7]]
     s = continual_summary(acc)
     # forgetting: task A max(0.9, 0.6) - 0.5 = 0.4; task B 0.8 - 0.4 = 0.4 -> 0.4
     assert s["avg_forgetting"] == pytest.approx(0.4)
@@ -162,8 +160,10 @@ def _continual_run(model: str, seed: int, forget_a: float) -> dict:
     """A fake job whose only forgetting is on task A: best 0.9, final 0.9 - forget_a."""
     acc = [[0.9, 0.1], [0.9 - forget_a, 0.8]]
     loss = [[1.0, 3.0], [1.0 + forget_a, 1.5]]
-    return {"names": {"model": model, "seed": seed},
-            "study": {"continual": {"tasks": ["A", "B"], "accuracy": acc, "loss": loss, **continual_summary(acc, loss)}}}
+    return {
+        "names": {"model": model, "seed": seed},
+        "study": {"continual": {"tasks": ["A", "B"], "accuracy": acc, "loss": loss, **continual_summary(acc, loss)}},
+    }
 
 
 def test_paired_forgetting_comparison_by_hand():
@@ -179,7 +179,9 @@ def test_paired_forgetting_comparison_by_hand():
     assert d["sign_p"] == pytest.approx(2 / 64)  # all six one way: 2 * (1/2)^6
     assert pair["metrics"]["avg_loss_forgetting"]["mean"] == pytest.approx(-0.01)
     assert pair["verdict"].startswith("**hope** forgets less")
-    assert "| hope vs transformer | avg_forgetting | -0.0100 ± 0.0000 | 6 of 6 seeds | 0.031 |" in continual_markdown(cont, [pair])
+    assert "| hope vs transformer | avg_forgetting | -0.0100 ± 0.0000 | 6 of 6 seeds | 0.031 |" in continual_markdown(
+        cont, [pair]
+    )
 
     # three seeds all one way is still p = 0.25: reported as noise, with the seeds it would take
     (pair3,) = compare_continual(summarize_continual([r for r in runs if r["names"]["seed"] < 3]))
@@ -187,8 +189,9 @@ def test_paired_forgetting_comparison_by_hand():
     assert pair3["verdict"].startswith("No difference beyond seed noise") and "run at least 6" in pair3["verdict"]
 
     # mixed signs: 4 of 6 lower -> p = 2 * (1 + 6 + 15) / 64
-    mixed = [_continual_run("hope", s, 0.03 + (0.01 if s < 2 else -0.01)) for s in range(6)] + \
-            [_continual_run("transformer", s, 0.03) for s in range(6)]
+    mixed = [_continual_run("hope", s, 0.03 + (0.01 if s < 2 else -0.01)) for s in range(6)] + [
+        _continual_run("transformer", s, 0.03) for s in range(6)
+    ]
     (pm,) = compare_continual(summarize_continual(mixed))
     assert pm["metrics"]["avg_forgetting"]["a_lower"] == 4
     assert pm["metrics"]["avg_forgetting"]["sign_p"] == pytest.approx(44 / 64)
@@ -222,8 +225,18 @@ def test_continual_report_files_and_wandb_tables(tmp_path, monkeypatch):
 
 
 def test_continual_run_fills_a_task_by_task_matrix(tmp_path):
-    result = run_in_process(["experiment=continual_abc", "model=transformer_tiny", "debug=fast", *QUIET, "trainer.max_steps=3",
-                             "data.test_size=32", "data.eval_batch_size=32"], tmp_path)
+    result = run_in_process(
+        [
+            "experiment=continual_abc",
+            "model=transformer_tiny",
+            "debug=fast",
+            *QUIET,
+            "trainer.max_steps=3",
+            "data.test_size=32",
+            "data.eval_batch_size=32",
+        ],
+        tmp_path,
+    )
     c = result["study"]["continual"]
     assert c["tasks"] == ["A", "B", "C"]
     assert len(c["accuracy"]) == 3 and all(len(r) == 3 for r in c["accuracy"])
@@ -233,8 +246,17 @@ def test_continual_run_fills_a_task_by_task_matrix(tmp_path):
 
 
 def test_continual_text_trains_on_three_corpus_parts(tmp_path):
-    result = run_in_process(["experiment=continual_text", "model=hope_tiny", "debug=fast", *QUIET, "trainer.max_steps=2",
-                             "trainer.limit_test_batches=1"], tmp_path)
+    result = run_in_process(
+        [
+            "experiment=continual_text",
+            "model=hope_tiny",
+            "debug=fast",
+            *QUIET,
+            "trainer.max_steps=2",
+            "trainer.limit_test_batches=1",
+        ],
+        tmp_path,
+    )
     c = result["study"]["continual"]
     loss = c["loss"]
     assert len(loss) == 3 and all(len(r) == 3 and all(math.isfinite(x) for x in r) for r in loss)
@@ -274,9 +296,23 @@ def test_reptile_outer_loop_moves_weights_toward_the_adapted_ones():
 # ----------------------------------------------------------------------------- multirun -> report
 
 
-TINY_STUDY = ["debug=fast", "logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-              "trainer.max_steps=4", "trainer.val_check_interval=4", "data.seq_len=24", "data.gap=[2,16]", "data.batch_size=8", "data.val_size=32", "data.test_size=32",
-              "data.eval_batch_size=32", "study.n_samples=32", "study.gaps=[8,128]", "sample_tokens=0"]
+TINY_STUDY = [
+    "debug=fast",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "data.seq_len=24",
+    "data.gap=[2,16]",
+    "data.batch_size=8",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.eval_batch_size=32",
+    "study.n_samples=32",
+    "study.gaps=[8,128]",
+    "sample_tokens=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +347,15 @@ def test_multirun_over_two_seeds_aggregates_into_one_report(study_sweep):
 def test_evaluate_recall_on_a_study_checkpoint(study_sweep, tmp_path):
     out, _ = study_sweep
     ckpt = next((out / "checkpoints" / "hope_vs_baseline").glob("transformer_tiny-*seed0*/last.ckpt"))
-    proc = run_cli("memexp.evaluate", f"ckpt={ckpt}", "eval=recall", "gaps=[8,128]", "n_samples=32", f"reports_dir={tmp_path}",
-                   f"paths.output_dir={tmp_path}")
+    proc = run_cli(
+        "memexp.evaluate",
+        f"ckpt={ckpt}",
+        "eval=recall",
+        "gaps=[8,128]",
+        "n_samples=32",
+        f"reports_dir={tmp_path}",
+        f"paths.output_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "recall_prob" in proc.stdout and "last 72 of 131 tokens (max_len)" in proc.stdout
     assert len((tmp_path / "long_context.csv").read_text().splitlines()) == 3

@@ -12,7 +12,9 @@ def test_splits_are_contiguous_and_cover_the_text(tiny_text):
     dm = TextDataModule(path=str(tiny_text), seq_len=16)
     text = tiny_text.read_text()
     tok = dm.spec.tokenizer
-    joined = tok.decode(dm.tokens("train").tolist()) + tok.decode(dm.tokens("val").tolist()) + tok.decode(dm.tokens("test").tolist())
+    joined = (
+        tok.decode(dm.tokens("train").tolist()) + tok.decode(dm.tokens("val").tolist()) + tok.decode(dm.tokens("test").tolist())
+    )
     assert joined == text
     assert len(dm.tokens("train")) == int(len(text) * 0.9)
 

@@ -4,12 +4,19 @@ import csv
 import math
 
 import pytest
-
 from conftest import QUIET, TINY_MODEL, run_in_process
+
 from memexp.errors import CheckpointError, ConfigError
 
-FAST = ["trainer.max_steps=60", "trainer.val_check_interval=30", "trainer.limit_val_batches=4",
-        "trainer.limit_test_batches=4", "trainer.log_every_n_steps=1", "optim.lr=1e-2", "optim.warmup_steps=5"]
+FAST = [
+    "trainer.max_steps=60",
+    "trainer.val_check_interval=30",
+    "trainer.limit_val_batches=4",
+    "trainer.limit_test_batches=4",
+    "trainer.log_every_n_steps=1",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=5",
+]
 
 PAIRS = {
     "transformer-text-char": ["model=transformer", "data=text", "data.tokenizer=char"],
@@ -45,8 +52,16 @@ def _csv_steps(run_dir):
 
 
 def test_interrupted_run_resumes_at_the_right_step(tiny_text, tmp_path):
-    common = ["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "trainer.val_check_interval=5",
-              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1"]
+    common = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *TINY_MODEL,
+        *QUIET,
+        "trainer.val_check_interval=5",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.log_every_n_steps=1",
+    ]
     first = run_in_process([*common, "trainer.max_steps=6"], tmp_path / "a")
     # The same command (a longer budget does not change the run key) picks up last.ckpt.
     second = run_in_process([*common, "trainer.max_steps=12", f"paths.checkpoint_root={tmp_path}/a/checkpoints"], tmp_path / "b")
@@ -55,13 +70,22 @@ def test_interrupted_run_resumes_at_the_right_step(tiny_text, tmp_path):
     assert second["metrics"]["global_step"] == 12
     steps = _csv_steps(second["run_dir"])
     assert min(steps) >= 6 and max(steps) >= 11  # it trained steps 7..12 only
-    fresh = run_in_process([*common, "trainer.max_steps=3", "fresh=true", f"paths.checkpoint_root={tmp_path}/a/checkpoints"], tmp_path / "c")
+    fresh = run_in_process(
+        [*common, "trainer.max_steps=3", "fresh=true", f"paths.checkpoint_root={tmp_path}/a/checkpoints"], tmp_path / "c"
+    )
     assert fresh["resumed_from_step"] is None and fresh["metrics"]["global_step"] == 3
 
 
 def test_changed_model_in_same_folder_is_refused(tiny_text, tmp_path):
-    common = ["data=text", f"data.path={tiny_text}", *QUIET, "trainer.max_steps=2", "trainer.limit_val_batches=1",
-              "trainer.limit_test_batches=1", f"ckpt_dir={tmp_path}/ck"]
+    common = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *QUIET,
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"ckpt_dir={tmp_path}/ck",
+    ]
     run_in_process([*common, *TINY_MODEL], tmp_path)
     with pytest.raises(CheckpointError, match="trained with another model config"):
         run_in_process([*common, *TINY_MODEL, "model.depth=2"], tmp_path)
@@ -76,10 +100,15 @@ def test_model_data_kind_mismatch_stops_before_work():
     class Text:
         task_kind = "causal_lm"
 
-    with pytest.raises(ConfigError, match=r"model=bigru is a classification model and needs labelled documents.*data=shakespeare provides token sequences"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model=bigru is a classification model and needs labelled documents.*data=shakespeare provides token sequences",
+    ):
         check_pairing(Classifier, Text, RunNames(model="bigru", data="shakespeare"))
 
 
 def test_carry_state_needs_a_stateful_model(tiny_text, tmp_path):
     with pytest.raises(ConfigError, match="task.carry_state=true needs a model that carries state"):
-        run_in_process(["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "data.windows=stream", "task.carry_state=true"], tmp_path)
+        run_in_process(
+            ["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "data.windows=stream", "task.carry_state=true"], tmp_path
+        )

@@ -4,8 +4,8 @@ import torch
 from memexp.data.spec import DataSpec
 from memexp.data.tokenizers import CharTokenizer
 from memexp.errors import ConfigError
-from memexp.runs.build import build_task
 from memexp.models.transformer import Transformer
+from memexp.runs.build import build_task
 from memexp.tasks.causal_lm import CausalLMTask
 from memexp.tasks.optim import OptimizerSettings
 

@@ -18,9 +18,7 @@ from memexp.runs.loggers import wandb_logger
 from memexp.tasks.optim import OptimizerSettings
 
 # -- model ----------------------------------------------------------------------------------
-TransformerConf = builds(
-    Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"], max_len=64
-)
+TransformerConf = builds(Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"], max_len=64)
 # pad_id comes from the data's vocabulary, like vocab_size.
 HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
 
@@ -36,8 +34,17 @@ RandomBytesConf = builds(RandomBytesDataModule, **_text, builds_bases=(Shakespea
 # The LCCC toy sample (1,400 dialogues; copied from ../shared/data or downloaded when missing),
 # and the full LCCC-base (downloaded into <data_dir>/lccc_base/, about 6.8M dialogues).
 LCCCConf = builds(DialogueDataModule, **_text, source="${paths.data_dir}/lccc_toy/toy_data.json")
-LCCCFullConf = builds(DialogueDataModule, **_text, source=None, min_freq=3, max_size=50_000, max_history=6,
-                      max_context_len=192, buffer_size=8192, num_workers=2)
+LCCCFullConf = builds(
+    DialogueDataModule,
+    **_text,
+    source=None,
+    min_freq=3,
+    max_size=50_000,
+    max_history=6,
+    max_context_len=192,
+    buffer_size=8192,
+    num_workers=2,
+)
 
 # -- optim ----------------------------------------------------------------------------------
 AdamWConf = builds(OptimizerSettings, populate_full_signature=True)
@@ -186,8 +193,16 @@ def register_groups() -> None:
     experiment(
         dict(
             defaults=["_self_", {"override /model": "hyperlstm"}, {"override /data": "shakespeare"}],
-            model=dict(embedding_size=64, hidden_size=352, num_layers=1, hyper_num_units=128, hyper_embedding_size=16,
-                       use_layer_norm=True, use_recurrent_dropout=False, dropout=0.0),
+            model=dict(
+                embedding_size=64,
+                hidden_size=352,
+                depth=1,
+                hyper_num_units=128,
+                hyper_embedding_size=16,
+                use_layer_norm=True,
+                use_recurrent_dropout=False,
+                dropout=0.0,
+            ),
             data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
             task=dict(carry_state="auto"),
             optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
@@ -203,8 +218,17 @@ def register_groups() -> None:
     experiment(
         dict(
             defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}],
-            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0,
-                       mem_write=32, cms_frequencies=[1, 4, 16]),
+            model=dict(
+                dim=128,
+                depth=4,
+                heads=4,
+                ff_mult=4,
+                max_len=64,
+                seq_len=64,
+                dropout=0.0,
+                mem_write=32,
+                cms_frequencies=[1, 4, 16],
+            ),
             data=dict(seq_len=64, batch_size=12, tokenizer="char"),
             optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
             trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
@@ -217,14 +241,26 @@ def register_groups() -> None:
     # the document describes them. Key-by-key mapping: docs/hope.md.
     experiment(
         dict(
-            defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"},
-                      {"override /callbacks": "ema"}],
+            defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}, {"override /callbacks": "ema"}],
             model=dict(
-                dim=128, depth=4, heads=4, ff_mult=4, max_len=128, seq_len=128, dropout=0.0,
-                memory_capacity=64, top_k=4, error_decay=0.9, surprise_scale=1.0, base_momentum=0.9,
-                mem_write=64, error_update=1, cms_frequencies=[1, 4, 16],
-                schedules=dict(surprise_scale=dict(start=0.0, end=1.0, warmup_steps=200),
-                               mem_write=dict(start=128, end=64, warmup_steps=200)),
+                dim=128,
+                depth=4,
+                heads=4,
+                ff_mult=4,
+                max_len=128,
+                seq_len=128,
+                dropout=0.0,
+                memory_capacity=64,
+                top_k=4,
+                error_decay=0.9,
+                surprise_scale=1.0,
+                base_momentum=0.9,
+                mem_write=64,
+                error_update=1,
+                cms_frequencies=[1, 4, 16],
+                schedules=dict(
+                    surprise_scale=dict(start=0.0, end=1.0, warmup_steps=200), mem_write=dict(start=128, end=64, warmup_steps=200)
+                ),
             ),
             data=dict(seq_len=128, batch_size=16, tokenizer="byte", num_workers=0, pin_memory=False),
             optim=dict(name="adamw", lr=1e-3, warmup_steps=100, min_lr=1e-4),

@@ -23,5 +23,6 @@ def load_checkpoint(
     data_path: str | None = None,
 ) -> LoadedRun:
     """The task (weights loaded) and data module (tokenizer restored) of a memexp checkpoint."""
-    return _load_with(path, instantiate, data_dir=data_dir, expect_model=expect_model, data_overrides=data_overrides,
-                      data_path=data_path)
+    return _load_with(
+        path, instantiate, data_dir=data_dir, expect_model=expect_model, data_overrides=data_overrides, data_path=data_path
+    )

@@ -23,13 +23,31 @@ RecallConf = builds(RecallDataModule, populate_full_signature=True, zen_partial=
 # recall gaps, and a transformer of the same width/depth whose context covers the training
 # sequences (max_len=72) but nothing longer. Both ~30k parameters: minutes on a CPU.
 HOPETinyConf = builds(
-    HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"],
-    dim=32, depth=2, heads=2, ff_mult=2, seq_len=16, max_len=16, mem_write=4, memory_capacity=8, top_k=2,
+    HOPE,
+    populate_full_signature=True,
+    zen_partial=True,
+    zen_exclude=["vocab_size"],
+    dim=32,
+    depth=2,
+    heads=2,
+    ff_mult=2,
+    seq_len=16,
+    max_len=16,
+    mem_write=4,
+    memory_capacity=8,
+    top_k=2,
     memory_read_init=1.0,  # recall lives in the memory: read it at full strength from the start (as measured)
 )
 TransformerTinyConf = builds(
-    Transformer, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"],
-    dim=32, depth=2, heads=2, ff_mult=2, max_len=72,
+    Transformer,
+    populate_full_signature=True,
+    zen_partial=True,
+    zen_exclude=["vocab_size"],
+    dim=32,
+    depth=2,
+    heads=2,
+    ff_mult=2,
+    max_len=72,
 )
 
 # -- the `study` section of a run (read by memexp.run) ----------------------------------------
@@ -37,8 +55,10 @@ TransformerTinyConf = builds(
 # The compare presets set no data fields, so `data=shakespeare` swaps in text (binned perplexity).
 _recall_data = dict(kind="needle", seq_len=72, gap=[4, 64], n_filler=16, n_keys=8, n_values=8, batch_size=32)
 _study_trainer = dict(max_steps=600, val_check_interval=200, limit_val_batches=2, limit_test_batches=4, log_every_n_steps=20)
-_continual = dict(trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
-                  study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256))
+_continual = dict(
+    trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
+    study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
+)
 
 
 def _study_preset(name: str, data_group: str, both_models: bool = True, **fields) -> dict:
@@ -77,8 +97,11 @@ def register_studies() -> None:
     # HOPE vs the transformer baseline: same data, steps, optimiser; each job evaluates recall
     # by gap (data=recall) or binned perplexity (text data) after its test.
     experiment(
-        _study_preset("hope_vs_baseline", "recall",
-                      study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256)),
+        _study_preset(
+            "hope_vs_baseline",
+            "recall",
+            study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
+        ),
         name="hope_vs_baseline",
     )
     # Continual learning: tasks A, B, C are needle recall whose answer is a task-specific
@@ -86,8 +109,12 @@ def register_studies() -> None:
     # query naming the task, so the three can be known at once (data.disjoint_values=true gives
     # each task its own value tokens instead); trained in sequence, trainer.max_steps per stage.
     experiment(
-        _study_preset("continual_abc", "recall", **_continual,
-                      data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True, task_cue=True)),
+        _study_preset(
+            "continual_abc",
+            "recall",
+            **_continual,
+            data=dict(_recall_data, gap=[4, 32], seq_len=40, remap_values=True, task_cue=True),
+        ),
         name="continual_abc",
     )
     # Continual learning on text, the source document's protocol: tiny-shakespeare cut into three
@@ -99,8 +126,13 @@ def register_studies() -> None:
     # Meta-training (Reptile outer loop on held-out validation tasks), compared with meta.use=false:
     #   python -m memexp.run -m experiment=meta_recall meta.use=true,false
     experiment(
-        _study_preset("meta_recall", "recall", both_models=False, meta=dict(use=True),
-                      study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256)),
+        _study_preset(
+            "meta_recall",
+            "recall",
+            both_models=False,
+            meta=dict(use=True),
+            study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256),
+        ),
         name="meta_recall",
     )
 

@@ -67,8 +67,7 @@ class RecallTokenizer:
     def encode(self, text: str) -> list[int]:
         """Space-separated names (`k1 v5 f0 t2`) or bare ids back to ids."""
         out = []
-        offsets = {"f": 0, "k": self.n_filler, "v": self.n_filler + self.n_keys,
-                   "t": self.n_filler + self.n_keys + self.n_values}
+        offsets = {"f": 0, "k": self.n_filler, "v": self.n_filler + self.n_keys, "t": self.n_filler + self.n_keys + self.n_values}
         for word in text.split():
             if word[0] in offsets and word[1:].isdigit():
                 out.append(offsets[word[0]] + int(word[1:]))
@@ -91,8 +90,13 @@ class RecallTokenizer:
         return " ".join(names) + " "
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "n_filler": self.n_filler, "n_keys": self.n_keys, "n_values": self.n_values,
-                "n_cues": self.n_cues}
+        return {
+            "name": self.name,
+            "n_filler": self.n_filler,
+            "n_keys": self.n_keys,
+            "n_values": self.n_values,
+            "n_cues": self.n_cues,
+        }
 
 
 def recall_batch(
@@ -122,9 +126,11 @@ def recall_batch(
     cued = cue is not None
     need = 2 * pairs + hi + tail + cued
     if need > seq_len:
-        raise ConfigError(f"data.seq_len={seq_len} is too short for gap={hi} ({need} tokens needed: "
-                          f"{2 * pairs} for the pairs, {hi} of gap, {tail} for the queries"
-                          f"{', 1 for the task cue' if cued else ''})")
+        raise ConfigError(
+            f"data.seq_len={seq_len} is too short for gap={hi} ({need} tokens needed: "
+            f"{2 * pairs} for the pairs, {hi} of gap, {tail} for the queries"
+            f"{', 1 for the task cue' if cued else ''})"
+        )
     x = torch.randint(0, F, (n, seq_len), generator=generator)
     y = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)
     gaps = torch.randint(lo, hi + 1, (n,), generator=generator)
@@ -226,8 +232,10 @@ class RecallDataModule(L.LightningDataModule):
         self.task_id, self.remap_values = int(task_id), bool(remap_values)
         self.task_cue, self.disjoint_values, self.n_tasks = bool(task_cue), bool(disjoint_values), int(n_tasks)
         if (self.task_cue or self.disjoint_values) and not 0 <= self.task_id < self.n_tasks:
-            raise ConfigError(f"data.task_id={self.task_id}: with data.task_cue or data.disjoint_values, "
-                              f"expected 0 <= task_id < data.n_tasks={self.n_tasks}")
+            raise ConfigError(
+                f"data.task_id={self.task_id}: with data.task_cue or data.disjoint_values, "
+                f"expected 0 <= task_id < data.n_tasks={self.n_tasks}"
+            )
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
@@ -246,8 +254,9 @@ class RecallDataModule(L.LightningDataModule):
     def chance(self) -> float:
         return 1.0 / self.n_values
 
-    def batch(self, n: int, gap: int | Sequence[int] | None = None, generator: torch.Generator | None = None,
-              seq_len: int | None = None) -> dict:
+    def batch(
+        self, n: int, gap: int | Sequence[int] | None = None, generator: torch.Generator | None = None, seq_len: int | None = None
+    ) -> dict:
         """n sequences of this task; `gap` / `seq_len` override the module's (evaluation at other gaps)."""
         gap = self.gap if gap is None else gap
         if seq_len is None:
@@ -255,9 +264,21 @@ class RecallDataModule(L.LightningDataModule):
             tail = 1 if self.kind == "needle" else 2 * self.n_queries - 1
             pairs = 1 if self.kind == "needle" else self.n_pairs
             seq_len = max(self.seq_len, 2 * pairs + hi + tail + self.task_cue)
-        return recall_batch(n, seq_len, gap, generator or torch.Generator().manual_seed(self.seed), self.kind,
-                            self.n_filler, self.n_keys, self.n_values, self.n_pairs, self.n_queries, self.value_map,
-                            self.cue, self.value_offset)
+        return recall_batch(
+            n,
+            seq_len,
+            gap,
+            generator or torch.Generator().manual_seed(self.seed),
+            self.kind,
+            self.n_filler,
+            self.n_keys,
+            self.n_values,
+            self.n_pairs,
+            self.n_queries,
+            self.value_map,
+            self.cue,
+            self.value_offset,
+        )
 
     @property
     def cue(self) -> int | None:
@@ -276,12 +297,18 @@ class RecallDataModule(L.LightningDataModule):
 
     @property
     def spec(self) -> DataSpec:
-        return DataSpec(task_kind=self.task_kind, vocab_size=self.tokenizer.vocab_size, tokenizer=self.tokenizer,
-                        seq_len=self.seq_len)
+        return DataSpec(
+            task_kind=self.task_kind, vocab_size=self.tokenizer.vocab_size, tokenizer=self.tokenizer, seq_len=self.seq_len
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(_RecallSplit(self, split, self.sizes.get(split, self.sizes["val"])), batch_size=batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            _RecallSplit(self, split, self.sizes.get(split, self.sizes["val"])),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

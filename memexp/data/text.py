@@ -38,7 +38,9 @@ def read_utf8(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"data file {path} is not valid UTF-8: byte {e.start} (line {line}) is {raw[e.start:e.start + 1]!r}") from None
+        raise DataError(
+            f"data file {path} is not valid UTF-8: byte {e.start} (line {line}) is {raw[e.start : e.start + 1]!r}"
+        ) from None
 
 
 def read_jsonl_text(path: Path, field: str = "text", separator: str = "\n\n") -> str:
@@ -50,12 +52,14 @@ def read_jsonl_text(path: Path, field: str = "text", separator: str = "\n\n") ->
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg}); expected one {{\"{field}\": ...}} object per line") from None
+            raise DataError(
+                f'{path}, line {lineno}: not valid JSON ({e.msg}); expected one {{"{field}": ...}} object per line'
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise DataError(f"{path}, line {lineno}: expected an object with a string field {field!r}")
         texts.append(record[field])
     if not texts:
-        raise DataError(f"{path} holds no records; expected one {{\"{field}\": ...}} object per line")
+        raise DataError(f'{path} holds no records; expected one {{"{field}": ...}} object per line')
     return separator.join(texts)
 
 
@@ -201,12 +205,15 @@ class TextDataModule(L.LightningDataModule):
         if self.windows not in ("random", "stream"):
             raise ConfigError(f"data.windows={self.windows!r}: expected 'random' or 'stream'")
         if len(self.splits) != 3 or any(s < 0 for s in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
-            raise ConfigError(f"data.splits={list(self.splits)}: expected three non-negative fractions (train, val, test) summing to 1")
+            raise ConfigError(
+                f"data.splits={list(self.splits)}: expected three non-negative fractions (train, val, test) summing to 1"
+            )
         if self.seq_len < 1 or self.batch_size < 1:
             raise ConfigError("data.seq_len and data.batch_size must be positive")
         if self.n_tasks < 1 or not 0 <= self.task_id < self.n_tasks:
-            raise ConfigError(f"data.task_id={self.task_id}, data.n_tasks={self.n_tasks}: expected n_tasks >= 1 "
-                              f"and 0 <= task_id < n_tasks")
+            raise ConfigError(
+                f"data.task_id={self.task_id}, data.n_tasks={self.n_tasks}: expected n_tasks >= 1 and 0 <= task_id < n_tasks"
+            )
 
     # -- files --------------------------------------------------------------------------
     def source_path(self) -> Path:
@@ -236,8 +243,7 @@ class TextDataModule(L.LightningDataModule):
             self.prepare_data()
         text = self.read_text()
         part = len(text) // self.n_tasks
-        parts = [self._split(text[i * part : (i + 1) * part if i < self.n_tasks - 1 else len(text)])
-                 for i in range(self.n_tasks)]
+        parts = [self._split(text[i * part : (i + 1) * part if i < self.n_tasks - 1 else len(text)]) for i in range(self.n_tasks)]
         pieces = parts[self.task_id]
         if self.tokenizer is None:
             self.tokenizer = build_tokenizer(self.tokenizer_name, "".join(p["train"] for p in parts))
@@ -261,7 +267,11 @@ class TextDataModule(L.LightningDataModule):
     @property
     def spec(self) -> DataSpec:
         self.setup()
-        return DataSpec(task_kind=self.task_kind, vocab_size=self.tokenizer.vocab_size, tokenizer=self.tokenizer, seq_len=self.seq_len,
+        return DataSpec(
+            task_kind=self.task_kind,
+            vocab_size=self.tokenizer.vocab_size,
+            tokenizer=self.tokenizer,
+            seq_len=self.seq_len,
             ordered_windows=self.windows == "stream",
         )
 

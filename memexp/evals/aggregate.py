@@ -28,8 +28,19 @@ from scipy.stats import binomtest, ttest_rel
 
 from memexp.errors import ConfigError
 
-HEADLINE = ["train/loss", "val/loss", "val/ppl", "val/acc", "val/top5", "val/top10",
-            "test/loss", "test/ppl", "test/acc", "test/top5", "test/top10"]
+HEADLINE = [
+    "train/loss",
+    "val/loss",
+    "val/ppl",
+    "val/acc",
+    "val/top5",
+    "val/top10",
+    "test/loss",
+    "test/ppl",
+    "test/acc",
+    "test/top5",
+    "test/top10",
+]
 
 
 def collect_runs(root: str | Path) -> list[dict]:
@@ -49,7 +60,9 @@ def collect_runs(root: str | Path) -> list[dict]:
             r["path"] = str(path.parent)
             runs.append(r)
     if not runs:
-        raise ConfigError(f"no run results (metrics.json with names) under {root}; run `python -m memexp.run -m experiment=...` first")
+        raise ConfigError(
+            f"no run results (metrics.json with names) under {root}; run `python -m memexp.run -m experiment=...` first"
+        )
     return sorted(runs, key=lambda r: (r["names"]["model"], r["names"]["seed"]))
 
 
@@ -104,8 +117,11 @@ def summarize_continual(runs: list[dict]) -> dict:
             "accuracy_mean": mean("accuracy"),
             "loss_mean": mean("loss"),
             "per_seed": [{k: c[k] for k in ("seed", "accuracy", "loss", *FORGETTING) if k in c} for c in cs],
-            **{k: stats([c[k] for c in cs]) for k in ("avg_forgetting", "backward_transfer", "avg_final_accuracy",
-                                                       "avg_loss_forgetting", "avg_final_loss") if k in cs[0]},
+            **{
+                k: stats([c[k] for c in cs])
+                for k in ("avg_forgetting", "backward_transfer", "avg_final_accuracy", "avg_loss_forgetting", "avg_final_loss")
+                if k in cs[0]
+            },
             "steps_per_stage": cs[0].get("steps_per_stage"),
             "optimizer": cs[0].get("optimizer"),
         }
@@ -120,23 +136,46 @@ def _fmt(s: dict) -> str:
 
 def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) -> str:
     models = sorted(summary)
-    lines = ["# Experiment report", "", f"{len(runs)} runs: " + ", ".join(
-        f"{m} (seeds {sorted({r['names']['seed'] for r in runs if r['names']['model'] == m})})" for m in models), "",
-        "Mean ± standard deviation over seeds (ddof=1).", "", "## Metrics", "",
-        "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    lines = [
+        "# Experiment report",
+        "",
+        f"{len(runs)} runs: "
+        + ", ".join(f"{m} (seeds {sorted({r['names']['seed'] for r in runs if r['names']['model'] == m})})" for m in models),
+        "",
+        "Mean ± standard deviation over seeds (ddof=1).",
+        "",
+        "## Metrics",
+        "",
+        "| metric | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
     keys = [k for k in HEADLINE if any(k in summary[m] for m in models)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(summary[m].get(k, {})) for m in models) + " |")
     gaps = sorted({int(k.split("@")[1]) for m in models for k in summary[m] if k.startswith("recall_prob@")})
     if gaps:
-        lines += ["", "## Long-context recall (recall_prob / exact match)", "",
-                  "| gap | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        lines += [
+            "",
+            "## Long-context recall (recall_prob / exact match)",
+            "",
+            "| gap | " + " | ".join(models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
         for g in gaps:
-            lines.append(f"| {g} | " + " | ".join(
-                f"{_fmt(summary[m].get(f'recall_prob@{g}', {}))} / {_fmt(summary[m].get(f'recall_acc@{g}', {}))}"
-                for m in models) + " |")
-        contexts = {r["names"]["model"]: x["context"] for r in runs for x in (r.get("study") or {}).get("recall", [])
-                    if x.get("context", "full") != "full"}
+            lines.append(
+                f"| {g} | "
+                + " | ".join(
+                    f"{_fmt(summary[m].get(f'recall_prob@{g}', {}))} / {_fmt(summary[m].get(f'recall_acc@{g}', {}))}"
+                    for m in models
+                )
+                + " |"
+            )
+        contexts = {
+            r["names"]["model"]: x["context"]
+            for r in runs
+            for x in (r.get("study") or {}).get("recall", [])
+            if x.get("context", "full") != "full"
+        }
         for m, c in sorted(contexts.items()):
             lines.append(f"\n{m}: bounded context; at the longest gaps it saw only the {c}.")
     if hf_note:
@@ -147,35 +186,52 @@ def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) ->
 
 def continual_markdown(cont: dict, pairs: list[dict]) -> str:
     """The report of `summarize_continual` output, with `compare_continual`'s pairs."""
-    lines = ["# Continual learning A -> B -> C", "",
-             "R[i][j] = test accuracy on task j after training stage i (mean over seeds). "
-             "Average forgetting = mean over earlier tasks of (best earlier accuracy - final accuracy); "
-             "backward transfer = mean of (final - just-after-training accuracy).", ""]
+    lines = [
+        "# Continual learning A -> B -> C",
+        "",
+        "R[i][j] = test accuracy on task j after training stage i (mean over seeds). "
+        "Average forgetting = mean over earlier tasks of (best earlier accuracy - final accuracy); "
+        "backward transfer = mean of (final - just-after-training accuracy).",
+        "",
+    ]
     for model, c in cont.items():
         tasks = c["tasks"]
-        lines += [f"## {model} (seeds {c['seeds']}, {c['steps_per_stage']} steps per stage, optimizer {c['optimizer']})", "",
-                  "| after \\ eval | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [
+            f"## {model} (seeds {c['seeds']}, {c['steps_per_stage']} steps per stage, optimizer {c['optimizer']})",
+            "",
+            "| after \\ eval | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
         for i, t in enumerate(tasks):
             lines.append(f"| {t} | " + " | ".join(f"{v:.3f}" for v in c["accuracy_mean"][i]) + " |")
-        lines += ["", f"- average forgetting: {_fmt(c['avg_forgetting'])}",
-                  f"- backward transfer: {_fmt(c['backward_transfer'])}",
-                  f"- final average accuracy: {_fmt(c['avg_final_accuracy'])}"]
+        lines += [
+            "",
+            f"- average forgetting: {_fmt(c['avg_forgetting'])}",
+            f"- backward transfer: {_fmt(c['backward_transfer'])}",
+            f"- final average accuracy: {_fmt(c['avg_final_accuracy'])}",
+        ]
         if "avg_loss_forgetting" in c:
             lines.append(f"- loss forgetting (rise of test loss): {_fmt(c['avg_loss_forgetting'])}")
         lines.append("")
     if pairs:
-        lines += ["## Which model forgets less", "",
-                  "Differences a - b of average forgetting, pairing the runs of both models by seed "
-                  "(each pair an independent draw of initialisation and batches). The sign test asks how "
-                  "often a random +/- pattern would be this one-sided; a difference it does not separate "
-                  "from seed noise is not a finding.", "",
-                  "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t (two-sided p) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Which model forgets less",
+            "",
+            "Differences a - b of average forgetting, pairing the runs of both models by seed "
+            "(each pair an independent draw of initialisation and batches). The sign test asks how "
+            "often a random +/- pattern would be this one-sided; a difference it does not separate "
+            "from seed noise is not a finding.",
+            "",
+            "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t (two-sided p) |",
+            "|---|---|---|---|---|---|",
+        ]
         for pr in pairs:
             for key, d in pr["metrics"].items():
                 t = "-" if d["t"] is None else f"{d['t']:.2f} (p = {d['t_p']:.3f})"
-                lines.append(f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
-                             f"{d['a_lower']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |")
+                lines.append(
+                    f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
+                    f"{d['a_lower']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |"
+                )
             lines.append("")
             lines.append(pr["verdict"] + "\n")
     return "\n".join(lines)
@@ -201,8 +257,18 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
     if st["n"] > 1 and st["std"] > 0:
         paired = ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
         t, t_p = float(paired.statistic), float(paired.pvalue)
-    return {"seeds": seeds, "diffs": diffs, "mean": st["mean"], "std": st["std"], "n": len(seeds),
-            "a_lower": lower, "a_higher": higher, "sign_p": sign_test_p(lower, higher), "t": t, "t_p": t_p}
+    return {
+        "seeds": seeds,
+        "diffs": diffs,
+        "mean": st["mean"],
+        "std": st["std"],
+        "n": len(seeds),
+        "a_lower": lower,
+        "a_higher": higher,
+        "sign_p": sign_test_p(lower, higher),
+        "t": t,
+        "t_p": t_p,
+    }
 
 
 def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
@@ -214,7 +280,7 @@ def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
     models = list(cont)
     out = []
     for i, a in enumerate(models):
-        for b in models[i + 1:]:
+        for b in models[i + 1 :]:
             metrics = {}
             for key in FORGETTING:
                 per_a = {r["seed"]: r[key] for r in cont[a]["per_seed"] if key in r}
@@ -227,11 +293,15 @@ def compare_continual(cont: dict, alpha: float = 0.05) -> list[dict]:
             d = metrics["avg_forgetting"]
             if d["sign_p"] < alpha:
                 lo, hi = (a, b) if d["mean"] < 0 else (b, a)
-                verdict = (f"**{lo}** forgets less than {hi} (accuracy forgetting lower in "
-                           f"{max(d['a_lower'], d['a_higher'])} of {d['n']} seeds, sign test p = {d['sign_p']:.3f}).")
+                verdict = (
+                    f"**{lo}** forgets less than {hi} (accuracy forgetting lower in "
+                    f"{max(d['a_lower'], d['a_higher'])} of {d['n']} seeds, sign test p = {d['sign_p']:.3f})."
+                )
             else:
-                verdict = (f"No difference beyond seed noise between {a} and {b}: {a} lower in {d['a_lower']} of "
-                           f"{d['n']} seeds, sign test p = {d['sign_p']:.3f}.")
+                verdict = (
+                    f"No difference beyond seed noise between {a} and {b}: {a} lower in {d['a_lower']} of "
+                    f"{d['n']} seeds, sign test p = {d['sign_p']:.3f}."
+                )
                 if sign_test_p(d["n"], 0) >= alpha:
                     need = next(n for n in itertools.count(d["n"] + 1) if sign_test_p(n, 0) < alpha)
                     verdict += f" ({d['n']} seeds cannot reach p < {alpha} even if all agree; run at least {need}.)"

@@ -33,8 +33,9 @@ from memexp.files import write_csv
 
 
 @torch.no_grad()
-def binned_perplexity(net: nn.Module, tokens: torch.Tensor, lengths: Sequence[int], batch_size: int = 16,
-                      device: torch.device | str = "cpu") -> list[dict]:
+def binned_perplexity(
+    net: nn.Module, tokens: torch.Tensor, lengths: Sequence[int], batch_size: int = 16, device: torch.device | str = "cpu"
+) -> list[dict]:
     """tokens (N,) of one split -> one row per bin: {length, lo, hi, tokens, nll, ppl, ppl_upto, note}."""
     lengths = sorted(int(n) for n in lengths)
     L = lengths[-1]
@@ -57,13 +58,18 @@ def binned_perplexity(net: nn.Module, tokens: torch.Tensor, lengths: Sequence[in
         n, s = count[lo:hi].sum().item(), nll_sum[lo:hi].sum().item()
         n_up, s_up = count[:hi].sum().item(), nll_sum[:hi].sum().item()
         note = "" if hi <= window else f"beyond the model's context (max_len={max_len})"
-        rows.append({
-            "length": hi, "lo": lo, "hi": hi, "tokens": int(n),
-            "nll": s / n if n else float("nan"),
-            "ppl": math.exp(s / n) if n else float("nan"),
-            "ppl_upto": math.exp(s_up / n_up) if n_up and hi <= window else float("nan"),
-            "note": note,
-        })
+        rows.append(
+            {
+                "length": hi,
+                "lo": lo,
+                "hi": hi,
+                "tokens": int(n),
+                "nll": s / n if n else float("nan"),
+                "ppl": math.exp(s / n) if n else float("nan"),
+                "ppl_upto": math.exp(s_up / n_up) if n_up and hi <= window else float("nan"),
+                "note": note,
+            }
+        )
         lo = hi
     return rows
 

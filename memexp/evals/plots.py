@@ -79,8 +79,9 @@ def plot_binned_ppl(rows: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_compare_metrics(summary: dict, path: str | Path,
-                         keys: Sequence[str] = ("val/loss", "val/ppl", "val/top5", "val/top10")) -> Path:
+def plot_compare_metrics(
+    summary: dict, path: str | Path, keys: Sequence[str] = ("val/loss", "val/ppl", "val/top5", "val/top10")
+) -> Path:
     """summary: {model: {metric: {"mean", "std"}}} -> one panel per metric, a bar per model."""
     keys = [k for k in keys if any(k in m for m in summary.values())] or sorted({k for m in summary.values() for k in m})[:4]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3.5), squeeze=False)
@@ -95,8 +96,9 @@ def plot_compare_metrics(summary: dict, path: str | Path,
     return _save(fig, path)
 
 
-def plot_continual_heatmap(matrices: dict[str, list[list[float]]], tasks: list[str], path: str | Path,
-                           metric: str = "accuracy") -> Path:
+def plot_continual_heatmap(
+    matrices: dict[str, list[list[float]]], tasks: list[str], path: str | Path, metric: str = "accuracy"
+) -> Path:
     """matrices: {model: R} with R[i][j] = metric on task j after training stage i."""
     models = sorted(matrices)
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)

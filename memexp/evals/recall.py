@@ -29,8 +29,15 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def recall_at_gap(net: nn.Module, data: RecallDataModule, gap: int, n_samples: int = 256, batch_size: int = 64, seed: int = 1234,
-                  device: torch.device | str = "cpu") -> dict:
+def recall_at_gap(
+    net: nn.Module,
+    data: RecallDataModule,
+    gap: int,
+    n_samples: int = 256,
+    batch_size: int = 64,
+    seed: int = 1234,
+    device: torch.device | str = "cpu",
+) -> dict:
     """Recall of `net` at filler gap `gap` over `n_samples` fresh sequences (seeded)."""
     was_training = net.training
     net.eval()

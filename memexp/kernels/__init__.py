@@ -8,8 +8,8 @@ knows nothing of the module. Imports here: torch, the standard library, `memexp.
 (reading its source, the CPU's description, its build cache) happens here, not in the models.
 
 HyperLSTM (`memexp.models.hyperlstm`) has three scans of one layer, same arguments, same numbers:
-- `hyperlstm_fused._scan`: the reference, a plain autograd loop (step_impl="python").
-- `hyperlstm_fused._fused_scan` / `_fused_scripted_scan` (`_FusedScan`): hand-written BPTT,
+- `hyperlstm_scan._scan`: the reference, a plain autograd loop (step_impl="python").
+- `hyperlstm_scan._fused_scan` / `_fused_scripted_scan` (`_FusedScan`, step loops in `hyperlstm_fused`): hand-written BPTT,
   loops in Python ("fused") or TorchScript ("fused_script"); any device and dtype.
 - `hyperlstm_cpp._CppScan`: both loops in C++ (hyperlstm_ext.cpp), "cpp" and the default "auto".
 

@@ -8,7 +8,7 @@ for the CPU it meets, so a folder shared between machines never hands one CPU an
 and the torch version. Without a compiler (or headers) it warns once and returns None, and the
 caller runs the TorchScript loops of `hyperlstm_fused` instead.
 
-`_CppScan` is `hyperlstm_fused._scan` with both loops in C++: per step only the matmuls go
+`_CppScan` is `hyperlstm_scan._scan` with both loops in C++: per step only the matmuls go
 through ATen; the weight gradients of all steps are computed here from what the loops save.
 """
 
@@ -71,8 +71,11 @@ def _load_cpp_ext() -> ModuleType | None:
                 verbose=False,
             )
         except Exception as e:  # no compiler, no headers, ...: the TorchScript loops compute the same
-            warnings.warn(f"HyperLSTM: the C++ loops could not be built ({type(e).__name__}: {e}); "
-                          f"using step_impl='fused_script' instead", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"HyperLSTM: the C++ loops could not be built ({type(e).__name__}: {e}); using step_impl='fused_script' instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             _cpp_ext = False
     return _cpp_ext or None
 
@@ -87,11 +90,29 @@ class _CppScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, xin: Tensor, mask: Tensor | None, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor,
-                w_h: Tensor, w_hyper_h: Tensor, w_z: Tensor, b_z: Tensor, w_d: Tensor, b_d: Tensor,
-                gamma: Tensor | None, shift: Tensor, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
-                hyper_gamma: Tensor | None, hyper_shift: Tensor, hyper_ln_c_w: Tensor | None,
-                hyper_ln_c_b: Tensor | None) -> ScanResult:
+    def forward(
+        ctx: Any,
+        xin: Tensor,
+        mask: Tensor | None,
+        h: Tensor,
+        c: Tensor,
+        hh: Tensor,
+        hc: Tensor,
+        w_h: Tensor,
+        w_hyper_h: Tensor,
+        w_z: Tensor,
+        b_z: Tensor,
+        w_d: Tensor,
+        b_d: Tensor,
+        gamma: Tensor | None,
+        shift: Tensor,
+        ln_c_w: Tensor | None,
+        ln_c_b: Tensor | None,
+        hyper_gamma: Tensor | None,
+        hyper_shift: Tensor,
+        hyper_ln_c_w: Tensor | None,
+        hyper_ln_c_b: Tensor | None,
+    ) -> ScanResult:
         ext = _cpp_ext
         ln, has_mask = gamma is not None, mask is not None
         none = h.new_empty(0)
@@ -101,11 +122,30 @@ class _CppScan(torch.autograd.Function):
         ln_args = [opt(x) for x in (gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)]
         w_zy = torch.cat([w_z, w_hyper_h], 1)  # (N, P*Z + G*N): one matmul per step for both
         b_zy = torch.cat([b_z, b_z.new_zeros(w_hyper_h.shape[1])])
-        saved = ext.hyperlstm_forward(xin, opt(mask), has_mask, ln, h.contiguous(), c.contiguous(),
-                                      hh.contiguous(), hc.contiguous(), w_h, w_hyper_h, w_zy, b_zy,
-                                      w_d, b_d.contiguous(), ln_args[0], shift.contiguous(), ln_args[1],
-                                      opt(ln_c_b), ln_args[2], hyper_shift.contiguous(), ln_args[3],
-                                      opt(hyper_ln_c_b))
+        saved = ext.hyperlstm_forward(
+            xin,
+            opt(mask),
+            has_mask,
+            ln,
+            h.contiguous(),
+            c.contiguous(),
+            hh.contiguous(),
+            hc.contiguous(),
+            w_h,
+            w_hyper_h,
+            w_zy,
+            b_zy,
+            w_d,
+            b_d.contiguous(),
+            ln_args[0],
+            shift.contiguous(),
+            ln_args[1],
+            opt(ln_c_b),
+            ln_args[2],
+            hyper_shift.contiguous(),
+            ln_args[3],
+            opt(hyper_ln_c_b),
+        )
         ctx.ln, ctx.has_mask, ctx.saved = ln, has_mask, saved
         ctx.save_for_backward(xin, opt(mask), w_h, w_hyper_h, w_z, w_d, *ln_args)
         h_all, c_all, hh_all, hc_all = saved[:4]
@@ -113,8 +153,9 @@ class _CppScan(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, d_hs: Tensor | None, dh: Tensor | None, dc: Tensor | None,
-                 dhh: Tensor | None, dhc: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, d_hs: Tensor | None, dh: Tensor | None, dc: Tensor | None, dhh: Tensor | None, dhc: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         xin, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
         saved = ctx.saved
         h_all, c_all, hh_all, hc_all, hp, zy, dxh, n, act, rstd, cn, rstd_c, tc, ny = saved[:14]
@@ -124,10 +165,25 @@ class _CppScan(torch.autograd.Function):
         zero = lambda x, like: torch.zeros_like(like) if x is None else x.contiguous()  # noqa: E731
         d_hs = torch.zeros(T, B, H, dtype=xin.dtype, device=xin.device) if d_hs is None else d_hs.contiguous()
         grads = _cpp_ext.hyperlstm_backward(
-            d_hs, zero(dh, h_all[0]), zero(dc, c_all[0]), zero(dhh, hh_all[0]), zero(dhc, hc_all[0]), xin, mask,
-            ctx.has_mask, ctx.ln, saved, w_h.t().contiguous(), w_hyper_h.t().contiguous(),
+            d_hs,
+            zero(dh, h_all[0]),
+            zero(dc, c_all[0]),
+            zero(dhh, hh_all[0]),
+            zero(dhc, hc_all[0]),
+            xin,
+            mask,
+            ctx.has_mask,
+            ctx.ln,
+            saved,
+            w_h.t().contiguous(),
+            w_hyper_h.t().contiguous(),
             torch.cat([w_z, w_hyper_h], 1).t().contiguous(),
-            w_d.transpose(1, 2).contiguous(), gamma, ln_c_w, hyper_gamma, hyper_ln_c_w)
+            w_d.transpose(1, 2).contiguous(),
+            gamma,
+            ln_c_w,
+            hyper_gamma,
+            hyper_ln_c_w,
+        )
         dh, dc, dhh, dhc, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy = grads
         # weight gradients of all steps at once (rows = T*B)
         TB = T * B
@@ -155,5 +211,25 @@ class _CppScan(torch.autograd.Function):
             g_hyper_ln_c_w = (dtcy * hcn.view(TB, N)).sum(0)
             g_hyper_ln_c_b = dtcy.sum(0)
         del ctx.saved
-        return (dxin, None, dh, dc, dhh, dhc, g_w_h, g_w_hyper_h, g_w_z, g_b_z, g_w_d, g_b_d, g_gamma, g_shift,
-                g_ln_c_w, g_ln_c_b, g_hyper_gamma, g_hyper_shift, g_hyper_ln_c_w, g_hyper_ln_c_b)
+        return (
+            dxin,
+            None,
+            dh,
+            dc,
+            dhh,
+            dhc,
+            g_w_h,
+            g_w_hyper_h,
+            g_w_z,
+            g_b_z,
+            g_w_d,
+            g_b_d,
+            g_gamma,
+            g_shift,
+            g_ln_c_w,
+            g_ln_c_b,
+            g_hyper_gamma,
+            g_hyper_shift,
+            g_hyper_ln_c_w,
+            g_hyper_ln_c_b,
+        )

@@ -64,11 +64,20 @@ class MaskedAttention(nn.Module):
 class HistoryEncoder(nn.Module):
     """Bi-GRU (H/2 per direction, padding packed away) or a pre-LN transformer encoder."""
 
-    def __init__(self, kind: str, embedding_dim: int, hidden_dim: int, layers: int, heads: int, max_positions: int, dropout: float):
+    def __init__(
+        self, kind: str, embedding_dim: int, hidden_dim: int, layers: int, heads: int, max_positions: int, dropout: float
+    ):
         super().__init__()
         self.kind = kind
         if kind == "gru":
-            self.rnn = nn.GRU(embedding_dim, hidden_dim // 2, num_layers=layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+            self.rnn = nn.GRU(
+                embedding_dim,
+                hidden_dim // 2,
+                num_layers=layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=dropout if layers > 1 else 0.0,
+            )
         else:
             self.max_positions = max_positions
             self.inp = nn.Linear(embedding_dim, hidden_dim)
@@ -87,7 +96,9 @@ class HistoryEncoder(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=Lc)
             return out * mask[..., None]
         if Lc > self.max_positions:
-            raise ConfigError(f"context of {Lc} tokens exceeds model.max_context_len={self.max_positions}; raise it or cut contexts shorter (data.max_context_len)")
+            raise ConfigError(
+                f"context of {Lc} tokens exceeds model.max_context_len={self.max_positions}; raise it or cut contexts shorter (data.max_context_len)"
+            )
         h = self.inp(x) + self.pos(torch.arange(Lc, device=x.device))
         h = self.norm(self.tf(h, src_key_padding_mask=~mask))
         return h * mask[..., None]
@@ -134,15 +145,25 @@ class HGDMemNet(nn.Module):
         max_context_len: int = 512,
     ):
         super().__init__()
-        for field, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim), ("hidden_dim", hidden_dim), ("static_dim", static_dim), ("encoder_layers", encoder_layers)):
+        for field, value in (
+            ("vocab_size", vocab_size),
+            ("embedding_dim", embedding_dim),
+            ("hidden_dim", hidden_dim),
+            ("static_dim", static_dim),
+            ("encoder_layers", encoder_layers),
+        ):
             if value < 1:
                 raise ConfigError(f"model.{field}={value} must be a positive integer")
         if not 0 <= pad_id < vocab_size:
             raise ConfigError(f"model.pad_id={pad_id} must be a token id below vocab_size={vocab_size}")
         if not 1 <= min_think <= max_think:
-            raise ConfigError(f"model.min_think={min_think} and model.max_think={max_think} must satisfy 1 <= min_think <= max_think")
+            raise ConfigError(
+                f"model.min_think={min_think} and model.max_think={max_think} must satisfy 1 <= min_think <= max_think"
+            )
         if not 0.0 < halt_threshold <= 1.0:
-            raise ConfigError(f"model.halt_threshold={halt_threshold} must be in (0, 1] (ACT halts when the summed halting probability reaches it)")
+            raise ConfigError(
+                f"model.halt_threshold={halt_threshold} must be in (0, 1] (ACT halts when the summed halting probability reaches it)"
+            )
         if ponder_cost < 0:
             raise ConfigError(f"model.ponder_cost={ponder_cost} must be >= 0")
         if encoder not in ("gru", "transformer"):
@@ -220,8 +241,9 @@ class HGDMemNet(nn.Module):
     def _decoder_state(self, h_star: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dec_init(torch.cat([h_star, s], dim=-1))).unsqueeze(0)  # (1, B, H)
 
-    def _logits(self, out: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, h_star: torch.Tensor,
-                s: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, out: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, h_star: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
         """Decoder states out (B, T, H) -> logits (B, T, V).
 
         keys (B, Lc, A) from `dec_attn.keys(enc)`, enc (B, Lc, H), mask (B, Lc) bool, h_star (B, H), s (B, S).

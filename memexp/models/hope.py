@@ -54,56 +54,29 @@ from torch import nn
 
 from memexp.errors import ConfigError
 from memexp.models.attention import cached_causal_attention
-from memexp.models.hope_memory import HopeMemory
+from memexp.models.hope_memory import CMSLevel, HopeMemory, Ramp
 from memexp.models.renamed import renamed_argument
 
 State = dict  # {"layers": [per-layer dict of tensors]}; see HOPE.forward
 
 
-# ----------------------------------------------------------------------------- schedules
-
-
-class Ramp:
-    """Linear ramp from `start` to `end` over `warmup_steps` optimizer steps, then flat."""
-
-    def __init__(self, start: float, end: float, warmup_steps: int):
-        if warmup_steps < 0:
-            raise ConfigError(f"warmup_steps={warmup_steps} must be >= 0")
-        self.start, self.end, self.warmup_steps = float(start), float(end), int(warmup_steps)
-
-    def value(self, step: int) -> float:
-        if self.warmup_steps == 0 or step >= self.warmup_steps:
-            return self.end
-        frac = max(step, 0) / self.warmup_steps
-        return self.start + frac * (self.end - self.start)
-
-    def __repr__(self) -> str:
-        return f"Ramp({self.start}, {self.end}, {self.warmup_steps})"
-
-
 # ----------------------------------------------------------------------------- blocks
-
-
-class CMSLevel(nn.Module):
-    """One continuum-memory level: LN + MLP, residual; stepped every `period` optimizer steps."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float, bias: bool, period: int):
-        super().__init__()
-        self.period = period
-        self.ln = nn.LayerNorm(dim, bias=bias)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) -> the level's residual update (B, T, C)."""
-        return self.dropout(self.mlp(self.ln(x)))
 
 
 class HopeBlock(nn.Module):
     """Causal attention over the segment, plus the memory's reads of what lies before it, then CMS."""
 
-    def __init__(self, *, dim: int, heads: int, dropout: float, bias: bool, memory: HopeMemory | None, cms_hidden: int,
-                 cms_frequencies: Sequence[int]):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        heads: int,
+        dropout: float,
+        bias: bool,
+        memory: HopeMemory | None,
+        cms_hidden: int,
+        cms_frequencies: Sequence[int],
+    ):
         super().__init__()
         self.heads = heads
         self.ln_attn = nn.LayerNorm(dim, bias=bias)
@@ -114,8 +87,9 @@ class HopeBlock(nn.Module):
         self.memory = memory
         self.cms = nn.ModuleList(CMSLevel(dim, cms_hidden, dropout, bias, f) for f in cms_frequencies)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               st: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, T, C) -> (B, T, C) attention over the cached segment + these tokens, new cache
         k, v (B, H, S, D)."""
         B, T, C = q.shape
@@ -125,8 +99,7 @@ class HopeBlock(nn.Module):
         y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C), k, v
 
-    def forward(self, x: torch.Tensor, st: dict, chunk: int, seg_end: bool,
-                surprise_scale: float) -> tuple[torch.Tensor, dict]:
+    def forward(self, x: torch.Tensor, st: dict, chunk: int, seg_end: bool, surprise_scale: float) -> tuple[torch.Tensor, dict]:
         """x (B, T, C) -> (B, T, C), this layer's new state (attention cache, memory)."""
         u = self.ln_attn(x)  # (B, T, C)
         q, k, v = self.qkv(u).chunk(3, dim=-1)  # each (B, T, C)
@@ -236,13 +209,30 @@ class HOPE(nn.Module):
         self.pos_emb = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
 
-        memory_kwargs = dict(dim=dim, heads=heads, mem_hidden_mult=mem_hidden_mult, base_momentum=base_momentum,
-                             base_decay=base_decay, memory_capacity=memory_capacity, top_k=top_k, error_decay=error_decay,
-                             error_update=error_update, slot_usage_decay=slot_usage_decay,
-                             memory_read_init=memory_read_init, mem_max_step_norm=mem_max_step_norm)
+        memory_kwargs = dict(
+            dim=dim,
+            heads=heads,
+            mem_hidden_mult=mem_hidden_mult,
+            base_momentum=base_momentum,
+            base_decay=base_decay,
+            memory_capacity=memory_capacity,
+            top_k=top_k,
+            error_decay=error_decay,
+            error_update=error_update,
+            slot_usage_decay=slot_usage_decay,
+            memory_read_init=memory_read_init,
+            mem_max_step_norm=mem_max_step_norm,
+        )
         self.blocks = nn.ModuleList(
-            HopeBlock(dim=dim, heads=heads, dropout=dropout, bias=bias, cms_hidden=cms_hidden, cms_frequencies=cms_frequencies,
-                      memory=HopeMemory(**memory_kwargs) if i in memory_layers else None)
+            HopeBlock(
+                dim=dim,
+                heads=heads,
+                dropout=dropout,
+                bias=bias,
+                cms_hidden=cms_hidden,
+                cms_frequencies=cms_frequencies,
+                memory=HopeMemory(**memory_kwargs) if i in memory_layers else None,
+            )
             for i in range(depth)
         )
         self.ln_f = nn.LayerNorm(dim, bias=bias)
@@ -253,21 +243,34 @@ class HOPE(nn.Module):
     @staticmethod
     def _validate(a: dict) -> None:
         heads_key = "num_heads" if a["num_heads"] is not None else "heads"  # name the key the user set
-        for f in ("vocab_size", "dim", "depth", "heads", "ff_mult", "max_len", "seq_len", "mem_write",
-                  "error_update", "mem_hidden_mult"):
+        for f in (
+            "vocab_size",
+            "dim",
+            "depth",
+            "heads",
+            "ff_mult",
+            "max_len",
+            "seq_len",
+            "mem_write",
+            "error_update",
+            "mem_hidden_mult",
+        ):
             if int(a[f]) < 1:
                 raise ConfigError(f"model.{heads_key if f == 'heads' else f}={a[f]} must be a positive integer")
         if a["dim"] % a["heads"]:
-            raise ConfigError(f"model.dim={a['dim']} must be divisible by model.{heads_key}={a['heads']} "
-                              f"(each head gets dim/{heads_key} channels)")
+            raise ConfigError(
+                f"model.dim={a['dim']} must be divisible by model.{heads_key}={a['heads']} "
+                f"(each head gets dim/{heads_key} channels)"
+            )
         if a["max_len"] < a["seq_len"]:
-            raise ConfigError(f"model.max_len={a['max_len']} must be >= model.seq_len={a['seq_len']} "
-                              f"(the position table must cover one segment)")
+            raise ConfigError(
+                f"model.max_len={a['max_len']} must be >= model.seq_len={a['seq_len']} "
+                f"(the position table must cover one segment)"
+            )
         if a["memory_capacity"] < 0:
             raise ConfigError(f"model.memory_capacity={a['memory_capacity']} must be >= 0 (0 disables slot memory)")
         if a["memory_capacity"] and not 1 <= a["top_k"] <= a["memory_capacity"]:
-            raise ConfigError(f"model.top_k={a['top_k']} must be between 1 and "
-                              f"model.memory_capacity={a['memory_capacity']}")
+            raise ConfigError(f"model.top_k={a['top_k']} must be between 1 and model.memory_capacity={a['memory_capacity']}")
         for f in ("error_decay", "dropout"):
             if not 0 <= a[f] < 1:
                 raise ConfigError(f"model.{f}={a[f]} must be in [0, 1)")
@@ -281,12 +284,16 @@ class HOPE(nn.Module):
         if a["surprise_scale"] < 0:
             raise ConfigError(f"model.surprise_scale={a['surprise_scale']} must be >= 0")
         if not a["cms_frequencies"] or min(a["cms_frequencies"]) < 1:
-            raise ConfigError(f"model.cms_frequencies={a['cms_frequencies']} must be a non-empty list of "
-                              f"positive update periods (optimizer steps), e.g. [1, 4, 16]")
+            raise ConfigError(
+                f"model.cms_frequencies={a['cms_frequencies']} must be a non-empty list of "
+                f"positive update periods (optimizer steps), e.g. [1, 4, 16]"
+            )
         bad = [i for i in a["memory_layers"] if not 0 <= i < a["depth"]]
         if bad or len(set(a["memory_layers"])) != len(a["memory_layers"]):
-            raise ConfigError(f"model.memory_layers={a['memory_layers']} must hold distinct block indices in "
-                              f"[0, {a['depth']}) (model.depth={a['depth']})")
+            raise ConfigError(
+                f"model.memory_layers={a['memory_layers']} must hold distinct block indices in "
+                f"[0, {a['depth']}) (model.depth={a['depth']})"
+            )
         if a["cms_hidden_mult"] is not None and a["cms_hidden_mult"] <= 0:
             raise ConfigError(f"model.cms_hidden_mult={a['cms_hidden_mult']} must be > 0 or None")
         for name, r in (a["schedules"] or {}).items():

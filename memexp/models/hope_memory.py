@@ -1,5 +1,6 @@
 """HOPE's memories: the Titans neural memory (fast-weight MLPs written by gradient descent at test
-time) and the surprise-written slot memory. The equations are in `memexp.models.hope`'s docstring.
+time), the surprise-written slot memory, the continuum-memory levels (CMS), and the ramps that
+schedule the memory's settings. The equations are in `memexp.models.hope`'s docstring.
 
 Shape legend: B batch, T tokens in this call, n tokens of one chunk, C model width, Hh heads,
 D = C / Hh head width, Hm = `mem_hidden_mult` * D memory hidden width, B' = B * Hh (one neural
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from memexp.errors import ConfigError
 
 
 def memory_mlp(
@@ -33,7 +36,12 @@ def memory_mlp(
 
 
 def memory_mlp_descent(
-    w: torch.Tensor, k: torch.Tensor, h: torch.Tensor, sig: torch.Tensor, a: torch.Tensor, err: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    h: torch.Tensor,
+    sig: torch.Tensor,
+    a: torch.Tensor,
+    err: torch.Tensor,
     coef: torch.Tensor,
 ) -> torch.Tensor:
     """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
@@ -74,8 +82,9 @@ class SlotMemory(nn.Module):
             "slot_chunks": torch.zeros((), dtype=torch.long, device=like.device),
         }
 
-    def read(self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor,
-             q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(
+        self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, N, C) unit queries, slots keys / values (B, K, C), filled (B, K)
         -> read values (B, N, C) and dense read weights (B, N, K)."""
         sim = torch.bmm(q, keys.transpose(1, 2)) * self.log_scale.exp()  # (B, N, K)
@@ -155,8 +164,13 @@ class HopeMemory(nn.Module):
         self.w = nn.Parameter(torch.stack([torch.randn(hidden, D), torch.randn(hidden, D) * 0.02]))
         self.slots = None
         if memory_capacity:
-            self.slots = SlotMemory(memory_capacity=memory_capacity, top_k=top_k, error_decay=error_decay,
-                                    error_update=error_update, slot_usage_decay=slot_usage_decay)
+            self.slots = SlotMemory(
+                memory_capacity=memory_capacity,
+                top_k=top_k,
+                error_decay=error_decay,
+                error_update=error_update,
+                slot_usage_decay=slot_usage_decay,
+            )
         # Per-channel read-out scales of the two memories (added to the attention heads' output).
         self.neural_scale = nn.Parameter(torch.full((dim,), float(memory_read_init)))
         self.slot_scale = nn.Parameter(torch.full((dim,), float(memory_read_init))) if self.slots is not None else None
@@ -210,8 +224,17 @@ class HopeMemory(nn.Module):
         m = torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
-    def forward(self, u: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: dict, chunk: int,
-                seg_end: bool, surprise_scale: float) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self,
+        u: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        st: dict,
+        chunk: int,
+        seg_end: bool,
+        surprise_scale: float,
+    ) -> tuple[torch.Tensor, dict]:
         """New tokens' block input u and attention q, k, v, all (B, T, C) -> memory read (B, T, C), new state.
 
         `chunk` is the chunk size; `seg_end` says the last of these tokens closes a segment,
@@ -253,7 +276,7 @@ class HopeMemory(nn.Module):
             if self.slots is not None:
                 kc_full, vc_full = k_c[i], v_c[i]
                 if i == 0 and pend.shape[1]:
-                    kc_full, vc_full = torch.cat([pend[..., :C], kc_full], 1), torch.cat([pend[..., C:2 * C], vc_full], 1)
+                    kc_full, vc_full = torch.cat([pend[..., :C], kc_full], 1), torch.cat([pend[..., C : 2 * C], vc_full], 1)
                 new.update(self.slots.write(st, kc_full * Hh**-0.5, vc_full))
             st = {**new, "pending": pend[:, :0]}
         return self.read(read_states, pieces, q), st
@@ -271,8 +294,9 @@ class HopeMemory(nn.Module):
             y = self.merge_heads(memory_mlp(w, qh)[0].reshape(B * self.heads, T, -1))  # (B, T, C)
             out = y * self.neural_scale
             if self.slots is not None:
-                keys, values, filled = (torch.stack([s[f] for s in states], 1).flatten(0, 1)
-                                        for f in ("slot_keys", "slot_values", "slot_filled"))
+                keys, values, filled = (
+                    torch.stack([s[f] for s in states], 1).flatten(0, 1) for f in ("slot_keys", "slot_values", "slot_filled")
+                )
                 r = self.slots.read(keys, values, filled, qs.reshape(B * N, n, C))[0]
                 out = out + r.reshape(B, T, C) * self.slot_scale
             return out
@@ -289,3 +313,42 @@ class HopeMemory(nn.Module):
 
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+class Ramp:
+    """Linear ramp from `start` to `end` over `warmup_steps` optimizer steps, then flat."""
+
+    def __init__(self, start: float, end: float, warmup_steps: int):
+        if warmup_steps < 0:
+            raise ConfigError(f"warmup_steps={warmup_steps} must be >= 0")
+        self.start, self.end, self.warmup_steps = float(start), float(end), int(warmup_steps)
+
+    def value(self, step: int) -> float:
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return self.end
+        frac = max(step, 0) / self.warmup_steps
+        return self.start + frac * (self.end - self.start)
+
+    def __repr__(self) -> str:
+        return f"Ramp({self.start}, {self.end}, {self.warmup_steps})"
+
+
+# ----------------------------------------------------------------------------- continuum memory
+
+
+class CMSLevel(nn.Module):
+    """One continuum-memory level: LN + MLP, residual; stepped every `period` optimizer steps."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, bias: bool, period: int):
+        super().__init__()
+        self.period = period
+        self.ln = nn.LayerNorm(dim, bias=bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> the level's residual update (B, T, C)."""
+        return self.dropout(self.mlp(self.ln(x)))

@@ -36,10 +36,10 @@ every matmul goes through a register-blocked small-batch GEMM (faster than at::m
 dozen rows) and one hand-written loop over (B, units) does everything element-wise (~1.7x
 faster than TorchScript in experiments/bench_hyperlstm.py). Where it does not apply (no
 compiler: one warning; GPU; other dtypes) "fused_script" runs: the same BPTT
-(`memexp.kernels.hyperlstm_fused._FusedScan`) as TorchScript loops (deprecated, but the
+(`memexp.kernels.hyperlstm_scan._FusedScan`) as TorchScript loops (deprecated, but the
 cheapest op dispatch; Python if unavailable). torch.compile of the per-step bodies was
 measured and gave no gain worth its ~50 s compile on CPU, so it is not offered. "python"
-is the plain autograd loop (reference, `memexp.kernels.hyperlstm_fused._scan`).
+is the plain autograd loop (reference, `memexp.kernels.hyperlstm_scan._scan`).
 """
 
 from __future__ import annotations
@@ -52,15 +52,9 @@ from torch import Tensor, nn
 
 from memexp.errors import ConfigError
 from memexp.kernels.hyperlstm_cpp import _CppScan, _load_cpp_ext
-from memexp.kernels.hyperlstm_fused import (
-    GATES,
-    PARTS,
-    LayerState,
-    ScanResult,
-    _fused_scan,
-    _fused_scripted_scan,
-    _scan,
-)
+from memexp.kernels.hyperlstm_fused import GATES, PARTS, LayerState, ScanResult
+from memexp.kernels.hyperlstm_scan import _fused_scan, _fused_scripted_scan, _scan
+from memexp.models.renamed import renamed_argument
 
 STEP_IMPLS = ("auto", "cpp", "fused_script", "fused", "python")
 
@@ -154,8 +148,7 @@ class HyperLSTMCell(nn.Module):
             elif name.endswith("ln_gates_bias") or name.endswith("ln_cell_bias") or name == "hyper_bias":
                 p.zero_()
 
-    def zero_state(self, batch_size: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> LayerState:
+    def zero_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> LayerState:
         H, N = self.hidden_size, self.hyper_num_units
         dtype = dtype or self.weight_x.dtype
         device = device or self.weight_x.device
@@ -202,8 +195,22 @@ class HyperLSTMCell(nn.Module):
             keep = self.dropout_keep_prob
             mask = torch.bernoulli(torch.full((T, B, H), keep, device=x.device, dtype=x.dtype)) / keep
 
-        weights = (w_h, self.hyper_weight_h, self.z_weight, b_z, self.d_weight, b_d, gamma, shift, ln_c[0], ln_c[1],
-                   hyper_gamma, hyper_shift, ln_c[2], ln_c[3])
+        weights = (
+            w_h,
+            self.hyper_weight_h,
+            self.z_weight,
+            b_z,
+            self.d_weight,
+            b_d,
+            gamma,
+            shift,
+            ln_c[0],
+            ln_c[1],
+            hyper_gamma,
+            hyper_shift,
+            ln_c[2],
+            ln_c[3],
+        )
         if self._uses_cpp(x):
             hs, h, c, hh, hc = _CppScan.apply(xin, mask, h, c, hh, hc, *weights)
         else:
@@ -214,8 +221,12 @@ class HyperLSTMCell(nn.Module):
 
     def _uses_cpp(self, x: Tensor) -> bool:
         """C++ loops for "cpp"/"auto" on CPU float32/float64, when they build; else the TorchScript loops."""
-        return (self.step_impl in ("auto", "cpp") and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float64) and _load_cpp_ext() is not None)
+        return (
+            self.step_impl in ("auto", "cpp")
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and _load_cpp_ext() is not None
+        )
 
     def _scan_fn(self) -> Callable[..., ScanResult]:
         if self.step_impl == "fused":
@@ -232,7 +243,7 @@ class HyperLSTM(nn.Module):
         vocab_size: tokens in the vocabulary (set from the data).
         embedding_size: width of the token embedding fed to the first layer.
         hidden_size: main LSTM units per layer.
-        num_layers: stacked HyperLSTM layers, each with its own hyper LSTM.
+        depth: stacked HyperLSTM layers, each with its own hyper LSTM (the suite's name for layers in every model).
         hyper_num_units: units of each hyper LSTM (paper: 128 on PTB, 256 on enwik8).
         hyper_embedding_size: width of the hyper embeddings z (paper: 4, or 16 "large embedding").
         use_layer_norm: layer norm on gates and cells of main and hyper LSTMs.
@@ -243,6 +254,7 @@ class HyperLSTM(nn.Module):
         step_impl: per-step loop: "auto" (default: "cpp" on CPU when the C++ loops build, else
             "fused_script"), "cpp" (hand-written BPTT in C++), "fused_script" (the same in TorchScript),
             "fused" (in Python) or "python" (plain autograd).
+        num_layers: deprecated name of `depth` (accepted, with a warning, until memexp 0.3).
     """
 
     task_kind = "causal_lm"
@@ -254,7 +266,7 @@ class HyperLSTM(nn.Module):
         vocab_size: int,
         embedding_size: int = 64,
         hidden_size: int = 352,
-        num_layers: int = 1,
+        depth: int = 1,
         hyper_num_units: int = 128,
         hyper_embedding_size: int = 16,
         use_layer_norm: bool = True,
@@ -263,13 +275,16 @@ class HyperLSTM(nn.Module):
         dropout: float = 0.0,
         forget_bias: float = 1.0,
         step_impl: str = "auto",
+        num_layers: int | None = None,
     ) -> None:
         super().__init__()
+        depth_key = "num_layers" if num_layers is not None else "depth"  # errors name the key the user set
+        depth = renamed_argument("num_layers", num_layers, "depth", depth)
         for field, value in (
             ("vocab_size", vocab_size),
             ("embedding_size", embedding_size),
             ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
+            (depth_key, depth),
             ("hyper_num_units", hyper_num_units),
             ("hyper_embedding_size", hyper_embedding_size),
         ):
@@ -299,7 +314,7 @@ class HyperLSTM(nn.Module):
                 forget_bias=forget_bias,
                 step_impl=step_impl,
             )
-            for i in range(num_layers)
+            for i in range(depth)
         )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, vocab_size)

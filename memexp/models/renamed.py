@@ -18,6 +18,7 @@ def renamed_argument(old: str, old_value: T | None, new: str, new_value: T) -> T
     """`old_value` when the caller used the old name `old` (with a warning), else `new_value`."""
     if old_value is None:
         return new_value
-    warnings.warn(f"model.{old} is deprecated; use model.{new} (the old name is accepted until {REMOVED_IN})",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"model.{old} is deprecated; use model.{new} (the old name is accepted until {REMOVED_IN})", FutureWarning, stacklevel=3
+    )
     return old_value

@@ -147,8 +147,7 @@ class Transformer(nn.Module):
         start = 0 if state is None else state.length
         if start + T > self.max_len:
             raise ConfigError(
-                f"context of {start + T} tokens exceeds model.max_len={self.max_len}; "
-                f"raise model.max_len or use shorter windows"
+                f"context of {start + T} tokens exceeds model.max_len={self.max_len}; raise model.max_len or use shorter windows"
             )
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)

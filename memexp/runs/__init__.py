@@ -18,5 +18,14 @@ from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import LoadedRun, load_checkpoint, read_checkpoint
 from memexp.runs.train import checkpoint_dir, run_key, train_and_test
 
-__all__ = ["RunNames", "build_task", "check_pairing", "LoadedRun", "load_checkpoint", "read_checkpoint",
-           "checkpoint_dir", "run_key", "train_and_test"]
+__all__ = [
+    "RunNames",
+    "build_task",
+    "check_pairing",
+    "LoadedRun",
+    "load_checkpoint",
+    "read_checkpoint",
+    "checkpoint_dir",
+    "run_key",
+    "train_and_test",
+]

@@ -31,13 +31,17 @@ def read_checkpoint(path: Path) -> dict:
     """The checkpoint dict (weights_only=True), or a CheckpointError naming the path and the fault."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; expected a .ckpt written by memexp.run (see outputs/checkpoints/)")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; expected a .ckpt written by memexp.run (see outputs/checkpoints/)"
+        )
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled objects
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(ck, dict) or "memexp" not in ck or "state_dict" not in ck:
-        raise CheckpointError(f"checkpoint {path} is not a memexp checkpoint (no 'memexp' entry); expected a .ckpt written by memexp.run")
+        raise CheckpointError(
+            f"checkpoint {path} is not a memexp checkpoint (no 'memexp' entry); expected a .ckpt written by memexp.run"
+        )
     return ck
 
 
@@ -100,15 +104,22 @@ def load_checkpoint(
     if data_path is not None:
         field = next((f for f in ("path", "source") if f in data_cfg), None)
         if field is None:
-            raise ConfigError(f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)")
+            raise ConfigError(
+                f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)"
+            )
         data_cfg[field] = data_path
     datamodule = build(data_cfg)()
     datamodule.restore_tokenizer(meta["tokenizer"])
     optim = build(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
     model_factory = build(cfg["model"])
     task_cfg = cfg.get("task") or {}
-    task = build_task(model_factory, datamodule.spec, optim, carry_state=False,
-                      max_eval_generate_batches=task_cfg.get("max_eval_generate_batches"))
+    task = build_task(
+        model_factory,
+        datamodule.spec,
+        optim,
+        carry_state=False,
+        max_eval_generate_batches=task_cfg.get("max_eval_generate_batches"),
+    )
     try:
         task.load_state_dict(ck["state_dict"])
     except RuntimeError as e:

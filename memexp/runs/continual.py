@@ -54,17 +54,36 @@ def run_continual(
             for j, other in enumerate(modules):
                 res = t.test(task, dataloaders=other.test_dataloader(), verbose=False)[0]
                 acc[i][j], loss[i][j] = float(res["test/acc"]), float(res["test/loss"])
-            print(f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)),
-                  flush=True)
+            print(
+                f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)),
+                flush=True,
+            )
         summary = continual_summary(acc, loss)
-        result = {"tasks": list(tasks), "accuracy": acc, "loss": loss, **summary,
-                  "steps_per_stage": int(t.max_steps), "optimizer": "restarted each stage"}
+        result = {
+            "tasks": list(tasks),
+            "accuracy": acc,
+            "loss": loss,
+            **summary,
+            "steps_per_stage": int(t.max_steps),
+            "optimizer": "restarted each stage",
+        }
         png = plot_continual_heatmap({names.model: acc}, list(tasks), run_dir / "reports" / "continual_heatmap.png")
-        rows = [{"after": tasks[i], "task": tasks[j], "accuracy": acc[i][j], "loss": loss[i][j]} for i in range(T) for j in range(T)]
-        log_to_wandb(loggers, {"continual/matrix": rows}, {"continual/heatmap": png}, {f"continual/{k}": v for k, v in summary.items()})
+        rows = [
+            {"after": tasks[i], "task": tasks[j], "accuracy": acc[i][j], "loss": loss[i][j]} for i in range(T) for j in range(T)
+        ]
+        log_to_wandb(
+            loggers, {"continual/matrix": rows}, {"continual/heatmap": png}, {f"continual/{k}": v for k, v in summary.items()}
+        )
     finally:
         finish_loggers(loggers)
-    out = {"metrics": {f"continual/{k}": v for k, v in summary.items()}, "run_dir": str(run_dir), "names": vars(names),
-           "study": {"continual": result}, "ckpt_dir": None, "sample": None, "resumed_from_step": None}
+    out = {
+        "metrics": {f"continual/{k}": v for k, v in summary.items()},
+        "run_dir": str(run_dir),
+        "names": vars(names),
+        "study": {"continual": result},
+        "ckpt_dir": None,
+        "sample": None,
+        "resumed_from_step": None,
+    }
     write_json(out, run_dir / "metrics.json")
     return out

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def needle_batch(n: int, length: int, n_filler: int, n_keys: int, n_values: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def needle_batch(
+    n: int, length: int, n_filler: int, n_keys: int, n_values: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, length) tokens with the key and its value at positions 1-2 and the key again last; (n,) values.
 
     Vocabulary: filler | keys | values, as `memexp.data.recall`'s needle task at gap length - 4;
@@ -27,8 +28,18 @@ def needle_batch(n: int, length: int, n_filler: int, n_keys: int, n_values: int,
     return x, v
 
 
-def recall_probe(model: nn.Module, *, steps: int, batch: int, length: int, window: int,
-                 vocab_parts: tuple[int, int, int], lr: float, seed: int, log_every: int = 0) -> float:
+def recall_probe(
+    model: nn.Module,
+    *,
+    steps: int,
+    batch: int,
+    length: int,
+    window: int,
+    vocab_parts: tuple[int, int, int],
+    lr: float,
+    seed: int,
+    log_every: int = 0,
+) -> float:
     """Train `model` on the final position's loss; return its accuracy on 512 held-out sequences.
 
     window: how many of the last tokens the model is given (its whole context for a bounded model).

@@ -26,8 +26,9 @@ from memexp.files import write_json, write_text
 from memexp.runs.loggers import wandb_logged_in
 
 
-def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None,
-                  wandb_log: bool = False) -> dict:
+def write_reports(
+    root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None, wandb_log: bool = False
+) -> dict:
     """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written."""
     runs = collect_runs(root)
     out = Path(reports_dir) if reports_dir else Path(root) / "reports"
@@ -35,9 +36,17 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
     written: dict[str, Path] = {}
     summary = summarize(runs)
     if summary:
-        written["metrics.json"] = write_json({"models": summary, "runs": [
-            {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
-            for r in runs if "continual" not in (r.get("study") or {})]}, out / "metrics.json")
+        written["metrics.json"] = write_json(
+            {
+                "models": summary,
+                "runs": [
+                    {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
+                    for r in runs
+                    if "continual" not in (r.get("study") or {})
+                ],
+            },
+            out / "metrics.json",
+        )
         md = out / "experiment_report.md"
         write_text(experiment_markdown(summary, runs, hf_note), md)
         written["experiment_report.md"] = md
@@ -58,26 +67,47 @@ def write_reports(root: str | Path, reports_dir: str | Path | None = None, hf_no
         write_text(continual_markdown(cont, pairs), md)
         written["continual_report.md"] = md
         tasks = next(iter(cont.values()))["tasks"]
-        written["continual_heatmap.png"] = plot_continual_heatmap({m: c["accuracy_mean"] for m, c in cont.items()}, tasks,
-                                                                  out / "continual_heatmap.png")
+        written["continual_heatmap.png"] = plot_continual_heatmap(
+            {m: c["accuracy_mean"] for m, c in cont.items()}, tasks, out / "continual_heatmap.png"
+        )
     if wandb_log:
-        comparison = [{"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"],
-                       "a_lower": d["a_lower"], "n": d["n"], "sign_p": d["sign_p"]}
-                      for pr in pairs for k, d in pr["metrics"].items()]
+        comparison = [
+            {
+                "a": pr["a"],
+                "b": pr["b"],
+                "metric": k,
+                "mean_diff": d["mean"],
+                "std_diff": d["std"],
+                "a_lower": d["a_lower"],
+                "n": d["n"],
+                "sign_p": d["sign_p"],
+            }
+            for pr in pairs
+            for k, d in pr["metrics"].items()
+        ]
         _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
     return {k: str(v) for k, v in written.items()}
 
 
-def _log_report_to_wandb(root: str | Path, out: Path, written: dict, summary: dict, recall: list, binned: list,
-                         continual_comparison: list) -> None:
+def _log_report_to_wandb(
+    root: str | Path, out: Path, written: dict, summary: dict, recall: list, binned: list, continual_comparison: list
+) -> None:
     import wandb  # only when asked for: importing wandb costs about a second
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
     run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
-    rows = [{"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]} for m, ks in summary.items() for k, s in ks.items()]
+    rows = [
+        {"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]}
+        for m, ks in summary.items()
+        for k, s in ks.items()
+    ]
     payload = {}
-    for name, table in (("report/summary", rows), ("report/recall", recall), ("report/binned_ppl", binned),
-                        ("report/continual_comparison", continual_comparison)):
+    for name, table in (
+        ("report/summary", rows),
+        ("report/recall", recall),
+        ("report/binned_ppl", binned),
+        ("report/continual_comparison", continual_comparison),
+    ):
         if table:
             cols = list(table[0].keys())
             payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])

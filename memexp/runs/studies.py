@@ -30,19 +30,30 @@ def is_recall_data(dm: L.LightningDataModule) -> bool:
     return hasattr(dm, "batch") and hasattr(dm, "chance")
 
 
-def recall_report(loaded: LoadedRun, ckpt: str | Path, gap: int | None = None, gaps: Sequence[int] | None = None,
-                  n_samples: int = 256, reports_dir: str | Path = "reports") -> dict:
+def recall_report(
+    loaded: LoadedRun,
+    ckpt: str | Path,
+    gap: int | None = None,
+    gaps: Sequence[int] | None = None,
+    n_samples: int = 256,
+    reports_dir: str | Path = "reports",
+) -> dict:
     """recall_prob and accuracy of a recall-trained checkpoint at `gap` and/or `gaps` (then also long_context.csv)."""
     if not is_recall_data(loaded.datamodule):
-        raise ConfigError(f"eval=recall needs a checkpoint trained on data=recall (its vocabulary holds the keys and "
-                          f"values); {ckpt} was trained on other data")
+        raise ConfigError(
+            f"eval=recall needs a checkpoint trained on data=recall (its vocabulary holds the keys and "
+            f"values); {ckpt} was trained on other data"
+        )
     net, dm = loaded.task.net, loaded.datamodule
     rows = []
     for g in ([int(gap)] if gap is not None else []) + [int(x) for x in (gaps or []) if gap is None or int(x) != int(gap)]:
         r = recall_at_gap(net, dm, g, n_samples=n_samples) | {"model": loaded.model_name, "seed": loaded.seed}
         rows.append(r)
-        print(f"gap {g:6d}  recall_prob {r['recall_prob']:.4f}  accuracy {r['accuracy']:.4f}  "
-              f"(chance {r['chance']:.3f}; context: {r['context']})", flush=True)
+        print(
+            f"gap {g:6d}  recall_prob {r['recall_prob']:.4f}  accuracy {r['accuracy']:.4f}  "
+            f"(chance {r['chance']:.3f}; context: {r['context']})",
+            flush=True,
+        )
     result = {"ckpt": str(ckpt), "recall": rows}
     if gaps:
         result["out"] = str(write_recall_csv(rows, Path(reports_dir) / "long_context.csv"))
@@ -50,17 +61,27 @@ def recall_report(loaded: LoadedRun, ckpt: str | Path, gap: int | None = None, g
     return result
 
 
-def binned_ppl_report(loaded: LoadedRun, ckpt: str | Path, lengths: Sequence[int] = (64, 128, 256, 512),
-                      split: str = "test", reports_dir: str | Path = "reports") -> dict:
+def binned_ppl_report(
+    loaded: LoadedRun,
+    ckpt: str | Path,
+    lengths: Sequence[int] = (64, 128, 256, 512),
+    split: str = "test",
+    reports_dir: str | Path = "reports",
+) -> dict:
     """Perplexity by context-length bin of a text-trained checkpoint on `split` -> binned_ppl.csv."""
     if not hasattr(loaded.datamodule, "tokens"):
-        raise ConfigError(f"eval=binned_ppl needs a checkpoint trained on text data (data=shakespeare|text|jsonl); "
-                          f"{ckpt} was trained on synthetic data")
+        raise ConfigError(
+            f"eval=binned_ppl needs a checkpoint trained on text data (data=shakespeare|text|jsonl); "
+            f"{ckpt} was trained on synthetic data"
+        )
     rows = binned_perplexity(loaded.task.net, loaded.datamodule.tokens(split), lengths)
     for r in rows:
         r |= {"model": loaded.model_name, "seed": loaded.seed, "split": split}
-        print(f"positions [{r['lo']:5d}, {r['hi']:5d})  tokens {r['tokens']:7d}  ppl {r['ppl']:.4f}  "
-              f"ppl(<{r['hi']}) {r['ppl_upto']:.4f} {r['note']}", flush=True)
+        print(
+            f"positions [{r['lo']:5d}, {r['hi']:5d})  tokens {r['tokens']:7d}  ppl {r['ppl']:.4f}  "
+            f"ppl(<{r['hi']}) {r['ppl_upto']:.4f} {r['note']}",
+            flush=True,
+        )
     out = write_binned_csv(rows, Path(reports_dir) / "binned_ppl.csv")
     print(f"written to {out}")
     return {"ckpt": str(ckpt), "binned_ppl": rows, "out": str(out)}
@@ -87,24 +108,29 @@ class StudyEvaluations:
     def __init__(self, settings: StudySettings):
         self.settings = settings
 
-    def __call__(self, task: L.LightningModule, datamodule: L.LightningDataModule, loggers: list, run_dir: Path,
-                 names: RunNames) -> dict:
+    def __call__(
+        self, task: L.LightningModule, datamodule: L.LightningDataModule, loggers: list, run_dir: Path, names: RunNames
+    ) -> dict:
         s, net = self.settings, task.net
         label = {"model": names.model, "seed": names.seed}
         reports = Path(run_dir) / "reports"
         out: dict = {}
         images = {}
         if is_recall_data(datamodule):
-            out["recall"] = [recall_at_gap(net, datamodule, int(g), n_samples=s.n_samples, device=task.device) | label
-                             for g in s.gaps]
+            out["recall"] = [
+                recall_at_gap(net, datamodule, int(g), n_samples=s.n_samples, device=task.device) | label for g in s.gaps
+            ]
             write_recall_csv(out["recall"], reports / "long_context.csv")
             images["study/recall_curve"] = plot_recall_curve(out["recall"], reports / "recall_curve.png")
         elif hasattr(datamodule, "tokens"):
-            out["binned_ppl"] = [r | label | {"split": s.split} for r in
-                                 binned_perplexity(net, datamodule.tokens(s.split), s.lengths, device=task.device)]
+            out["binned_ppl"] = [
+                r | label | {"split": s.split}
+                for r in binned_perplexity(net, datamodule.tokens(s.split), s.lengths, device=task.device)
+            ]
             write_binned_csv(out["binned_ppl"], reports / "binned_ppl.csv")
             images["study/binned_ppl"] = plot_binned_ppl(out["binned_ppl"], reports / "binned_ppl.png")
         summary = {f"study/recall_prob@{r['gap']}": r["recall_prob"] for r in out.get("recall", [])}
-        log_to_wandb(loggers, {"study/recall": out.get("recall", []), "study/binned_ppl": out.get("binned_ppl", [])},
-                     images, summary)
+        log_to_wandb(
+            loggers, {"study/recall": out.get("recall", []), "study/binned_ppl": out.get("binned_ppl", [])}, images, summary
+        )
         return out

@@ -144,8 +144,14 @@ def train_and_test(
         tok = datamodule.spec.tokenizer
         ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
         sample = sample_prompt + tok.decode(ids)
-    result = {"metrics": metrics, "ckpt_dir": str(ckpt_dir), "sample": sample, "resumed_from_step": resume_step,
-              "run_dir": str(run_dir), "names": vars(names)}
+    result = {
+        "metrics": metrics,
+        "ckpt_dir": str(ckpt_dir),
+        "sample": sample,
+        "resumed_from_step": resume_step,
+        "run_dir": str(run_dir),
+        "names": vars(names),
+    }
     if study is not None:
         result["study"] = study
     if trainer_obj.is_global_zero:

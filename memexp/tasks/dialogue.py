@@ -38,7 +38,9 @@ class DialogueTask(L.LightningModule):
             are decoded greedily for BLEU and distinct-n; decoding is the slow part, 0 turns it off.
     """
 
-    def __init__(self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, max_eval_generate_batches: int = 4):
+    def __init__(
+        self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, max_eval_generate_batches: int = 4
+    ):
         super().__init__()
         if max_eval_generate_batches < 0:
             raise ConfigError(f"task.max_eval_generate_batches={max_eval_generate_batches} must be >= 0")
@@ -79,8 +81,14 @@ class DialogueTask(L.LightningModule):
         getattr(self, f"{stage}_loss").update(self._ce(out["logits"], target), weight=(target != self.pad_id).sum())
         getattr(self, f"{stage}_think").update(out["think_steps"])
         if batch_idx < self.max_eval_generate_batches:
-            ids = self.net.generate(batch["context"], batch["context_mask"], max_len=target.shape[1], sos_id=self.sos_id,
-                                    eos_id=self.eos_id, greedy=True)
+            ids = self.net.generate(
+                batch["context"],
+                batch["context_mask"],
+                max_len=target.shape[1],
+                sos_id=self.sos_id,
+                eos_id=self.eos_id,
+                greedy=True,
+            )
             replies = [self._until_eos(row) for row in ids.tolist()]
             refs = [self._until_eos(row) for row in target.tolist()]
             decode = self.spec.tokenizer.decode
@@ -91,7 +99,11 @@ class DialogueTask(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         loss = getattr(self, f"{stage}_loss").compute()
-        values = {f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss), f"{stage}/think_steps": getattr(self, f"{stage}_think").compute()}
+        values = {
+            f"{stage}/loss": loss,
+            f"{stage}/ppl": torch.exp(loss),
+            f"{stage}/think_steps": getattr(self, f"{stage}_think").compute(),
+        }
         names = ("bleu2", "bleu4", "distinct1", "distinct2") if self.max_eval_generate_batches else ()
         for name in names:
             values[f"{stage}/{name}"] = getattr(self, f"{stage}_{name}").compute()
@@ -158,13 +170,32 @@ class DialogueTask(L.LightningModule):
         device = self.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         ids = torch.tensor([context], device=device)
-        ids = self.net.generate(ids, torch.ones_like(ids, dtype=torch.bool), max_len=max_len, sos_id=self.sos_id, eos_id=self.eos_id,
-                                temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
-                                min_len=min(min_len, max_len))
+        ids = self.net.generate(
+            ids,
+            torch.ones_like(ids, dtype=torch.bool),
+            max_len=max_len,
+            sos_id=self.sos_id,
+            eos_id=self.eos_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+            min_len=min(min_len, max_len),
+        )
         self.train(was_training)
         return self._until_eos(ids[0].tolist())
 
-    def generate(self, prompt: list[int], max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[int]:
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[int]:
         """The reply to `prompt` taken as a one-utterance history (the run's end-of-training sample)."""
-        return self.reply([list(prompt)], max_len=max(1, max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return self.reply(
+            [list(prompt)], max_len=max(1, max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        )

@@ -21,8 +21,9 @@ import torch
 
 
 class ReptileOuterLoop(L.Callback):
-    def __init__(self, inner_steps: int = 5, outer_steps: int = 1, outer_frequency: int = 50, inner_lr: float = 1e-2,
-                 outer_lr: float = 0.5):
+    def __init__(
+        self, inner_steps: int = 5, outer_steps: int = 1, outer_frequency: int = 50, inner_lr: float = 1e-2, outer_lr: float = 0.5
+    ):
         from memexp.errors import ConfigError
 
         if min(inner_steps, outer_steps, outer_frequency) < 1:
@@ -43,8 +44,9 @@ class ReptileOuterLoop(L.Callback):
             self._batches = iter(trainer.datamodule.val_dataloader())
             return next(self._batches)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == 0 or trainer.global_step % self.outer_frequency:
             return
         self.meta_update(trainer, pl_module)

@@ -97,9 +97,33 @@ def __getattr__(name: str) -> object:
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
-    "FORMAT_VERSION", "LCCC_BASE_DIR", "LCCC_FILE", "LCCC_TOY", "LCCC_URL", "READERS", "SPLITS",
-    "ChunkWriter", "DialogueDataModule", "DialogueStream", "DialogueVocab", "EpochBatches", "Record", "UnsizedBatches",
-    "chunk_dialogues", "chunk_name", "collate_dialogues", "detect_format", "download_lccc", "load_manifest", "open_text",
-    "prepare_dialogues", "read_chunk", "read_json", "read_jsonl", "read_tsv", "resolve_sources",
+    "FORMAT_VERSION",
+    "LCCC_BASE_DIR",
+    "LCCC_FILE",
+    "LCCC_TOY",
+    "LCCC_URL",
+    "READERS",
+    "SPLITS",
+    "ChunkWriter",
+    "DialogueDataModule",
+    "DialogueStream",
+    "DialogueVocab",
+    "EpochBatches",
+    "Record",
+    "UnsizedBatches",
+    "chunk_dialogues",
+    "chunk_name",
+    "collate_dialogues",
+    "detect_format",
+    "download_lccc",
+    "load_manifest",
+    "open_text",
+    "prepare_dialogues",
+    "read_chunk",
+    "read_json",
+    "read_jsonl",
+    "read_tsv",
+    "resolve_sources",
 ]

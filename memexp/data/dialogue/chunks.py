@@ -73,7 +73,9 @@ class ChunkWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = chunk_name(len(self.records))
         chunk = {
-            "tokens": torch.frombuffer(self.tokens, dtype=torch.int32).clone() if self.tokens else torch.zeros(0, dtype=torch.int32),
+            "tokens": torch.frombuffer(self.tokens, dtype=torch.int32).clone()
+            if self.tokens
+            else torch.zeros(0, dtype=torch.int32),
             "utt_offsets": torch.frombuffer(self.utt_offsets, dtype=torch.int64).clone(),
             "dial_offsets": torch.frombuffer(self.dial_offsets, dtype=torch.int64).clone(),
         }
@@ -115,12 +117,18 @@ def read_chunk(path: str | Path, sha256: str | None = None) -> dict[str, torch.T
             f"(memexp chunks hold plain tensors only; re-prepare the folder): {str(e).splitlines()[0]}"
         ) from None
     except Exception as e:  # zip errors, truncated files, bad headers
-        raise DataError(f"chunk {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); run the preparation again") from None
+        raise DataError(
+            f"chunk {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); run the preparation again"
+        ) from None
     # the hash of the very bytes loaded above (file_digest would read the file a second time)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"chunk {path} does not match the sha256 in manifest.json (changed after preparation?); run the preparation again")
+        raise DataError(
+            f"chunk {path} does not match the sha256 in manifest.json (changed after preparation?); run the preparation again"
+        )
     if not isinstance(chunk, dict) or set(chunk) != set(CHUNK_DTYPES):
-        raise DataError(f"chunk {path}: expected a dict with keys {sorted(CHUNK_DTYPES)}, got {type(chunk).__name__} {sorted(chunk) if isinstance(chunk, dict) else ''}")
+        raise DataError(
+            f"chunk {path}: expected a dict with keys {sorted(CHUNK_DTYPES)}, got {type(chunk).__name__} {sorted(chunk) if isinstance(chunk, dict) else ''}"
+        )
     for key, dtype in CHUNK_DTYPES.items():
         t = chunk[key]
         if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.dim() != 1:

@@ -180,7 +180,9 @@ class DialogueDataModule(L.LightningDataModule):
                 rel = None
             if rel == LCCC_TOY.relpath:
                 return fetch(LCCC_TOY, self.data_dir)
-            raise DataError(f"data.source={path} does not exist; expected an LCCC-format JSON, JSONL or TSV file or a folder of them")
+            raise DataError(
+                f"data.source={path} does not exist; expected an LCCC-format JSON, JSONL or TSV file or a folder of them"
+            )
         return path
 
     def is_prepared(self) -> bool:
@@ -195,8 +197,14 @@ class DialogueDataModule(L.LightningDataModule):
         if vocab not in (None, "build") and not Path(vocab).is_file():
             raise DataError(f"data.vocab={vocab}: no such file; expected 'build' or the path of a WordPiece vocab.txt")
         manifest = prepare_dialogues(
-            self._raw_source(), self.cache_dir, vocab=vocab, min_freq=self.min_freq, max_size=self.max_size,
-            chunk_size=self.chunk_size, skip_bad=self.skip_bad, progress=progress,
+            self._raw_source(),
+            self.cache_dir,
+            vocab=vocab,
+            min_freq=self.min_freq,
+            max_size=self.max_size,
+            chunk_size=self.chunk_size,
+            skip_bad=self.skip_bad,
+            progress=progress,
         )
         self.last_preparation = {
             "manifest": manifest,
@@ -224,7 +232,9 @@ class DialogueDataModule(L.LightningDataModule):
         """The vocabulary: restored from a checkpoint, else the prepared cache's vocabulary.json."""
         if self.vocab is None:
             self._ensure_prepared()
-            self.vocab = DialogueVocab.load(self.cache_dir / load_manifest(self.cache_dir)["vocab"].get("file", "vocabulary.json"))
+            self.vocab = DialogueVocab.load(
+                self.cache_dir / load_manifest(self.cache_dir)["vocab"].get("file", "vocabulary.json")
+            )
         return self.vocab
 
     def stream(self, split: str) -> DialogueStream:
@@ -235,8 +245,15 @@ class DialogueDataModule(L.LightningDataModule):
         if name not in self.streams:
             self._ensure_prepared()
             self.streams[name] = DialogueStream(
-                self.cache_dir, name, vocab=self.tokenizer, max_history=self.max_history, max_context_len=self.max_context_len,
-                max_reply_len=self.max_reply_len, shuffle=name == "train", buffer_size=self.buffer_size, seed=self.seed,
+                self.cache_dir,
+                name,
+                vocab=self.tokenizer,
+                max_history=self.max_history,
+                max_context_len=self.max_context_len,
+                max_reply_len=self.max_reply_len,
+                shuffle=name == "train",
+                buffer_size=self.buffer_size,
+                seed=self.seed,
             )
         return self.streams[name]
 

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-
 from memexp.data.dialogue.chunks import ChunkWriter
 from memexp.data.dialogue.readers import LCCC_FILE, READERS, SPLITS, resolve_sources
 from memexp.data.dialogue.vocab import DialogueVocab
@@ -61,7 +60,14 @@ def _fingerprint(sources: Sources, vocab_desc: dict, chunk_size: int, skip_bad: 
             raise DataError(f"{path}: no such file (expected a JSON, JSONL or TSV dialogue file)")
         st = path.stat()
         parts.append([str(path.resolve()), split, fmt, st.st_size, st.st_mtime_ns])
-    blob = {"v": FORMAT_VERSION, "sources": parts, "vocab": vocab_desc, "chunk_size": chunk_size, "skip_bad": skip_bad, "splits": list(splits)}
+    blob = {
+        "v": FORMAT_VERSION,
+        "sources": parts,
+        "vocab": vocab_desc,
+        "chunk_size": chunk_size,
+        "skip_bad": skip_bad,
+        "splits": list(splits),
+    }
     return text_digest(json.dumps(blob, sort_keys=True))
 
 
@@ -81,7 +87,13 @@ class _Progress:
                 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             except ImportError:
                 return
-            self.bar = Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TextColumn("dialogues"), TimeElapsedColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                MofNCompleteColumn(),
+                TextColumn("dialogues"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
             self.task = self.bar.add_task(description, total=None)
             self.bar.start()
 
@@ -271,13 +283,22 @@ def prepare_dialogues(
         _write_json_atomic(progress_path, state)
     bar.close()
 
-    manifest = _manifest(fingerprint, sources, chunk_size, skip_bad, dvocab, {s: {**state["splits"][s], "chunks": writers[s].records} for s in splits})
+    manifest = _manifest(
+        fingerprint,
+        sources,
+        chunk_size,
+        skip_bad,
+        dvocab,
+        {s: {**state["splits"][s], "chunks": writers[s].records} for s in splits},
+    )
     _write_json_atomic(manifest_path, manifest)  # last: from here on the folder counts as finished
     progress_path.unlink(missing_ok=True)
     return manifest
 
 
-def _manifest(fingerprint: str, sources: Sources, chunk_size: int, skip_bad: bool, dvocab: DialogueVocab, split_states: dict[str, dict]) -> dict:
+def _manifest(
+    fingerprint: str, sources: Sources, chunk_size: int, skip_bad: bool, dvocab: DialogueVocab, split_states: dict[str, dict]
+) -> dict:
     """What a finished folder proves: its source, vocabulary, chunks (with sha256) and counts."""
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -44,7 +44,9 @@ def detect_format(path: str | Path) -> str:
     for suffix, fmt in ((".jsonl", "jsonl"), (".json", "json"), (".tsv", "tsv"), (".txt", "tsv")):
         if name.endswith(suffix):
             return fmt
-    raise DataError(f"{path}: cannot tell the format from the name; expected *.json, *.jsonl, *.tsv or *.txt (optionally .gz), or pass fmt=")
+    raise DataError(
+        f"{path}: cannot tell the format from the name; expected *.json, *.jsonl, *.tsv or *.txt (optionally .gz), or pass fmt="
+    )
 
 
 def resolve_sources(source: str | Path | dict[str, str | Path], fmt: str | None) -> list[tuple[Path, str | None, str]]:
@@ -60,13 +62,22 @@ def resolve_sources(source: str | Path | dict[str, str | Path], fmt: str | None)
     if path.is_dir():
         out = []
         for split in SPLITS:
-            names = [f"{split}.json", f"{split}.jsonl", f"{split}.tsv", f"{split}.txt", LCCC_FILE.format(split=split), f"LCCC-base_{split}.json"]
+            names = [
+                f"{split}.json",
+                f"{split}.jsonl",
+                f"{split}.tsv",
+                f"{split}.txt",
+                LCCC_FILE.format(split=split),
+                f"LCCC-base_{split}.json",
+            ]
             names += [n + ".gz" for n in names if not n.endswith(".gz")]
             hit = next((path / n for n in names if (path / n).is_file()), None)
             if hit is not None:
                 out.append((hit, split, fmt or detect_format(hit)))
         if not out:
-            raise DataError(f"{path}: no dialogue files found; expected train.json / train.jsonl / train.tsv or {LCCC_FILE.format(split='train')} (and valid/test) in it")
+            raise DataError(
+                f"{path}: no dialogue files found; expected train.json / train.jsonl / train.tsv or {LCCC_FILE.format(split='train')} (and valid/test) in it"
+            )
         return out
     return [(path, None, fmt or detect_format(path))]
 
@@ -90,7 +101,10 @@ def _as_utterances(value: Any) -> tuple[list[str] | None, str | None]:
                 value = value[key]
                 break
         else:
-            return None, f"expected a list of utterances or an object with a 'dialog' list, got an object with keys {sorted(value)[:5]}"
+            return (
+                None,
+                f"expected a list of utterances or an object with a 'dialog' list, got an object with keys {sorted(value)[:5]}",
+            )
     if not isinstance(value, list):
         return None, f"expected a list of utterances, got {type(value).__name__}"
     out = []
@@ -98,7 +112,7 @@ def _as_utterances(value: Any) -> tuple[list[str] | None, str | None]:
         if isinstance(u, dict):
             u = u.get("text")
         if not isinstance(u, str):
-            return None, f"utterance {i} should be a string or {{\"text\": string}}, got {type(u).__name__}"
+            return None, f'utterance {i} should be a string or {{"text": string}}, got {type(u).__name__}'
         if not u.strip():
             return None, f"utterance {i} is empty"
         out.append(u)
@@ -268,7 +282,7 @@ def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
                     cur.fail(f"a list of dialogues for split {key!r}")
                 yield from _read_json_array(cur, split)
         else:
-            cur.fail("a JSON list of dialogues or an object {\"train\": [...], ...}")
+            cur.fail('a JSON list of dialogues or an object {"train": [...], ...}')
         if cur.peek() != "":
             cur.fail("end of file after the top-level value")
 

@@ -29,7 +29,9 @@ def load_manifest(root: str | Path) -> dict:
     """The manifest of a finished preparation (a folder without one is not finished)."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
-        raise DataError(f"{path} not found: {root} is not a finished dialogue preparation; run the preparation (again) to complete it")
+        raise DataError(
+            f"{path} not found: {root} is not a finished dialogue preparation; run the preparation (again) to complete it"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -82,7 +84,9 @@ class DialogueStream(IterableDataset):
         self.root = Path(root)
         self.manifest = load_manifest(root)
         if split not in self.manifest["splits"]:
-            raise DataError(f"{self.root / 'manifest.json'}: split {split!r} was not prepared (have {sorted(self.manifest['splits'])})")
+            raise DataError(
+                f"{self.root / 'manifest.json'}: split {split!r} was not prepared (have {sorted(self.manifest['splits'])})"
+            )
         self.split = split
         self.vocab = self._checked_vocab(vocab)
         self.pad_id, self.sos_id, self.eos_id = self.vocab.pad_id, self.vocab.sos_id, self.vocab.eos_id

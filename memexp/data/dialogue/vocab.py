@@ -49,7 +49,9 @@ class DialogueVocab:
     def build(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> DialogueVocab:
         """From token counts; `max_size` counts the 4 specials."""
         specials = cls.BUILT_SPECIALS
-        words = sorted((w for w, c in counts.items() if c >= min_freq and w not in specials.values()), key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq and w not in specials.values()), key=lambda w: (-counts[w], w)
+        )
         if max_size is not None:
             words = words[: max(0, max_size - len(specials))]
         return cls([specials[r] for r in ("pad", "sos", "eos", "unk")] + words, specials, kind="built")
@@ -150,7 +152,13 @@ class DialogueVocab:
 
     def state_dict(self) -> dict:
         """What vocabulary.json and checkpoints hold."""
-        return {"name": "dialogue_vocab", "kind": self.kind, "tokens": self.tokens, "specials": self.specials, "source": self.source}
+        return {
+            "name": "dialogue_vocab",
+            "kind": self.kind,
+            "tokens": self.tokens,
+            "specials": self.specials,
+            "source": self.source,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> DialogueVocab:
@@ -175,7 +183,9 @@ class DialogueVocab:
     @property
     def checksum(self) -> str:
         """sha256 of the id assignment (tokens and special roles); what chunks depend on."""
-        return text_digest(json.dumps({"tokens": self.tokens, "specials": self.specials, "kind": self.kind}, ensure_ascii=False, sort_keys=True))
+        return text_digest(
+            json.dumps({"tokens": self.tokens, "specials": self.specials, "kind": self.kind}, ensure_ascii=False, sort_keys=True)
+        )
 
     def describe(self) -> str:
         """One line about where the vocabulary comes from and its size."""
