@@ -8,7 +8,6 @@ complete and verified, so a half-written file is never taken for the real one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memexp.errors import DataError
+from memexp.files import atomic_path, file_digest
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,9 @@ def default_mirror_dirs() -> list[Path]:
     return [Path("../shared/data")]
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _install(tmp: Path, target: Path, raw: RawFile, origin: str) -> Path:
-    if raw.md5 is not None and _md5(tmp) != raw.md5:
-        tmp.unlink(missing_ok=True)
+def _verify(tmp: Path, raw: RawFile, origin: str) -> None:
+    if raw.md5 is not None and file_digest(tmp, "md5") != raw.md5:
         raise DataError(f"{origin} does not match the expected md5 {raw.md5} of {raw.description or raw.relpath}")
-    os.replace(tmp, target)
-    return target
 
 
 def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None, timeout: float = 30.0) -> Path:
@@ -72,23 +61,23 @@ def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None,
     target = Path(data_dir) / raw.relpath
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    for mirror in default_mirror_dirs() if mirrors is None else mirrors:
-        source = Path(mirror) / raw.relpath
-        if source.exists() and source.resolve() != target.resolve():
-            shutil.copyfile(source, tmp)
-            return _install(tmp, target, raw, str(source))
-    if raw.url is None:
+    candidates = [Path(m) / raw.relpath for m in (default_mirror_dirs() if mirrors is None else mirrors)]
+    source = next((c for c in candidates if c.exists() and c.resolve() != target.resolve()), None)
+    if source is None and raw.url is None:
         raise DataError(f"{target} does not exist and {raw.relpath} has no download address; put the file there")
-    try:
-        with urllib.request.urlopen(raw.url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        size = f" ({raw.size:,} bytes, md5 {raw.md5})" if raw.size else ""
-        raise DataError(
-            f"could not download {raw.description or raw.relpath} from {raw.url} ({e}); "
-            f"put the file{size} at {target.resolve()} or set MEMEXP_DATA_DIR to a folder holding {raw.relpath}"
-        ) from None
-    return _install(tmp, target, raw, raw.url)
+    with atomic_path(target) as tmp:  # renamed into place only when complete and verified
+        if source is not None:
+            shutil.copyfile(source, tmp)
+            _verify(tmp, raw, str(source))
+            return target
+        try:
+            with urllib.request.urlopen(raw.url, timeout=timeout) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as e:
+            size = f" ({raw.size:,} bytes, md5 {raw.md5})" if raw.size else ""
+            raise DataError(
+                f"could not download {raw.description or raw.relpath} from {raw.url} ({e}); "
+                f"put the file{size} at {target.resolve()} or set MEMEXP_DATA_DIR to a folder holding {raw.relpath}"
+            ) from None
+        _verify(tmp, raw, raw.url)
+    return target

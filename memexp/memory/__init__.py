@@ -1,1 +1,0 @@
-"""memexp.memory."""
