@@ -2,6 +2,8 @@
 // small-batch GEMM (small_gemm, below) and one hand-written loop over (B, units) does all the
 // element-wise work (layer norms, gate nonlinearities, cell update), forward and backward.
 // Built at first use by memexp/kernels/hyperlstm_cpp.py (torch.utils.cpp_extension.load_inline).
+// read whole: one translation unit on purpose: the forward and backward loops share the inlined GEMM
+// and gate helpers, and load_inline compiles a single source string (no headers to keep in step).
 //
 // Layouts (row-major; G = 4 gates i|j|f|o, P = 12 = (x, h, b) x G, Z embedding, H main, N hyper units):
 //   xin (T, B, 4H + 4N)   input terms: [W_x x | x-half of the hyper input (+ bias)]
