@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-from hydra_zen import store, zen
+from hydra_zen import zen
 
 from memexp.errors import MemexpError
 
@@ -27,13 +27,9 @@ def one_line_errors(fn: Callable) -> Callable:
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name`."""
-    import memexp.configs  # noqa: F401  (fills the store)
-    from memexp.configs.apps import hydra_settings
-    from memexp.configs.search import store_with_search_path
+    from memexp.configs.search import prepare_app
 
-    hydra_settings(folder)
-    store_with_search_path(config_name)  # ./conf/local, ./conf, memexp/conf (memexp.configs.search)
-    store.add_to_hydra_store(overwrite_ok=True)
+    prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     app = zen(one_line_errors(task_function))
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 

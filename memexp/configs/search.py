@@ -49,15 +49,20 @@ def store_with_search_path(config_name: str, cwd: str | Path | None = None) -> N
     store(wrapped, name=config_name)
 
 
-def compose_config(config_name: str, overrides: Sequence[str] = (), folder: str = "runs") -> DictConfig:
-    """The config an app would get from `overrides` on its command line (for tests, scripts, notebooks)."""
-    from hydra import compose, initialize
-
+def prepare_app(config_name: str, folder: str) -> None:
+    """Fill Hydra's config store for one app: its outputs under outputs/<folder>/, its preset search path."""
     import memexp.configs  # noqa: F401  (fills the store)
     from memexp.configs.apps import hydra_settings
 
     hydra_settings(folder)
     store_with_search_path(config_name)
     store.add_to_hydra_store(overwrite_ok=True)
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), folder: str = "runs") -> DictConfig:
+    """The config an app would get from `overrides` on its command line (for tests, scripts, notebooks)."""
+    from hydra import compose, initialize
+
+    prepare_app(config_name, folder)
     with initialize(version_base="1.3", config_path=None):
         return compose(config_name, overrides=list(overrides))

@@ -193,7 +193,7 @@ class HOPE(nn.Module):
         num_heads: int | None = None,
     ):
         super().__init__()
-        heads = renamed_argument("num_heads", num_heads, "heads", heads)
+        heads, heads_key = renamed_argument("num_heads", num_heads, "heads", heads)
         cms_frequencies = [int(f) for f in cms_frequencies]
         memory_layers = list(range(depth)) if memory_layers is None else [int(i) for i in memory_layers]
         self._validate(locals())
@@ -242,7 +242,7 @@ class HOPE(nn.Module):
 
     @staticmethod
     def _validate(a: dict) -> None:
-        heads_key = "num_heads" if a["num_heads"] is not None else "heads"  # name the key the user set
+        heads_key = a["heads_key"]
         for f in (
             "vocab_size",
             "dim",

@@ -278,8 +278,7 @@ class HyperLSTM(nn.Module):
         num_layers: int | None = None,
     ) -> None:
         super().__init__()
-        depth_key = "num_layers" if num_layers is not None else "depth"  # errors name the key the user set
-        depth = renamed_argument("num_layers", num_layers, "depth", depth)
+        depth, depth_key = renamed_argument("num_layers", num_layers, "depth", depth)
         for field, value in (
             ("vocab_size", vocab_size),
             ("embedding_size", embedding_size),

@@ -29,6 +29,28 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_mode(mode: str = "auto") -> str:
+    """ "auto" -> $WANDB_MODE if set, else online when logged in and offline otherwise; other modes as given."""
+    if mode != "auto":
+        return mode
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+
+def wandb_payload(tables: Mapping[str, list[dict]], images: Mapping[str, Path | str | None] | None = None) -> dict:
+    """A `wandb.log` payload: each non-empty list of flat dicts as a wandb.Table, each existing file as a wandb.Image."""
+    import wandb  # only when something is logged: importing wandb costs about a second
+
+    payload = {}
+    for name, rows in tables.items():
+        if rows:
+            cols = list(rows[0].keys())
+            payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
+    for name, path in (images or {}).items():
+        if path and Path(path).exists():
+            payload[name] = wandb.Image(str(path))
+    return payload
+
+
 def wandb_logger(
     save_dir: str,
     project: str = "memexp",
@@ -40,8 +62,7 @@ def wandb_logger(
 ) -> WandbLogger:
     """A W&B logger: online when logged in, offline otherwise (mode="auto"), or as `mode` says
     ("online", "offline", "disabled"). Offline runs are uploaded later with `wandb sync`."""
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    mode = wandb_mode(mode)
     return WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -88,16 +109,7 @@ def log_to_wandb(
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
             continue
-        import wandb
-
-        payload = {}
-        for name, rows in tables.items():
-            if rows:
-                cols = list(rows[0].keys())
-                payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
-        for name, path in (images or {}).items():
-            if path and Path(path).exists():
-                payload[name] = wandb.Image(str(path))
+        payload = wandb_payload(tables, images)
         if payload:
             lg.experiment.log(payload)
         if summary:

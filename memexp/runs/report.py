@@ -7,7 +7,6 @@ with `wandb_log=True`, logs the tables and plots to one W&B run of job type "rep
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from memexp.evals.aggregate import (
@@ -23,7 +22,7 @@ from memexp.evals.binned_ppl import write_binned_csv
 from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
 from memexp.evals.recall import write_recall_csv
 from memexp.files import write_json, write_text
-from memexp.runs.loggers import wandb_logged_in
+from memexp.runs.loggers import wandb_mode, wandb_payload
 
 
 def write_reports(
@@ -94,25 +93,19 @@ def _log_report_to_wandb(
 ) -> None:
     import wandb  # only when asked for: importing wandb costs about a second
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
-    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=mode, job_type="report")
+    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=wandb_mode(), job_type="report")
     rows = [
         {"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]}
         for m, ks in summary.items()
         for k, s in ks.items()
     ]
-    payload = {}
-    for name, table in (
-        ("report/summary", rows),
-        ("report/recall", recall),
-        ("report/binned_ppl", binned),
-        ("report/continual_comparison", continual_comparison),
-    ):
-        if table:
-            cols = list(table[0].keys())
-            payload[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table])
-    for name, path in written.items():
-        if name.endswith(".png"):
-            payload[f"report/{name[:-4]}"] = wandb.Image(str(path))
+    tables = {
+        "report/summary": rows,
+        "report/recall": recall,
+        "report/binned_ppl": binned,
+        "report/continual_comparison": continual_comparison,
+    }
+    images = {f"report/{name[:-4]}": path for name, path in written.items() if name.endswith(".png")}
+    payload = wandb_payload(tables, images)
     run.log(payload)
     run.finish()
