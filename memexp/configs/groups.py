@@ -13,6 +13,9 @@ from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
+from memexp.memory.backbone import build_explicit_lm
+from memexp.models.explicit_lm import ExplicitLM
+from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
 from memexp.tasks.optim import OptimizerSettings
@@ -24,6 +27,16 @@ HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_
 
 HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+Qwen3Conf = builds(Qwen3LM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
+# ExplicitLM's fields are its constructor's (the memory) plus the loader's: `backbone` (tiny, a Qwen3 folder,
+# a hub id, or a model=qwen3 checkpoint) and the size of the tiny one (memexp.memory.backbone).
+ExplicitLMConf = builds(
+    build_explicit_lm,
+    populate_full_signature=True,
+    zen_partial=True,
+    zen_exclude=["vocab_size", "pad_id"],
+    builds_bases=(builds(ExplicitLM, populate_full_signature=True, zen_exclude=["backbone", "pad_id"]),),
+)
 
 # -- data -----------------------------------------------------------------------------------
 _text = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
@@ -105,6 +118,8 @@ def register_groups() -> None:
     model(HOPEConf, name="hope")
     model(HyperLSTMConf, name="hyperlstm")
     model(HGDConf, name="hgd")
+    model(Qwen3Conf, name="qwen3")
+    model(ExplicitLMConf, name="explicit_lm")
 
     data = store(group="data")
     data(ShakespeareConf, name="shakespeare")

@@ -75,6 +75,8 @@ def build_task(
     if spec.pad_id is not None and _takes(model_factory, "pad_id"):
         model_kwargs["pad_id"] = spec.pad_id
     net = model_factory(**model_kwargs)
+    if spec.memory is not None and hasattr(net, "load_bank"):  # an explicit memory filled from the data's knowledge
+        net.load_bank(spec.memory.tokens)
     max_len = getattr(net, "max_len", None)
     if max_len is not None and spec.seq_len is not None and spec.seq_len > max_len:
         raise ConfigError(

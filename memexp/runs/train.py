@@ -74,6 +74,13 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if isinstance(v, (torch.Tensor, float, int))}
 
 
+def parameter_counts(net: torch.nn.Module) -> dict[str, float]:
+    """Trained and frozen parameter counts (ExplicitLM trains its memory only; the backbone is frozen)."""
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    return {"params/trainable": float(trainable), "params/frozen": float(frozen)}
+
+
 def train_and_test(
     cfg: dict,
     names: RunNames,
@@ -135,6 +142,7 @@ def train_and_test(
         trainer_obj.test(task, datamodule=datamodule, verbose=False, weights_only=True)
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
+        metrics |= parameter_counts(task.net)
         study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
     finally:
         finish_loggers(loggers)

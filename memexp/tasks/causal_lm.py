@@ -75,6 +75,8 @@ class CausalLMTask(L.LightningModule):
         return self.net(idx, state)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not bool((target != IGNORE_INDEX).any()):  # nothing to predict (a router-only batch): no NaN
+            return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
 
     def on_train_epoch_start(self) -> None:
@@ -88,12 +90,21 @@ class CausalLMTask(L.LightningModule):
         if self.cms_gate is not None:
             self.cms_gate.apply(self.global_step)
 
+    def _extra_inputs(self, batch: dict) -> dict:
+        """Batch entries a model asks for besides the tokens (`net.batch_inputs`, e.g. ExplicitLM's router targets)."""
+        return {k: batch[k] for k in getattr(self.net, "batch_inputs", ()) if k in batch}
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["input"], batch["target"]
-        logits, state = self.net(x, self._train_state if self.carry_state else None)
+        if "bank_rows" in batch:  # episodic memory training: the batch rewrites bank entries before it is read
+            self.net.write_entries(batch["bank_rows"], batch["bank_tokens"])
+        logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
         loss = self._loss(logits, y)
+        for name, value in (self.net.auxiliary_losses() if hasattr(self.net, "auxiliary_losses") else {}).items():
+            self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False)
+            loss = loss + value
         self.train_acc(logits.detach().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=False)

@@ -1,0 +1,347 @@
+"""ExplicitLM: a frozen Qwen3 that reads an explicit, human-readable token memory bank.
+
+Shape legend: B batch, T tokens in this call, D backbone width, K query width (`knowledge_dim`),
+R = sqrt(N) keys per half, C candidates (`num_candidates`), N bank entries (`knowledge_num`),
+L tokens per entry (`knowledge_length`), V vocabulary.
+
+After each chosen decoder layer of the backbone (a forward hook, so the backbone's state-dict keys
+and its own `generate` with the KV cache are untouched), a `MemoryFusion` does, per token:
+
+    u   = RMSNorm(h)                                    (B, T, D)
+    q   = W_q u, split in halves q1, q2                 (B, T, K/2) each
+    top-C of q1.keys[0] and of q2.keys[1], the C*C sums, top-C kept      -> entry ids (B, T, C)
+    mem = mean of the frozen input embeddings of each candidate's non-pad tokens   (B, T, C, D)
+    cs  = cos(q, W_m mem) * scale;  w = Gumbel-softmax straight-through (hard at evaluation)
+    sel = sum_c w_c mem_c                               (B, T, D)
+    out = h + alpha(sim) * SwiGLU([u; sel])             alpha in [0, 1], one per token
+
+Retrieval is causal: position t reads only h_t, which the backbone computed from tokens <= t (the
+original's later version mean-pools the whole sequence and leaks the future). The bank holds token
+ids (int32 buffer), never an [N, D] table: candidates are embedded when they are retrieved. The
+first floor(N * freeze_ratio) entries are frozen (`freeze_mask`): updaters never write them.
+
+Auxiliary losses (weighted by their coefficients, averaged over memory layers): similarity
+(-sum_c w_c cs_c), diversity (probability-weighted cosine between candidates: the original's has no
+gradient, its candidates are constants), and a router loss (cross-entropy of both key halves and of
+the candidate choice toward a known entry) when the batch names one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memexp.errors import CheckpointError, ConfigError
+
+
+class ProductKeys(nn.Module):
+    """Product-key retrieval over N = R * R entries: entry i * R + j has the key [keys[0, i]; keys[1, j]]."""
+
+    def __init__(self, dim: int, knowledge_num: int, knowledge_dim: int, num_candidates: int):
+        super().__init__()
+        R = math.isqrt(knowledge_num)
+        if knowledge_num < 1 or R * R != knowledge_num:
+            raise ConfigError(
+                f"model.knowledge_num={knowledge_num}: must be a perfect square (product keys split it into sqrt(N) x sqrt(N)), "
+                f"e.g. {max(R, 1) ** 2} or {(R + 1) ** 2}"
+            )
+        if knowledge_dim < 2 or knowledge_dim % 2:
+            raise ConfigError(f"model.knowledge_dim={knowledge_dim}: must be an even number >= 2 (two halves)")
+        if not 1 <= num_candidates <= R:
+            raise ConfigError(f"model.num_candidates={num_candidates}: must be between 1 and sqrt(knowledge_num)={R}")
+        self.R, self.C = R, num_candidates
+        self.query = nn.Linear(dim, knowledge_dim, bias=False)
+        self.keys = nn.Parameter(torch.randn(2, R, knowledge_dim // 2) / math.sqrt(knowledge_dim // 2))
+
+    def half_scores(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (..., K) -> scores of both halves against their R keys, (..., R) each."""
+        q1, q2 = q.chunk(2, dim=-1)
+        return q1 @ self.keys[0].T, q2 @ self.keys[1].T
+
+    def top(self, s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The C best entries of s1[i] + s2[j] without scoring all R * R: (ids (..., C), scores (..., C))."""
+        C = self.C
+        v1, i1 = s1.topk(C, dim=-1)  # (..., C)
+        v2, i2 = s2.topk(C, dim=-1)
+        sums = (v1.unsqueeze(-1) + v2.unsqueeze(-2)).flatten(-2)  # (..., C*C)
+        best, flat = sums.topk(C, dim=-1)
+        ids = i1.gather(-1, flat // C) * self.R + i2.gather(-1, flat % C)
+        return ids, best
+
+    def exhaustive(self, s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same top-C by scoring every entry (tests and the benchmark compare against it)."""
+        scores = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2)  # (..., N)
+        best, ids = scores.topk(self.C, dim=-1)
+        return ids, best
+
+
+class MemoryFusion(nn.Module):
+    """Retrieve, select and fuse one bank entry into the hidden state of one decoder layer."""
+
+    def __init__(
+        self,
+        dim: int,
+        knowledge_num: int,
+        knowledge_dim: int,
+        num_candidates: int,
+        gumbel_temperature: float,
+        fusion_dim: int,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.keys = ProductKeys(dim, knowledge_num, knowledge_dim, num_candidates)
+        self.project = nn.Linear(dim, knowledge_dim, bias=False)  # candidate embedding -> query space
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # cosine -> selection logits
+        self.gumbel_temperature = gumbel_temperature
+        self.gate = nn.Linear(2 * dim, fusion_dim, bias=False)
+        self.up = nn.Linear(2 * dim, fusion_dim, bias=False)
+        self.down = nn.Linear(fusion_dim, dim, bias=False)
+        nn.init.zeros_(self.down.weight)  # starts as the backbone alone
+        self.alpha = nn.Sequential(nn.Linear(1, 16), nn.SiLU(), nn.Linear(16, 1))
+
+    def queries(self, u: torch.Tensor) -> torch.Tensor:
+        """The states retrieval reads: u itself, one per token (causal)."""
+        return u
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        bank: torch.Tensor,
+        embedding: torch.Tensor,
+        pad_id: int,
+        target: torch.Tensor | None = None,
+        position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """h (B, T, D) -> (new h, unweighted losses, selected entry ids (B, T))."""
+        B, T, D = h.shape
+        u = self.norm(h)
+        q = self.keys.query(self.queries(u))  # (B, T, K)
+        s1, s2 = self.keys.half_scores(q)  # (B, T, R) each
+        ids, _ = self.keys.top(s1, s2)  # (B, T, C)
+        C = ids.shape[-1]
+        rows = bank[ids.flatten()]  # (B*T*C, L) token ids
+        mem = F.embedding_bag(rows, embedding, mode="mean", padding_idx=pad_id).view(B, T, C, D)  # all-pad entry -> 0
+        keys_m = F.normalize(self.project(mem), dim=-1)  # (B, T, C, K)
+        cs = (F.normalize(q, dim=-1).unsqueeze(-2) * keys_m).sum(-1)  # (B, T, C) cosine
+        logits = cs * self.log_scale.clamp(max=math.log(100.0)).exp()
+        if self.training:
+            w = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True)  # one-hot forward, soft gradient
+        else:
+            w = F.one_hot(logits.argmax(-1), C).to(h.dtype)
+        sel = (w.unsqueeze(-1) * mem).sum(-2)  # (B, T, D)
+        sim = (w * cs).sum(-1, keepdim=True)  # (B, T, 1) similarity of the selected entry
+        fused = self.down(F.silu(self.gate(torch.cat([u, sel], -1))) * self.up(torch.cat([u, sel], -1)))
+        alpha = torch.sigmoid(self.alpha(sim))  # (B, T, 1) in [0, 1]
+        chosen = ids.gather(-1, w.argmax(-1, keepdim=True)).squeeze(-1)  # (B, T)
+        losses = {"similarity": -sim.mean()}
+        if self.training or target is not None:
+            p = logits.softmax(-1)  # (B, T, C)
+            gram = keys_m @ keys_m.transpose(-1, -2)  # (B, T, C, C)
+            off = 1.0 - torch.eye(C, dtype=h.dtype, device=h.device)
+            losses["diversity"] = (p.unsqueeze(-1) * p.unsqueeze(-2) * gram * off).sum((-1, -2)).mean()
+        if target is not None:
+            losses["router"] = self.router_loss(s1, s2, ids, logits, target, position)
+        self.last_alpha = alpha.detach()
+        return h + alpha * fused, losses, chosen
+
+    def router_loss(
+        self,
+        s1: torch.Tensor,
+        s2: torch.Tensor,
+        ids: torch.Tensor,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        position: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cross-entropy toward the named entry at the named position of each row (target -1: none)."""
+        rows = (target >= 0).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return s1.sum() * 0.0
+        pos, gold = position[rows], target[rows]
+        R = self.keys.R
+        loss = F.cross_entropy(s1[rows, pos], gold // R) + F.cross_entropy(s2[rows, pos], gold % R)
+        hit = ids[rows, pos] == gold.unsqueeze(-1)  # (n, C) the gold entry among the candidates
+        found = hit.any(-1)
+        if found.any():
+            loss = loss + F.cross_entropy(logits[rows, pos][found], hit[found].float().argmax(-1))
+        return loss
+
+
+class ExplicitLM(nn.Module):
+    """A frozen causal LM backbone (a transformers Qwen3ForCausalLM) plus an explicit memory bank.
+
+    Args:
+        backbone: the pretrained model; its weights are frozen here and never trained.
+        knowledge_num: N bank entries (a perfect square).
+        knowledge_length: L token ids per entry.
+        knowledge_dim: K, the width of retrieval queries and keys.
+        num_candidates: C entries kept by product-key retrieval for the final selection.
+        gumbel_temperature: temperature of the straight-through Gumbel-softmax selection (training).
+        freeze_ratio: the first floor(N * freeze_ratio) entries are frozen (never written by updaters).
+        memory_layers: indices of the decoder layers followed by a memory fusion (None: all).
+        fusion_dim: hidden width of each SwiGLU fusion.
+        similarity_loss_coef, diversity_loss_coef, router_loss_coef: weights of the auxiliary losses.
+        pad_id: the padding id of bank rows (None: the backbone config's pad id, else 0).
+    """
+
+    task_kind = "causal_lm"
+    carries_state = False
+    batch_inputs = ("memory_target", "memory_position")  # batch entries the task passes to forward
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        knowledge_num: int = 1024,
+        knowledge_length: int = 16,
+        knowledge_dim: int = 128,
+        num_candidates: int = 8,
+        gumbel_temperature: float = 1.0,
+        freeze_ratio: float = 0.2,
+        memory_layers: list[int] | None = None,
+        fusion_dim: int = 256,
+        similarity_loss_coef: float = 0.1,
+        diversity_loss_coef: float = 0.05,
+        router_loss_coef: float = 1.0,
+        pad_id: int | None = None,
+    ):
+        super().__init__()
+        config = backbone.config
+        layers = backbone.model.layers
+        if knowledge_length < 1:
+            raise ConfigError(f"model.knowledge_length={knowledge_length}: must be >= 1")
+        if not 0.0 <= freeze_ratio <= 1.0:
+            raise ConfigError(f"model.freeze_ratio={freeze_ratio}: must be in [0, 1]")
+        if gumbel_temperature <= 0:
+            raise ConfigError(f"model.gumbel_temperature={gumbel_temperature}: must be > 0")
+        chosen = list(range(len(layers))) if memory_layers is None else [int(i) for i in memory_layers]
+        bad = [i for i in chosen if not 0 <= i < len(layers)]
+        if bad or not chosen or len(set(chosen)) != len(chosen):
+            raise ConfigError(
+                f"model.memory_layers={memory_layers}: expected distinct layer indices in 0..{len(layers) - 1} (None: all)"
+            )
+        self.backbone = backbone.requires_grad_(False).eval()
+        self.max_len = config.max_position_embeddings
+        self.pad_id = pad_id if pad_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
+        self.coefs = {"similarity": similarity_loss_coef, "diversity": diversity_loss_coef, "router": router_loss_coef}
+        self.register_buffer("memory_bank", torch.full((knowledge_num, knowledge_length), self.pad_id, dtype=torch.int32))
+        self.register_buffer("freeze_mask", torch.arange(knowledge_num) < int(knowledge_num * freeze_ratio))
+        dim = config.hidden_size
+        self.fusions = nn.ModuleDict(
+            {
+                str(i): MemoryFusion(dim, knowledge_num, knowledge_dim, num_candidates, gumbel_temperature, fusion_dim)
+                for i in chosen
+            }
+        )
+        self.memory_enabled = True
+        self._target: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._losses: list[dict[str, torch.Tensor]] = []
+        self.last_selection: dict[int, torch.Tensor] = {}  # layer -> selected entry ids (B, T) of the last call
+        for i in chosen:
+            layers[i].register_forward_hook(self._hook(i))
+        # Checkpoints keep the memory and the bank, and name the backbone instead of copying it.
+        self.register_state_dict_post_hook(_drop_backbone)
+        self.register_load_state_dict_pre_hook(_keep_backbone)
+
+    # -- the memory path -------------------------------------------------------------------
+    def _hook(self, layer: int):  # noqa: ANN202 - a forward hook
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+            if not self.memory_enabled:
+                return output
+            h = output[0] if isinstance(output, tuple) else output
+            target, position = self._target if self._target is not None else (None, None)
+            new_h, losses, chosen = self.fusions[str(layer)](
+                h, self.memory_bank, self.backbone.get_input_embeddings().weight, self.pad_id, target, position
+            )
+            self._losses.append(losses)
+            self.last_selection[layer] = chosen
+            return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
+
+        return hook
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        state: object = None,
+        memory_target: torch.Tensor | None = None,
+        memory_position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, object]:
+        """idx (B, T) -> logits (B, T, V) and the backbone's KV cache (when evaluating or continuing).
+
+        memory_target (B,) entry ids (-1: none) and memory_position (B,) token positions: where the
+        router loss pulls retrieval toward a known entry.
+        """
+        self._losses = []
+        self._target = (memory_target, memory_position) if memory_target is not None else None
+        use_cache = state is not None or not self.training
+        try:
+            out = self.backbone(input_ids=idx, cache=state, use_cache=use_cache)
+        finally:
+            self._target = None
+        return out.logits, out.cache if use_cache else None
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The weighted auxiliary losses of the last forward, averaged over memory layers (train/<name>)."""
+        if not self._losses:
+            return {}
+        names = {k for d in self._losses for k in d}
+        mean = {k: torch.stack([d[k] for d in self._losses if k in d]).mean() for k in names}
+        return {k: self.coefs[k] * v for k, v in mean.items() if self.coefs.get(k, 0.0)}
+
+    def train(self, mode: bool = True) -> ExplicitLM:
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout, whatever the task's mode
+        return self
+
+    # -- the bank ---------------------------------------------------------------------------
+    def load_bank(self, tokens: torch.Tensor) -> None:
+        """Fill the bank with token ids (n, L), n <= N; rows past n become all pad."""
+        N, L = self.memory_bank.shape
+        if tokens.dim() != 2 or tokens.shape[1] != L or tokens.shape[0] > N:
+            raise ConfigError(
+                f"the knowledge cache holds a bank of shape {tuple(tokens.shape)}; model.knowledge_num={N} and "
+                f"model.knowledge_length={L} need at most {N} rows of {L} tokens"
+            )
+        self.memory_bank.fill_(self.pad_id)
+        self.memory_bank[: tokens.shape[0]] = tokens.to(torch.int32)
+
+    def write_entries(self, rows: torch.Tensor, tokens: torch.Tensor, allow_frozen: bool = False) -> None:
+        """Overwrite bank rows (n,) with token ids (n, L). Frozen rows are refused unless allow_frozen."""
+        if not allow_frozen and bool(self.freeze_mask[rows].any()):
+            frozen = rows[self.freeze_mask[rows]].tolist()[:5]
+            raise ValueError(f"bank entries {frozen} are frozen (the first {int(self.freeze_mask.sum())} entries)")
+        self.memory_bank[rows] = tokens.to(torch.int32)
+
+    def backbone_fingerprint(self) -> str:
+        """A cheap digest of the backbone's weights (shapes and the first 4096 values of each tensor)."""
+        h = hashlib.sha1()
+        for name, p in self.backbone.state_dict().items():
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def get_extra_state(self) -> dict:
+        return {"backbone_fingerprint": self.backbone_fingerprint()}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved, now = state.get("backbone_fingerprint"), self.backbone_fingerprint()
+        if saved is not None and saved != now:
+            raise CheckpointError(
+                f"this ExplicitLM was trained on a backbone with fingerprint {saved}, but model.backbone gives one with {now}; "
+                "pass the backbone it was trained on"
+            )
+
+
+def _drop_backbone(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+        del state_dict[key]
+
+
+def _keep_backbone(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Loading a saved ExplicitLM state keeps the backbone it was built with (checked by fingerprint)."""
+    for key, value in module.backbone.state_dict().items():
+        state_dict.setdefault(f"{prefix}backbone.{key}", value)
