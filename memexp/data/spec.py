@@ -28,6 +28,7 @@ class DataSpec:
     seq_len: tokens per training window (causal LM), None when variable.
     num_classes: label count for classification, else None.
     ordered_windows: training batches continue each other row by row (state may be carried).
+    memory: the explicit memory bank the data provides (a `memexp.memory.bank_cache.BankCache`), None when it has none.
     """
 
     task_kind: str
@@ -37,3 +38,4 @@ class DataSpec:
     seq_len: int | None = None
     num_classes: int | None = None
     ordered_windows: bool = False
+    memory: Any = None
