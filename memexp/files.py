@@ -1,6 +1,6 @@
 """Ground floor: files written whole or not at all, and file hashes.
 
-Every writer in memexp goes through `atomic_path`: the content goes to a temporary name in
+Every writer in memexp goes through `atomic_path` (or `atomic_dir` for a folder): the content goes to a temporary name in
 the same folder and is renamed into place when complete (`os.replace`, atomic on POSIX), so a
 crash or a kill never leaves a half-written file looking finished. The temporary name keeps
 the suffix (matplotlib and torch pick the format from it) and carries the process id (two
@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `path`; rename it to `path` when the block succeeds.
+
+    When another process finished the same folder first, its copy is kept and this one dropped.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

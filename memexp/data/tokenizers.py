@@ -1,5 +1,5 @@
 """Tokenizers for text data: `char` (vocabulary from the training split), `byte` (256),
-and Hugging Face tokenizers loaded from a local path.
+`qwen` (Qwen3's, built offline: `qwen_tokenizer.py`) and Hugging Face tokenizers loaded from a local path.
 
 Each has encode(str) -> list[int], decode(list[int]) -> str, vocab_size, and
 state_dict()/from_state() so the exact tokenizer travels inside a checkpoint.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from memexp.errors import ConfigError, DataError
 
@@ -79,7 +79,11 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer from a local folder (or a hub name when online)."""
+    """A Hugging Face tokenizer from a local folder (or a hub name when online).
+
+    Besides the Tokenizer protocol it gives what a chat/LM data pipeline needs: `pad_id`, `eos_id`,
+    `special_id(token)`, `apply_chat(messages)` and the transformers object itself (`hf`).
+    """
 
     name = "hf"
 
@@ -94,10 +98,45 @@ class HFTokenizer:
                 f"data.tokenizer={path!r}: no Hugging Face tokenizer could be loaded from it "
                 f"(expected a folder with tokenizer.json / tokenizer_config.json): {e}"
             ) from None
+        self._special: dict[str, int | None] = {}
+
+    @property
+    def hf(self) -> Any:
+        """The underlying transformers tokenizer."""
+        return self.tok
 
     @property
     def vocab_size(self) -> int:
         return len(self.tok)
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def special_id(self, token: str) -> int | None:
+        """Id of a token of the vocabulary (e.g. "<|im_end|>"), None when the tokenizer lacks it."""
+        if token not in self._special:
+            tid = self.tok.convert_tokens_to_ids(token)
+            unknown = tid is None or (tid == self.tok.unk_token_id and token != self.tok.unk_token)
+            self._special[token] = None if unknown else int(tid)
+        return self._special[token]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tok.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        """The pad token; a tokenizer without one pads with `<|endoftext|>`. Never the end token:
+        padding positions are masked out of the loss, and pad = eos would mask every end token too."""
+        if self.tok.pad_token_id is not None:
+            return int(self.tok.pad_token_id)
+        fallback = self.special_id("<|endoftext|>")
+        if fallback is None or fallback == self.eos_id:
+            raise ConfigError(
+                f"data.tokenizer={self.path!r}: the tokenizer has no pad token and no <|endoftext|> distinct from "
+                f"its end token; expected a tokenizer_config.json with a pad_token"
+            )
+        return fallback
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -105,30 +144,49 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids))
 
+    def apply_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+        """Token ids of a conversation [{"role", "content"}, ...] rendered by the chat template."""
+        try:
+            ids = self.tok.apply_chat_template(
+                messages, tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt
+            )
+        except ValueError as e:
+            raise ConfigError(f"data.tokenizer={self.path!r}: cannot render a conversation ({e})") from None
+        return [int(i) for i in ids]
+
     def state_dict(self) -> dict:
         return {"name": self.name, "path": self.path}
 
 
-def build_tokenizer(name: str, train_text: str | None = None) -> CharTokenizer | ByteTokenizer | HFTokenizer:
-    """`char` (fit on train_text), `byte`, or a path to a Hugging Face tokenizer."""
+def build_tokenizer(
+    name: str, train_text: str | None = None, data_dir: str | Path | None = None
+) -> CharTokenizer | ByteTokenizer | HFTokenizer:
+    """`char` (fit on train_text), `byte`, `qwen` (Qwen3's, built offline and cached under
+    data_dir), or a path to a Hugging Face tokenizer."""
     if name == "char":
         if train_text is None:
             raise ValueError("a char tokenizer is fitted on the training text")
         return CharTokenizer.fit(train_text)
     if name == "byte":
         return ByteTokenizer()
+    if name == "qwen":
+        from memexp.data.qwen_tokenizer import QwenTokenizer
+
+        return QwenTokenizer(data_dir)
     if Path(name).exists() or "/" in name:
         return HFTokenizer(name)
-    raise ConfigError(f"data.tokenizer={name!r}: expected 'char', 'byte' or a path to a Hugging Face tokenizer folder")
+    raise ConfigError(f"data.tokenizer={name!r}: expected 'char', 'byte', 'qwen' or a path to a Hugging Face tokenizer folder")
 
 
-def tokenizer_from_state(state: dict) -> CharTokenizer | ByteTokenizer | HFTokenizer:
+def tokenizer_from_state(state: dict, data_dir: str | Path | None = None) -> CharTokenizer | ByteTokenizer | HFTokenizer:
     """Rebuild the tokenizer saved with a checkpoint."""
     name = state.get("name")
     if name == "char":
         return CharTokenizer(list(state["chars"]))
     if name == "byte":
         return ByteTokenizer()
+    if name == "qwen":
+        return build_tokenizer("qwen", data_dir=data_dir)
     if name == "hf":
         return HFTokenizer(state["path"])
     raise ConfigError(f"unknown tokenizer in checkpoint: {name!r}")

@@ -5,7 +5,8 @@ Source formats (`.gz` is read transparently):
   jsonl  one dialogue per line: a list of strings, a list of {"text": ...}, or {"dialog": [...]} (HF silver/lccc)
   tsv    one dialogue per line, utterances separated by tabs (`.tsv`, `.txt`)
 A dialogue is a list of utterances; each utterance is already segmented with spaces.
-Nothing here holds a file in memory: records are produced one at a time.
+Nothing here holds a file in memory: records are produced one at a time (JSON arrays through
+`memexp.data.json_stream.JSONCursor`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memexp.data.json_stream import JSONCursor
 from memexp.errors import ConfigError, DataError
 
 SPLITS = ("train", "valid", "test")
@@ -163,89 +165,6 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
         yield Record(None, line_no, utts, problem)
 
 
-# Hand-written on purpose: LCCC ships as one JSON array of millions of dialogues, and the stdlib
-# json module can neither stream such an array element by element (without holding it in memory)
-# nor say on which line a bad record starts; this cursor does both around json's value decoder.
-class _JSONCursor:
-    """Incremental JSON reading over a text file with `json.JSONDecoder.raw_decode`.
-
-    Holds a window of the file; values are decoded one at a time and the consumed prefix
-    is dropped, so memory is bounded by the largest single value (one dialogue), not the file.
-    """
-
-    def __init__(self, f: io.TextIOBase, path: str | Path, block: int = 1 << 20, max_value: int = 64 << 20):
-        self.f, self.path, self.block, self.max_value = f, path, block, max_value
-        self.buf, self.pos, self.eof = "", 0, False
-        self._lpos, self._lno = 0, 1  # line number at buf[_lpos], moved forward incrementally
-        self.decoder = json.JSONDecoder()
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        try:
-            chunk = self.f.read(self.block)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.path}:{self.line()}: not valid UTF-8 ({e.reason})") from None
-        if not chunk:
-            self.eof = True
-            return False
-        if self.pos > self.block:  # drop what has been consumed
-            self.line(self.pos)
-            self.buf = self.buf[self.pos :]
-            self._lpos -= self.pos
-            self.pos = 0
-        self.buf += chunk
-        return True
-
-    def line(self, pos: int | None = None) -> int:
-        """1-based line number of buf[pos] (default: the cursor)."""
-        pos = self.pos if pos is None else pos
-        if pos >= self._lpos:
-            self._lno += self.buf.count("\n", self._lpos, pos)
-            self._lpos = pos
-            return self._lno
-        return self._lno - self.buf.count("\n", pos, self._lpos)
-
-    def fail(self, expected: str) -> None:
-        found = repr(self.buf[self.pos : self.pos + 20]) if self.pos < len(self.buf) else "end of file"
-        raise DataError(f"{self.path}:{self.line()}: expected {expected}, found {found}")
-
-    def peek(self) -> str:
-        """Next non-whitespace character ('' at end of file), without consuming it."""
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
-                self.pos += 1
-            if self.pos < len(self.buf):
-                return self.buf[self.pos]
-            if not self._fill():
-                return ""
-
-    def expect(self, char: str, what: str) -> None:
-        if self.peek() != char:
-            self.fail(what)
-        self.pos += 1
-
-    def value(self) -> Any:
-        """Decode the next JSON value, reading more of the file while it is incomplete."""
-        self.peek()
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as e:
-                # Incomplete at the end of the window: read more and retry; an error well before
-                # the end of the window (or in a value larger than max_value) is malformed input.
-                near_end = len(self.buf) - e.pos <= self.block or e.msg.startswith("Unterminated string")
-                if near_end and len(self.buf) - self.pos < self.max_value and self._fill():
-                    continue
-                raise DataError(f"{self.path}:{self.line(e.pos)}: not valid JSON ({e.msg})") from None
-            if end == len(self.buf) and not self.eof and isinstance(value, (int, float)):
-                # a number may continue in the next block
-                if self._fill():
-                    continue
-            self.pos = end
-            return value
-
-
 def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
     """LCCC as published: `[dialogue, ...]` or `{"train": [...], "valid": [...], "test": [...]}`.
 
@@ -254,7 +173,7 @@ def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
     a dialogue is a bad record like a bad JSONL line.
     """
     with open_text(path) as f:
-        cur = _JSONCursor(f, path, block=block)
+        cur = JSONCursor(f, path, block=block)
         first = cur.peek()
         if first == "[":
             yield from _read_json_array(cur, None)
@@ -287,20 +206,9 @@ def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
             cur.fail("end of file after the top-level value")
 
 
-def _read_json_array(cur: _JSONCursor, split: str | None) -> Iterator[Record]:
-    cur.expect("[", "'['")
-    first = True
-    while True:
-        c = cur.peek()
-        if c == "]":
-            cur.pos += 1
-            return
-        if not first:
-            cur.expect(",", "',' or ']' between dialogues")
-        first = False
-        cur.peek()  # to the value's first character, so its line is reported
-        line = cur.line()
-        utts, problem = _as_utterances(cur.value())
+def _read_json_array(cur: JSONCursor, split: str | None) -> Iterator[Record]:
+    for line, value in cur.array_items("dialogues"):
+        utts, problem = _as_utterances(value)
         yield Record(split, line, utts, problem)
 
 
