@@ -257,6 +257,8 @@ def test_sft_targets_cover_assistant_tokens_exactly(qwen, tmp_path):
     assert [t for t, _ in predicted] == qwen.encode("2") + [151645] + qwen.encode("4, of course") + [151645]
     assert all(ids[i] == t for t, i in predicted)
     assert qwen.hf.decode([t for t, _ in predicted]) == "2<|im_end|>4, of course<|im_end|>"
+    opening = next(iter(JSONLStream(write_jsonl(tmp_path / "a.jsonl", [{"conversations": turns[2:]}]), qwen, "sft", 32)))
+    assert qwen.hf.decode([t for t in opening["target"].tolist() if t != IGNORE_INDEX]) == "2<|im_end|>4, of course<|im_end|>"
 
 
 def test_each_record_once_across_two_ranks_and_two_workers(qwen, tmp_path):

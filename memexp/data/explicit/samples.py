@@ -42,10 +42,12 @@ def chat_ids_and_mask(tokenizer: Any, turns: list[dict[str, str]]) -> tuple[list
     for i, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat(turns[:i], add_generation_prompt=True)) if i else None
+        if i:
+            start = len(tokenizer.apply_chat(turns[:i], add_generation_prompt=True))
+        else:  # a conversation opening with the assistant: its header is an empty turn up to the end token
+            empty = tokenizer.apply_chat([{"role": "assistant", "content": ""}])
+            start = empty.index(end_id) if end_id in empty else len(empty)
         through = tokenizer.apply_chat(turns[: i + 1])
-        if start is None:  # a conversation opening with the assistant: the header alone
-            start = len(tokenizer.apply_chat([], add_generation_prompt=True))
         if ids[: len(through)] != through or start > len(through):
             raise DataError("the tokenizer's chat template does not render a conversation turn after turn")
         stop = len(through)
