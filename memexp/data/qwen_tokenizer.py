@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+from memexp.data.hf_tokenizer import HFTokenizer
 from memexp.data.sources import default_data_dir
-from memexp.data.tokenizers import HFTokenizer
 from memexp.errors import ConfigError
 from memexp.files import atomic_dir, file_digest, text_digest
 
