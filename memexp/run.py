@@ -89,6 +89,25 @@ def run(
         )
         _report(result)
         return result
+    if study.get("kind") == "knowledge":
+        from memexp.runs.knowledge import run_knowledge_study
+
+        result = run_knowledge_study(
+            cfg,
+            names,
+            model=model,
+            data=data,
+            optim=optim,
+            trainer=trainer,
+            run_dir=_run_dir(paths),
+            checkpoint_root=paths.checkpoint_root,
+            logger=logger,
+            callbacks=callbacks,
+            settings=study,
+            fresh=fresh,
+        )
+        _report(result)
+        return result
     after_test = None
     if study:
         from memexp.runs.studies import StudyEvaluations, StudySettings

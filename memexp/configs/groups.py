@@ -9,6 +9,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from memexp.data.dialogue import DialogueDataModule
+from memexp.data.explicit import ExplicitLMDataModule
+from memexp.data.knowledge_qa import KnowledgeQADataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
@@ -58,6 +60,12 @@ LCCCFullConf = builds(
     buffer_size=8192,
     num_workers=2,
 )
+
+# ExplicitLM's data: streamed pretraining JSONL or SFT conversations (+ a knowledge base for the bank), and
+# the knowledge study's generated questions. The bank's shape is the model's.
+_bank = dict(knowledge_num="${model.knowledge_num}", knowledge_length="${model.knowledge_length}")
+ExplicitTextConf = builds(ExplicitLMDataModule, **_text, path="???", **_bank)
+KnowledgeQAConf = builds(KnowledgeQADataModule, **_text, **_bank, freeze_ratio="${model.freeze_ratio}", seed="${seed}")
 
 # -- optim ----------------------------------------------------------------------------------
 AdamWConf = builds(OptimizerSettings, populate_full_signature=True)
@@ -128,6 +136,8 @@ def register_groups() -> None:
     data(RandomBytesConf, name="random")
     data(LCCCConf, name="lccc")
     data(LCCCFullConf, name="lccc_full")
+    data(ExplicitTextConf, name="explicit_text")
+    data(KnowledgeQAConf, name="knowledge_qa")
 
     optim = store(group="optim")
     optim(AdamWConf, name="adamw")

@@ -136,4 +136,35 @@ def register_studies() -> None:
         name="meta_recall",
     )
 
+    # ExplicitLM's knowledge study (memexp.runs.knowledge): pretrain a small Qwen3 on a generated world's
+    # sentences, freeze it, train the memory on questions, then measure held-out accuracy with the full
+    # bank, an empty bank and the backbone alone, hit rates and editing.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "explicit_lm"}, {"override /data": "knowledge_qa"}],
+            model=dict(knowledge_num=1024, knowledge_length=16, knowledge_dim=64, num_candidates=8, fusion_dim=128),
+            data=dict(qa_per_batch=32, index_per_batch=128),
+            optim=dict(lr=3e-3, warmup_steps=50, schedule="constant", weight_decay=0.0),
+            # no clipping: the router's gradient (160 rows) would scale down the fusion's (32 answers)
+            trainer=dict(max_steps=4000, val_check_interval=1000, log_every_n_steps=50, gradient_clip_val=None),
+            study=dict(kind="knowledge", edits=100, backbone=dict(dim=128, depth=2, heads=4, steps=600, lr=3e-3)),
+            sample_tokens=0,
+            experiment_name="explicit_knowledge",
+        ),
+        name="explicit_knowledge",
+    )
+    # ExplicitLM supervised fine-tuning on {"conversations": [...]} JSONL (loss on assistant tokens only):
+    #   python -m memexp.run experiment=explicit_sft data.path=sft.jsonl data.knowledge_path=kb.json model.backbone=<Qwen3 folder>
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "explicit_lm"}, {"override /data": "explicit_text"}],
+            data=dict(format="sft", seq_len=512, batch_size=4),
+            optim=dict(lr=2e-4, warmup_steps=100, min_lr=2e-5, weight_decay=0.1, betas=[0.9, 0.95]),
+            trainer=dict(max_steps=2000, val_check_interval=500, accumulate_grad_batches=8),
+            sample_tokens=0,
+            experiment_name="explicit_sft",
+        ),
+        name="explicit_sft",
+    )
+
     store(ReportConfig, name="memexp_report")

@@ -78,7 +78,9 @@ class EpisodicBatches(IterableDataset):
             answers = []
             for i in qa:
                 pool = m.world.pools[m.world.facts[i].relation]
-                answers.append(pool[int(torch.randint(0, len(pool), (1,), generator=g))] if m.episodic else m.world.facts[i].object)
+                answers.append(
+                    pool[int(torch.randint(0, len(pool), (1,), generator=g))] if m.episodic else m.world.facts[i].object
+                )
             batch = m.rows.batch(qa + index, m.world.facts, answers + [None] * len(index))
             if m.episodic:
                 facts = [m.world.facts[i] for i in qa]
@@ -156,7 +158,10 @@ class KnowledgeQADataModule(L.LightningDataModule):
 
     @property
     def world_dir(self) -> Path:
-        key = text_digest(repr(sorted((self.settings | {"seed": self.world_seed, "repeats": self.pretrain_repeats}).items())), length=10)
+        key = text_digest(
+            repr(sorted((self.settings | {"seed": self.world_seed, "repeats": self.pretrain_repeats, "format": 2}).items())),
+            length=10,
+        )
         return self.data_dir / "knowledge_study" / f"world-{key}"
 
     def prepare_data(self) -> None:

@@ -7,7 +7,8 @@ in the backbone's pretraining text nor in any training question's answer.
 
 Files written to one folder (the manifest last, so a half-written world is never taken for a finished one):
     kb.json          the knowledge base, T-REx style: [{"target": [{"sentence", "subject", "predicate", "object", "uuid"}]}]
-    pretrain.txt     the training subjects' sentences, shuffled, `pretrain_repeats` times: the backbone's text
+    pretrain.txt     the training subjects' fact sentences and sentences that only mention each subject
+                     (held-out ones too), shuffled, `pretrain_repeats` times: the backbone's text
     tokenizer/       a word-level Hugging Face tokenizer over the world's words (+ <|endoftext|>, <|im_start|>, <|im_end|>)
     world.json       subjects, relations, pools, facts, held-out subjects, settings (the manifest)
 """
@@ -33,6 +34,9 @@ RELATIONS = {
     "animal": "the national animal of {s} is the {o} .",
     "sport": "the favourite sport in {s} is {o} .",
 }
+# Sentences that name a subject and state nothing about it: every subject, held-out ones too, is a word
+# the backbone has read (an entity it has never seen would be one collapsed embedding for all of them).
+MENTIONS = ["{s} is a country .", "we travelled to {s} last year .", "the news from {s} was short ."]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 _ONSETS = "b d f g k l m n p r s t v z br dr gr kr pl st tr".split()
 _VOWELS = "a e i o u ai ea ou".split()
@@ -68,7 +72,7 @@ class World:
 
     def words(self) -> list[str]:
         """Every word the world's sentences use, in a fixed order."""
-        words = {w for t in RELATIONS.values() for w in t.format(s="", o="").split()}
+        words = {w for t in [*RELATIONS.values(), *MENTIONS] for w in t.format(s="", o="").split()}
         words |= set(self.subjects) | {o for pool in self.pools.values() for o in pool}
         return sorted(words)
 
@@ -93,7 +97,7 @@ def make_world(seed: int, n_subjects: int = 256, n_relations: int = 4, n_objects
             "expected 0 <= held_out < n_subjects and n_objects >= 2"
         )
     rng = random.Random(seed)
-    taken = {w for t in RELATIONS.values() for w in t.split()}
+    taken = {w for t in [*RELATIONS.values(), *MENTIONS] for w in t.split()}
     subjects = _pseudo_words(rng, n_subjects, taken)
     relations = list(RELATIONS)[:n_relations]
     pools = {r: _pseudo_words(rng, n_objects, taken) for r in relations}
@@ -117,7 +121,11 @@ def write_word_tokenizer(words: list[str], folder: Path) -> None:
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="<unk>", clean_up_tokenization_spaces=False
+        tokenizer_object=tk,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
     )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -130,12 +138,22 @@ def write_world(world: World, folder: Path, pretrain_repeats: int = 8) -> Path:
     """Write the world's files (module docstring) into `folder`; world.json last."""
     folder.mkdir(parents=True, exist_ok=True)
     kb = [
-        {"target": [{"sentence": f.sentence(), "subject": f.subject, "predicate": f.relation, "object": f.object, "uuid": f"f{f.entry}"}]}
+        {
+            "target": [
+                {
+                    "sentence": f.sentence(),
+                    "subject": f.subject,
+                    "predicate": f.relation,
+                    "object": f.object,
+                    "uuid": f"f{f.entry}",
+                }
+            ]
+        }
         for f in world.facts
     ]
     write_json(kb, folder / "kb.json", indent=None)
     rng = random.Random(world.seed + 1)
-    known = [f.sentence() for f in world.facts if not f.held_out]
+    known = [f.sentence() for f in world.facts if not f.held_out] + [m.format(s=s) for s in world.subjects for m in MENTIONS]
     lines = []
     for _ in range(pretrain_repeats):
         rng.shuffle(known)

@@ -41,7 +41,7 @@ from memexp.errors import CheckpointError, ConfigError
 class ProductKeys(nn.Module):
     """Product-key retrieval over N = R * R entries: entry i * R + j has the key [keys[0, i]; keys[1, j]]."""
 
-    def __init__(self, dim: int, knowledge_num: int, knowledge_dim: int, num_candidates: int):
+    def __init__(self, dim: int, knowledge_num: int, knowledge_dim: int, num_candidates: int, query_hidden: int = 0):
         super().__init__()
         R = math.isqrt(knowledge_num)
         if knowledge_num < 1 or R * R != knowledge_num:
@@ -54,13 +54,21 @@ class ProductKeys(nn.Module):
         if not 1 <= num_candidates <= R:
             raise ConfigError(f"model.num_candidates={num_candidates}: must be between 1 and sqrt(knowledge_num)={R}")
         self.R, self.C = R, num_candidates
-        self.query = nn.Linear(dim, knowledge_dim, bias=False)
-        self.keys = nn.Parameter(torch.randn(2, R, knowledge_dim // 2) / math.sqrt(knowledge_dim // 2))
+        # The entry layout is arbitrary (row = id // R, column = id % R), so finding an entry is an arbitrary
+        # partition of the hidden states: a hidden layer makes the query a learned index, not a linear probe.
+        if query_hidden:
+            self.query = nn.Sequential(nn.Linear(dim, query_hidden), nn.GELU(), nn.Linear(query_hidden, knowledge_dim))
+        else:
+            self.query = nn.Linear(dim, knowledge_dim, bias=False)
+        self.keys = nn.Parameter(torch.randn(2, R, knowledge_dim // 2))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # cosine -> retrieval logits
 
     def half_scores(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (..., K) -> scores of both halves against their R keys, (..., R) each."""
-        q1, q2 = q.chunk(2, dim=-1)
-        return q1 @ self.keys[0].T, q2 @ self.keys[1].T
+        """q (..., K) -> scaled cosine of both halves with their R keys, (..., R) each."""
+        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+        q1, q2 = F.normalize(q, dim=-1).chunk(2, dim=-1)  # halves of the unit query: s1 + s2 is its cosine / 2 ...
+        k = F.normalize(self.keys, dim=-1)  # ... with the unit-half key [k1; k2] / sqrt(2)
+        return scale * (q1 @ k[0].T), scale * (q2 @ k[1].T)
 
     def top(self, s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The C best entries of s1[i] + s2[j] without scoring all R * R: (ids (..., C), scores (..., C))."""
@@ -90,11 +98,13 @@ class MemoryFusion(nn.Module):
         num_candidates: int,
         gumbel_temperature: float,
         fusion_dim: int,
+        query_hidden: int = 0,
         eps: float = 1e-6,
     ):
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=eps)
-        self.keys = ProductKeys(dim, knowledge_num, knowledge_dim, num_candidates)
+        self.memory_norm = nn.RMSNorm(dim, eps=eps)  # the selected embedding mean is far smaller than u
+        self.keys = ProductKeys(dim, knowledge_num, knowledge_dim, num_candidates, query_hidden)
         self.project = nn.Linear(dim, knowledge_dim, bias=False)  # candidate embedding -> query space
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # cosine -> selection logits
         self.gumbel_temperature = gumbel_temperature
@@ -135,7 +145,8 @@ class MemoryFusion(nn.Module):
             w = F.one_hot(logits.argmax(-1), C).to(h.dtype)
         sel = (w.unsqueeze(-1) * mem).sum(-2)  # (B, T, D)
         sim = (w * cs).sum(-1, keepdim=True)  # (B, T, 1) similarity of the selected entry
-        fused = self.down(F.silu(self.gate(torch.cat([u, sel], -1))) * self.up(torch.cat([u, sel], -1)))
+        x = torch.cat([u, self.memory_norm(sel)], -1)  # (B, T, 2D)
+        fused = self.down(F.silu(self.gate(x)) * self.up(x))
         alpha = torch.sigmoid(self.alpha(sim))  # (B, T, 1) in [0, 1]
         chosen = ids.gather(-1, w.argmax(-1, keepdim=True)).squeeze(-1)  # (B, T)
         losses = {"similarity": -sim.mean()}
@@ -185,6 +196,7 @@ class ExplicitLM(nn.Module):
         freeze_ratio: the first floor(N * freeze_ratio) entries are frozen (never written by updaters).
         memory_layers: indices of the decoder layers followed by a memory fusion (None: all).
         fusion_dim: hidden width of each SwiGLU fusion.
+        query_hidden: hidden width of the retrieval query network (0: one linear map).
         similarity_loss_coef, diversity_loss_coef, router_loss_coef: weights of the auxiliary losses.
         pad_id: the padding id of bank rows (None: the backbone config's pad id, else 0).
     """
@@ -204,6 +216,7 @@ class ExplicitLM(nn.Module):
         freeze_ratio: float = 0.2,
         memory_layers: list[int] | None = None,
         fusion_dim: int = 256,
+        query_hidden: int = 256,
         similarity_loss_coef: float = 0.1,
         diversity_loss_coef: float = 0.05,
         router_loss_coef: float = 1.0,
@@ -233,7 +246,9 @@ class ExplicitLM(nn.Module):
         dim = config.hidden_size
         self.fusions = nn.ModuleDict(
             {
-                str(i): MemoryFusion(dim, knowledge_num, knowledge_dim, num_candidates, gumbel_temperature, fusion_dim)
+                str(i): MemoryFusion(
+                    dim, knowledge_num, knowledge_dim, num_candidates, gumbel_temperature, fusion_dim, query_hidden
+                )
                 for i in chosen
             }
         )

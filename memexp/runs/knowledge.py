@@ -1,6 +1,6 @@
 """The ExplicitLM knowledge study (`experiment=explicit_knowledge`): two runs and the measurements.
 
-1. Pretrain a small Qwen3 (`model=qwen3`) on the world's sentences about the training subjects:
+1. Pretrain a small Qwen3 (`model=qwen3`) on the world's text: the training subjects' facts and sentences that only name each subject:
    it learns the templates and those facts, never the held-out ones.
 2. Freeze it as ExplicitLM's backbone (`model.backbone=<stage 1's last.ckpt>`), fill the bank with
    the whole knowledge base, and train the memory on questions (data=knowledge_qa).
@@ -78,7 +78,9 @@ def report_markdown(result: dict, names: RunNames) -> str:
 def knowledge_after_test(edits: int) -> Callable:
     """The after-test step of stage 2: measure, write the report, log it."""
 
-    def after_test(task: L.LightningModule, datamodule: L.LightningDataModule, loggers: list, run_dir: Path, names: RunNames) -> dict:
+    def after_test(
+        task: L.LightningModule, datamodule: L.LightningDataModule, loggers: list, run_dir: Path, names: RunNames
+    ) -> dict:
         result = knowledge_study(task.net, datamodule, edits=edits, seed=names.seed)
         reports = Path(run_dir) / "reports"
         write_json(result, reports / "knowledge_metrics.json")
