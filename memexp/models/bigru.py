@@ -162,6 +162,7 @@ class BiGRUClassifier(nn.Module):
         self.norm = nn.LayerNorm(2 * hidden_size) if layer_norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.head = mlp(2 * hidden_size, mlp_dims, dropout)
+        self.dim = width  # the embedding width (a BERT's own, or embedding_size)
         self.entity_mix, self.entity_loss_weight = entity_mix, entity_loss_weight
         if endef:
             self.entity_cnn = EntityCNN(width, entity_kernel_sizes, entity_filters)

@@ -30,9 +30,9 @@ from memexp.errors import ConfigError
 from memexp.files import text_digest, write_json
 
 # Single-character entries of the Chinese BERT vocabulary, in three disjoint pools.
-REAL_CHARS = "证实官方报道发布通报确认据悉记者公告部门政府表示采访调查统计数据介绍研究"
-FAKE_CHARS = "震惊疯传速看转发紧急曝光内幕秘密绝对千万不要竟然真相揭秘神奇偏方吓人"
-FILLER_CHARS = "天气城市今日生活朋友学校工作时间家庭社会早上晚上一起觉得我们他们这个那个地方东西"
+REAL_CHARS = "证实官报道布通确认据悉记者公告部门政府表示采访调查统计数据介绍研究"
+FAKE_CHARS = "震惊疯传速看转紧急曝光内幕秘密绝对千万不要竟然真相揭神奇偏吓人"
+FILLER_CHARS = "天气城市今日生活朋友学校工作时间家庭社会早上晚一起觉得我们他这个那地东西"
 NEUTRAL_ENTITIES = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周杰", "吴刚", "徐丽", "孙涛"]
 
 
