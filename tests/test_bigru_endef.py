@@ -158,7 +158,9 @@ def test_tokenised_once_into_a_cache_keyed_by_the_files(corpus, tmp_path, monkey
     monkeypatch.setattr(module, "tokenize_split", lambda *a: pytest.fail("re-tokenised although the cache exists"))
     again = news(corpus, tmp_path)
     again.setup()
-    assert torch.equal(again.tensors["train"]["content"], dm.tensors["train"]["content"] if dm.tensors else again.tensors["train"]["content"])
+    assert torch.equal(
+        again.tensors["train"]["content"], dm.tensors["train"]["content"] if dm.tensors else again.tensors["train"]["content"]
+    )
     b = batch_of(again, "val", 4)
     assert b["content"].shape == (4, 170) and b["entity"].shape == (4, 50)
     assert b["content"][0, 0] == 101 and b["entity"][0].tolist()[:5] == [101, 4294, 3306, 3249, 102]  # [CLS] 特朗普 [SEP]
@@ -259,8 +261,14 @@ def test_bert_embeddings_frozen_only_embeddings_kept_and_vocab_mismatch_named(co
     small = tmp_path / "small_bert"
     BertModel(BertConfig(vocab_size=100, **cfg)).save_pretrained(small)
     shutil.copy(VOCAB, small / "vocab.txt")
-    with pytest.raises(ConfigError, match=f"model.bert_path={small}: its vocabulary has 21128 tokens but its word embeddings have 100 rows"):
-        build_task(instantiate(compose_run(["model=bigru", "model.embedding=bert", f"model.bert_path={small}"], tmp_path).model), dm.spec, OptimizerSettings())
+    with pytest.raises(
+        ConfigError, match=f"model.bert_path={small}: its vocabulary has 21128 tokens but its word embeddings have 100 rows"
+    ):
+        build_task(
+            instantiate(compose_run(["model=bigru", "model.embedding=bert", f"model.bert_path={small}"], tmp_path).model),
+            dm.spec,
+            OptimizerSettings(),
+        )
 
 
 def test_a_bigru_on_text_data_is_stopped_by_the_pairing_check(tmp_path):

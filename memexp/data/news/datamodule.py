@@ -96,7 +96,9 @@ class NewsDataModule(L.LightningDataModule):
         files = [root / f"{s}.json" for s in SPLITS]
         for f in files:
             if not f.is_file():
-                raise DataError(f"split file {f} does not exist; expected train.json, val.json and test.json in {root} ({ENDEF_SOURCE})")
+                raise DataError(
+                    f"split file {f} does not exist; expected train.json, val.json and test.json in {root} ({ENDEF_SOURCE})"
+                )
         return files
 
     def _tokenizer(self) -> WordPieceTokenizer:
@@ -166,7 +168,9 @@ class NewsDataModule(L.LightningDataModule):
             lines.append(f"{split:6s} {n:>8,d} {float(t['label'].float().mean()):>7.3f} {len(t['content']):>10,d}")
         clamped = sum(int(self.tensors[s]["clamped_years"]) for s in SPLITS)
         lines.append(f"years outside the {self.language} year map, clamped to its ends: {clamped}")
-        lines.append(f"vocabulary: {self._tokenizer().vocab_size} WordPiece tokens ({self._tokenizer().path}); words: {self.words}")
+        lines.append(
+            f"vocabulary: {self._tokenizer().vocab_size} WordPiece tokens ({self._tokenizer().path}); words: {self.words}"
+        )
         return lines
 
     # -- loaders ------------------------------------------------------------------------

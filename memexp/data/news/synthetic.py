@@ -62,7 +62,12 @@ def make_item(
     if rng.random() < entity_in_content:
         words.insert(rng.randrange(len(words) + 1), entity)
     stamp = f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
-    return {"content": "".join(words) + "。", "entity_list": [{"entity": entity}], "label": "real" if real else "fake", "time": stamp}
+    return {
+        "content": "".join(words) + "。",
+        "entity_list": [{"entity": entity}],
+        "label": "real" if real else "fake",
+        "time": stamp,
+    }
 
 
 def generate_corpus(

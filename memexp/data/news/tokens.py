@@ -65,7 +65,9 @@ class WordPieceTokenizer:
                 f"data.tokenizer={self.path}: expected a WordPiece vocab.txt file or a BERT folder holding vocab.txt or tokenizer.json"
             )
         if expected is not None and len(self.tok) != expected:
-            raise ConfigError(f"data.tokenizer={self.path}: the tokenizer holds {len(self.tok)} tokens but the file lists {expected}")
+            raise ConfigError(
+                f"data.tokenizer={self.path}: the tokenizer holds {len(self.tok)} tokens but the file lists {expected}"
+            )
         for special in ("pad", "cls", "sep", "mask"):
             if getattr(self.tok, f"{special}_token_id") is None:
                 raise ConfigError(f"data.tokenizer={self.path}: the vocabulary has no [{special.upper()}] token")
