@@ -4,7 +4,7 @@ Runs the sweep `python -m memexp.run -m experiment=endef_vs_bigru` (both models 
 budget) at one setting of the generator's shift, then `python -m memexp.report` on it, and prints
 the per-model means and the paired sign test on the future split's macro F1, AUC and spAUC.
 
-    python experiments/endef_vs_bigru.py --shift strong   # P(real | hot) 1.0 in 2010-2017, 0.0 in 2018, 70% hot
+    python experiments/endef_vs_bigru.py --shift strong   # P(real | hot) 1.0 in 2010-2017, 0.0 in 2018, 5 cue words
     python experiments/endef_vs_bigru.py --shift weak     # the data defaults: 0.97 -> 0.2, 50% hot
     python experiments/endef_vs_bigru.py --shift strong --out outputs/endef_study
 
@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 SHIFTS = {
-    "strong": ["data.p_real_hot_train=1.0", "data.p_real_hot_test=0.0", "data.hot_fraction=0.7"],
+    "strong": ["data.p_real_hot_train=1.0", "data.p_real_hot_test=0.0", "data.signal_words=5"],
+    # measured: both models fall to ~0.23 test macro F1 (they follow the entity), no paired difference
+    "extreme": ["data.p_real_hot_train=1.0", "data.p_real_hot_test=0.0", "data.hot_fraction=0.7"],
     "weak": [],
 }
 
