@@ -315,3 +315,12 @@ def test_run_early_stops_tests_the_best_checkpoint_and_evaluate_agrees(corpus, t
     evaluated = evaluate_checkpoint(str(best[0]), splits=["test"], data_dir=str(shared_data_dir()))
     assert evaluated["metrics"]["test/macro_f1"] == pytest.approx(m["test/macro_f1"])
     assert evaluated["metrics"]["test/auc"] == pytest.approx(m["test/auc"])
+
+
+def test_the_loss_is_autocast_safe_in_bf16(corpus, tmp_path):
+    dm = news(corpus, tmp_path)
+    task = build_task(lambda **kw: BiGRUClassifier(**kw, endef=True, **SMALL), dm.spec, OptimizerSettings())
+    task.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the seed's BCELoss is rejected under autocast
+        loss = task.training_step(batch_of(dm), 0)
+    assert loss.dtype == torch.float32 and 0.3 < loss.item() < 2.0

@@ -161,7 +161,11 @@ class NewsDataModule(L.LightningDataModule):
     def summary_lines(self) -> list[str]:
         """What `python -m memexp.prepare` prints: items, fake share and clamped years per split, the cache."""
         self.setup()
-        lines = [f"token cache: {self.cache_path()}", f"{'split':6s} {'items':>8s} {'fake':>7s} {'tokens':>10s}"]
+        lines = [
+            f"corpus: {self.split_root()}",
+            f"token cache: {self.cache_path()}",
+            f"{'split':6s} {'items':>8s} {'fake':>7s} {'tokens':>10s}",
+        ]
         for split in SPLITS:
             t = self.tensors[split]
             n = len(t["label"])
