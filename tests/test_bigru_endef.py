@@ -324,3 +324,27 @@ def test_the_loss_is_autocast_safe_in_bf16(corpus, tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the seed's BCELoss is rejected under autocast
         loss = task.training_step(batch_of(dm), 0)
     assert loss.dtype == torch.float32 and 0.3 < loss.item() < 2.0
+
+
+def test_report_compares_classifiers_paired_over_seeds(tmp_path):
+    from memexp.runs.report import write_reports
+
+    plain = [0.60, 0.62, 0.58, 0.61, 0.59, 0.63]
+    endef = [0.62, 0.63, 0.61, 0.62, 0.60, 0.66]  # higher at all 6 seeds
+    for model, values in (("bigru", plain), ("bigru_endef", endef)):
+        for seed, v in enumerate(values):
+            run = {
+                "names": {"model": model, "seed": seed},
+                "metrics": {"test/macro_f1": v, "test/auc": v + 0.1, "test/spauc": 0.5},
+            }
+            (tmp_path / f"{model}{seed}").mkdir()
+            (tmp_path / f"{model}{seed}" / "metrics.json").write_text(json.dumps(run))
+    written = write_reports(tmp_path)
+    pairs = json.loads(Path(written["classification_comparison.json"]).read_text())
+    d = pairs[0]["metrics"]["test/macro_f1"]
+    assert (pairs[0]["a"], pairs[0]["b"]) == ("bigru", "bigru_endef")
+    assert d["a_higher"] == 0 and d["n"] == 6 and d["sign_p"] == pytest.approx(2 / 64)
+    assert d["mean"] == pytest.approx(np.mean(np.array(plain) - np.array(endef)))
+    assert "**bigru_endef** is higher than bigru on test/macro_f1 in 6 of 6 seeds" in pairs[0]["verdict"]
+    md = Path(written["classification_report.md"]).read_text()
+    assert "| test/macro_f1 | 0.6050 ± 0.0187 | 0.6233 ± 0.0207 |" in md
