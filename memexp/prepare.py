@@ -51,6 +51,8 @@ def prepare(data: Callable[..., L.LightningDataModule], paths: DictConfig) -> di
             print(line)
         return result
     dm.prepare_data()
+    for line in dm.summary_lines() if hasattr(dm, "summary_lines") else []:  # e.g. the news token cache
+        print(line)
     spec = dm.spec
     print(f"ready: {spec.task_kind} data, vocabulary of {spec.vocab_size} tokens")
     return {"spec": spec}

@@ -134,6 +134,7 @@ def run(
         callbacks=callbacks,
         carry_state=task.carry_state,
         max_eval_generate_batches=task.max_eval_generate_batches,
+        early_stop=getattr(task, "early_stop", None),
         fresh=fresh,
         ckpt_dir=ckpt_dir,
         sample_tokens=sample_tokens,

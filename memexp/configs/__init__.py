@@ -12,6 +12,7 @@ task and data from the config it saved (`memexp.configs.rebuild`).
 """
 
 from memexp.configs.apps import ChatConfig, EvaluateConfig, GenerateConfig, PrepareConfig, RunConfig, register_apps
+from memexp.configs.classification import register_classification
 from memexp.configs.groups import register_groups
 from memexp.configs.rebuild import load_checkpoint
 from memexp.configs.studies import ReportConfig, register_studies
@@ -19,5 +20,6 @@ from memexp.configs.studies import ReportConfig, register_studies
 register_groups()
 register_apps()
 register_studies()
+register_classification()
 
 __all__ = ["load_checkpoint", "RunConfig", "EvaluateConfig", "GenerateConfig", "PrepareConfig", "ChatConfig", "ReportConfig"]

@@ -26,8 +26,9 @@ RunConfig = make_config(
     logger=None,
     callbacks=None,
     paths=None,
-    # carry_state: causal LM only; max_eval_generate_batches: dialogue only (BLEU/distinct decoding).
-    task=make_config(carry_state="auto", max_eval_generate_batches=4),
+    # carry_state: causal LM only; max_eval_generate_batches: dialogue only (BLEU/distinct decoding);
+    # early_stop: classification only (validations without a better macro F1 before stopping).
+    task=make_config(carry_state="auto", max_eval_generate_batches=4, early_stop=5),
     seed=0,
     fresh=False,
     ckpt_dir=None,

@@ -40,6 +40,10 @@ HEADLINE = [
     "test/acc",
     "test/top5",
     "test/top10",
+    "val/macro_f1",
+    "test/macro_f1",
+    "test/auc",
+    "test/spauc",
 ]
 
 

@@ -59,21 +59,36 @@ def _takes(factory: Callable, name: str) -> bool:
         return False
 
 
+def pretrained_pieces(model_factory: Callable) -> dict[str, Any]:
+    """Modules a model starts from that live in files, loaded here so models stay free of file I/O:
+    the BERT embeddings of `model.embedding=bert` (from `model.bert_path`)."""
+    keywords = getattr(model_factory, "keywords", {})
+    if not _takes(model_factory, "embeddings") or keywords.get("embedding") != "bert":
+        return {}
+    if not keywords.get("bert_path"):
+        raise ConfigError("model.embedding=bert needs model.bert_path=<a BERT folder> (config.json and weights)")
+    from memexp.data.news.bert import load_bert_embeddings
+
+    return {"embeddings": load_bert_embeddings(keywords["bert_path"])}
+
+
 def build_task(
     model_factory: Callable,
     spec: DataSpec,
     optim: OptimizerSettings,
     carry_state: bool | str = "auto",
     max_eval_generate_batches: int | None = None,
+    early_stop: int | None = None,
 ) -> L.LightningModule:
     """The LightningModule for this model on this data.
 
     carry_state: causal LM only (see CausalLMTask). max_eval_generate_batches: dialogue only
-    (see DialogueTask); None keeps the task's default.
+    (see DialogueTask); early_stop: classification only (see ClassificationTask); None keeps the task's default.
     """
     model_kwargs: dict[str, Any] = {"vocab_size": spec.vocab_size}
     if spec.pad_id is not None and _takes(model_factory, "pad_id"):
         model_kwargs["pad_id"] = spec.pad_id
+    model_kwargs |= pretrained_pieces(model_factory)
     net = model_factory(**model_kwargs)
     if spec.memory is not None and hasattr(net, "load_bank"):  # an explicit memory filled from the data's knowledge
         net.load_bank(spec.memory.tokens)
@@ -97,4 +112,6 @@ def build_task(
         raise ConfigError(f"task.carry_state={carry_state} applies to causal LM runs only; this is a {spec.task_kind} run")
     if spec.task_kind == "dialogue" and max_eval_generate_batches is not None:
         kwargs["max_eval_generate_batches"] = int(max_eval_generate_batches)
+    if spec.task_kind == "classification" and early_stop is not None:
+        kwargs["early_stop"] = int(early_stop)
     return task_cls(net, spec, optim=optim, **kwargs)

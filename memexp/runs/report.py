@@ -19,6 +19,7 @@ from memexp.evals.aggregate import (
     summarize_continual,
 )
 from memexp.evals.binned_ppl import write_binned_csv
+from memexp.evals.compare import classification_markdown, compare_models
 from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
 from memexp.evals.recall import write_recall_csv
 from memexp.files import write_json, write_text
@@ -50,6 +51,13 @@ def write_reports(
         write_text(experiment_markdown(summary, runs, hf_note), md)
         written["experiment_report.md"] = md
         written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
+    classified = [r for r in runs if "test/macro_f1" in r["metrics"]]
+    if classified:  # classifiers: paired comparison of models over seeds on test macro F1, AUC, spAUC
+        pairs_cls = compare_models(classified)
+        written["classification_comparison.json"] = write_json(pairs_cls, out / "classification_comparison.json")
+        md = out / "classification_report.md"
+        write_text(classification_markdown(classified, pairs_cls), md)
+        written["classification_report.md"] = md
     recall = [x for r in runs for x in (r.get("study") or {}).get("recall", [])]
     if recall:
         written["long_context.csv"] = write_recall_csv(recall, out / "long_context.csv")

@@ -28,7 +28,8 @@ from memexp.tasks.optim import OptimizerSettings
 # Fields of the data config that do not change what is learned (left out of the run key).
 _DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
 # Fields of the task config that only change evaluation.
-_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches"}
+# Early stopping, like trainer.max_steps, only decides when a run ends.
+_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop"}
 
 # after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
 AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
@@ -58,15 +59,24 @@ def preset_callbacks(trainer: Callable) -> list[L.Callback]:
     return callbacks
 
 
-def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path) -> list[L.Callback]:
+def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path, selection: dict | None = None) -> list[L.Callback]:
+    """The configured callbacks; the checkpoint partial gets the run's folder and, for a task that
+    selects its model on a validation metric (`task.selection`), that metric, saved at each validation."""
     callbacks = []
     for cb in (callback_configs or {}).values():
         if cb is None:
             continue
         if callable(cb) and not isinstance(cb, L.Callback):  # a partial: the checkpoint callback
-            cb = cb(dirpath=str(ckpt_dir))
+            extra = dict(selection, every_n_train_steps=None) if selection else {}
+            cb = cb(dirpath=str(ckpt_dir), **extra)
         callbacks.append(cb)
     return callbacks
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The best checkpoint of the monitored metric, when one was saved."""
+    cb = trainer.checkpoint_callback
+    return getattr(cb, "best_model_path", None) or None
 
 
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -94,6 +104,7 @@ def train_and_test(
     callbacks: Mapping[str, Any] | None = None,
     carry_state: bool | str = "auto",
     max_eval_generate_batches: int | None = None,
+    early_stop: int | None = None,
     fresh: bool = False,
     ckpt_dir: str | Path | None = None,
     sample_tokens: int = 0,
@@ -116,7 +127,8 @@ def train_and_test(
     datamodule = data()
     datamodule.prepare_data()
     datamodule.setup("fit")
-    task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches)
+    task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches, early_stop)
+    selection = getattr(task, "selection", None)  # classification: the best validation macro F1 is tested
     task.run_config = cfg | {"names": vars(names)}
 
     last = ckpt_dir / "last.ckpt"
@@ -130,7 +142,7 @@ def train_and_test(
     loggers = make_loggers(logger, run_dir, names)
     trainer_obj: L.Trainer = trainer(
         logger=loggers,
-        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir) + list(extra_callbacks or []),
+        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir, selection) + list(extra_callbacks or []),
         default_root_dir=str(run_dir),
     )
     try:
@@ -139,7 +151,8 @@ def train_and_test(
             raise KeyboardInterrupt
         trainer_obj.save_checkpoint(last)  # the final state whatever the cadence; collective (rank 0 writes)
         fit_metrics = plain_metrics(trainer_obj.callback_metrics)
-        trainer_obj.test(task, datamodule=datamodule, verbose=False, weights_only=True)
+        best = _best_checkpoint(trainer_obj) if selection else None
+        trainer_obj.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
         metrics |= parameter_counts(task.net)
@@ -148,7 +161,7 @@ def train_and_test(
         finish_loggers(loggers)
 
     sample = None
-    if sample_tokens and trainer_obj.is_global_zero:
+    if sample_tokens and trainer_obj.is_global_zero and hasattr(task, "generate"):
         tok = datamodule.spec.tokenizer
         ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
         sample = sample_prompt + tok.decode(ids)

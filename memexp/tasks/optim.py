@@ -24,7 +24,7 @@ class OptimizerSettings:
     betas: AdamW betas.
     momentum: SGD momentum.
     warmup_steps: linear warm-up from 0 to lr.
-    schedule: "cosine" (decay to min_lr at the last step) or "constant".
+    schedule: "cosine" (decay to min_lr at the last step), "linear" (decay to 0 at the last step) or "constant".
     min_lr: final learning rate of the cosine schedule.
     """
 
@@ -57,16 +57,24 @@ def build_optimizer(module: nn.Module, s: OptimizerSettings) -> torch.optim.Opti
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to min_lr (or constant), stepped once per optimiser step."""
-    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+    """Linear warm-up then cosine decay to min_lr (or linear decay to 0, or constant), stepped once per optimiser step."""
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_with_min_lr_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     if s.schedule == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=max(total_steps, s.warmup_steps + 1), min_lr=s.min_lr
         )
+    if s.schedule == "linear":
+        return get_linear_schedule_with_warmup(
+            optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=max(total_steps, s.warmup_steps + 1)
+        )
     if s.schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=s.warmup_steps)
-    raise ConfigError(f"optim.schedule={s.schedule!r}: expected 'cosine' or 'constant'")
+    raise ConfigError(f"optim.schedule={s.schedule!r}: expected 'cosine', 'linear' or 'constant'")
 
 
 def configure_optimizers(task: L.LightningModule) -> dict:
