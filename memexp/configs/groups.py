@@ -12,11 +12,11 @@ from memexp.data.dialogue import DialogueDataModule
 from memexp.data.explicit import ExplicitLMDataModule
 from memexp.data.knowledge_qa import KnowledgeQADataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
+from memexp.memory.backbone import build_explicit_lm
+from memexp.models.explicit_lm import ExplicitLM
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
-from memexp.memory.backbone import build_explicit_lm
-from memexp.models.explicit_lm import ExplicitLM
 from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
