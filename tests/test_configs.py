@@ -1,5 +1,6 @@
 """Every stored config instantiates; every experiment preset composes into a task that builds."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -53,10 +54,15 @@ def test_data_configs_instantiate(name, tiny_text, tiny_jsonl, data_dir, tmp_pat
         dm = instantiate(cfg.data)(data_dir=str(data_dir), cache_dir=str(tmp_path))
         assert dm.task_kind == "classification" and dm.spec.vocab_size == 21128 and dm.spec.num_classes == 2
         return
-    path = {"shakespeare": "null", "jsonl": tiny_jsonl}.get(name, tiny_text)
+    if name == "knowledge_qa":  # a generated world: its questions, tokenizer and bank
+        cfg = compose_run(["model=explicit_lm", "data=knowledge_qa"], Path("/tmp"))
+        dm = instantiate(cfg.data)(data_dir=str(tmp_path))
+        assert dm.spec.memory.tokens.shape == (1024, 16) and dm.spec.memory.n_filled == 1024
+        return
+    path = {"shakespeare": "null", "jsonl": tiny_jsonl, "explicit_text": tiny_jsonl}.get(name, tiny_text)
     # synthetic data (data=recall) reads no file
     cfg = compose_run([f"data={name}"] + ([] if name == "recall" else [f"data.path={path}"]), Path("/tmp"))
-    dm = instantiate(cfg.data)(data_dir=str(data_dir))
+    dm = instantiate(cfg.data)(data_dir=str(tmp_path if name == "explicit_text" else data_dir))  # its tokenizer cache
     assert isinstance(dm, L.LightningDataModule) and dm.spec.vocab_size > 0
 
 
@@ -116,7 +122,15 @@ def test_experiment_presets_compose_and_build(name, debug, data_dir, tmp_path):
     if debug == "fast":
         assert cfg.trainer.max_steps == 20
     extra = {"cache_dir": str(tmp_path / "cache")} if "cache_dir" in cfg.data else {}  # the shared data root is read-only
-    dm = instantiate(cfg.data)(data_dir=str(data_dir), **extra)
+    root = data_dir
+    if "knowledge_num" in cfg.data:  # ExplicitLM's data writes a world, a tokenizer or a bank cache: a writable root
+        root = tmp_path
+        if cfg.data._target_.endswith("ExplicitLMDataModule"):
+            sft = tmp_path / "sft.jsonl"
+            turns = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"}]
+            sft.write_text("\n".join(json.dumps({"conversations": turns}) for _ in range(3)) + "\n")
+            extra |= {"path": str(sft), "eval_records": 1}
+    dm = instantiate(cfg.data)(data_dir=str(root), **extra)
     task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim), cfg.task.carry_state)
     batch = next(iter(dm.train_dataloader()))
     assert task.training_step(batch, 0).isfinite()
