@@ -65,7 +65,9 @@ LCCCFullConf = builds(
 # the knowledge study's generated questions. The bank's shape is the model's (its defaults with another model).
 _bank = dict(knowledge_num="${oc.select:model.knowledge_num,1024}", knowledge_length="${oc.select:model.knowledge_length,16}")
 ExplicitTextConf = builds(ExplicitLMDataModule, **_text, path="???", **_bank)
-KnowledgeQAConf = builds(KnowledgeQADataModule, **_text, **_bank, freeze_ratio="${oc.select:model.freeze_ratio,0.2}", seed="${seed}")
+KnowledgeQAConf = builds(
+    KnowledgeQADataModule, **_text, **_bank, freeze_ratio="${oc.select:model.freeze_ratio,0.2}", seed="${seed}"
+)
 
 # -- optim ----------------------------------------------------------------------------------
 AdamWConf = builds(OptimizerSettings, populate_full_signature=True)

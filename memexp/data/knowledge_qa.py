@@ -139,14 +139,15 @@ class KnowledgeQADataModule(L.LightningDataModule):
                 f"data.held_out={self.held_out} subjects have {self.held_out * n_relations} facts, more than the "
                 f"{frozen} frozen entries (knowledge_num * freeze_ratio); lower data.held_out or raise freeze_ratio"
             )
-        if n_subjects * n_relations > knowledge_num:
-            raise ConfigError(
-                f"the world has {n_subjects * n_relations} facts (data.n_subjects x data.n_relations) but the bank only "
-                f"{knowledge_num} entries (model.knowledge_num)"
-            )
         if qa_per_batch < 1 or index_per_batch < 0 or steps_per_epoch < 1:
             raise ConfigError("data.qa_per_batch and data.steps_per_epoch must be >= 1, data.index_per_batch >= 0")
-        self.settings = dict(n_subjects=n_subjects, n_relations=n_relations, n_objects=n_objects, held_out=self.held_out)
+        if frozen + (n_subjects - self.held_out) * n_relations > knowledge_num:
+            raise ConfigError(
+                f"the training subjects' facts do not fit after the {frozen} frozen entries of model.knowledge_num={knowledge_num}"
+            )
+        self.settings = dict(
+            n_subjects=n_subjects, n_relations=n_relations, n_objects=n_objects, held_out=self.held_out, frozen=frozen
+        )
         self.world_seed, self.pretrain_repeats = world_seed, pretrain_repeats
         self.knowledge_num, self.knowledge_length = knowledge_num, knowledge_length
         self.qa_per_batch, self.index_per_batch, self.episodic = qa_per_batch, index_per_batch, episodic

@@ -87,8 +87,11 @@ def _pseudo_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     return out
 
 
-def make_world(seed: int, n_subjects: int = 256, n_relations: int = 4, n_objects: int = 32, held_out: int = 51) -> World:
-    """Subjects, object pools and facts from a seed; the `held_out` subjects' facts come first in bank order."""
+def make_world(
+    seed: int, n_subjects: int = 256, n_relations: int = 4, n_objects: int = 32, held_out: int = 51, frozen: int = 0
+) -> World:
+    """Subjects, object pools and facts from a seed; the `held_out` subjects' facts come first in bank order,
+    the training subjects' facts start after the `frozen` entries (rows in between stay empty)."""
     if not 1 <= n_relations <= len(RELATIONS):
         raise ConfigError(f"data.n_relations={n_relations}: expected 1..{len(RELATIONS)}")
     if not 0 <= held_out < n_subjects or n_objects < 2:
@@ -108,7 +111,8 @@ def make_world(seed: int, n_subjects: int = 256, n_relations: int = 4, n_objects
     for group in (order[:held_out], order[held_out:]):
         for s in group:
             for r in relations:
-                facts.append(Fact(s, r, rng.choice(pools[r]), len(facts), s in hidden))
+                entry = len(facts) if s in hidden else max(frozen, held_out * n_relations) + len(facts) - held_out * n_relations
+                facts.append(Fact(s, r, rng.choice(pools[r]), entry, s in hidden))
     return World(subjects=subjects, pools=pools, facts=facts, seed=seed)
 
 
@@ -137,20 +141,16 @@ def write_word_tokenizer(words: list[str], folder: Path) -> None:
 def write_world(world: World, folder: Path, pretrain_repeats: int = 8) -> Path:
     """Write the world's files (module docstring) into `folder`; world.json last."""
     folder.mkdir(parents=True, exist_ok=True)
-    kb = [
-        {
-            "target": [
-                {
-                    "sentence": f.sentence(),
-                    "subject": f.subject,
-                    "predicate": f.relation,
-                    "object": f.object,
-                    "uuid": f"f{f.entry}",
-                }
-            ]
+    kb: list = [""] * (world.facts[-1].entry + 1)  # rows no fact holds stay empty (all pad in the bank)
+    for f in world.facts:
+        triple = {
+            "sentence": f.sentence(),
+            "subject": f.subject,
+            "predicate": f.relation,
+            "object": f.object,
+            "uuid": f"f{f.entry}",
         }
-        for f in world.facts
-    ]
+        kb[f.entry] = {"target": [triple]}
     write_json(kb, folder / "kb.json", indent=None)
     rng = random.Random(world.seed + 1)
     known = [f.sentence() for f in world.facts if not f.held_out] + [m.format(s=s) for s in world.subjects for m in MENTIONS]
