@@ -66,7 +66,12 @@ LCCCFullConf = builds(
 _bank = dict(knowledge_num="${oc.select:model.knowledge_num,1024}", knowledge_length="${oc.select:model.knowledge_length,16}")
 ExplicitTextConf = builds(ExplicitLMDataModule, **_text, path="???", **_bank)
 KnowledgeQAConf = builds(
-    KnowledgeQADataModule, **_text, **_bank, freeze_ratio="${oc.select:model.freeze_ratio,0.2}", seed="${seed}"
+    KnowledgeQADataModule,
+    **_text,
+    **_bank,
+    freeze_ratio="${oc.select:model.freeze_ratio,0.2}",
+    seed="${seed}",  # the training batches
+    world_seed="${seed}",  # the world: subjects, objects, which subjects are held out
 )
 
 # -- optim ----------------------------------------------------------------------------------
