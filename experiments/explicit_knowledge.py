@@ -4,7 +4,7 @@ world and a new training stream), then one table of mean +- std over the seeds.
     python experiments/explicit_knowledge.py --seeds 0 1 2 --jobs 2        # run, then aggregate
     python experiments/explicit_knowledge.py --aggregate-only --out DIR    # aggregate runs already in DIR
 
-Each run is `python -m memexp.run experiment=explicit_knowledge seed=S paths.output_dir=<out>` on one thread;
+Each run is `python -m memexp.run experiment=explicit_knowledge seed=S paths.output_dir=<out>/seedS` on one thread;
 the table goes to <out>/knowledge_summary.md and standard output.
 """
 
@@ -36,7 +36,15 @@ ROWS = [
 
 
 def run_seed(seed: int, out: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "memexp.run", "experiment=explicit_knowledge", f"seed={seed}", f"paths.output_dir={out}"]
+    # one output folder per seed: runs started in the same second would share Hydra's time-stamped folder
+    cmd = [
+        sys.executable,
+        "-m",
+        "memexp.run",
+        "experiment=explicit_knowledge",
+        f"seed={seed}",
+        f"paths.output_dir={out}/seed{seed}",
+    ]
     cmd += ["logger=csv", "trainer.enable_progress_bar=false", *extra]
     start = time.time()
     log = out / f"seed{seed}.log"
@@ -47,9 +55,9 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> float:
 
 
 def collect(out: Path) -> dict[int, dict]:
-    """seed -> the study's result, from every run folder under <out>/runs (the newest per seed)."""
+    """seed -> the study's result, from every run folder under <out>/seed*/runs (the newest per seed)."""
     found = {}
-    for path in sorted(out.glob("runs/**/metrics.json"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(out.glob("seed*/runs/**/metrics.json"), key=lambda p: p.stat().st_mtime):
         run = json.loads(path.read_text())
         study = (run.get("study") or {}).get("knowledge")
         if study is not None:
@@ -68,9 +76,14 @@ def table(results: dict[int, dict], walls: dict[int, float]) -> str:
     for name, get in ROWS:
         values = [get(results[s]) for s in seeds]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {name} | {statistics.mean(values):.3f} ± {spread:.3f} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+        lines.append(
+            f"| {name} | {statistics.mean(values):.3f} ± {spread:.3f} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+        )
     if walls:
-        lines += ["", "Wall time per seed (one thread each): " + ", ".join(f"seed {s}: {walls[s] / 60:.1f} min" for s in sorted(walls))]
+        lines += [
+            "",
+            "Wall time per seed (one thread each): " + ", ".join(f"seed {s}: {walls[s] / 60:.1f} min" for s in sorted(walls)),
+        ]
     chance = results[seeds[0]]["chance"]
     lines += ["", f"Chance: {chance:.3f} (answers are chosen among the relation's objects)."]
     return "\n".join(lines) + "\n"
@@ -90,7 +103,7 @@ def main() -> None:
             walls = dict(zip(args.seeds, pool.map(lambda s: run_seed(s, args.out, args.overrides), args.seeds)))
     results = collect(args.out)
     if not results:
-        sys.exit(f"error: no knowledge study results under {args.out}/runs")
+        sys.exit(f"error: no knowledge study results under {args.out}/seed*/runs")
     text = table(results, walls)
     write_text(text, args.out / "knowledge_summary.md")
     print(text)
