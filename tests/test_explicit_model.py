@@ -211,3 +211,17 @@ def test_memory_layers_choose_where_the_memory_reads():
     assert list(net.fusions) == ["1"]
     with pytest.raises(ConfigError, match="model.memory_layers"):
         tiny(memory_layers=[5])
+
+
+def test_a_deep_copy_reads_its_own_memory():
+    import copy
+
+    net = tiny().eval()
+    twin = copy.deepcopy(net)
+    twin.memory_bank.fill_(twin.pad_id)  # empty the copy's bank: only the copy's output may change
+    x = torch.randint(1, V, (2, 6))
+    with torch.no_grad():
+        before, _ = net(x)
+        changed, _ = twin(x)
+        after, _ = net(x)
+    assert torch.equal(before, after) and not torch.allclose(before, changed)

@@ -257,26 +257,27 @@ class ExplicitLM(nn.Module):
         self._losses: list[dict[str, torch.Tensor]] = []
         self.last_selection: dict[int, torch.Tensor] = {}  # layer -> selected entry ids (B, T) of the last call
         for i in chosen:
-            layers[i].register_forward_hook(self._hook(i))
+            # The hook finds its ExplicitLM through a plain attribute of the layer (not a registered submodule,
+            # not a closure), so a deep copy (EMA weights, averaged models) reads its own copy's memory.
+            object.__setattr__(layers[i], "_explicit_memory", (self, i))
+            layers[i].register_forward_hook(_memory_hook)
         # Checkpoints keep the memory and the bank, and name the backbone instead of copying it.
         self.register_state_dict_post_hook(_drop_backbone)
         self.register_load_state_dict_pre_hook(_keep_backbone)
 
     # -- the memory path -------------------------------------------------------------------
-    def _hook(self, layer: int):  # noqa: ANN202 - a forward hook
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
-            if not self.memory_enabled:
-                return output
-            h = output[0] if isinstance(output, tuple) else output
-            target, position = self._target if self._target is not None else (None, None)
-            new_h, losses, chosen = self.fusions[str(layer)](
-                h, self.memory_bank, self.backbone.get_input_embeddings().weight, self.pad_id, target, position
-            )
-            self._losses.append(losses)
-            self.last_selection[layer] = chosen
-            return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
-
-        return hook
+    def fuse(self, layer: int, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+        """The memory step after decoder layer `layer` (its output: a tensor, or a tuple led by one)."""
+        if not self.memory_enabled:
+            return output
+        h = output[0] if isinstance(output, tuple) else output
+        target, position = self._target if self._target is not None else (None, None)
+        new_h, losses, chosen = self.fusions[str(layer)](
+            h, self.memory_bank, self.backbone.get_input_embeddings().weight, self.pad_id, target, position
+        )
+        self._losses.append(losses)
+        self.last_selection[layer] = chosen
+        return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
     def forward(
         self,
@@ -349,6 +350,11 @@ class ExplicitLM(nn.Module):
                 f"this ExplicitLM was trained on a backbone with fingerprint {saved}, but model.backbone gives one with {now}; "
                 "pass the backbone it was trained on"
             )
+
+
+def _memory_hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+    owner, layer = module._explicit_memory
+    return owner.fuse(layer, output)
 
 
 def _drop_backbone(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
