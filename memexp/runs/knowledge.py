@@ -140,7 +140,7 @@ def run_knowledge_study(
         callbacks=callbacks,
         fresh=fresh,
     )
-    backbone = str(Path(stage1["ckpt_dir"]) / "last.ckpt")
+    backbone = str((Path(stage1["ckpt_dir"]) / "last.ckpt").resolve())
     print(f"backbone: {backbone} (val loss {stage1['metrics'].get('val/loss', float('nan')):.3f})", flush=True)
     stage2 = train_and_test(
         cfg | {"model": dict(cfg["model"], backbone=backbone)},
