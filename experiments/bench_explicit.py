@@ -3,7 +3,7 @@
     python experiments/bench_explicit.py [--threads 1] [--rounds 3]
 
 1. retrieval: product keys vs scoring all N = 1,048,576 keys (materialised [N, K]), per token, same top-C;
-2. peak RSS of training steps with N = 1,048,576, L = 16 and the tiny backbone (a fresh process);
+2. peak RSS of training steps with N = 1,048,576, L = 16 and the tiny backbone (fresh processes; N = 1,024 beside it);
 3. a training step of the tiny preset vs the backbone's own forward+backward at the same batch;
 4. greedy generation of 256 tokens with the KV cache vs without (identical output).
 Prints the CPU model, its capability and the measured fp32 matmul peak first.
@@ -89,19 +89,20 @@ def explicit(N: int = 1024, **kw):
     return net
 
 
-def rss_child() -> None:
-    """(in a fresh process) a few training steps with N = 1,048,576 entries; print peak RSS in MB."""
-    net = explicit(N=1_048_576)
+def rss_child(n: int, batch: int, seq: int) -> None:
+    """(in a fresh process) a few training steps with n bank entries; print peak RSS in MB, and after imports."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    net = explicit(N=n)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.randint(0, VOCAB, (4, 128))
+    x = torch.randint(0, VOCAB, (batch, seq))
     net.train()
     for _ in range(3):
-        logits, _ = net(x, memory_target=torch.tensor([5, 77, 1000, -1]), memory_position=torch.tensor([127, 3, 64, 0]))
+        logits, _ = net(x, memory_target=torch.full((batch,), 5), memory_position=torch.full((batch,), seq - 1))
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1))
         (loss + sum(net.auxiliary_losses().values())).backward()
         opt.step()
         opt.zero_grad()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "after_imports_mb": base}))
 
 
 def bench_step(rounds: int, batch: int = 4, seq: int = 128) -> dict:
@@ -175,11 +176,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--rss-child", action="store_true")
+    ap.add_argument("--rss-child", type=int, nargs=3, metavar=("N", "BATCH", "SEQ"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
-        rss_child()
+        rss_child(*args.rss_child)
         return
     print(cpu_line(), flush=True)
     r = bench_retrieval(args.rounds)
@@ -188,11 +189,15 @@ def main() -> None:
         f"{r['exhaustive_us_per_token']:.1f} us/token: {r['speedup']:.0f}x; same top-C: {r['same_top_c']}",
         flush=True,
     )
-    child = subprocess.run(
-        [sys.executable, __file__, "--rss-child", "--threads", str(args.threads)], capture_output=True, text=True, check=True
-    )
-    rss = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-    print(f"peak RSS, training steps with N = 1,048,576, L = 16, tiny backbone, batch 4 x 128: {rss:.0f} MB", flush=True)
+    # The vocabulary (151,669) makes the logits the largest tensors: the same batch with N = 1,024 shows what the bank costs.
+    for n, batch, seq in ((1_048_576, 4, 128), (1_024, 4, 128), (1_048_576, 1, 64)):
+        cmd = [sys.executable, __file__, "--rss-child", str(n), str(batch), str(seq), "--threads", str(args.threads)]
+        child = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        print(
+            f"peak RSS, training steps, N = {n:,}, L = 16, tiny backbone, batch {batch} x {seq}: {child['peak_rss_mb']:.0f} MB "
+            f"({child['after_imports_mb']:.0f} MB after imports)",
+            flush=True,
+        )
     s = bench_step(args.rounds)
     print(
         f"training step, tiny preset, batch {s['batch'][0]} x {s['batch'][1]}: {s['explicit_step_ms']:.0f} ms vs the backbone's "
