@@ -89,9 +89,18 @@ def explicit(N: int = 1024, **kw):
     return net
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits)."""
+    try:
+        line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(n: int, batch: int, seq: int) -> None:
     """(in a fresh process) a few training steps with n bank entries; print peak RSS in MB, and after imports."""
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mb()
     net = explicit(N=n)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     x = torch.randint(0, VOCAB, (batch, seq))
@@ -102,7 +111,7 @@ def rss_child(n: int, batch: int, seq: int) -> None:
         (loss + sum(net.auxiliary_losses().values())).backward()
         opt.step()
         opt.zero_grad()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "after_imports_mb": base}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "after_imports_mb": base}))
 
 
 def bench_step(rounds: int, batch: int = 4, seq: int = 128) -> dict:
