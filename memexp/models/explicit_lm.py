@@ -256,6 +256,7 @@ class ExplicitLM(nn.Module):
         self._target: tuple[torch.Tensor, torch.Tensor] | None = None
         self._losses: list[dict[str, torch.Tensor]] = []
         self.last_selection: dict[int, torch.Tensor] = {}  # layer -> selected entry ids (B, T) of the last call
+        self.selection_listener = None  # called with each layer's selected entry ids (B, T), when set
         for i in chosen:
             # The hook finds its ExplicitLM through a plain attribute of the layer (not a registered submodule,
             # not a closure), so a deep copy (EMA weights, averaged models) reads its own copy's memory.
@@ -275,8 +276,11 @@ class ExplicitLM(nn.Module):
         new_h, losses, chosen = self.fusions[str(layer)](
             h, self.memory_bank, self.backbone.get_input_embeddings().weight, self.pad_id, target, position
         )
-        self._losses.append(losses)
+        if self.training or target is not None:  # inference (generate's many calls) keeps no losses
+            self._losses.append(losses)
         self.last_selection[layer] = chosen
+        if self.selection_listener is not None:  # e.g. a bank updater counting how often entries are read
+            self.selection_listener(chosen)
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
     def forward(
