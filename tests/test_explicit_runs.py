@@ -87,11 +87,12 @@ def test_the_checkpoint_holds_memory_and_bank_and_loads_back(explicit_run, expli
     assert bank.shape == (64, 8) and int((bank[:40] != bank[0, -1]).any(1).sum()) == 40  # 40 facts, the rest pad
     loaded = load_checkpoint(ckpt)
     assert torch.equal(loaded.task.net.memory_bank, bank)
-    out = run_cli("memexp.evaluate", f"ckpt={ckpt}", "splits=[test]", f"out={explicit_files / 'eval.json'}")
+    here = f"paths.data_dir={explicit_files}"  # the tokenizer and bank caches stay out of the shared data folder
+    out = run_cli("memexp.evaluate", f"ckpt={ckpt}", "splits=[test]", f"out={explicit_files / 'eval.json'}", here)
     assert out.returncode == 0, out.stderr[-2000:]
     again = json.loads((explicit_files / "eval.json").read_text())["metrics"]["test/loss"]
     assert again == pytest.approx(trained["metrics"]["test/loss"], rel=1e-4)
-    gen = run_cli("memexp.generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=5", "temperature=0")
+    gen = run_cli("memexp.generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=5", "temperature=0", here)
     assert gen.returncode == 0 and gen.stdout.startswith("ROMEO:"), gen.stderr[-2000:]
 
 
