@@ -138,6 +138,26 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
 
 
+def paired_table_header(direction: str) -> list[str]:
+    """The header of a paired-comparison table; `direction` is the count column: "lower" or "higher"."""
+    return [
+        f"| a vs b | metric | a - b (mean ± std) | a {direction} in | sign test p (two-sided) | paired t (two-sided p) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+
+def paired_table_rows(pair: dict, direction: str) -> list[str]:
+    """One row per metric of a paired comparison (`compare_continual` / `compare_models` entries)."""
+    rows = []
+    for key, d in pair["metrics"].items():
+        t = "-" if d["t"] is None else f"{d['t']:.2f} (p = {d['t_p']:.3f})"
+        rows.append(
+            f"| {pair['a']} vs {pair['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
+            f"{d[f'a_{direction}']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |"
+        )
+    return rows
+
+
 def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) -> str:
     models = sorted(summary)
     lines = [
@@ -226,16 +246,10 @@ def continual_markdown(cont: dict, pairs: list[dict]) -> str:
             "often a random +/- pattern would be this one-sided; a difference it does not separate "
             "from seed noise is not a finding.",
             "",
-            "| a vs b | metric | a - b (mean ± std) | a lower in | sign test p (two-sided) | paired t (two-sided p) |",
-            "|---|---|---|---|---|---|",
+            *paired_table_header("lower"),
         ]
         for pr in pairs:
-            for key, d in pr["metrics"].items():
-                t = "-" if d["t"] is None else f"{d['t']:.2f} (p = {d['t_p']:.3f})"
-                lines.append(
-                    f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
-                    f"{d['a_lower']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |"
-                )
+            lines += paired_table_rows(pr, "lower")
             lines.append("")
             lines.append(pr["verdict"] + "\n")
     return "\n".join(lines)

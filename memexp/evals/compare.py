@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
-from memexp.evals.aggregate import _fmt, paired_difference, sign_test_p, summarize
+from memexp.evals.aggregate import _fmt, paired_difference, paired_table_header, paired_table_rows, sign_test_p, summarize
 
 CLASSIFICATION_METRICS = ("test/macro_f1", "test/auc", "test/spauc", "test/acc", "val/macro_f1")
 
@@ -63,15 +63,9 @@ def classification_markdown(runs: list[dict], pairs: list[dict], metrics: tuple[
             "",
             "## Paired comparison over seeds",
             "",
-            "| a vs b | metric | a - b (mean ± std) | a higher in | sign test p (two-sided) | paired t (two-sided p) |",
-            "|---|---|---|---|---|---|",
+            *paired_table_header("higher"),
         ]
         for pr in pairs:
-            for key, d in pr["metrics"].items():
-                t = "-" if d["t"] is None else f"{d['t']:.2f} (p = {d['t_p']:.3f})"
-                lines.append(
-                    f"| {pr['a']} vs {pr['b']} | {key} | {d['mean']:+.4f} ± {d['std']:.4f} | "
-                    f"{d['a_higher']} of {d['n']} seeds | {d['sign_p']:.3f} | {t} |"
-                )
+            lines += paired_table_rows(pr, "higher")
             lines += ["", pr["verdict"], ""]
     return "\n".join(lines) + "\n"
