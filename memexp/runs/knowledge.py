@@ -29,9 +29,8 @@ from memexp.tasks.optim import OptimizerSettings
 BACKBONE_DEFAULTS = dict(dim=128, depth=2, heads=4, kv_heads=2, ff_mult=2, steps=600, lr=3e-3, batch_size=32, seq_len=32)
 
 
-def backbone_stage(settings: Mapping[str, Any], world_dir: Path, data_dir: str | None) -> tuple[dict, Callable, Callable]:
-    """(config, model partial, data partial) of stage 1: a Qwen3 pretrained on the training subjects' sentences."""
-    s = BACKBONE_DEFAULTS | dict(settings)
+def backbone_stage(s: Mapping[str, Any], world_dir: Path, data_dir: str | None) -> tuple[dict, Callable, Callable]:
+    """(config, model partial, data partial) of stage 1, from `BACKBONE_DEFAULTS`-shaped settings `s`."""
     model = dict(dim=s["dim"], depth=s["depth"], heads=s["heads"], kv_heads=s["kv_heads"], ff_mult=s["ff_mult"], max_len=64)
     data = dict(
         path=str(world_dir / "pretrain.txt"),
@@ -84,7 +83,8 @@ def knowledge_after_test(edits: int) -> Callable:
         result = knowledge_study(task.net, datamodule, edits=edits, seed=names.seed)
         reports = Path(run_dir) / "reports"
         write_json(result, reports / "knowledge_metrics.json")
-        write_text(report_markdown(result, names), reports / "knowledge_report.md")
+        text = report_markdown(result, names)
+        write_text(text, reports / "knowledge_report.md")
         flat = {
             "knowledge/full_bank_acc": result["full_bank"]["accuracy"],
             "knowledge/empty_bank_acc": result["empty_bank"]["accuracy"],
@@ -97,7 +97,7 @@ def knowledge_after_test(edits: int) -> Callable:
         for lg in loggers:
             lg.log_metrics(flat, step=int(task.global_step))
         log_to_wandb(loggers, {}, {}, flat)
-        print(report_markdown(result, names), flush=True)
+        print(text, flush=True)
         return {"knowledge": result, "metrics": flat}
 
     return after_test
@@ -122,9 +122,10 @@ def run_knowledge_study(
     run_dir = Path(run_dir)
     probe = data()
     probe.prepare_data()  # writes the world (sentences, knowledge base, tokenizer) once
-    bb_cfg, bb_model, bb_data = backbone_stage(settings.get("backbone") or {}, probe.world_dir, str(probe.data_dir))
+    backbone_settings = BACKBONE_DEFAULTS | dict(settings.get("backbone") or {})
+    bb_cfg, bb_model, bb_data = backbone_stage(backbone_settings, probe.world_dir, str(probe.data_dir))
     bb_cfg["seed"] = names.seed
-    steps = int((BACKBONE_DEFAULTS | dict(settings.get("backbone") or {}))["steps"])
+    steps = int(backbone_settings["steps"])
     bb_trainer = functools.partial(trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=4, limit_test_batches=4)
     bb_names = RunNames(names.experiment, "qwen3", "knowledge_text", names.seed)
     stage1 = train_and_test(
