@@ -11,6 +11,9 @@ from pathlib import Path
 
 from hydra_zen import instantiate
 
+from memexp.errors import CheckpointError
+from memexp.memory.bank_file import is_bank_file, load_bank_file
+from memexp.memory.runtime import ExplicitMemory, knowledge_sources
 from memexp.runs.checkpoints import LoadedRun
 from memexp.runs.checkpoints import load_checkpoint as _load_with
 
@@ -26,3 +29,39 @@ def load_checkpoint(
     return _load_with(
         path, instantiate, data_dir=data_dir, expect_model=expect_model, data_overrides=data_overrides, data_path=data_path
     )
+
+
+def load_memory(
+    path: str | Path,
+    data_dir: str | None = None,
+    strategy: str = "lru",
+    similarity_threshold: float = 0.7,
+    seed: int = 0,
+) -> tuple[LoadedRun, ExplicitMemory]:
+    """An ExplicitLM checkpoint, or a bank file (which names its checkpoint), as (run, its memory).
+
+    From a checkpoint the bank is the one it was saved with and the sources come from its knowledge
+    cache's mapping; from a bank file, the saved bank, sources and usage counters replace them.
+    """
+    saved = load_bank_file(path) if is_bank_file(path) else None
+    checkpoint = saved.checkpoint if saved is not None else str(Path(path).resolve())
+    if saved is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(f"bank file {path} belongs to checkpoint {checkpoint}, which is not there any more")
+    run = load_checkpoint(checkpoint, data_dir=data_dir)
+    net = getattr(run.task, "net", None)
+    if not hasattr(net, "memory_bank"):
+        raise CheckpointError(f"checkpoint {checkpoint} holds a {run.model_name} model; an explicit memory needs model=explicit_lm")
+    spec = run.datamodule.spec
+    bank = getattr(spec, "memory", None)
+    memory = ExplicitMemory(
+        net,
+        run.datamodule.tokenizer,
+        checkpoint,
+        knowledge_sources(getattr(bank, "mapping_path", None), net.memory_bank.shape[0]),
+        strategy=strategy,
+        similarity_threshold=similarity_threshold,
+        seed=seed,
+    )
+    if saved is not None:
+        memory.load(saved, origin=path)
+    return run, memory

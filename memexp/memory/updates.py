@@ -43,6 +43,7 @@ class BankUpdater:
     bank (N, L) int32 and freeze_mask (N,) bool are the model's own buffers, written in place.
     embed: token rows (n, L) -> embeddings (n, D), for the similarity strategy (the backbone's mean
     token embedding, as retrieval embeds candidates); None for the other strategies.
+    content_rows (N,) bool: the model's mask of entries retrieval also finds by content; every write sets it.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class BankUpdater:
         similarity_threshold: float = 0.7,
         embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        content_rows: torch.Tensor | None = None,
     ):
         if strategy not in STRATEGIES:
             raise ConfigError(f"update_strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -64,6 +66,7 @@ class BankUpdater:
             raise ConfigError(f"similarity_threshold={similarity_threshold}: expected a cosine in [-1, 1]")
         self.bank, self.frozen, self.tok, self.pad_id = bank, freeze_mask.bool(), tokenizer, pad_id
         self.strategy, self.threshold, self.embed = strategy, similarity_threshold, embed
+        self.content_rows = content_rows
         N = bank.shape[0]
         self.last_used = torch.zeros(N, dtype=torch.long)  # the clock tick of the last retrieval or write
         self.uses = torch.zeros(N, dtype=torch.long)  # how often retrieval selected each entry
@@ -72,6 +75,28 @@ class BankUpdater:
         self.generator = torch.Generator().manual_seed(seed)
         if bool(self.frozen.all()):
             raise ConfigError("every bank entry is frozen (freeze_ratio = 1): there is nothing an update may write")
+
+    @classmethod
+    def for_model(cls, net: torch.nn.Module, tokenizer: object, strategy: str = "lru", **kw: object) -> BankUpdater:
+        """An updater over an ExplicitLM's own bank: its pad id, frozen region, content mask, and its frozen
+        input embeddings (mean over an entry's tokens, as retrieval embeds candidates) for `similarity`."""
+        weight = net.backbone.get_input_embeddings().weight
+
+        def embed(rows: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.embedding_bag(rows.long(), weight, mode="mean", padding_idx=net.pad_id)
+
+        return cls(
+            net.memory_bank, net.freeze_mask, tokenizer, net.pad_id, strategy, embed=embed, content_rows=net.content_rows, **kw
+        )
+
+    def state(self) -> dict[str, torch.Tensor | int]:
+        """The usage counters (saved with a bank, so lru/importance/fifo go on where they stopped)."""
+        return {"last_used": self.last_used, "uses": self.uses, "written": self.written, "clock": self.clock}
+
+    def load_state(self, state: dict) -> None:
+        for name in ("last_used", "uses", "written"):
+            getattr(self, name).copy_(state[name])
+        self.clock = int(state["clock"])
 
     def record_usage(self, selected: torch.Tensor) -> None:
         """Count the entries retrieval selected (any shape of entry ids), and mark them used now."""
@@ -116,6 +141,8 @@ class BankUpdater:
                 raise RuntimeError(f"update strategy {self.strategy} picked frozen entry {index}")
             old = self.tok.decode([t for t in self.bank[index].tolist() if t != self.pad_id])
             self.bank[index] = row
+            if self.content_rows is not None:
+                self.content_rows[index] = True
             self.clock += 1
             self.written[index] = self.last_used[index] = self.clock
             # A new fact starts level with the least-used entry (not below it), so importance does not pick it next.

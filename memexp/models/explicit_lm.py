@@ -126,13 +126,24 @@ class MemoryFusion(nn.Module):
         pad_id: int,
         target: torch.Tensor | None = None,
         position: torch.Tensor | None = None,
+        content: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """h (B, T, D) -> (new h, unweighted losses, selected entry ids (B, T))."""
+        """h (B, T, D) -> (new h, unweighted losses, selected entry ids (B, T)).
+
+        content: (entry ids (M,), their embeddings (M, D), k): entries rewritten since training, whose
+        product keys know nothing of their text; the k of them nearest each query by the selection's own
+        cosine join the candidates.
+        """
         B, T, D = h.shape
         u = self.norm(h)
         q = self.keys.query(self.queries(u))  # (B, T, K)
         s1, s2 = self.keys.half_scores(q)  # (B, T, R) each
         ids, _ = self.keys.top(s1, s2)  # (B, T, C)
+        if content is not None:
+            content_ids, content_mem, k = content
+            by_content = F.normalize(q, dim=-1) @ F.normalize(self.project(content_mem), dim=-1).T  # (B, T, M)
+            nearest = by_content.topk(min(k, len(content_ids)), dim=-1).indices  # (B, T, k)
+            ids = torch.cat([ids, content_ids[nearest]], -1)  # (B, T, C + k)
         C = ids.shape[-1]
         rows = bank[ids.flatten()]  # (B*T*C, L) token ids
         mem = F.embedding_bag(rows, embedding, mode="mean", padding_idx=pad_id).view(B, T, C, D)  # all-pad entry -> 0
@@ -158,6 +169,8 @@ class MemoryFusion(nn.Module):
         if target is not None:
             losses["router"] = self.router_loss(s1, s2, ids, logits, target, position)
         self.last_alpha = alpha.detach()
+        if not self.training:  # what this layer read, for tools that show retrieval (memexp.memory search)
+            self.last_candidates = (ids.detach(), cs.detach())  # (B, T, C') entry ids and their cosines
         return h + alpha * fused, losses, chosen
 
     def router_loss(
@@ -199,6 +212,10 @@ class ExplicitLM(nn.Module):
         query_hidden: hidden width of the retrieval query network (0: one linear map).
         similarity_loss_coef, diversity_loss_coef, router_loss_coef: weights of the auxiliary losses.
         pad_id: the padding id of bank rows (None: the backbone config's pad id, else 0).
+        content_candidates: how many entries rewritten at inference (`content_rows`: dual-path facts,
+            edits) join each query's candidates by content. Product keys are learned per entry index, so
+            a fact written into an arbitrary entry is otherwise never found (the original's updates were
+            unreadable this way); 0 turns this off. No entry is content-addressed until one is rewritten.
     """
 
     task_kind = "causal_lm"
@@ -221,9 +238,13 @@ class ExplicitLM(nn.Module):
         diversity_loss_coef: float = 0.05,
         router_loss_coef: float = 1.0,
         pad_id: int | None = None,
+        content_candidates: int = 4,
     ):
         super().__init__()
         config = backbone.config
+        if content_candidates < 0:
+            raise ConfigError(f"model.content_candidates={content_candidates}: must be >= 0")
+        self.content_candidates = content_candidates
         layers = backbone.model.layers
         if knowledge_length < 1:
             raise ConfigError(f"model.knowledge_length={knowledge_length}: must be >= 1")
@@ -243,6 +264,9 @@ class ExplicitLM(nn.Module):
         self.coefs = {"similarity": similarity_loss_coef, "diversity": diversity_loss_coef, "router": router_loss_coef}
         self.register_buffer("memory_bank", torch.full((knowledge_num, knowledge_length), self.pad_id, dtype=torch.int32))
         self.register_buffer("freeze_mask", torch.arange(knowledge_num) < int(knowledge_num * freeze_ratio))
+        # entries rewritten at inference, found by content as well as by their keys (`content_candidates`)
+        self.register_buffer("content_rows", torch.zeros(knowledge_num, dtype=torch.bool))
+        self._content: tuple[torch.Tensor, torch.Tensor, int] | None = None
         dim = config.hidden_size
         self.fusions = nn.ModuleDict(
             {
@@ -273,8 +297,14 @@ class ExplicitLM(nn.Module):
             return output
         h = output[0] if isinstance(output, tuple) else output
         target, position = self._target if self._target is not None else (None, None)
+        embedding = self.backbone.get_input_embeddings().weight
+        if self._content is None and self.content_candidates and bool(self.content_rows.any()):
+            # once per forward, shared by the layers: the rewritten entries and their embedding means
+            rows = self.content_rows.nonzero().squeeze(-1)
+            mem = F.embedding_bag(self.memory_bank[rows], embedding, mode="mean", padding_idx=self.pad_id)
+            self._content = (rows, mem, self.content_candidates)
         new_h, losses, chosen = self.fusions[str(layer)](
-            h, self.memory_bank, self.backbone.get_input_embeddings().weight, self.pad_id, target, position
+            h, self.memory_bank, embedding, self.pad_id, target, position, self._content
         )
         if self.training or target is not None:  # inference (generate's many calls) keeps no losses
             self._losses.append(losses)
@@ -301,7 +331,7 @@ class ExplicitLM(nn.Module):
         try:
             out = self.backbone(input_ids=idx, cache=state, use_cache=use_cache)
         finally:
-            self._target = None
+            self._target = self._content = None
         return out.logits, out.cache if use_cache else None
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
@@ -328,13 +358,20 @@ class ExplicitLM(nn.Module):
             )
         self.memory_bank.fill_(self.pad_id)
         self.memory_bank[: tokens.shape[0]] = tokens.to(torch.int32)
+        self.content_rows.zero_()
 
-    def write_entries(self, rows: torch.Tensor, tokens: torch.Tensor, allow_frozen: bool = False) -> None:
-        """Overwrite bank rows (n,) with token ids (n, L). Frozen rows are refused unless allow_frozen."""
+    def write_entries(
+        self, rows: torch.Tensor, tokens: torch.Tensor, allow_frozen: bool = False, by_content: bool = False
+    ) -> None:
+        """Overwrite bank rows (n,) with token ids (n, L). Frozen rows are refused unless allow_frozen.
+        by_content: the rows now hold text their keys were not trained for (inference writes, edits): retrieval
+        also finds them by content (`content_candidates`). Episodic training keeps each fact in its own entry."""
         if not allow_frozen and bool(self.freeze_mask[rows].any()):
             frozen = rows[self.freeze_mask[rows]].tolist()[:5]
             raise ValueError(f"bank entries {frozen} are frozen (the first {int(self.freeze_mask.sum())} entries)")
         self.memory_bank[rows] = tokens.to(torch.int32)
+        if by_content:
+            self.content_rows[rows] = True
 
     def backbone_fingerprint(self) -> str:
         """A cheap digest of the backbone's weights (shapes and the first 4096 values of each tensor)."""
@@ -370,3 +407,4 @@ def _keep_backbone(module: nn.Module, state_dict: dict, prefix: str, *args: obje
     """Loading a saved ExplicitLM state keeps the backbone it was built with (checked by fingerprint)."""
     for key, value in module.backbone.state_dict().items():
         state_dict.setdefault(f"{prefix}backbone.{key}", value)
+    state_dict.setdefault(f"{prefix}content_rows", torch.zeros_like(module.content_rows))  # saved before it existed

@@ -86,6 +86,12 @@ class CausalLMTask(L.LightningModule):
         if hasattr(self.net, "set_training_step"):  # schedules that ramp with the optimiser step
             self.net.set_training_step(self.global_step)
 
+    def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
+        if getattr(self, "_episodic", None) is not None:  # checkpoints and evaluation see the knowledge bank, not the last episode
+            rows, saved = self._episodic
+            self.net.memory_bank[rows] = saved
+            self._episodic = None
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.cms_gate is not None:
             self.cms_gate.apply(self.global_step)
@@ -97,7 +103,9 @@ class CausalLMTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["input"], batch["target"]
         if "bank_rows" in batch:  # episodic memory training: the batch rewrites bank entries before it is read
-            self.net.write_entries(batch["bank_rows"], batch["bank_tokens"])
+            rows = batch["bank_rows"]
+            self._episodic = (rows, self.net.memory_bank[rows].clone())  # put back after the step (the knowledge bank)
+            self.net.write_entries(rows, batch["bank_tokens"])
         logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
