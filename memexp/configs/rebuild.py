@@ -35,7 +35,7 @@ def load_memory(
     path: str | Path,
     data_dir: str | None = None,
     strategy: str = "lru",
-    similarity_threshold: float = 0.7,
+    similarity_threshold: float = 0.9,
     seed: int = 0,
 ) -> tuple[LoadedRun, ExplicitMemory]:
     """An ExplicitLM checkpoint, or a bank file (which names its checkpoint), as (run, its memory).
@@ -50,7 +50,9 @@ def load_memory(
     run = load_checkpoint(checkpoint, data_dir=data_dir)
     net = getattr(run.task, "net", None)
     if not hasattr(net, "memory_bank"):
-        raise CheckpointError(f"checkpoint {checkpoint} holds a {run.model_name} model; an explicit memory needs model=explicit_lm")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds a {run.model_name} model; an explicit memory needs model=explicit_lm"
+        )
     spec = run.datamodule.spec
     bank = getattr(spec, "memory", None)
     memory = ExplicitMemory(

@@ -50,7 +50,7 @@ class ExplicitMemory:
         checkpoint: str | Path,
         sources: list[str] | None = None,
         strategy: str = "lru",
-        similarity_threshold: float = 0.7,
+        similarity_threshold: float = 0.9,
         seed: int = 0,
     ):
         self.net, self.tok, self.checkpoint = net, tokenizer, str(checkpoint)

@@ -267,6 +267,7 @@ class ExplicitLM(nn.Module):
         # entries rewritten at inference, found by content as well as by their keys (`content_candidates`)
         self.register_buffer("content_rows", torch.zeros(knowledge_num, dtype=torch.bool))
         self._content: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._content_key: tuple | None = None
         dim = config.hidden_size
         self.fusions = nn.ModuleDict(
             {
@@ -298,20 +299,26 @@ class ExplicitLM(nn.Module):
         h = output[0] if isinstance(output, tuple) else output
         target, position = self._target if self._target is not None else (None, None)
         embedding = self.backbone.get_input_embeddings().weight
-        if self._content is None and self.content_candidates and bool(self.content_rows.any()):
-            # once per forward, shared by the layers: the rewritten entries and their embedding means
-            rows = self.content_rows.nonzero().squeeze(-1)
-            mem = F.embedding_bag(self.memory_bank[rows], embedding, mode="mean", padding_idx=self.pad_id)
-            self._content = (rows, mem, self.content_candidates)
-        new_h, losses, chosen = self.fusions[str(layer)](
-            h, self.memory_bank, embedding, self.pad_id, target, position, self._content
-        )
+        content = self._content_entries(embedding) if self.content_candidates else None
+        new_h, losses, chosen = self.fusions[str(layer)](h, self.memory_bank, embedding, self.pad_id, target, position, content)
         if self.training or target is not None:  # inference (generate's many calls) keeps no losses
             self._losses.append(losses)
         self.last_selection[layer] = chosen
         if self.selection_listener is not None:  # e.g. a bank updater counting how often entries are read
             self.selection_listener(chosen)
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
+
+    def _content_entries(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The content-addressed entries (ids, embedding means, k), or None when there are none. Cached until
+        the bank, the mask or the embeddings change: in-place writes bump a tensor's `_version`, so the cache
+        stays right across forwards, the backbone's own generate loop and updater writes alike."""
+        key = (self.memory_bank._version, self.content_rows._version, self.content_candidates, embedding.data_ptr())
+        if self._content_key != key:
+            rows = self.content_rows.nonzero().squeeze(-1)
+            mem = F.embedding_bag(self.memory_bank[rows], embedding, mode="mean", padding_idx=self.pad_id)
+            self._content = (rows, mem, self.content_candidates) if len(rows) else None
+            self._content_key = key
+        return self._content
 
     def forward(
         self,
@@ -331,7 +338,7 @@ class ExplicitLM(nn.Module):
         try:
             out = self.backbone(input_ids=idx, cache=state, use_cache=use_cache)
         finally:
-            self._target = self._content = None
+            self._target = None
         return out.logits, out.cache if use_cache else None
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:

@@ -87,7 +87,9 @@ class CausalLMTask(L.LightningModule):
             self.net.set_training_step(self.global_step)
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
-        if getattr(self, "_episodic", None) is not None:  # checkpoints and evaluation see the knowledge bank, not the last episode
+        if (
+            getattr(self, "_episodic", None) is not None
+        ):  # checkpoints and evaluation see the knowledge bank, not the last episode
             rows, saved = self._episodic
             self.net.memory_bank[rows] = saved
             self._episodic = None
