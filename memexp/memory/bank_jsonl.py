@@ -88,7 +88,7 @@ def read_bank_jsonl(path: str | Path, memory: ExplicitMemory) -> list[ImportedEn
 
 def _read_line(raw: str, line: int, where: str, memory: ExplicitMemory) -> ImportedEntry:
     try:
-        record = json.loads(raw)
+        record = json.loads(raw.rstrip("\r\n"))
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(record, dict):
