@@ -78,8 +78,8 @@ def _destination(ckpt: Path, out: str | None, inplace: bool) -> Path:
 
 
 def _save(memory: ExplicitMemory, ckpt: Path, dest: Path) -> Path:
-    if dest == ckpt and not is_bank_file(ckpt):  # inplace=true on a checkpoint: only its bank changes
-        return write_bank_into_checkpoint(ckpt, memory.state())
+    if dest.resolve() == Path(memory.checkpoint):  # inplace=true on a checkpoint (not a bank file): only its bank changes
+        return write_bank_into_checkpoint(dest, memory.state())
     return memory.save(dest)
 
 
