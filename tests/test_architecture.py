@@ -26,6 +26,8 @@ LAYERS = {
     "memexp.memory": 3,
     "memexp.runs": 4,
     "memexp.configs": 5,
+    # `python -m memexp.memory` runs this file: a shim that calls the entry point memexp.memory_cli
+    "memexp.memory.__main__": 6,
 }
 ENTRY_LAYER = 6  # memexp/<name>.py that is not listed above: run, prepare, evaluate, generate, chat, report, entry
 HYDRA = ("hydra", "hydra_zen", "omegaconf")

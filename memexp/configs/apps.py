@@ -103,6 +103,30 @@ ChatConfig = make_config(
     zen_dataclass={"cls_name": "ChatConfig"},
 )
 
+# python -m memexp.memory <verb> ...: memexp.memory_cli.main passes the verb on as verb=<verb>. `out`: the new bank
+# file a write goes to (or export's JSONL); inplace=true rewrites ckpt= instead; force=true writes frozen entries.
+MemoryConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}],
+    paths=None,
+    verb=MISSING,  # show | search | edit | delete | add | export | import
+    ckpt=MISSING,  # an ExplicitLM checkpoint or a bank file
+    out=None,
+    inplace=False,
+    force=False,
+    start=0,  # show: the first entry and how many
+    count=20,
+    query=None,  # search: the text, and how many entries per memory layer
+    top=5,
+    index=None,  # edit, delete: the entry
+    text=None,  # edit, add: the fact (add: a list adds each)
+    src=None,  # import: the JSONL file
+    strategy="lru",  # add: fifo | lru | random | similarity | importance (memexp.memory.updates)
+    similarity_threshold=0.7,
+    seed=0,
+    format="table",  # table | json
+    zen_dataclass={"cls_name": "MemoryConfig"},
+)
+
 
 def _hydra_conf(folder: str) -> HydraConf:
     return HydraConf(
@@ -118,6 +142,7 @@ def register_apps() -> None:
     store(GenerateConfig, name="memexp_generate")
     store(PrepareConfig, name="memexp_prepare")
     store(ChatConfig, name="memexp_chat")
+    store(MemoryConfig, name="memexp_memory")
 
 
 def hydra_settings(folder: str) -> None:

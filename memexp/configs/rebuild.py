@@ -41,7 +41,8 @@ def load_memory(
     """An ExplicitLM checkpoint, or a bank file (which names its checkpoint), as (run, its memory).
 
     From a checkpoint the bank is the one it was saved with and the sources come from its knowledge
-    cache's mapping; from a bank file, the saved bank, sources and usage counters replace them.
+    cache's mapping (or from the checkpoint, when its bank was rewritten in place); from a bank file,
+    the saved bank, sources and usage counters replace them.
     """
     saved = load_bank_file(path) if is_bank_file(path) else None
     checkpoint = saved.checkpoint if saved is not None else str(Path(path).resolve())
@@ -66,4 +67,9 @@ def load_memory(
     )
     if saved is not None:
         memory.load(saved, origin=path)
+    elif "memory_bank" in run.checkpoint["memexp"]:  # a checkpoint whose bank was rewritten in place (memexp.memory inplace=true)
+        record = run.checkpoint["memexp"]["memory_bank"]
+        memory.sources = list(record["sources"])
+        if record.get("usage") is not None:
+            memory.updater.load_state(record["usage"])
     return run, memory

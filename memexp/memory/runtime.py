@@ -66,6 +66,11 @@ class ExplicitMemory:
     def length(self) -> int:
         return self.net.memory_bank.shape[1]
 
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the backbone embeds (an entry's ids must be below it)."""
+        return self.net.backbone.get_input_embeddings().weight.shape[0]
+
     # -- reading ----------------------------------------------------------------------------
     def check_index(self, index: int) -> int:
         if not 0 <= int(index) < self.size:
@@ -95,7 +100,8 @@ class ExplicitMemory:
     @torch.no_grad()
     def search(self, query: str, top: int = 5) -> list[dict]:
         """The entries retrieval considers for the query's last token, best cosine first, per memory layer:
-        the candidates the model itself would choose from (product keys, plus rewritten entries by content)."""
+        the candidates the model itself would choose from (product keys, plus rewritten entries by content).
+        The `top` best of each layer, and the entry the model selects there (`selected`) even when it ranks lower."""
         ids = self.tok.encode(query)
         if not ids:
             raise ConfigError("query: the text has no tokens")
@@ -109,7 +115,9 @@ class ExplicitMemory:
             for e, c in zip(cand.tolist(), cos.tolist()):
                 best[e] = max(c, best.get(e, -2.0))  # an entry can be a candidate twice (keys and content)
             chosen = int(self.net.last_selection[int(layer)][0, -1])
-            for e, c in sorted(best.items(), key=lambda kv: -kv[1])[:top]:
+            ranked = sorted(best.items(), key=lambda kv: -kv[1])
+            shown = ranked[:top] + [(e, c) for e, c in ranked[top:] if e == chosen]  # what is read is always shown
+            for e, c in shown:
                 found.append(self.entry(e) | {"layer": int(layer), "cosine": round(c, 4), "selected": e == chosen})
         return found
 
@@ -136,10 +144,28 @@ class ExplicitMemory:
         self._refuse_frozen(i, force, "edit")
         old = self.text(i)
         self.net.write_entries(torch.tensor([i]), self.encode(text).unsqueeze(0), allow_frozen=force, by_content=True)
-        self.updater.clock += 1
-        self.updater.written[i] = self.updater.last_used[i] = self.updater.clock
+        self._mark_written(i)
         self.sources[i] = source
         return EntryChange(i, old, text)
+
+    def put(self, index: int, tokens: torch.Tensor, source: str, by_content: bool, force: bool = False) -> EntryChange:
+        """Set one entry to exact token ids (L,), with its source and content flag (an imported entry)."""
+        i = self.check_index(index)
+        self._refuse_frozen(i, force, "import")
+        if tuple(tokens.shape) != (self.length,):
+            raise ConfigError(f"entry {i}: {tuple(tokens.shape)} token ids given, a bank entry holds ({self.length},)")
+        old = self.text(i)
+        if not torch.equal(self.net.memory_bank[i], tokens.to(self.net.memory_bank.dtype)):
+            self.net.memory_bank[i] = tokens.to(self.net.memory_bank.dtype)
+            self._mark_written(i)
+        self.net.content_rows[i] = bool(by_content)
+        self.sources[i] = source
+        return EntryChange(i, old, self.text(i))
+
+    def _mark_written(self, index: int) -> None:
+        """A write is a use now and the newest write (lru and fifo order), as the updater's own writes."""
+        self.updater.clock += 1
+        self.updater.written[index] = self.updater.last_used[index] = self.updater.clock
 
     def delete(self, index: int, force: bool = False) -> EntryChange:
         """Empty one entry (all pad; retrieval then reads nothing from it)."""

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 
 from memexp.errors import CheckpointError, ConfigError
+from memexp.files import atomic_path
+from memexp.memory.bank_file import BankState
 from memexp.runs.build import build_task
 from memexp.tasks.optim import OptimizerSettings
 
@@ -126,3 +128,29 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not fit its own model config: {str(e).splitlines()[0]}") from None
     task.run_config = cfg
     return LoadedRun(task=task, datamodule=datamodule, config=cfg, checkpoint=ck)
+
+
+BANK_BUFFERS = ("memory_bank", "freeze_mask", "content_rows")  # ExplicitLM's bank, saved as net.<name> in state_dict
+
+
+def write_bank_into_checkpoint(path: str | Path, state: BankState) -> Path:
+    """Replace the bank of an ExplicitLM checkpoint with `state`, atomically (the rest of the file stays as it was).
+
+    The bank buffers in `state_dict` get the new tokens, frozen and content masks; the entries' sources and the
+    updater's usage counters go into the checkpoint's `memexp` entry (`memory_bank`), where `load_memory` reads them.
+    """
+    path = Path(path)
+    ck = read_checkpoint(path)
+    new = {"memory_bank": state.tokens, "freeze_mask": state.freeze_mask, "content_rows": state.content_rows}
+    for name in BANK_BUFFERS:
+        key = f"net.{name}"
+        if key not in ck["state_dict"]:
+            raise CheckpointError(f"checkpoint {path} has no {key} in its state_dict; expected an ExplicitLM checkpoint")
+        old = ck["state_dict"][key]
+        if tuple(old.shape) != tuple(new[name].shape):
+            raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(old.shape)}, the bank {tuple(new[name].shape)}")
+        ck["state_dict"][key] = new[name].to(old.dtype).clone()
+    ck["memexp"]["memory_bank"] = {"sources": list(state.sources), "usage": state.usage}
+    with atomic_path(path) as tmp:
+        torch.save(ck, tmp)
+    return path
