@@ -51,7 +51,7 @@ def best(fn, rounds: int) -> float:
 
 
 def bench_retrieval(rounds: int) -> dict:
-    from memexp.models.explicit_lm import ProductKeys
+    from memexp.models.product_keys import ProductKeys
 
     torch.manual_seed(0)
     N, K, C, tokens = 1_048_576, 128, 8, 256

@@ -11,7 +11,8 @@ import torch
 
 from memexp.errors import CheckpointError, ConfigError
 from memexp.memory.backbone import build_explicit_lm, load_backbone
-from memexp.models.explicit_lm import ExplicitLM, MemoryFusion, ProductKeys
+from memexp.models.explicit_lm import ExplicitLM, MemoryFusion
+from memexp.models.product_keys import ProductKeys
 
 V = 97
 
