@@ -268,7 +268,7 @@ def _terminal_lines() -> Iterator[str]:
             return
 
 
-def _check_bank_target(save_bank: str) -> Path:
+def check_bank_target(save_bank: str) -> Path:
     """`save_bank` may be a new path or a bank file (replaced), never a folder or another file (a checkpoint)."""
     target = Path(save_bank)
     if target.is_dir():
@@ -323,7 +323,7 @@ def chat(
             print("chat with the model: /reset forgets the history, /quit leaves", file=sys.stderr)
         return converse(session, _terminal_lines() if interactive else sys.stdin, interactive, verbose)
 
-    target = _check_bank_target(str(save_bank)) if save_bank is not None else None
+    target = check_bank_target(str(save_bank)) if save_bank is not None else None
     session = open_explicit_session(
         ckpt,
         paths.data_dir,
