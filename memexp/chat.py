@@ -172,11 +172,12 @@ def open_explicit_session(
     """A dual-path conversation with the ExplicitLM of `ckpt` (a checkpoint or a bank file)."""
     if model not in (None, "explicit_lm"):
         raise CheckpointError(f"checkpoint {ckpt} holds a model=explicit_lm model, not model={model}")
+    facts = make_extractor(extractor, **dict(fact_extractor or {}))  # before the model: its errors come first
     _, memory = load_memory(ckpt, data_dir, update_strategy, similarity_threshold, seed or 0)
     window = memory.net.max_len
     return ExplicitConversation(
         memory,
-        make_extractor(extractor, **dict(fact_extractor or {})),
+        facts,
         fact_update_frequency=fact_update_frequency,
         include_output=include_output,
         max_new_tokens=max_len or min(64, window // 2),
