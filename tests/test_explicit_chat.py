@@ -161,7 +161,7 @@ def test_llmlingua_is_called_once_per_dual_path_update(study, data_dir, tmp_path
 
 
 def test_a_causal_lm_checkpoint_and_a_checkpoint_as_bank_target_are_one_line_errors(study):
-    proc = run_cli("memexp.chat", f"ckpt={study['backbone']}", input="hello\n")
+    proc = run_cli("memexp.chat", f"ckpt={study['backbone']}", f"paths.data_dir={study['data_dir']}", input="hello\n")
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: checkpoint {study['backbone']} holds a causal_lm model; chat needs a dialogue model")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
