@@ -53,3 +53,34 @@ def test_cached_generation_equals_a_greedy_loop_without_cache(tmp_path):
                 break
             ids = torch.cat([ids, nxt], 1)
     assert reply.split() == tok.decode(ids[0, len(tok.encode(prompt)) :].tolist()).split()
+
+
+class CountingExtractor(IdentityExtractor):
+    """Whole sentences, and every text it was asked to extract from."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts: list[str] = []
+
+    def extract(self, text: str) -> list[str]:
+        self.texts.append(text)
+        return super().extract(text)
+
+
+def test_generation_reads_the_prompt_ids_and_facts_come_from_the_text_once_per_update(tmp_path):
+    net, tok, dp = setup(tmp_path, frequency=1)
+    dp.extractor, dp.include_output = CountingExtractor(), True
+    prompt = tok.encode("kreo was founded by")
+    out = dp.generate("the capital of zorvan is belmar .", max_new_tokens=4, prompt_ids=prompt)
+    # one extraction per update, over the input and the reply together
+    assert dp.extractor.texts == ["the capital of zorvan is belmar .\n" + out["text"]]
+    assert out["facts"][0] == "the capital of zorvan is belmar ."
+    # the reply continues the prompt ids, not the text: the same as generating from that text
+    _, _, alone = setup(tmp_path, frequency=5)
+    assert out["text"] == alone.generate("kreo was founded by", max_new_tokens=4)["text"]
+    # the entries retrieved at the prompt's last token are the ones a forward over the prompt selects
+    # (`alone` wrote nothing, its bank is the one `out` read)
+    alone.net(torch.tensor([prompt]))
+    assert out["retrieved"] == {layer: int(sel[0, -1]) for layer, sel in sorted(alone.net.last_selection.items())}
+    assert len(out["retrieved"]) == len(net.fusions)
+    assert dp.statistics()["fact_updates"] == 1

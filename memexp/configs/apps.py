@@ -86,7 +86,12 @@ PrepareConfig = make_config(
     zen_dataclass={"cls_name": "PrepareConfig"},
 )
 
-# `history`: utterances kept as context (None: the data's max_history); the options of sampling as in generate.
+# `ckpt`: a dialogue checkpoint (model=hgd), an explicit_lm checkpoint or a bank file saved from one.
+# `max_len`: the most tokens of a reply (None: the data's max_reply_len; explicit_lm: 64, at most half the window).
+# `history`: utterances kept as context (None: the data's max_history; explicit_lm: all that fit); sampling as in generate.
+# explicit_lm only: dual-path chat, facts of each user turn written into the bank every `fact_update_frequency`
+# turns by `extractor` (identity: whole sentences; llmlingua: LLMLingua-2 with `fact_extractor`), placed by
+# `update_strategy` (memexp.memory.updates); `save_bank`: a bank file written on exit; `system`: a system prompt.
 ChatConfig = make_config(
     hydra_defaults=["_self_", {"paths": "default"}, {"optional model": None}],
     paths=None,
@@ -100,6 +105,16 @@ ChatConfig = make_config(
     seed=0,
     history=None,
     verbose=False,
+    extractor="identity",
+    fact_extractor=make_config(
+        model="microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank", rate=0.4, force_tokens=None, chunk_end_tokens=None
+    ),
+    update_strategy="lru",
+    similarity_threshold=0.7,
+    fact_update_frequency=1,
+    include_output=False,
+    save_bank=None,
+    system=None,
     zen_dataclass={"cls_name": "ChatConfig"},
 )
 

@@ -157,3 +157,16 @@ class LLMLinguaExtractor:
 
     def extract(self, text: str) -> list[str]:
         return split_facts(self.compress(text), self.min_chars)
+
+
+EXTRACTORS = ("identity", "llmlingua")
+
+
+def make_extractor(kind: str, **settings: object) -> IdentityExtractor | LLMLinguaExtractor:
+    """`identity` (whole sentences) or `llmlingua` (LLMLingua-2 with `settings`: model, rate, force_tokens,
+    chunk_end_tokens)."""
+    if kind == "identity":
+        return IdentityExtractor()
+    if kind == "llmlingua":
+        return LLMLinguaExtractor(**settings)
+    raise ConfigError(f"extractor={kind!r}: expected one of {', '.join(EXTRACTORS)}")
