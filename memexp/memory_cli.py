@@ -137,7 +137,7 @@ def memory_command(
     text: object = None,
     src: str | None = None,
     strategy: str = "lru",
-    similarity_threshold: float = 0.7,
+    similarity_threshold: float = 0.9,
     seed: int = 0,
     format: str = "table",
     data_dir: str | None = None,

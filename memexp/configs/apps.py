@@ -110,7 +110,7 @@ ChatConfig = make_config(
         model="microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank", rate=0.4, force_tokens=None, chunk_end_tokens=None
     ),
     update_strategy="lru",
-    similarity_threshold=0.7,
+    similarity_threshold=0.9,
     fact_update_frequency=1,
     include_output=False,
     save_bank=None,
@@ -136,7 +136,7 @@ MemoryConfig = make_config(
     text=None,  # edit, add: the fact (add: a list adds each)
     src=None,  # import: the JSONL file
     strategy="lru",  # add: fifo | lru | random | similarity | importance (memexp.memory.updates)
-    similarity_threshold=0.7,
+    similarity_threshold=0.9,
     seed=0,
     format="table",  # table | json
     zen_dataclass={"cls_name": "MemoryConfig"},
