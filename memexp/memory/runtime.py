@@ -30,7 +30,7 @@ def knowledge_sources(mapping_path: str | Path | None, n: int) -> list[str]:
         return sources
     for m in json.loads(Path(mapping_path).read_text(encoding="utf-8")).get("mappings", []):
         i = int(m["database_index"])
-        if 0 <= i < n:
+        if 0 <= i < n and m.get("token_count", 1) > 0:  # an empty knowledge item leaves its row all pad
             sources[i] = f"kb:{m.get('uuid') or i}"
     return sources
 
