@@ -37,6 +37,23 @@ def _names(seed: int, experiment_name: str) -> RunNames:
     )
 
 
+def _run_info(tags: list | None) -> dict:
+    """What the loggers get besides the config: Hydra's group choices and the command line's overrides, the
+    top-level `tags`, and the W&B group of a multirun (one per sweep: `<experiment>-<sweep date>-<time>`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    info = {"tags": list(tags or [])}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        info["choices"] = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+        info["overrides"] = list(hc.overrides.task)
+        if hc.mode == RunMode.MULTIRUN:
+            experiment = hc.runtime.choices.get("experiment") or "default"
+            info["group"] = "-".join([experiment, *Path(hc.sweep.dir).parts[-2:]])
+    return info
+
+
 def _run_dir(paths: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -63,6 +80,7 @@ def run(
     sample_prompt: str,
     study: DictConfig | None = None,
     meta: DictConfig | None = None,
+    tags: list | None = None,
 ) -> dict:
     """The Hydra task of `python -m memexp.run` (arguments: `RunConfig`, built by hydra-zen's `zen`).
 
@@ -71,6 +89,7 @@ def run(
     are config sections, read by attribute.
     """
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
+    cfg["run"] = _run_info(tags)
     names = _names(seed, experiment_name)
     study = dict(study or {})
     if study.get("kind") == "continual":

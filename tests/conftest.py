@@ -135,3 +135,33 @@ def hgd_run(lccc_cache, tmp_path_factory) -> dict:
     torch.set_num_threads(1)  # the test machine is shared; these tensors are tiny
     out = tmp_path_factory.mktemp("hgd_run")
     return run_in_process([*TINY_HGD, f"data.cache_dir={lccc_cache}", *QUIET, *HGD_STEPS], out)
+
+
+def wandb_records(path):
+    """The records of an offline W&B run file (`run-*.wandb`), as `wandb_internal_pb2.Record`s.
+
+    wandb 0.31 keeps no Python reader of its own transaction log (the Go core writes it), so this reads
+    the LevelDB-log framing itself: a 7-byte file header, then 32 KiB blocks of chunks, each with a
+    7-byte header (crc32 4, length 2, type 1: full 1, first 2, middle 3, last 4)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = open(path, "rb").read(), 32768
+    assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+    pos, buf, out = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        buf += data[pos : pos + n]
+        pos += n
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            out.append(record)
+            buf = b""
+    return out

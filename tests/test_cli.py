@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY_MODEL, run_cli
+from conftest import QUIET, TINY_MODEL, run_cli, wandb_records
 
 RUN = ["debug=fast", *TINY_MODEL, *QUIET, "trainer.max_steps=8", "trainer.val_check_interval=4"]
 
@@ -110,6 +110,8 @@ def test_all_loggers_write_offline(tiny_text, tmp_path):
         "logger=many",
         "trainer.max_steps=4",
         "trainer.log_every_n_steps=1",
+        "model.dim=48",
+        "tags=[smoke,cpu]",
         env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,6 +120,25 @@ def test_all_loggers_write_offline(tiny_text, tmp_path):
     assert list(wandb_run.glob("*.wandb"))
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
     assert "train/loss" in (run_dir / "csv" / "metrics.csv").read_text()
+    # the composed config reaches every logger: CSV's hparams.yaml and the W&B run's config
+    import yaml
+
+    hparams = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
+    assert hparams["model"]["dim"] == 48 and hparams["optim"]["lr"] > 0
+    assert hparams["run"]["choices"]["model"] == "transformer" and "model.dim=48" in hparams["run"]["overrides"]
+    assert hparams["run"]["tags"] == ["smoke", "cpu"] and hparams["ckpt_dir"].startswith(str(tmp_path))
+    records = wandb_records(next(wandb_run.glob("*.wandb")))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.display_name, run.run_group, run.job_type) == ("default/transformer-text-seed0", "default", "transformer")
+    assert list(run.tags) == ["smoke", "cpu"]
+    config = {
+        i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update
+    }
+    assert config["model"]["dim"] == 48 and config["run"]["git_commit"] and config["ckpt_dir"] == hparams["ckpt_dir"]
+    summary = {
+        i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary" for i in r.summary.update
+    }
+    assert summary["params/trainable"] > 0 and summary["params/frozen"] == 0
 
 
 def test_wandb_is_offline_without_login(tmp_path, monkeypatch):
@@ -130,3 +151,29 @@ def test_wandb_is_offline_without_login(tmp_path, monkeypatch):
     assert wandb_logger(save_dir=str(tmp_path))._wandb_init["mode"] == "offline"
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
     assert wandb_logged_in()
+
+
+def test_a_multirun_is_one_wandb_group(tiny_text, tmp_path):
+    args = [a for a in RUN if not a.startswith("logger=")]
+    proc = run_cli(
+        "memexp.run",
+        "-m",
+        "data=text",
+        f"data.path={tiny_text}",
+        f"paths.output_dir={tmp_path}",
+        *args,
+        "logger=wandb",
+        "trainer.max_steps=2",
+        "seed=0,1",
+        env={"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [
+        r.run
+        for path in sorted(tmp_path.glob("multirun/**/offline-run-*/*.wandb"))
+        for r in wandb_records(path)
+        if r.WhichOneof("record_type") == "run"
+    ]
+    assert sorted(r.display_name for r in runs) == ["default/transformer-text-seed0", "default/transformer-text-seed1"]
+    (group,) = {r.run_group for r in runs}
+    assert group.startswith("default-") and group != "default"  # the sweep's own group, not every run of the experiment

@@ -39,6 +39,8 @@ RunConfig = make_config(
     study=None,
     # First-order Reptile outer loop on held-out validation batches (memexp.evals.meta).
     meta=make_config(use=False, inner_steps=5, outer_steps=1, outer_frequency=50, inner_lr=1e-2, outer_lr=0.5),
+    # W&B tags of the run (with logger.wandb.tags), e.g. tags=[baseline,ablation]; also in every logger's hyperparameters
+    tags=[],
     zen_dataclass={"cls_name": "RunConfig"},
 )
 

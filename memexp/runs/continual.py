@@ -42,7 +42,9 @@ def run_continual(
     modules = [data(task_id=i) for i in range(len(tasks))]
     task = build_task(model, modules[0].spec, optim, carry_state=False)
     task.run_config = cfg | {"names": vars(names)}
-    loggers = make_loggers(logger, run_dir, names)
+    loggers = make_loggers(
+        logger, run_dir, names, cfg | {"names": vars(names), "study": {"kind": "continual", "tasks": list(tasks)}}
+    )
     callbacks = preset_callbacks(trainer)
     T = len(tasks)
     acc = [[0.0] * T for _ in range(T)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def wandb_logger(
     name: str | None = None,
     tags: list[str] | None = None,
     mode: str = "auto",
+    job_type: str | None = None,
 ) -> WandbLogger:
     """A W&B logger: online when logged in, offline otherwise (mode="auto"), or as `mode` says
     ("online", "offline", "disabled"). Offline runs are uploaded later with `wandb sync`."""
@@ -72,21 +74,55 @@ def wandb_logger(
         tags=tags,
         offline=mode == "offline",
         mode=mode,
+        job_type=job_type,
     )
 
 
-def make_loggers(logger_factories: Mapping[str, Callable | None] | None, run_dir: Path, names: RunNames) -> list[Logger]:
-    """The run's loggers, saving under `run_dir`; W&B runs are grouped by experiment. CSV always."""
+def git_commit(folder: str | Path = ".") -> str | None:
+    """The commit checked out in `folder` (None outside a git work tree or without git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def make_loggers(
+    logger_factories: Mapping[str, Callable | None] | None,
+    run_dir: Path,
+    names: RunNames,
+    hparams: Mapping[str, Any] | None = None,
+) -> list[Logger]:
+    """The run's loggers, saving under `run_dir`, with `hparams` (the composed config) logged to each. CSV always.
+
+    W&B runs are named `<experiment>/<model>-<data>-seed<seed>`, their job type is the model, their group
+    is `logger.wandb.group` when set, else `hparams["run"]["group"]` (one per multirun), else the experiment,
+    and their tags are `logger.wandb.tags` plus the top-level `tags`.
+    """
+    run = dict((hparams or {}).get("run") or {})
     loggers: list[Logger] = []
     for name, factory in (logger_factories or {}).items():
         if factory is None:
             continue
         if name == "wandb":
-            loggers.append(factory(save_dir=str(run_dir), group=names.experiment, name=names.label))
+            set_by_user = getattr(factory, "keywords", {})
+            tags = list(set_by_user.get("tags") or []) + [str(t) for t in run.get("tags") or []]
+            loggers.append(
+                factory(
+                    save_dir=str(run_dir),
+                    group=set_by_user.get("group") or run.get("group") or names.experiment,
+                    name=f"{names.experiment}/{names.label}",
+                    job_type=names.model,
+                    tags=list(dict.fromkeys(tags)) or None,
+                )
+            )
         else:
             loggers.append(factory(save_dir=str(run_dir)))
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.insert(0, CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    if hparams:
+        for lg in loggers:
+            lg.log_hyperparams(dict(hparams))  # W&B: the config panel (filter and group by model.dim); CSV: hparams.yaml
     return loggers
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import checked_resume
-from memexp.runs.loggers import finish_loggers, make_loggers
+from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
 from memexp.tasks.optim import OptimizerSettings
 
 # Fields of the data config that do not change what is learned (left out of the run key).
@@ -139,7 +139,9 @@ def train_and_test(
         resume_step = checked_resume(last, cfg)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    loggers = make_loggers(logger, run_dir, names)
+    hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
+    hparams["run"] = dict(cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
+    loggers = make_loggers(logger, run_dir, names, hparams)
     trainer_obj: L.Trainer = trainer(
         logger=loggers,
         callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir, selection) + list(extra_callbacks or []),
@@ -156,6 +158,7 @@ def train_and_test(
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
         metrics |= parameter_counts(task.net)
+        log_to_wandb(loggers, {}, summary=parameter_counts(task.net))
         study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
     finally:
         finish_loggers(loggers)
