@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from hydra_zen import zen
@@ -25,10 +27,28 @@ def one_line_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+def quiet_console() -> None:
+    """Filter, deliberately, the console lines that tell a user nothing about their run: Lightning's
+    advertisement for another logger, and a deprecation inside Lightning's own pytree helper (fixed upstream,
+    not in our code). The warnings our code caused are fixed where they arise (weights_only, W&B's anonymous)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("try installing [litlogger]"))
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name`."""
     from memexp.configs.search import prepare_app
 
+    quiet_console()
     prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     app = zen(one_line_errors(task_function))
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")

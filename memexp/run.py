@@ -174,11 +174,12 @@ def _report(result: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title="metrics")
+    table = Table(title="validation and test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result["metrics"].items():
-        table.add_row(k, f"{v:.4f}")
+        if k.startswith(("val/", "test/")):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
+            table.add_row(k, f"{v:.4f}")
     console.print(table)
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
     if result["resumed_from_step"] is not None:

@@ -65,7 +65,7 @@ def wandb_logger(
     """A W&B logger: online when logged in, offline otherwise (mode="auto"), or as `mode` says
     ("online", "offline", "disabled"). Offline runs are uploaded later with `wandb sync`."""
     mode = wandb_mode(mode)
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         entity=entity,
@@ -76,6 +76,9 @@ def wandb_logger(
         mode=mode,
         job_type=job_type,
     )
+    # Lightning always passes `anonymous` to wandb.init, which wandb 0.31 answers with a deprecation warning
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def git_commit(folder: str | Path = ".") -> str | None:

@@ -151,7 +151,9 @@ def train_and_test(
         trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
         if trainer_obj.interrupted:
             raise KeyboardInterrupt
-        trainer_obj.save_checkpoint(last)  # the final state whatever the cadence; collective (rank 0 writes)
+        trainer_obj.save_checkpoint(
+            last, weights_only=False
+        )  # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
         fit_metrics = plain_metrics(trainer_obj.callback_metrics)
         best = _best_checkpoint(trainer_obj) if selection else None
         trainer_obj.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
