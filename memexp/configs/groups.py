@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hydra_zen import builds, make_config, store
 from lightning import Trainer
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from memexp.data.dialogue import DialogueDataModule
@@ -20,6 +20,7 @@ from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
+from memexp.runs.progress import StepProgressBar
 from memexp.tasks.optim import OptimizerSettings
 
 # -- model ----------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ _trainer = dict(
     log_every_n_steps=25,
     gradient_clip_val=1.0,
     num_sanity_val_steps=0,
-    callbacks=[builds(RichProgressBar, leave=True)],
+    callbacks=[builds(StepProgressBar, leave=True)],
 )
 DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
 CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)

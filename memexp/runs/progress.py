@@ -1,0 +1,42 @@
+"""The training progress bar in optimiser steps: `step 340/2000`, one bar for the whole run.
+
+Lightning's rich bar counts batches per epoch and titles it `Epoch 0/-2` when a run is bounded by
+`max_steps` (max_epochs = -1), which is how every memexp run is bounded; with an iterable dataset it
+may not know an epoch's length at all. This bar counts the trainer's global step against max_steps
+(and falls back to Lightning's epoch bar when a run has no max_steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
+
+
+class StepProgressBar(RichProgressBar):
+    def _by_steps(self) -> bool:
+        return self.trainer.max_steps is not None and self.trainer.max_steps > 0
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._by_steps() else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._by_steps():
+            return super()._get_train_description(current_epoch)
+        return f"{'step':{len(self.validation_description)}}"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._by_steps() and self.train_progress_bar_id is not None:
+            return  # one bar for the whole run: a new epoch is not a new bar
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._by_steps():
+            self._update(self.train_progress_bar_id, trainer.global_step)  # resumed runs start where they stopped
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._by_steps():
+            self._update(self.train_progress_bar_id, trainer.global_step)
