@@ -37,7 +37,7 @@ def _names(seed: int, experiment_name: str) -> RunNames:
     )
 
 
-def _run_info(tags: list | None) -> dict:
+def _run_info(tags: list | None, experiment: str) -> dict:
     """What the loggers get besides the config: Hydra's group choices and the command line's overrides, the
     top-level `tags`, and the W&B group of a multirun (one per sweep: `<experiment>-<sweep date>-<time>`)."""
     from hydra.core.hydra_config import HydraConfig
@@ -49,8 +49,9 @@ def _run_info(tags: list | None) -> dict:
         info["choices"] = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
         info["overrides"] = list(hc.overrides.task)
         if hc.mode == RunMode.MULTIRUN:
-            experiment = hc.runtime.choices.get("experiment") or "default"
-            info["group"] = "-".join([experiment, *Path(hc.sweep.dir).parts[-2:]])
+            from memexp.runs.loggers import sweep_group
+
+            info["group"] = sweep_group(experiment, hc.sweep.dir)
     return info
 
 
@@ -89,8 +90,8 @@ def run(
     are config sections, read by attribute.
     """
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
-    cfg["run"] = _run_info(tags)
     names = _names(seed, experiment_name)
+    cfg["run"] = _run_info(tags, names.experiment)
     study = dict(study or {})
     if study.get("kind") == "continual":
         from memexp.runs.continual import run_continual

@@ -170,10 +170,19 @@ def test_a_multirun_is_one_wandb_group(tiny_text, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [
         r.run
-        for path in sorted(tmp_path.glob("multirun/**/offline-run-*/*.wandb"))
+        for path in sorted(tmp_path.glob("multirun/*/*/[0-9]*/wandb/offline-run-*/*.wandb"))
         for r in wandb_records(path)
         if r.WhichOneof("record_type") == "run"
     ]
     assert sorted(r.display_name for r in runs) == ["default/transformer-text-seed0", "default/transformer-text-seed1"]
     (group,) = {r.run_group for r in runs}
     assert group.startswith("default-") and group != "default"  # the sweep's own group, not every run of the experiment
+    # the sweep reported itself when it ended, and its W&B report run joined the sweep's group
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    report = json.loads((sweep / "reports" / "metrics.json").read_text())
+    assert sorted(r["seed"] for r in report["runs"]) == [0, 1] and (sweep / "reports" / "experiment_report.md").exists()
+    assert f"sweep report: {sweep / 'reports'}" in proc.stdout and "logged to W&B" in proc.stdout
+    (report_run,) = [
+        r.run for path in (sweep / "reports").glob("wandb/offline-run-*/*.wandb") for r in wandb_records(path) if r.run.ByteSize()
+    ]
+    assert (report_run.run_group, report_run.job_type) == (group, "report")

@@ -4,7 +4,9 @@ The search path for YAML presets is `memexp.configs.search`'s."""
 from __future__ import annotations
 
 from hydra.conf import HydraConf, JobConf, RunDir, SweepDir
-from hydra_zen import MISSING, make_config, store
+from hydra_zen import MISSING, builds, make_config, store
+
+from memexp.configs.sweep_report import SweepReport
 
 RunConfig = make_config(
     hydra_defaults=[
@@ -146,7 +148,10 @@ MemoryConfig = make_config(
 
 
 def _hydra_conf(folder: str) -> HydraConf:
+    # memexp.run's sweeps report themselves when they end (memexp.configs.sweep_report)
+    callbacks = {"sweep_report": builds(SweepReport)} if folder == "runs" else {}
     return HydraConf(
+        callbacks=callbacks,
         job=JobConf(name="memexp", chdir=False),
         run=RunDir(dir=f"${{paths.output_dir}}/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
         sweep=SweepDir(dir="${paths.output_dir}/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),

@@ -81,6 +81,11 @@ def wandb_logger(
     return logger
 
 
+def sweep_group(experiment: str, sweep_dir: str | Path) -> str:
+    """The W&B group of one multirun: `<experiment>-<date>-<time>` of its sweep folder (runs and their report)."""
+    return "-".join([experiment, *Path(sweep_dir).parts[-2:]])
+
+
 def git_commit(folder: str | Path = ".") -> str | None:
     """The commit checked out in `folder` (None outside a git work tree or without git)."""
     try:

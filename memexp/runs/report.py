@@ -23,7 +23,7 @@ from memexp.evals.compare import classification_markdown, compare_models
 from memexp.evals.plots import plot_binned_ppl, plot_compare_metrics, plot_continual_heatmap, plot_recall_curve
 from memexp.evals.recall import write_recall_csv
 from memexp.files import write_json, write_text
-from memexp.runs.loggers import wandb_mode, wandb_payload
+from memexp.runs.loggers import sweep_group, wandb_mode, wandb_payload
 
 
 def write_reports(
@@ -92,16 +92,17 @@ def write_reports(
             for pr in pairs
             for k, d in pr["metrics"].items()
         ]
-        _log_report_to_wandb(root, out, written, summary, recall, binned, comparison)
+        experiment = next((r["names"].get("experiment") for r in runs if r.get("names")), None) or "default"
+        _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, comparison)
     return {k: str(v) for k, v in written.items()}
 
 
 def _log_report_to_wandb(
-    root: str | Path, out: Path, written: dict, summary: dict, recall: list, binned: list, continual_comparison: list
+    group: str, out: Path, written: dict, summary: dict, recall: list, binned: list, continual_comparison: list
 ) -> None:
     import wandb  # only when asked for: importing wandb costs about a second
 
-    run = wandb.init(project="memexp", group=Path(root).name, name="report", dir=str(out), mode=wandb_mode(), job_type="report")
+    run = wandb.init(project="memexp", group=group, name=f"{group}/report", dir=str(out), mode=wandb_mode(), job_type="report")
     rows = [
         {"model": m, "metric": k, "mean": s["mean"], "std": s["std"], "n": s["n"]}
         for m, ks in summary.items()
