@@ -204,8 +204,7 @@ def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) ->
             lines.append(f"\n{m}: bounded context; at the longest gaps it saw only the {c}.")
     if hf_note:
         lines += ["", "## Hugging Face comparison", "", hf_note]
-    lines += ["", "Plots: recall_curve.png, binned_ppl.png, compare_metrics.png.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def continual_markdown(cont: dict, pairs: list[dict]) -> str:

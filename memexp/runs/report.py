@@ -47,9 +47,8 @@ def write_reports(
             },
             out / "metrics.json",
         )
-        md = out / "experiment_report.md"
-        write_text(experiment_markdown(summary, runs, hf_note), md)
-        written["experiment_report.md"] = md
+        report_text = experiment_markdown(summary, runs, hf_note)
+        written["experiment_report.md"] = out / "experiment_report.md"  # written last, with the files it comes with
         written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
     classified = [r for r in runs if "test/macro_f1" in r["metrics"]]
     if classified:  # classifiers: paired comparison of models over seeds on test macro F1, AUC, spAUC
@@ -77,6 +76,9 @@ def write_reports(
         written["continual_heatmap.png"] = plot_continual_heatmap(
             {m: c["accuracy_mean"] for m, c in cont.items()}, tasks, out / "continual_heatmap.png"
         )
+    if summary:
+        others = ", ".join(name for name in written if name != "experiment_report.md")
+        write_text(report_text + f"\nWritten with this report (in {out}): {others}.\n", written["experiment_report.md"])
     if wandb_log:
         comparison = [
             {
