@@ -1,7 +1,7 @@
 """Writing facts at inference and reading them back: rewritten entries join retrieval's candidates by
 content (and the cache of their embeddings follows every write, generate's included), similarity's two
-spaces on hand-worked rows, bank files round-trip, and the write-then-read protocol keeps its invariants
-on a trained knowledge-study model."""
+spaces on hand-worked rows, bank files round-trip, and on a small trained knowledge-study model the
+write-then-read protocol keeps its invariants and stated facts become answers."""
 
 from __future__ import annotations
 
@@ -111,14 +111,18 @@ def study_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("write_read")
     result = run_in_process(
         [
+            # the smallest study that learns to read its bank here: 75 s on one thread, full-bank accuracy 0.92
             "experiment=explicit_knowledge",
-            "debug=fast",
             f"paths.data_dir={root / 'data'}",
-            "data.n_subjects=60",
+            "data.n_subjects=40",
             "data.n_objects=8",
             "model.knowledge_num=256",
-            "study.backbone.steps=20",
+            "study.backbone.steps=200",
             "study.edits=10",
+            "trainer.max_steps=700",
+            "trainer.val_check_interval=700",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
             *QUIET,
         ],
         root,
@@ -148,5 +152,7 @@ def test_write_then_read_keeps_its_invariants(study_model):
         assert 0.0 <= r["new_after"] <= 1.0 and r["corrections"] == 4
     assert results["lru"]["earlier_displaced"] == 0  # the earlier facts were just used; lru writes elsewhere
     assert results["lru"]["stale_left"] == 4  # lru never looks at content: every stale version stays
+    # the effect, with a loose bound: facts stated through the dual path become answers (measured: +0.75)
+    assert results["lru"]["new_gain"] >= 0.3 and results["lru"]["new_after_keys_only"] < results["lru"]["new_after"]
     empty = (net.memory_bank == net.pad_id).all(1).tolist()
     assert any(empty) and all((src == "") == e for src, e in zip(memory.sources, empty))  # kb:<uuid> for filled rows only
