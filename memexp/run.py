@@ -82,8 +82,11 @@ def run(
     study: DictConfig | None = None,
     meta: DictConfig | None = None,
     tags: list | None = None,
-) -> dict:
+    optimized_metric: str | None = None,
+) -> dict | float:
     """The Hydra task of `python -m memexp.run` (arguments: `RunConfig`, built by hydra-zen's `zen`).
+
+    Returns the run's result, or with `optimized_metric` that metric as a float (what a sweeper optimises).
 
     `model`, `data` and `trainer` are partials the run completes (vocab_size, data_dir, callbacks);
     `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
@@ -108,7 +111,7 @@ def run(
             tasks=study.get("tasks", ("A", "B", "C")),
         )
         _report(result)
-        return result
+        return _returned(result, optimized_metric)
     if study.get("kind") == "knowledge":
         from memexp.runs.knowledge import run_knowledge_study
 
@@ -127,7 +130,7 @@ def run(
             fresh=fresh,
         )
         _report(result)
-        return result
+        return _returned(result, optimized_metric)
     after_test = None
     if study:
         from memexp.runs.studies import StudyEvaluations, StudySettings
@@ -163,7 +166,21 @@ def run(
         extra_callbacks=extra_callbacks,
     )
     _report(result)
-    return result
+    return _returned(result, optimized_metric)
+
+
+def _returned(result: dict, optimized_metric: str | None) -> dict | float:
+    if optimized_metric is None:
+        return result
+    metrics = result["metrics"]
+    if optimized_metric not in metrics:
+        from memexp.errors import ConfigError
+
+        raise ConfigError(
+            f"optimized_metric={optimized_metric}: the run logged no such metric; it has {', '.join(sorted(metrics))}"
+        )
+    print(f"optimized_metric {optimized_metric} = {metrics[optimized_metric]:.6g}", flush=True)
+    return float(metrics[optimized_metric])
 
 
 def _report(result: dict) -> None:

@@ -188,3 +188,31 @@ def test_a_multirun_is_one_wandb_group(tiny_text, tmp_path):
         r.run for path in (sweep / "reports").glob("wandb/offline-run-*/*.wandb") for r in wandb_records(path) if r.run.ByteSize()
     ]
     assert (report_run.run_group, report_run.job_type) == (group, "report")
+
+
+@pytest.mark.parametrize(("preset", "trials"), [("transformer_optuna", 3), ("hope_optuna", 2)])
+def test_an_optuna_search_returns_its_best_trial(preset, trials, tiny_text, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    args = [a for a in RUN if not a.startswith(("model.dim", "trainer.max_steps", "trainer.val_check"))]
+    proc = run_cli(
+        "memexp.run",
+        "-m",
+        f"hparams_search={preset}",
+        f"hydra.sweeper.n_trials={trials}",
+        "data=text",
+        f"data.path={tiny_text}",
+        f"paths.output_dir={tmp_path}",
+        *args,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        *(["model.seq_len=32", "model.depth=1"] if preset.startswith("hope") else []),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials_val = {json.loads(p.read_text())["metrics"]["val/loss"]: p.parent for p in sweep.glob("[0-9]*/metrics.json")}
+    assert len(trials_val) == trials and best["best_value"] == pytest.approx(min(trials_val))
+    chosen = yaml.safe_load((trials_val[min(trials_val)] / ".hydra" / "overrides.yaml").read_text())
+    assert f"model.dim={best['best_params']['model.dim']}" in chosen  # the best trial's own settings

@@ -19,6 +19,7 @@ RunConfig = make_config(
         {"callbacks": "default"},
         {"paths": "default"},
         {"experiment": None},
+        {"hparams_search": None},
         {"debug": None},
     ],
     model=None,
@@ -43,6 +44,8 @@ RunConfig = make_config(
     meta=make_config(use=False, inner_steps=5, outer_steps=1, outer_frequency=50, inner_lr=1e-2, outer_lr=0.5),
     # W&B tags of the run (with logger.wandb.tags), e.g. tags=[baseline,ablation]; also in every logger's hyperparameters
     tags=[],
+    # the metric the run returns as a number (Hydra's Optuna sweeper minimises it; hparams_search presets set it)
+    optimized_metric=None,
     zen_dataclass={"cls_name": "RunConfig"},
 )
 
