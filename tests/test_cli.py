@@ -216,3 +216,37 @@ def test_an_optuna_search_returns_its_best_trial(preset, trials, tiny_text, tmp_
     assert len(trials_val) == trials and best["best_value"] == pytest.approx(min(trials_val))
     chosen = yaml.safe_load((trials_val[min(trials_val)] / ".hydra" / "overrides.yaml").read_text())
     assert f"model.dim={best['best_params']['model.dim']}" in chosen  # the best trial's own settings
+
+
+def test_a_sweep_runs_through_the_local_submitit_launcher(tiny_text, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_cli(
+        "memexp.run",
+        "-m",
+        "launcher=local",
+        "seed=0,1",
+        "data=text",
+        f"data.path={tiny_text}",
+        f"paths.output_dir={tmp_path}",
+        *RUN,
+        "trainer.max_steps=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]/metrics.json"))]
+    assert [r["names"]["seed"] for r in runs] == [0, 1] and all(r["metrics"]["global_step"] == 4 for r in runs)
+    assert list(sweep.glob(".submitit/*/*_result.pkl"))  # each job went through submitit's executor
+    assert (sweep / "reports" / "experiment_report.md").exists()
+
+
+def test_the_slurm_launcher_follows_the_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_cli(
+        "memexp.run", "launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "--cfg", "all", "--resolve"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import yaml
+
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)

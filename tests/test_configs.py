@@ -25,7 +25,7 @@ def node(group, name):
 def test_groups_hold_what_the_design_lists():
     for group in ["model", "data", "optim", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]:
         assert entries(group), group
-    assert {"cpu", "gpu", "ddp", "cluster", "default"} <= set(entries("trainer"))
+    assert {"cpu", "gpu", "ddp", "fsdp", "cluster", "default"} <= set(entries("trainer"))
     assert {"csv", "wandb", "tensorboard", "many"} <= set(entries("logger"))
     assert {"fast", "overfit", "limit"} <= set(entries("debug"))
 
@@ -140,3 +140,8 @@ def test_yaml_presets_are_on_the_search_path():
     assert "quick_byte" in yaml_presets()
     cfg = compose_run(["experiment=quick_byte"], Path("/tmp"))
     assert cfg.data.tokenizer == "byte"
+
+
+def test_the_fsdp_preset_shards_with_bf16_on_gpus():
+    trainer = node("trainer", "fsdp")
+    assert (trainer.strategy, trainer.accelerator, trainer.precision, trainer.devices) == ("fsdp", "gpu", "bf16-mixed", 2)

@@ -20,6 +20,7 @@ RunConfig = make_config(
         {"paths": "default"},
         {"experiment": None},
         {"hparams_search": None},
+        {"launcher": None},
         {"debug": None},
     ],
     model=None,

@@ -96,6 +96,8 @@ DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
 CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)
 GPUTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=1, precision="bf16-mixed")
 DDPTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=2, strategy="ddp")
+# Sharded parameters, gradients and optimiser state (FSDP) for models that do not fit one GPU; bf16 on GPUs.
+FSDPTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=2, strategy="fsdp", precision="bf16-mixed")
 ClusterTrainer = builds(
     Trainer, **{**_trainer, "callbacks": [builds(TQDMProgressBar, refresh_rate=100)]}, accelerator="auto", devices="auto"
 )
@@ -157,6 +159,7 @@ def register_groups() -> None:
     trainer(GPUTrainer, name="gpu")
     trainer(DDPTrainer, name="ddp")
     trainer(ClusterTrainer, name="cluster")
+    trainer(FSDPTrainer, name="fsdp")
 
     logger = store(group="logger")
     logger(dict(csv=CSVConf), name="csv")
