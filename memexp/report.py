@@ -1,5 +1,8 @@
 """python -m memexp.report [dir=outputs/multirun/<date>/<time>] [reports_dir=...] [hf_model=PATH] [wandb=true]
 
+Sweeps of memexp.run write this report themselves when they end; this command re-runs it. It logs to W&B
+when the runs it aggregates used W&B, or with wandb=true.
+
 Aggregates the runs of a study (every job's metrics.json under `dir`; default: the newest
 multirun folder under paths.output_dir) into reports/: experiment_report.md, metrics.json
 (mean and spread over seeds), long_context.csv, binned_ppl.csv, continual_metrics.json,
@@ -32,7 +35,7 @@ def report(
 ) -> dict:
     """The Hydra task of `python -m memexp.report` (arguments: `ReportConfig`)."""
     from memexp.evals.hf_compare import hf_bits_per_char
-    from memexp.runs.report import write_reports
+    from memexp.runs.report import runs_used_wandb, write_reports
 
     root = Path(dir) if dir else newest_multirun(paths.output_dir)
     text = None
@@ -44,8 +47,14 @@ def report(
             full = src.read_text(encoding="utf-8") if src.exists() else ""
             text = full[int(len(full) * 0.95) :]
     _, note = hf_bits_per_char(hf_model, text or "") if hf_model else (None, None)
-    written = write_reports(root, reports_dir, hf_note=note or "Skipped: no hf_model=PATH given.", wandb_log=wandb)
+    used = runs_used_wandb(root)
+    written = write_reports(root, reports_dir, hf_note=note or "Skipped: no hf_model=PATH given.", wandb_log=wandb or used)
     print(f"aggregated runs under {root}")
+    print(
+        "logged to W&B (the report run joins the sweep's group)"
+        if wandb or used
+        else "not logged to W&B: the runs did not use it (wandb=true logs the report anyway)"
+    )
     for name, path in written.items():
         print(f"  {name:24s} {path}")
     return written

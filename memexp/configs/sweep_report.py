@@ -17,13 +17,13 @@ from omegaconf import DictConfig
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from memexp.runs.report import write_reports
+        from memexp.runs.report import runs_used_wandb, write_reports
 
         root = Path(config.hydra.sweep.dir)
         if not any(root.glob("**/metrics.json")):
             print(f"sweep report: no finished run under {root}; nothing to aggregate", file=sys.stderr, flush=True)
             return
-        used_wandb = any(root.glob("*/wandb/*run-*"))
+        used_wandb = runs_used_wandb(root)
         try:
             written = write_reports(root, wandb_log=used_wandb)
         except Exception as e:  # the sweep's runs are done and saved; a failed report must not hide that

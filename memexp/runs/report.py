@@ -26,6 +26,11 @@ from memexp.files import write_json, write_text
 from memexp.runs.loggers import sweep_group, wandb_mode, wandb_payload
 
 
+def runs_used_wandb(root: str | Path) -> bool:
+    """Whether any run under `root` (a sweep folder) logged to W&B (it holds a W&B run folder)."""
+    return any(Path(root).glob("*/wandb/*run-*"))
+
+
 def write_reports(
     root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None, wandb_log: bool = False
 ) -> dict:
