@@ -116,11 +116,17 @@ def test_offline_download_error_says_where_to_put_the_file(tmp_path, monkeypatch
         fetch(TINY_SHAKESPEARE, tmp_path / "data", mirrors=[])
 
 
-def test_mirror_copy_is_verified(tmp_path, data_dir):
+def test_mirror_copy_is_verified(tmp_path, data_dir, capsys):
     from memexp.data.sources import TINY_SHAKESPEARE, fetch
 
     path = fetch(TINY_SHAKESPEARE, tmp_path / "data", mirrors=[data_dir])
     assert path.stat().st_size == 1_115_394
+    (line,) = capsys.readouterr().err.splitlines()  # one line says where the data came from
+    assert (
+        line == f"data: copied tinyshakespeare/input.txt from the mirror {data_dir / 'tinyshakespeare' / 'input.txt'} to {path}"
+    )
+    fetch(TINY_SHAKESPEARE, tmp_path / "data", mirrors=[data_dir])
+    assert capsys.readouterr().err == ""  # already there: nothing to say
     bad = tmp_path / "bad" / "tinyshakespeare"
     bad.mkdir(parents=True)
     (bad / "input.txt").write_text("not shakespeare")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None,
         if source is not None:
             shutil.copyfile(source, tmp)
             _verify(tmp, raw, str(source))
+            print(f"data: copied {raw.relpath} from the mirror {source} to {target}", file=sys.stderr, flush=True)
             return target
         try:
             with urllib.request.urlopen(raw.url, timeout=timeout) as response, open(tmp, "wb") as out:
@@ -80,4 +82,5 @@ def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None,
                 f"put the file{size} at {target.resolve()} or set MEMEXP_DATA_DIR to a folder holding {raw.relpath}"
             ) from None
         _verify(tmp, raw, raw.url)
+        print(f"data: downloaded {raw.relpath} from {raw.url} to {target}", file=sys.stderr, flush=True)
     return target
