@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hydra_zen import builds, make_config, store
 from lightning import Trainer
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from memexp.data.dialogue import DialogueDataModule
@@ -20,7 +20,7 @@ from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
-from memexp.runs.progress import StepProgressBar
+from memexp.runs.progress import StepProgressBar, StepTQDMProgressBar
 from memexp.tasks.optim import OptimizerSettings
 
 # -- model ----------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ DDPTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=2, strategy
 # Sharded parameters, gradients and optimiser state (FSDP) for models that do not fit one GPU; bf16 on GPUs.
 FSDPTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=2, strategy="fsdp", precision="bf16-mixed")
 ClusterTrainer = builds(
-    Trainer, **{**_trainer, "callbacks": [builds(TQDMProgressBar, refresh_rate=100)]}, accelerator="auto", devices="auto"
+    Trainer, **{**_trainer, "callbacks": [builds(StepTQDMProgressBar, refresh_rate=100)]}, accelerator="auto", devices="auto"
 )
 
 # -- logger (a dict name -> partial; save_dir is the run's output folder; CSV is always added) --
