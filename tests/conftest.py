@@ -73,6 +73,32 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     return zen(run)(compose_run(overrides, output_dir))
 
 
+@pytest.fixture(scope="session")
+def tiny_knowledge_study(tmp_path_factory) -> dict:
+    """The ExplicitLM knowledge study on 60 subjects, 20 backbone steps, debug=fast (about 10 s), run once per
+    session for the tests that need a trained ExplicitLM checkpoint (chat, the memory CLI):
+    {"result": memexp.run's result, "root": its output folder, "ckpt": the ExplicitLM last.ckpt, "data_dir": the data root}."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("knowledge")
+    result = run_in_process(
+        [
+            "experiment=explicit_knowledge",
+            "debug=fast",
+            f"paths.data_dir={root / 'data'}",
+            "data.n_subjects=60",
+            "data.n_objects=8",
+            "model.knowledge_num=256",
+            "study.backbone.steps=20",
+            "study.edits=10",
+            *QUIET,
+        ],
+        root,
+    )
+    return {"result": result, "root": root, "ckpt": Path(result["ckpt_dir"]) / "last.ckpt", "data_dir": root / "data"}
+
+
 def run_cli(
     module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None
 ):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, run_cli, run_in_process
+from conftest import run_cli
 
 from memexp.chat import check_bank_target, converse, open_explicit_session
 from memexp.data.hf_tokenizer import HFTokenizer
@@ -25,29 +25,14 @@ from memexp.memory.runtime import ExplicitMemory
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> dict:
-    """The knowledge study on 60 subjects, 20 backbone steps, debug=fast: its checkpoints, data folder and world."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("knowledge")
-    result = run_in_process(
-        [
-            "experiment=explicit_knowledge",
-            "debug=fast",
-            f"paths.data_dir={root / 'data'}",
-            "data.n_subjects=60",
-            "data.n_objects=8",
-            "model.knowledge_num=256",
-            "study.backbone.steps=20",
-            "study.edits=10",
-            *QUIET,
-        ],
-        root,
-    )
-    world = json.loads(next((root / "data").glob("knowledge_study/world-*/world.json")).read_text())
+def study(tiny_knowledge_study) -> dict:
+    """The tiny knowledge study's checkpoints, data folder and world (conftest)."""
+    data_dir = tiny_knowledge_study["data_dir"]
+    world = json.loads(next(data_dir.glob("knowledge_study/world-*/world.json")).read_text())
     return {
-        "ckpt": Path(result["ckpt_dir"]) / "last.ckpt",
-        "backbone": result["backbone_run"]["ckpt"],
-        "data_dir": root / "data",
+        "ckpt": tiny_knowledge_study["ckpt"],
+        "backbone": tiny_knowledge_study["result"]["backbone_run"]["ckpt"],
+        "data_dir": data_dir,
         "world": world,
     }
 

@@ -153,23 +153,9 @@ def test_knowledge_measurements_restore_the_bank_and_count_edits(world):
     assert result["full_bank"]["n"] == 48 and 0 <= result["full_bank"]["hit_rate"] <= 1
 
 
-def test_the_knowledge_study_runs_end_to_end(tmp_path):
-    torch.set_num_threads(1)
-    result = run_in_process(
-        [
-            "experiment=explicit_knowledge",
-            "debug=fast",
-            f"paths.data_dir={tmp_path / 'data'}",
-            "data.n_subjects=60",
-            "data.n_objects=8",
-            "model.knowledge_num=256",
-            "study.backbone.steps=20",
-            "study.edits=10",
-            *QUIET,
-        ],
-        tmp_path,
-    )
-    report = (tmp_path / "runs").glob("**/memory/reports/knowledge_report.md")
+def test_the_knowledge_study_runs_end_to_end(tiny_knowledge_study):
+    result = tiny_knowledge_study["result"]  # experiment=explicit_knowledge debug=fast on a tiny world (conftest)
+    report = (tiny_knowledge_study["root"] / "runs").glob("**/memory/reports/knowledge_report.md")
     text = next(report).read_text()
     assert "| full bank |" in text and "| empty bank |" in text and "Editing 10 held-out entries" in text
     assert 0.0 <= result["metrics"]["knowledge/full_bank_acc"] <= 1.0

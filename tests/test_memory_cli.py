@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, run_cli, run_in_process
+from conftest import run_cli
 
 from memexp.configs.rebuild import load_checkpoint, load_memory
 from memexp.entry import one_line_errors
@@ -23,28 +23,12 @@ N, L, FROZEN = 256, 16, 51  # knowledge_num, knowledge_length, floor(256 * 0.2)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    """The knowledge study's ExplicitLM after 20 backbone steps (about 10 s): its checkpoint, data folder and bank."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("memory_cli")
-    result = run_in_process(
-        [
-            "experiment=explicit_knowledge",
-            "debug=fast",
-            f"paths.data_dir={root / 'data'}",
-            "data.n_subjects=60",
-            "data.n_objects=8",
-            "model.knowledge_num=256",
-            "study.backbone.steps=20",
-            "study.edits=10",
-            *QUIET,
-        ],
-        root,
-    )
-    ckpt = Path(result["ckpt_dir"]) / "last.ckpt"
+def trained(tiny_knowledge_study) -> dict:
+    """The tiny knowledge study's ExplicitLM (conftest): its checkpoint, data folder, bank, digest and tokenizer."""
+    ckpt, data_dir = tiny_knowledge_study["ckpt"], str(tiny_knowledge_study["data_dir"])
     bank = torch.load(ckpt, weights_only=True)["state_dict"]["net.memory_bank"]
-    tok = load_checkpoint(ckpt, data_dir=str(root / "data")).datamodule.tokenizer
-    return {"ckpt": ckpt, "data_dir": str(root / "data"), "bank": bank, "digest": file_digest(ckpt), "tok": tok}
+    tok = load_checkpoint(ckpt, data_dir=data_dir).datamodule.tokenizer
+    return {"ckpt": ckpt, "data_dir": data_dir, "bank": bank, "digest": file_digest(ckpt), "tok": tok}
 
 
 def command(trained: dict, verb: str, **options) -> dict:
