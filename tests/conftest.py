@@ -191,3 +191,19 @@ def wandb_records(path):
             out.append(record)
             buf = b""
     return out
+
+
+def recording_extractor():
+    """The identity extractor (whole sentences as facts) that also keeps every text it was asked to extract from."""
+    from memexp.memory.facts import IdentityExtractor
+
+    class RecordingExtractor(IdentityExtractor):
+        def __init__(self):
+            super().__init__()
+            self.texts: list[str] = []
+
+        def extract(self, text: str) -> list[str]:
+            self.texts.append(text)
+            return super().extract(text)
+
+    return RecordingExtractor()

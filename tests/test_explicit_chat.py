@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import recording_extractor, run_cli
 
 from memexp.chat import check_bank_target, converse, open_explicit_session
 from memexp.data.hf_tokenizer import HFTokenizer
@@ -20,7 +20,6 @@ from memexp.errors import ConfigError
 from memexp.memory.backbone import build_explicit_lm
 from memexp.memory.bank_file import load_bank_file
 from memexp.memory.conversation import ExplicitConversation
-from memexp.memory.facts import IdentityExtractor
 from memexp.memory.runtime import ExplicitMemory
 
 
@@ -163,16 +162,6 @@ TEMPLATE = (
 )
 
 
-class RecordingExtractor(IdentityExtractor):
-    def __init__(self):
-        super().__init__()
-        self.texts: list[str] = []
-
-    def extract(self, text: str) -> list[str]:
-        self.texts.append(text)
-        return super().extract(text)
-
-
 def tiny_conversation(tmp_path, template: bool, **kw) -> tuple[ExplicitConversation, HFTokenizer, list]:
     write_word_tokenizer(WORDS, tmp_path / "tok")
     tok = HFTokenizer(str(tmp_path / "tok"))
@@ -180,7 +169,7 @@ def tiny_conversation(tmp_path, template: bool, **kw) -> tuple[ExplicitConversat
         tok.hf.chat_template = TEMPLATE
     torch.manual_seed(0)
     net = build_explicit_lm(len(tok.hf), pad_id=tok.pad_id, knowledge_num=16, knowledge_length=8, num_candidates=2)
-    conv = ExplicitConversation(ExplicitMemory(net, tok, tmp_path / "none.ckpt"), RecordingExtractor(), greedy=True, **kw)
+    conv = ExplicitConversation(ExplicitMemory(net, tok, tmp_path / "none.ckpt"), recording_extractor(), greedy=True, **kw)
     prompts = []
     generate = conv.dual.generate
     conv.dual.generate = lambda text, **a: prompts.append(a["prompt_ids"]) or generate(text, **a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import recording_extractor
 
 from memexp.data.hf_tokenizer import HFTokenizer
 from memexp.data.knowledge_world import write_word_tokenizer
@@ -55,21 +56,9 @@ def test_cached_generation_equals_a_greedy_loop_without_cache(tmp_path):
     assert reply.split() == tok.decode(ids[0, len(tok.encode(prompt)) :].tolist()).split()
 
 
-class CountingExtractor(IdentityExtractor):
-    """Whole sentences, and every text it was asked to extract from."""
-
-    def __init__(self):
-        super().__init__()
-        self.texts: list[str] = []
-
-    def extract(self, text: str) -> list[str]:
-        self.texts.append(text)
-        return super().extract(text)
-
-
 def test_generation_reads_the_prompt_ids_and_facts_come_from_the_text_once_per_update(tmp_path):
     net, tok, dp = setup(tmp_path, frequency=1)
-    dp.extractor, dp.include_output = CountingExtractor(), True
+    dp.extractor, dp.include_output = recording_extractor(), True
     prompt = tok.encode("kreo was founded by")
     out = dp.generate("the capital of zorvan is belmar .", max_new_tokens=4, prompt_ids=prompt)
     # one extraction per update, over the input and the reply together
