@@ -15,7 +15,9 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
-class StepProgressBar(RichProgressBar):
+class _CountsSteps:
+    """What both bars share: a run bounded by max_steps is counted in optimiser steps, to max_steps."""
+
     def _by_steps(self) -> bool:
         return self.trainer.max_steps is not None and self.trainer.max_steps > 0
 
@@ -23,6 +25,8 @@ class StepProgressBar(RichProgressBar):
     def total_train_batches(self) -> int | float:
         return self.trainer.max_steps if self._by_steps() else super().total_train_batches
 
+
+class StepProgressBar(_CountsSteps, RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         if not self._by_steps():
             return super()._get_train_description(current_epoch)
@@ -43,15 +47,8 @@ class StepProgressBar(RichProgressBar):
             self._update(self.train_progress_bar_id, trainer.global_step)
 
 
-class StepTQDMProgressBar(TQDMProgressBar):
+class StepTQDMProgressBar(_CountsSteps, TQDMProgressBar):
     """The plain bar (trainer=cluster) in optimiser steps: `step: 340/2000`, refreshed every `refresh_rate` steps."""
-
-    def _by_steps(self) -> bool:
-        return self.trainer.max_steps is not None and self.trainer.max_steps > 0
-
-    @property
-    def total_train_batches(self) -> int | float:
-        return self.trainer.max_steps if self._by_steps() else super().total_train_batches
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if self._by_steps() and trainer.current_epoch > 0 and self.train_progress_bar is not None:
