@@ -62,7 +62,8 @@ def write_then_read(
     rng = random.Random(seed)
     chosen = rng.sample(held, n_new + n_earlier)
     earlier, new = chosen[:n_earlier], chosen[n_earlier:]
-    others = [i for i in held if i not in set(chosen)]
+    taken = set(chosen)
+    others = [i for i in held if i not in taken]
     saved_bank, saved_content = net.memory_bank.clone(), net.content_rows.clone()
     saved_k = net.content_candidates
     try:

@@ -159,8 +159,9 @@ def train_and_test(
         trainer_obj.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
-        metrics |= parameter_counts(task.net)
-        log_to_wandb(loggers, {}, summary=parameter_counts(task.net))
+        counts = parameter_counts(task.net)
+        metrics |= counts
+        log_to_wandb(loggers, {}, summary=counts)
         study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
     finally:
         finish_loggers(loggers)
