@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra_zen import instantiate
 
 from memexp.errors import CheckpointError
-from memexp.memory.bank_file import is_bank_file, load_bank_file
+from memexp.memory.bank_file import read_bank_file
 from memexp.memory.runtime import ExplicitMemory, knowledge_sources
 from memexp.runs.checkpoints import LoadedRun
 from memexp.runs.checkpoints import load_checkpoint as _load_with
@@ -44,7 +44,7 @@ def load_memory(
     cache's mapping (or from the checkpoint, when its bank was rewritten in place); from a bank file,
     the saved bank, sources and usage counters replace them.
     """
-    saved = load_bank_file(path) if is_bank_file(path) else None
+    saved = read_bank_file(path)
     checkpoint = saved.checkpoint if saved is not None else str(Path(path).resolve())
     if saved is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"bank file {path} belongs to checkpoint {checkpoint}, which is not there any more")

@@ -61,13 +61,26 @@ class BankState:
         return tokenizer.decode([t for t in self.tokens[index].tolist() if t != self.pad_id])
 
 
+def _peek(path: str | Path) -> object | None:
+    """The torch file at `path`, memory-mapped (nothing is read until used); None when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+
+
 def is_bank_file(path: str | Path) -> bool:
     """Whether `path` holds a bank file (rather than a Lightning checkpoint)."""
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
+    record = _peek(path)
     return isinstance(record, dict) and record.get("format") == FORMAT
+
+
+def read_bank_file(path: str | Path) -> BankState | None:
+    """The bank file at `path`, or None when the file is something else (a checkpoint); read once."""
+    record = _peek(path)
+    if not (isinstance(record, dict) and record.get("format") == FORMAT):
+        return None
+    return _bank_state(record, Path(path))
 
 
 def load_bank_file(path: str | Path) -> BankState:
@@ -81,6 +94,11 @@ def load_bank_file(path: str | Path) -> BankState:
         raise DataError(f"bank file {path}: not a torch file ({type(e).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(f"{path}: not a memexp bank file (expected a dict with format={FORMAT!r})")
+    return _bank_state(record, path)
+
+
+def _bank_state(record: dict, path: Path) -> BankState:
+    """A bank file's record, checked field by field (one DataError naming the field)."""
     if record.get("version") != VERSION:
         raise DataError(f"bank file {path}: version {record.get('version')}, this memexp reads version {VERSION}")
     tokens = record["tokens"]
@@ -91,7 +109,7 @@ def load_bank_file(path: str | Path) -> BankState:
     if len(record["sources"]) != n:
         raise DataError(f"bank file {path}: field sources has {len(record['sources'])} items, expected {n}")
     return BankState(
-        tokens=tokens,
+        tokens=tokens.clone(),  # owned, not a view of the memory-mapped file
         freeze_mask=record["freeze_mask"],
         content_rows=record["content_rows"],
         sources=list(record["sources"]),
