@@ -158,6 +158,7 @@ def run(
         carry_state=task.carry_state,
         max_eval_generate_batches=task.max_eval_generate_batches,
         early_stop=getattr(task, "early_stop", None),
+        test_ckpt=getattr(task, "test_ckpt", "best"),
         fresh=fresh,
         ckpt_dir=ckpt_dir,
         sample_tokens=sample_tokens,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from hydra_zen import builds, store
 
+from memexp.configs.groups import DATA_SEED
 from memexp.data.news import NewsDataModule, SyntheticNewsDataModule
 from memexp.models.bigru import BiGRUClassifier
 
@@ -21,7 +22,7 @@ BiGRUConf = builds(BiGRUClassifier, **_model)
 BiGRUEndefConf = builds(BiGRUClassifier, **_model, endef=True)
 
 # -- data: {root}/{train,val,test}.json in ENDEF's schema; the token cache under <data_dir>/prepared/news
-_news = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}", seed="${oc.select:seed,0}")
+_news = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}", seed=DATA_SEED)
 EndefConf = builds(NewsDataModule, **_news, root="???")
 # The real data: unzip ENDEF_ch/data/data.zip (Weibo21) or ENDEF_en/data/data.zip (GossipCop, with an
 # English BERT vocabulary as data.tokenizer) of github.com/ICTMCG/ENDEF-SIGIR2022 into these folders.

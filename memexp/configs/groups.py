@@ -42,7 +42,10 @@ ExplicitLMConf = builds(
 )
 
 # -- data -----------------------------------------------------------------------------------
-_text = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
+# seed: the data seed (synthetic data, shuffles, random windows), `data_seed` of the run, which follows `seed`
+# unless set: `seed=0,1,2 data_seed=0` trains three model seeds on the same batches.
+DATA_SEED = "${oc.select:data_seed,0}"
+_text = dict(populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}", seed=DATA_SEED)
 ShakespeareConf = builds(TextDataModule, **_text)
 TextFileConf = builds(TextDataModule, **_text, path="???")
 JsonlConf = builds(TextDataModule, **_text, path="???", format="jsonl")
@@ -71,8 +74,7 @@ KnowledgeQAConf = builds(
     **_text,
     **_bank,
     freeze_ratio="${oc.select:model.freeze_ratio,0.2}",
-    seed="${seed}",  # the training batches
-    world_seed="${seed}",  # the world: subjects, objects, which subjects are held out
+    world_seed=DATA_SEED,  # the world: subjects, objects, which subjects are held out (seed: the training batches)
 )
 
 # -- optim ----------------------------------------------------------------------------------
@@ -108,6 +110,9 @@ WandbConf = builds(wandb_logger, populate_full_signature=True, zen_partial=True)
 TensorBoardConf = builds(TensorBoardLogger, zen_partial=True, name="tensorboard", version="")
 
 # -- callbacks (dirpath of the checkpoint callback is the run's stable checkpoint folder) ----
+# Written at the end of each validation (trainer.val_check_interval): the best by `monitor` and last.ckpt.
+# (With every_n_train_steps Lightning would save at a training step, before that step's validation, so the
+# "best" file would hold later weights than the score it was kept for.)
 CheckpointConf = builds(
     ModelCheckpoint,
     zen_partial=True,
@@ -116,7 +121,6 @@ CheckpointConf = builds(
     mode="min",
     save_top_k=1,
     save_last=True,
-    every_n_train_steps=500,
 )
 LRMonitorConf = builds(LearningRateMonitor, logging_interval="step")
 # An exponential moving average of the weights, swapped in for validation, test and the final checkpoint.
@@ -179,7 +183,6 @@ def register_groups() -> None:
     debug(
         dict(
             trainer=dict(max_steps=20, val_check_interval=10, limit_val_batches=2, limit_test_batches=2, log_every_n_steps=5),
-            callbacks=dict(checkpoint=dict(every_n_train_steps=10)),
             sample_tokens=40,
         ),
         name="fast",

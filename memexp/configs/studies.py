@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from hydra_zen import builds, make_config, store
 
+from memexp.configs.groups import DATA_SEED
 from memexp.data.recall import RecallDataModule
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
 
 # -- data -----------------------------------------------------------------------------------
-RecallConf = builds(RecallDataModule, populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}")
+RecallConf = builds(
+    RecallDataModule, populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}", seed=DATA_SEED
+)
 
 # -- study-sized models: a HOPE whose attention segment (seq_len=16) is far shorter than the
 # recall gaps, and a transformer of the same width/depth whose context covers the training

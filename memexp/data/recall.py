@@ -45,6 +45,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from memexp.data.samplers import EpochSampler
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 
@@ -302,10 +303,11 @@ class RecallDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        items = _RecallSplit(self, split, self.sizes.get(split, self.sizes["val"]))
         return DataLoader(
-            _RecallSplit(self, split, self.sizes.get(split, self.sizes["val"])),
+            items,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(items), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from memexp.data.samplers import EpochSampler
 from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_state
@@ -163,6 +164,8 @@ class TextDataModule(L.LightningDataModule):
             into n_tasks contiguous parts of equal length and this module serves part task_id,
             split by `splits` as a whole text would be; the char vocabulary comes from the
             training splits of all parts, so every part's module has the same one.
+        seed: the data seed: which training windows each step draws (with the epoch), the same for every
+            model trained at this seed (`data_seed`, which follows `seed` unless set).
     """
 
     task_kind = "causal_lm"
@@ -185,9 +188,10 @@ class TextDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         n_tasks: int = 1,
         task_id: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
-        self.n_tasks, self.task_id = int(n_tasks), int(task_id)
+        self.n_tasks, self.task_id, self.seed = int(n_tasks), int(task_id), int(seed)
         self.path, self.format, self.jsonl_field = path, format, jsonl_field
         self.tokenizer_name, self.seq_len = tokenizer, seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -289,10 +293,10 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         tokens = self.tokens("train")
         if self.windows == "stream":
-            return self._loader(StreamWindows(tokens, self.seq_len, self.batch_size), batch_size=None)
+            return self._loader(StreamWindows(tokens, self.seq_len, self.batch_size, self.seed), batch_size=None)
         windows = RandomWindows(tokens, self.seq_len)
         per_epoch = self.train_windows_per_epoch or max(len(tokens) // self.seq_len, self.batch_size)
-        sampler = RandomSampler(windows, replacement=True, num_samples=per_epoch)
+        sampler = EpochSampler(len(windows), self.seed, num_samples=per_epoch, replacement=True)
         return self._loader(windows, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def eval_dataloader(self, split: str) -> DataLoader:
@@ -309,10 +313,10 @@ class RandomBytesDataModule(TextDataModule):
     """Uniformly random bytes (vocab 256), generated from a seed: a quick check that a model
     runs end to end. Nothing can be learned beyond ln(256) = 5.545 nats per token."""
 
-    def __init__(self, num_tokens: int = 200_000, seed: int = 0, **kwargs):
+    def __init__(self, num_tokens: int = 200_000, **kwargs):
         kwargs.setdefault("tokenizer", "byte")
         super().__init__(**kwargs)
-        self.num_tokens, self.seed = num_tokens, seed
+        self.num_tokens = num_tokens
 
     def prepare_data(self) -> None:
         pass

@@ -29,7 +29,7 @@ from memexp.tasks.optim import OptimizerSettings
 _DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
 # Fields of the task config that only change evaluation.
 # Early stopping, like trainer.max_steps, only decides when a run ends.
-_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop"}
+_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt"}
 
 # after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
 AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
@@ -67,8 +67,7 @@ def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path, selec
         if cb is None:
             continue
         if callable(cb) and not isinstance(cb, L.Callback):  # a partial: the checkpoint callback
-            extra = dict(selection, every_n_train_steps=None) if selection else {}
-            cb = cb(dirpath=str(ckpt_dir), **extra)
+            cb = cb(dirpath=str(ckpt_dir), **(selection or {}))
         callbacks.append(cb)
     return callbacks
 
@@ -76,7 +75,23 @@ def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path, selec
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
     """The best checkpoint of the monitored metric, when one was saved."""
     cb = trainer.checkpoint_callback
-    return getattr(cb, "best_model_path", None) or None
+    if cb is None or getattr(cb, "monitor", None) is None:
+        return None
+    path = getattr(cb, "best_model_path", None)
+    return path if path and Path(path).is_file() else None
+
+
+def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> tuple[str | None, int]:
+    """(the checkpoint to test, its step): with "best" the best by the monitored metric (when a monitor is
+    set and a validation saved one), else the final weights (None: what the trainer holds)."""
+    if test_ckpt not in ("best", "last"):
+        from memexp.errors import ConfigError
+
+        raise ConfigError(f"task.test_ckpt={test_ckpt!r}: expected 'best' or 'last'")
+    best = _best_checkpoint(trainer) if test_ckpt == "best" else None
+    if best is None:
+        return None, trainer.global_step
+    return best, int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -105,6 +120,7 @@ def train_and_test(
     carry_state: bool | str = "auto",
     max_eval_generate_batches: int | None = None,
     early_stop: int | None = None,
+    test_ckpt: str = "best",
     fresh: bool = False,
     ckpt_dir: str | Path | None = None,
     sample_tokens: int = 0,
@@ -117,6 +133,9 @@ def train_and_test(
     after_test(task, datamodule, loggers, run_dir, names) -> dict runs after the test, while the
     loggers are still open (studies log their tables there); its result is stored as "study".
     extra_callbacks are added to the trainer (e.g. the meta-learning outer loop).
+    test_ckpt: "best" tests the best checkpoint by the monitored metric (a classification task's selection
+    metric, else the checkpoint callback's monitor; the final weights when none is set), "last" the final
+    weights. The tested step is in the metrics as `tested_step`; evaluations after the test see those weights.
     """
     check_pairing(model, data, names)
     L.seed_everything(names.seed, workers=True, verbose=False)
@@ -155,10 +174,11 @@ def train_and_test(
             last, weights_only=False
         )  # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
         fit_metrics = plain_metrics(trainer_obj.callback_metrics)
-        best = _best_checkpoint(trainer_obj) if selection else None
-        trainer_obj.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        tested, tested_step = tested_checkpoint(trainer_obj, test_ckpt)
+        trainer_obj.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
         metrics["global_step"] = float(trainer_obj.global_step)
+        metrics["tested_step"] = float(tested_step)
         counts = parameter_counts(task.net)
         metrics |= counts
         log_to_wandb(loggers, {}, summary=counts)

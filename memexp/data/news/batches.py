@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
+
+from memexp.data.samplers import EpochSampler
 
 
 @dataclass(frozen=True)
@@ -124,22 +126,12 @@ class NewsItems(Dataset):
         return item
 
 
-class EpochShuffle(Sampler):
-    """A seeded permutation per epoch, yielding (epoch, index) keys; Lightning calls `set_epoch`
-    at each epoch (also after a resume), and iterating on its own advances the epoch."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+class EpochShuffle(EpochSampler):
+    """A seeded permutation per epoch (memexp.data.samplers), yielding (epoch, index) keys so that
+    the items can seed their augmentation by epoch."""
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         self.epoch += 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        for i in torch.randperm(self.n, generator=g).tolist():
+        for i in self.indices(epoch):
             yield epoch, i
