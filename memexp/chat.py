@@ -28,20 +28,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import torch
-
-from memexp.configs.rebuild import load_checkpoint, load_memory
 from memexp.entry import chosen_model, launch
 from memexp.errors import CheckpointError, ConfigError
-from memexp.memory.bank_file import FORMAT as BANK_FORMAT
-from memexp.memory.bank_file import is_bank_file
-from memexp.memory.conversation import ExplicitConversation
-from memexp.memory.facts import make_extractor
 
+# torch, the models and the memory are imported inside the functions, so `--help` answers at once.
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from memexp.data.dialogue.vocab import DialogueVocab
+    from memexp.memory.conversation import ExplicitConversation
     from memexp.tasks.dialogue import DialogueTask
 
 _CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"
@@ -116,6 +111,8 @@ def open_session(
     seed: int | None = 0,
     history: int | None = None,
 ) -> ChatSession:
+    from memexp.configs.rebuild import load_checkpoint
+
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
     if not hasattr(loaded.task, "reply"):
         kind = loaded.checkpoint["memexp"].get("task_kind", "another")
@@ -141,6 +138,10 @@ def open_session(
 def holds_explicit_memory(path: str | Path) -> bool:
     """Whether `path` is a bank file or a checkpoint whose model has an explicit memory bank (ExplicitLM).
     Anything unreadable is left to the checkpoint loader, which names the fault."""
+    import torch
+
+    from memexp.memory.bank_file import FORMAT as BANK_FORMAT
+
     try:
         record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -170,6 +171,10 @@ def open_explicit_session(
     system: str | None = None,
 ) -> ExplicitConversation:
     """A dual-path conversation with the ExplicitLM of `ckpt` (a checkpoint or a bank file)."""
+    from memexp.configs.rebuild import load_memory
+    from memexp.memory.conversation import ExplicitConversation
+    from memexp.memory.facts import make_extractor
+
     if model not in (None, "explicit_lm"):
         raise CheckpointError(f"checkpoint {ckpt} holds a model=explicit_lm model, not model={model}")
     facts = make_extractor(extractor, **dict(fact_extractor or {}))  # before the model: its errors come first
@@ -237,6 +242,8 @@ def converse(
     err: TextIO = sys.stderr,
 ) -> int:
     """Answer `lines` (an iterator of input lines); returns the number of replies."""
+    from memexp.memory.conversation import ExplicitConversation
+
     replies = 0
     explicit = isinstance(session, ExplicitConversation)
     for line in lines:
@@ -271,6 +278,8 @@ def _terminal_lines() -> Iterator[str]:
 
 def check_bank_target(save_bank: str) -> Path:
     """`save_bank` may be a new path or a bank file (replaced), never a folder or another file (a checkpoint)."""
+    from memexp.memory.bank_file import is_bank_file
+
     target = Path(save_bank)
     if target.is_dir():
         raise ConfigError(f"save_bank={save_bank}: a folder; expected the path of a bank file to write")

@@ -45,9 +45,11 @@ def quiet_console() -> None:
 
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
-    """Run `task_function` as a Hydra app on the stored config `config_name`."""
+    """Run `task_function` as a Hydra app on the stored config `config_name` (`--help`: memexp.help, fast)."""
     from memexp.configs.search import prepare_app
+    from memexp.help import answer_help
 
+    answer_help(config_name)
     quiet_console()
     prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     app = zen(one_line_errors(task_function))

@@ -22,13 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lightning as L
-
-from memexp.configs.rebuild import load_checkpoint
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 from memexp.files import write_json
 
+# Lightning and the checkpoint loader are imported inside the functions, so `--help` answers at once.
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -43,6 +41,10 @@ def evaluate_checkpoint(
     out: str | None = None,
     accelerator: str = "auto",
 ) -> dict:
+    import lightning as L
+
+    from memexp.configs.rebuild import load_checkpoint
+
     overrides = {}
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
@@ -102,6 +104,7 @@ def evaluate(
             print(f"{k:12s} {v:.4f}")
         print(f"written to {result['out']}")
         return result
+    from memexp.configs.rebuild import load_checkpoint
     from memexp.runs.studies import binned_ppl_report, recall_report
 
     if eval == "recall":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from memexp.configs.rebuild import load_checkpoint
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 
@@ -30,6 +29,8 @@ def generate_text(
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p={top_p} must be in (0, 1]")
+    from memexp.configs.rebuild import load_checkpoint  # here, so that `--help` answers at once
+
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
     tok = loaded.datamodule.tokenizer
     ids = loaded.task.generate(tok.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed)

@@ -30,17 +30,15 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memexp.configs.rebuild import load_memory
 from memexp.entry import launch
 from memexp.errors import ConfigError
-from memexp.memory.bank_file import is_bank_file
-from memexp.memory.bank_jsonl import export_bank_jsonl, import_bank_jsonl
-from memexp.memory.runtime import ExplicitMemory
-from memexp.memory.updates import STRATEGIES, EntryChange
-from memexp.runs.checkpoints import write_bank_into_checkpoint
 
+# torch and the memory are imported inside the functions, so `--help` answers at once.
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from memexp.memory.runtime import ExplicitMemory
+    from memexp.memory.updates import EntryChange
 
 VERBS = ("show", "search", "edit", "delete", "add", "export", "import")
 WRITES = ("edit", "delete", "add", "import")
@@ -69,6 +67,8 @@ def _destination(ckpt: Path, out: str | None, inplace: bool) -> Path:
         return ckpt
     if out is None:
         raise ConfigError(f"out: a write goes to a new bank file (out=bank.pt); to rewrite ckpt={ckpt} itself pass inplace=true")
+    from memexp.memory.bank_file import is_bank_file
+
     dest = Path(out)
     if dest.resolve() == ckpt.resolve():
         raise ConfigError(f"out={out} is the input file; pass inplace=true to overwrite it")
@@ -78,6 +78,8 @@ def _destination(ckpt: Path, out: str | None, inplace: bool) -> Path:
 
 
 def _save(memory: ExplicitMemory, ckpt: Path, dest: Path) -> Path:
+    from memexp.runs.checkpoints import write_bank_into_checkpoint
+
     if dest.resolve() == Path(memory.checkpoint):  # inplace=true on a checkpoint (not a bank file): only its bank changes
         return write_bank_into_checkpoint(dest, memory.state())
     return memory.save(dest)
@@ -120,6 +122,8 @@ def _write(memory: ExplicitMemory, verb: str, index: object, text: object, src: 
         return memory.add(facts)
     if src is None:
         raise ConfigError("src: import needs src=bank.jsonl (a file written by export)")
+    from memexp.memory.bank_jsonl import import_bank_jsonl
+
     return import_bank_jsonl(memory, src, force=force)
 
 
@@ -143,6 +147,10 @@ def memory_command(
     data_dir: str | None = None,
 ) -> dict:
     """Run one verb on the bank of `ckpt` and print its result; returns what it printed, as data."""
+    from memexp.configs.rebuild import load_memory
+    from memexp.memory.bank_jsonl import export_bank_jsonl
+    from memexp.memory.updates import STRATEGIES
+
     if verb not in VERBS:
         raise ConfigError(f"verb={verb!r}: expected one of {', '.join(VERBS)}")
     if format not in FORMATS:
@@ -237,10 +245,10 @@ def memory(
 
 def main() -> None:
     """The verb is the first argument (Hydra takes only key=value): it is passed on as verb=<verb>."""
+    from memexp.help import answer_help
+
     args = sys.argv[1:]
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
-        return
+    answer_help("memexp_memory", args[:1])  # `-h` as the verb; after a verb, launch answers it
     if not args or args[0] not in VERBS:
         got = f"{args[0]!r}" if args else "none"
         print(f"error: the first argument is the verb, one of {', '.join(VERBS)} (got {got})", file=sys.stderr, flush=True)

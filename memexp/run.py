@@ -14,19 +14,21 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from memexp.entry import launch
-from memexp.runs.build import RunNames
-from memexp.runs.train import train_and_test
 
+# Lightning and the models are imported inside the functions, so `--help` answers at once (memexp.help).
 if TYPE_CHECKING:
     import lightning as L
     from lightning.pytorch.loggers import Logger
     from torch import nn
 
+    from memexp.runs.build import RunNames
     from memexp.tasks.optim import OptimizerSettings
 
 
 def _names(seed: int, experiment_name: str) -> RunNames:
     from hydra.core.hydra_config import HydraConfig
+
+    from memexp.runs.build import RunNames
 
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return RunNames(
@@ -137,6 +139,8 @@ def run(
 
         known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split") if k in study}
         after_test = StudyEvaluations(StudySettings(**known))
+    from memexp.runs.train import train_and_test
+
     extra_callbacks = []
     if meta is not None and meta.use:
         from memexp.tasks.meta import ReptileOuterLoop

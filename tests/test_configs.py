@@ -9,9 +9,11 @@ import torch
 from conftest import REPO, compose_run
 from hydra_zen import instantiate, store
 
-import memexp.configs  # noqa: F401
+import memexp.configs
 from memexp.runs.build import build_task
 from memexp.tasks.optim import OptimizerSettings, build_optimizer, build_schedule
+
+memexp.configs.register_all()
 
 
 def entries(group):

@@ -71,7 +71,7 @@ def run_probed(overrides, out, monkeypatch) -> tuple[dict, Probe]:
     def with_probe(*args, callbacks=None, **kwargs):
         return inner(*args, callbacks=dict(callbacks or {}) | {"probe": probe}, **kwargs)
 
-    monkeypatch.setattr(memexp.run, "train_and_test", with_probe)
+    monkeypatch.setattr(memexp.runs.train, "train_and_test", with_probe)
     return run_in_process(overrides, out), probe
 
 

@@ -153,6 +153,18 @@ MemoryConfig = make_config(
     zen_dataclass={"cls_name": "MemoryConfig"},
 )
 
+# python -m memexp.report: aggregates a sweep (memexp.runs.report).
+ReportConfig = make_config(
+    hydra_defaults=["_self_", {"paths": "default"}],
+    paths=None,
+    dir=None,  # a multirun (or run) folder; None = the newest under ${paths.output_dir}/multirun
+    reports_dir=None,  # None = <dir>/reports
+    hf_model=None,  # a local Hugging Face causal LM folder to compare with (skipped with a note when absent)
+    hf_text=None,  # the text it is scored on (bits per character); None = tiny-shakespeare's test split
+    wandb=False,  # also log the aggregated tables and plots to one W&B run (offline unless logged in)
+    zen_dataclass={"cls_name": "ReportConfig"},
+)
+
 
 def _hydra_conf(folder: str) -> HydraConf:
     # memexp.run's sweeps report themselves when they end (memexp.configs.sweep_report)
@@ -172,6 +184,7 @@ def register_apps() -> None:
     store(PrepareConfig, name="memexp_prepare")
     store(ChatConfig, name="memexp_chat")
     store(MemoryConfig, name="memexp_memory")
+    store(ReportConfig, name="memexp_report")
 
 
 def hydra_settings(folder: str) -> None:

@@ -51,9 +51,10 @@ def store_with_search_path(config_name: str, cwd: str | Path | None = None) -> N
 
 def prepare_app(config_name: str, folder: str) -> None:
     """Fill Hydra's config store for one app: its outputs under outputs/<folder>/, its preset search path."""
-    import memexp.configs  # noqa: F401  (fills the store)
+    from memexp.configs import register_all
     from memexp.configs.apps import hydra_settings
 
+    register_all()
     hydra_settings(folder)
     store_with_search_path(config_name)
     store.add_to_hydra_store(overwrite_ok=True)

@@ -1,5 +1,5 @@
 """Store entries of the memory studies: synthetic recall data, study-sized models, the study
-presets (hope_vs_baseline, continual_abc, meta_recall) and the `memexp.report` app.
+presets (hope_vs_baseline, continual_abc, meta_recall).
 
 Kept apart from groups.py so the studies can grow without touching the core groups.
 
@@ -10,7 +10,7 @@ Kept apart from groups.py so the studies can grow without touching the core grou
 
 from __future__ import annotations
 
-from hydra_zen import builds, make_config, store
+from hydra_zen import builds, store
 
 from memexp.configs.groups import DATA_SEED
 from memexp.data.recall import RecallDataModule
@@ -79,16 +79,6 @@ def _study_preset(name: str, data_group: str, both_models: bool = True, **fields
     return preset | fields
 
 
-ReportConfig = make_config(
-    hydra_defaults=["_self_", {"paths": "default"}],
-    paths=None,
-    dir=None,  # a multirun (or run) folder; None = the newest under ${paths.output_dir}/multirun
-    reports_dir=None,  # None = <dir>/reports
-    hf_model=None,  # a local Hugging Face causal LM folder to compare with (skipped with a note when absent)
-    hf_text=None,  # the text it is scored on (bits per character); None = tiny-shakespeare's test split
-    wandb=False,  # also log the aggregated tables and plots to one W&B run (offline unless logged in)
-    zen_dataclass={"cls_name": "ReportConfig"},
-)
 
 
 def register_studies() -> None:
@@ -170,4 +160,3 @@ def register_studies() -> None:
         name="explicit_sft",
     )
 
-    store(ReportConfig, name="memexp_report")

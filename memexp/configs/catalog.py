@@ -1,0 +1,82 @@
+"""The options of each config group in one line each, importable without torch or Lightning.
+
+`--help` lists these (memexp.help) before anything heavy is imported; the store itself is filled by
+groups.py, studies.py and classification.py, and tests/test_help.py checks that the two agree, so an
+option added to the store without a line here fails a test. YAML presets (memexp/conf, ./conf) are
+listed from their files' first comment line instead.
+"""
+
+from __future__ import annotations
+
+GROUPS: dict[str, dict[str, str]] = {
+    "model": {
+        "transformer": "GPT-style causal transformer, the baseline (128 wide, 4 layers)",
+        "hope": "HOPE / Nested Learning: test-time-updated memory, continuum memory, slot memory",
+        "hyperlstm": "HyperLSTM: a small LSTM generating the main LSTM's weight scalings",
+        "hgd": "HGD-MemNet: gated thinking steps over dialogue history (data=lccc)",
+        "qwen3": "a Qwen3 causal LM (tiny random, a local folder or a hub id)",
+        "explicit_lm": "ExplicitLM: a frozen Qwen3 with an explicit, editable token memory bank",
+        "bigru": "BiGRU fake-news classifier",
+        "bigru_endef": "BiGRU with ENDEF entity debiasing",
+        "hope_tiny": "the studies' HOPE (32 wide, 16-token attention segment)",
+        "transformer_tiny": "the studies' transformer (32 wide, 72-token context)",
+    },
+    "data": {
+        "shakespeare": "tiny-shakespeare, characters (fetched into data_dir when missing)",
+        "text": "a UTF-8 text file: data.path=<file>",
+        "jsonl": 'a JSONL file of {"text": ...} records: data.path=<file>',
+        "random": "uniformly random bytes (a smoke test: nothing to learn)",
+        "recall": "synthetic needle / multi-query associative recall, generated from data_seed",
+        "lccc": "LCCC dialogue toy sample (1,400 dialogues) for model=hgd",
+        "lccc_full": "LCCC-base, about 6.8M dialogues (downloaded into data_dir)",
+        "explicit_text": "ExplicitLM pretraining or SFT JSONL (+ a knowledge base for the bank)",
+        "knowledge_qa": "ExplicitLM's generated world: sentences and questions",
+        "endef": "news in ENDEF's schema: data.root=<folder with train/val/test.json>",
+        "endef_ch": "Weibo21 (ENDEF_ch) unzipped into <data_dir>/endef_ch",
+        "endef_en": "GossipCop (ENDEF_en) unzipped into <data_dir>/endef_en, data.tokenizer=<BERT vocab>",
+        "news_synthetic": "a generated news corpus in ENDEF's schema with a temporal shift",
+    },
+    "optim": {
+        "adamw": "AdamW with warmup and cosine decay (optim.lr, optim.weight_decay, optim.schedule)",
+        "sgd": "SGD with the same schedules",
+    },
+    "trainer": {
+        "default": "Lightning on the best accelerator, one device, 2000 steps",
+        "cpu": "the same on the CPU",
+        "gpu": "one GPU, bf16-mixed",
+        "ddp": "data parallel over trainer.devices (2)",
+        "fsdp": "sharded data parallel over GPUs, bf16-mixed",
+        "cluster": "every visible device, a plain progress bar for log files",
+    },
+    "logger": {
+        "wandb": "W&B (offline unless logged in) + CSV",
+        "csv": "CSV only",
+        "tensorboard": "TensorBoard + CSV",
+        "many": "W&B, TensorBoard and CSV",
+    },
+    "callbacks": {
+        "default": "checkpoints (best by val/loss + last) and the learning-rate monitor",
+        "minimal": "checkpoints only",
+        "ema": "checkpoints, LR monitor and an EMA of the weights for evaluation",
+    },
+    "paths": {"default": "data_dir ($MEMEXP_DATA_DIR or ./data), output_dir (outputs)"},
+    "debug": {
+        "fast": "20 steps, 2 validation and test batches: a smoke run",
+        "overfit": "200 steps on one batch: the loss must reach near zero",
+        "limit": "100 steps, 10 validation and test batches",
+    },
+    "experiment": {
+        "nanogpt_shakespeare": "the transformer at nanoGPT's CPU settings on tiny-shakespeare",
+        "hope_nanogpt": "HOPE at the same budget as nanogpt_shakespeare",
+        "hope_shakespeare": "the source document's example HOPE config, byte level",
+        "hyperlstm_shakespeare": "HyperLSTM (~1M params) at the nanoGPT budget, in-order streams",
+        "hgd_lccc": "HGD-MemNet on the LCCC toy sample (about 5 minutes on 2 cores)",
+        "hope_vs_baseline": "study: HOPE vs transformer, recall by gap (-m: both models)",
+        "continual_abc": "study: continual A->B->C recall tasks, forgetting (-m: both models)",
+        "continual_text": "study: continual learning on three parts of tiny-shakespeare",
+        "meta_recall": "study: Reptile meta-training on recall (meta.use=true,false)",
+        "explicit_knowledge": "study: ExplicitLM knowledge questions, empty bank, edits",
+        "explicit_sft": "ExplicitLM supervised fine-tuning on conversations JSONL",
+        "endef_vs_bigru": "study: ENDEF vs BiGRU on generated news, 6 seeds (-m)",
+    },
+}
