@@ -79,8 +79,6 @@ def _study_preset(name: str, data_group: str, both_models: bool = True, **fields
     return preset | fields
 
 
-
-
 def register_studies() -> None:
     store(RecallConf, group="data", name="recall")
     store(HOPETinyConf, group="model", name="hope_tiny")
@@ -159,4 +157,3 @@ def register_studies() -> None:
         ),
         name="explicit_sft",
     )
-
