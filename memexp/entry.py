@@ -38,9 +38,11 @@ class _DropMessages(logging.Filter):
 
 def quiet_console() -> None:
     """Filter, deliberately, the console lines that tell a user nothing about their run: Lightning's
-    advertisement for another logger, and a deprecation inside Lightning's own pytree helper (fixed upstream,
-    not in our code). The warnings our code caused are fixed where they arise (weights_only, W&B's anonymous)."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("try installing [litlogger]"))
+    advertisement for another logger, its note that our model summary (memexp.runs.progress.RunSummary) replaces
+    its default, and a deprecation inside Lightning's own pytree helper (fixed upstream, not in our code). The warnings our code caused are fixed where they arise (weights_only, W&B's anonymous)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages("try installing [litlogger]", "Trainer already configured with model summary callbacks")
+    )
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 

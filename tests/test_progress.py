@@ -31,3 +31,28 @@ def test_the_bar_counts_steps_across_epochs(bar_class, tmp_path):
         (task,) = [t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id]
         assert (task.completed, task.total) == (100, 100) and task.description.strip().endswith("step")
         assert len([t for t in bar.progress.tasks if "step" in t.description]) == 1  # one bar, not one per epoch
+
+
+def test_the_summary_leaves_out_flops_that_were_not_counted(tmp_path, capsys):
+    from memexp.runs.progress import RunSummary
+
+    trainer = L.Trainer(max_steps=1, callbacks=[RunSummary()], logger=False, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(BoringModel())
+    out = capsys.readouterr().out
+    assert "Params" in out and "layer" in out and "Linear" in out
+    assert "FLOPs" not in out
+
+
+def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
+    """The default logger (W&B, offline) and progress bar; what a user sees on the console."""
+    from conftest import TINY_MODEL, run_cli
+
+    proc = run_cli(
+        "memexp.run", "debug=fast", *TINY_MODEL, "sample_tokens=10", f"paths.output_dir={tmp_path}", cwd=tmp_path, timeout=300
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    noises = ("litlogger", "anonymous", "weights_only", "LeafSpec", "FLOPs", "Epoch 0/", "already configured", "v_num")
+    for noise in (*noises, "│ lr-", "│ train/"):  # the last two: rows of the final table (val/test only)
+        assert noise not in out, f"{noise!r} on the console:\n{out[-3000:]}"
+    assert "20/20" in out and "test/loss" in out and "val/loss" in out and "checkpoint:" in out

@@ -20,7 +20,7 @@ from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
-from memexp.runs.progress import StepProgressBar, StepTQDMProgressBar
+from memexp.runs.progress import RunSummary, StepProgressBar, StepTQDMProgressBar
 from memexp.tasks.optim import OptimizerSettings
 
 # -- model ----------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ _trainer = dict(
     log_every_n_steps=25,
     gradient_clip_val=1.0,
     num_sanity_val_steps=0,
-    callbacks=[builds(StepProgressBar, leave=True)],
+    callbacks=[builds(StepProgressBar, leave=True), builds(RunSummary)],
 )
 DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
 CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)
@@ -101,7 +101,10 @@ DDPTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=2, strategy
 # Sharded parameters, gradients and optimiser state (FSDP) for models that do not fit one GPU; bf16 on GPUs.
 FSDPTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=2, strategy="fsdp", precision="bf16-mixed")
 ClusterTrainer = builds(
-    Trainer, **{**_trainer, "callbacks": [builds(StepTQDMProgressBar, refresh_rate=100)]}, accelerator="auto", devices="auto"
+    Trainer,
+    **{**_trainer, "callbacks": [builds(StepTQDMProgressBar, refresh_rate=100), builds(RunSummary)]},
+    accelerator="auto",
+    devices="auto",
 )
 
 # -- logger (a dict name -> partial; save_dir is the run's output folder; CSV is always added) --

@@ -1,5 +1,6 @@
 """The training progress bars in optimiser steps: `step 340/2000`, one bar for the whole run
-(`StepProgressBar`, rich, for terminals; `StepTQDMProgressBar`, plain, for cluster logs).
+(`StepProgressBar`, rich, for terminals; `StepTQDMProgressBar`, plain, for cluster logs), and the model
+summary printed when training starts (`RunSummary`).
 
 Lightning's rich bar counts batches per epoch and titles it `Epoch 0/-2` when a run is bounded by
 `max_steps` (max_epochs = -1), which is how every memexp run is bounded; with an iterable dataset it
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar, TQDMProgressBar
 
 
 class _CountsSteps:
@@ -24,6 +25,11 @@ class _CountsSteps:
     @property
     def total_train_batches(self) -> int | float:
         return self.trainer.max_steps if self._by_steps() else super().total_train_batches
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version id (a W&B run id): not a number to watch
+        return metrics
 
 
 class StepProgressBar(_CountsSteps, RichProgressBar):
@@ -68,3 +74,51 @@ class StepTQDMProgressBar(_CountsSteps, TQDMProgressBar):
             bar.n = step
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
+
+
+class RunSummary(RichModelSummary):
+    """Lightning's model summary without its FLOPs column and `Total FLOPs: 0` line when nothing was counted.
+
+    Lightning counts FLOPs only by running `example_input_array` through the model under torch's FLOP counter,
+    which HOPE's test-time memory (autograd inside the forward) cannot run under, so no memexp task sets one and
+    every count would read 0. The table is drawn here because Lightning's draws those columns unconditionally.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            return RichModelSummary.summarize(
+                summary_data,
+                total_parameters,
+                trainable_parameters,
+                model_size,
+                total_training_modes,
+                total_flops,
+                **summarize_kwargs,
+            )
+        from lightning.pytorch.utilities.model_summary.model_summary import get_formatted_model_size, get_human_readable_count
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        for i, (name, _) in enumerate(columns):
+            table.add_column(name, style="dim" if i == 0 else None, justify="right" if name == "Params" else "left")
+        for row in zip(*(values for _, values in columns)):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        frozen = total_parameters - trainable_parameters
+        console.print(
+            f"[bold]Params[/]: {get_human_readable_count(trainable_parameters)} trainable, "
+            f"{get_human_readable_count(frozen)} frozen, {get_formatted_model_size(model_size)} MB\n"
+            f"[bold]Modules[/]: {total_training_modes['train']} in train mode, {total_training_modes['eval']} in eval mode"
+        )

@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
 from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
@@ -51,11 +51,14 @@ def checkpoint_dir(cfg: Mapping[str, Any], names: RunNames, root: str | Path) ->
 
 
 def preset_callbacks(trainer: Callable) -> list[L.Callback]:
-    """The callbacks a trainer preset carries (its progress bar), minus the bar when bars are off."""
+    """The callbacks a trainer preset carries (its progress bar and model summary), minus those turned off
+    (trainer.enable_progress_bar=false, trainer.enable_model_summary=false)."""
     keywords = getattr(trainer, "keywords", {})
     callbacks = list(keywords.get("callbacks") or [])
     if keywords.get("enable_progress_bar") is False:
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    if keywords.get("enable_model_summary") is False:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     return callbacks
 
 
