@@ -326,9 +326,10 @@ def test_the_loss_is_autocast_safe_in_bf16(corpus, tmp_path):
     assert loss.dtype == torch.float32 and 0.3 < loss.item() < 2.0
 
 
-def test_report_compares_classifiers_paired_over_seeds(tmp_path):
+def test_report_compares_classifiers_paired_over_seeds(tmp_path, monkeypatch):
     from memexp.runs.report import write_reports
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
     plain = [0.60, 0.62, 0.58, 0.61, 0.59, 0.63]
     endef = [0.62, 0.63, 0.61, 0.62, 0.60, 0.66]  # higher at all 6 seeds
     for model, values in (("bigru", plain), ("bigru_endef", endef)):
@@ -339,7 +340,7 @@ def test_report_compares_classifiers_paired_over_seeds(tmp_path):
             }
             (tmp_path / f"{model}{seed}").mkdir()
             (tmp_path / f"{model}{seed}" / "metrics.json").write_text(json.dumps(run))
-    written = write_reports(tmp_path)
+    written = write_reports(tmp_path, wandb_log=True)
     pairs = json.loads(Path(written["classification_comparison.json"]).read_text())
     d = pairs[0]["metrics"]["test/macro_f1"]
     assert (pairs[0]["a"], pairs[0]["b"]) == ("bigru", "bigru_endef")
@@ -348,3 +349,6 @@ def test_report_compares_classifiers_paired_over_seeds(tmp_path):
     assert "**bigru_endef** is higher than bigru on test/macro_f1 in 6 of 6 seeds" in pairs[0]["verdict"]
     md = Path(written["classification_report.md"]).read_text()
     assert "| test/macro_f1 | 0.6050 ± 0.0187 | 0.6233 ± 0.0207 |" in md
+    (run_file,) = (tmp_path / "reports").rglob("offline-run-*/*.wandb")  # the report run of the sweep's W&B group
+    blob = run_file.read_bytes()
+    assert b"report/classification_comparison" in blob and b"report/compare_metrics" in blob

@@ -222,6 +222,7 @@ def test_continual_report_files_and_wandb_tables(tmp_path, monkeypatch):
     (run_file,) = (tmp_path / "reports").rglob("offline-run-*/*.wandb")
     blob = run_file.read_bytes()
     assert b"report/continual_comparison" in blob and b"report/continual_heatmap" in blob
+    assert b"report/continual_accuracy" in blob
 
 
 def test_continual_run_fills_a_task_by_task_matrix(tmp_path):

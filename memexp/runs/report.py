@@ -56,6 +56,7 @@ def write_reports(
         written["experiment_report.md"] = out / "experiment_report.md"  # written last, with the files it comes with
         written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
     classified = [r for r in runs if "test/macro_f1" in r["metrics"]]
+    pairs_cls: list[dict] = []
     if classified:  # classifiers: paired comparison of models over seeds on test macro F1, AUC, spAUC
         pairs_cls = compare_models(classified)
         written["classification_comparison.json"] = write_json(pairs_cls, out / "classification_comparison.json")
@@ -85,28 +86,33 @@ def write_reports(
         others = ", ".join(name for name in written if name != "experiment_report.md")
         write_text(report_text + f"\nWritten with this report (in {out}): {others}.\n", written["experiment_report.md"])
     if wandb_log:
-        comparison = [
-            {
-                "a": pr["a"],
-                "b": pr["b"],
-                "metric": k,
-                "mean_diff": d["mean"],
-                "std_diff": d["std"],
-                "a_lower": d["a_lower"],
-                "n": d["n"],
-                "sign_p": d["sign_p"],
-            }
-            for pr in pairs
-            for k, d in pr["metrics"].items()
+        continual_matrix = [
+            {"model": m, "trained_through": c["tasks"][i], "evaluated_on": c["tasks"][j], "accuracy": acc}
+            for m, c in cont.items()
+            for i, row in enumerate(c["accuracy_mean"])
+            for j, acc in enumerate(row)
         ]
+        tables = {
+            "report/continual_comparison": _comparison_rows(pairs),
+            "report/continual_accuracy": continual_matrix,
+            "report/classification_comparison": _comparison_rows(pairs_cls),
+        }
         experiment = next((r["names"].get("experiment") for r in runs if r.get("names")), None) or "default"
-        _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, comparison)
+        _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, tables)
     return {k: str(v) for k, v in written.items()}
 
 
-def _log_report_to_wandb(
-    group: str, out: Path, written: dict, summary: dict, recall: list, binned: list, continual_comparison: list
-) -> None:
+def _comparison_rows(pairs: list[dict]) -> list[dict]:
+    """Paired comparisons over seeds (compare_continual, compare_models) as flat rows: one per pair and metric."""
+    return [
+        {"a": pr["a"], "b": pr["b"], "metric": k, "mean_diff": d["mean"], "std_diff": d["std"]}
+        | {x: d[x] for x in ("a_lower", "n", "sign_p")}
+        for pr in pairs
+        for k, d in pr["metrics"].items()
+    ]
+
+
+def _log_report_to_wandb(group: str, out: Path, written: dict, summary: dict, recall: list, binned: list, tables: dict) -> None:
     import wandb  # only when asked for: importing wandb costs about a second
 
     run = wandb.init(project="memexp", group=group, name=f"{group}/report", dir=str(out), mode=wandb_mode(), job_type="report")
@@ -115,12 +121,7 @@ def _log_report_to_wandb(
         for m, ks in summary.items()
         for k, s in ks.items()
     ]
-    tables = {
-        "report/summary": rows,
-        "report/recall": recall,
-        "report/binned_ppl": binned,
-        "report/continual_comparison": continual_comparison,
-    }
+    tables = {"report/summary": rows, "report/recall": recall, "report/binned_ppl": binned} | tables
     images = {f"report/{name[:-4]}": path for name, path in written.items() if name.endswith(".png")}
     payload = wandb_payload(tables, images)
     run.log(payload)
