@@ -12,20 +12,26 @@ from memexp.tasks.causal_lm import CausalLMTask
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
 
-@pytest.fixture
-def seen_batches(monkeypatch):
-    """The training inputs each run's task received, in order (one list per run)."""
+def record_batches(monkeypatch, task_cls, key: str) -> list[list[torch.Tensor]]:
+    """The training batches' `key` each run's task received, in order (one list per run: per task object)."""
     runs: list[list[torch.Tensor]] = []
-    step = CausalLMTask.training_step
+    tasks: list = []
+    step = task_cls.training_step
 
     def recording(self, batch, batch_idx):
-        if batch_idx == 0:
+        if not tasks or tasks[-1] is not self:
+            tasks.append(self)
             runs.append([])
-        runs[-1].append(batch["input"].clone())
+        runs[-1].append(batch[key].clone())
         return step(self, batch, batch_idx)
 
-    monkeypatch.setattr(CausalLMTask, "training_step", recording)
+    monkeypatch.setattr(task_cls, "training_step", recording)
     return runs
+
+
+@pytest.fixture
+def seen_batches(monkeypatch):
+    return record_batches(monkeypatch, CausalLMTask, "input")
 
 
 def _train(models: list[str], extra: list[str], tmp_path, seen_batches) -> list[list[torch.Tensor]]:
@@ -89,3 +95,68 @@ def test_test_ckpt_best_tests_the_best_validation_step(tiny_text, tmp_path):
     last = run_in_process([*common, "task.test_ckpt=last"], tmp_path / "last")
     assert last["metrics"]["tested_step"] == 60
     assert best["metrics"]["test/loss"] < last["metrics"]["test/loss"]
+
+
+@pytest.mark.parametrize(
+    "data,stop",
+    [
+        (["data=text", "data.train_windows_per_epoch=40"], 7),  # random windows, 5 batches an epoch: stop mid-epoch
+        (["data=text", "data.train_windows_per_epoch=40"], 5),  # stop at the end of an epoch
+        (["data=text", "data.windows=stream", "data.batch_size=4"], 7),  # in-order streams (an iterable dataset)
+        (["data=recall", "data.seq_len=72", "data.batch_size=8", "data.train_size=40"], 7),
+        (["data=random", "data.num_tokens=4000", "data.seq_len=32", "data.batch_size=8", "data.train_windows_per_epoch=24"], 4),
+    ],
+    ids=["text-mid-epoch", "text-epoch-end", "stream", "recall", "random-bytes"],
+)
+def test_a_resumed_run_draws_the_batches_the_uninterrupted_run_drew(data, stop, tiny_text, tmp_path, seen_batches):
+    model = "model=transformer model.dim=32 model.depth=1 model.heads=2 model.max_len=72".split()
+    common = [
+        *model,
+        *data,
+        *QUIET,
+        "trainer.val_check_interval=5",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+    if "data=text" in data:
+        common.append(f"data.path={tiny_text}")
+    whole = run_in_process([*common, "trainer.max_steps=12"], tmp_path / "whole")
+    cut = run_in_process([*common, f"trainer.max_steps={stop}"], tmp_path / "cut")
+    resumed = run_in_process(
+        [*common, "trainer.max_steps=12", f"paths.checkpoint_root={tmp_path}/cut/checkpoints"], tmp_path / "resumed"
+    )
+    assert resumed["resumed_from_step"] == stop
+    uninterrupted = [b for run in seen_batches[:1] for b in run]
+    continued = [b for run in seen_batches[1:] for b in run]
+    assert len(uninterrupted) == 12 and len(continued) == 12
+    same = [torch.equal(a, b) for a, b in zip(uninterrupted, continued, strict=True)]
+    assert all(same), f"the resumed run drew other batches (per step: {same})"
+    assert resumed["metrics"]["val/loss"] == pytest.approx(whole["metrics"]["val/loss"], abs=1e-4)
+    assert cut["metrics"]["global_step"] == stop
+
+
+def test_a_resumed_dialogue_run_draws_the_batches_the_uninterrupted_run_drew(lccc_cache, tmp_path, monkeypatch):
+    from conftest import TINY_HGD
+
+    from memexp.tasks.dialogue import DialogueTask
+
+    seen = record_batches(monkeypatch, DialogueTask, "reply_out")
+    common = [
+        *TINY_HGD,
+        f"data.cache_dir={lccc_cache}",
+        *QUIET,
+        "data.batch_size=256",  # about 11 batches an epoch: the 12 steps cross into the next
+        "trainer.val_check_interval=5",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+    run_in_process([*common, "trainer.max_steps=12"], tmp_path / "whole")
+    run_in_process([*common, "trainer.max_steps=7"], tmp_path / "cut")
+    resumed = run_in_process(
+        [*common, "trainer.max_steps=12", f"paths.checkpoint_root={tmp_path}/cut/checkpoints"], tmp_path / "resumed"
+    )
+    assert resumed["resumed_from_step"] == 7
+    whole, continued = seen[0], [b for run in seen[1:] for b in run]
+    assert len(whole) == len(continued) == 12
+    same = [torch.equal(a, b) for a, b in zip(whole, continued, strict=True)]
+    assert all(same), f"the resumed run drew other batches (per step: {same})"

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from memexp.data.knowledge_world import Fact, World, make_world, read_world, write_world
+from memexp.data.samplers import ResumableLoader
 from memexp.data.sources import default_data_dir
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.data.tokenizers import HFTokenizer, tokenizer_from_state
@@ -63,6 +64,9 @@ class EpisodicBatches(IterableDataset):
 
     def __init__(self, module: KnowledgeQADataModule, steps: int):
         self.m, self.steps, self.epoch = module, steps, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.steps
@@ -211,7 +215,7 @@ class KnowledgeQADataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(EpisodicBatches(self, self.steps_per_epoch), batch_size=None)
+        return ResumableLoader(EpisodicBatches(self, self.steps_per_epoch), batch_size=None)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return DataLoader(self.question_batches(self.facts(held_out=True)), batch_size=None)

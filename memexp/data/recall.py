@@ -45,7 +45,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from memexp.data.samplers import EpochSampler
+from memexp.data.samplers import EpochSampler, ResumableLoader
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 
@@ -304,7 +304,7 @@ class RecallDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         items = _RecallSplit(self, split, self.sizes.get(split, self.sizes["val"]))
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             items,
             batch_size=batch_size,
             sampler=EpochSampler(len(items), self.seed) if shuffle else None,

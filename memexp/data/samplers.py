@@ -1,4 +1,5 @@
-"""The training samplers: the order of an epoch follows from (data seed, epoch) alone.
+"""The training samplers and loader: the order of an epoch follows from (data seed, epoch) alone, and a run
+resumed from a checkpoint continues at the batch it stopped at.
 
 torch's RandomSampler draws its seed from the global RNG when iteration starts, after the model was
 built from that RNG, so two models of different sizes at one seed saw different batches and a paired
@@ -6,14 +7,21 @@ comparison paired different data. These samplers own their generator: every mode
 seed draws the same indices in the same order, whatever it consumed from the global RNG before.
 Lightning calls `set_epoch` at the start of each epoch (also after a resume); iterating on its own
 advances the epoch.
+
+`ResumableLoader` is the training DataLoader of every data module: Lightning saves its `state_dict` (the
+epoch and the batches of it already drawn) in each checkpoint and hands it back on resume, and the loader
+then draws the rest of that epoch, so a resumed run sees exactly the batches an uninterrupted run would have.
+(torchdata's StatefulDataLoader snapshots worker and prefetch state instead; these loaders' order is a pure
+function of the seed, the epoch and the position, so the position is all there is to save.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -33,12 +41,17 @@ class EpochSampler(Sampler[int]):
         if not self.replacement and self.num_samples > self.n:
             raise ValueError(f"num_samples={self.num_samples} > n={self.n} without replacement")
         self.epoch = 0
+        self.start = 0  # indices of the next epoch to skip (set by ResumableLoader on resume; used once)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def _take_start(self) -> int:
+        start, self.start = self.start, 0
+        return start
 
     def indices(self, epoch: int) -> list[int]:
         g = epoch_generator(self.seed, epoch)
@@ -47,6 +60,84 @@ class EpochSampler(Sampler[int]):
         return torch.randperm(self.n, generator=g)[: self.num_samples].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
+        epoch, start = self.epoch, self._take_start()
         self.epoch += 1
-        yield from self.indices(epoch)
+        yield from self.indices(epoch)[start:]
+
+
+class EpochPosition:
+    """Where a training loader is: the epoch it draws and how many batches of it were drawn (Lightning saves
+    this with each checkpoint through the loader's `state_dict`).
+
+    The loader numbers the epochs itself: Lightning counts an epoch cut short by max_steps as finished, so after a
+    resume its epoch number runs one ahead of the data's. Only the first iteration of a loader that was not
+    resumed takes Lightning's number (`current`), so checkpoints without a position resume as before.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.drawn, self.started = 0, 0, False
+        self.resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.drawn}
+
+    def load_state_dict(self, state: dict, batches_per_epoch: int) -> None:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= batches_per_epoch:  # saved at the end of an epoch: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        self.resume = (epoch, batches)
+
+    def begin(self, current: int) -> tuple[int, int]:
+        """(epoch, batches to skip) of an iteration that starts now."""
+        if self.resume is not None:
+            (epoch, skip), self.resume = self.resume, None
+        else:
+            epoch, skip = (self.epoch + 1 if self.started else current), 0
+        self.epoch, self.drawn, self.started = epoch, skip, True
+        return epoch, skip
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position (EpochPosition) Lightning saves with each checkpoint and restores on resume.
+
+    The epoch's order is drawn by the sampler (EpochSampler) or, for an iterable dataset, by the dataset (with
+    `epoch`, `set_epoch` and `start`, counted in batches). On resume the sampler skips the indices of the batches
+    already drawn; a dataset without `start` has those batches drawn and dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.position = EpochPosition()
+
+    def _order(self) -> Any:
+        """The object that owns the epoch's order: the sampler, or the iterable dataset; None when Lightning put a
+        plain sampler in (overfit_batches: a SequentialSampler, the same order every epoch)."""
+        for owner in (self.sampler, getattr(self.batch_sampler, "sampler", None), self.dataset):
+            if hasattr(owner, "set_epoch") and hasattr(owner, "epoch"):
+                return owner
+        return None
+
+    def state_dict(self) -> dict:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position.load_state_dict(state, len(self))
+
+    def __iter__(self) -> Iterator:
+        order = self._order()
+        epoch, skip = self.position.begin(order.epoch if order is not None else 0)
+        drop = 0
+        if order is not None:
+            order.set_epoch(epoch)
+        if skip and order is self.dataset and hasattr(order, "start"):  # an iterable dataset yielding whole batches
+            order.start = skip
+        elif skip and order is not None and hasattr(order, "start") and self.batch_size is not None:
+            order.start = skip * self.batch_size
+        else:
+            drop = skip
+        for batch in super().__iter__():
+            if drop:
+                drop -= 1
+                continue
+            self.position.drawn += 1
+            yield batch

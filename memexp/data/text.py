@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from memexp.data.samplers import EpochSampler
+from memexp.data.samplers import EpochSampler, ResumableLoader
 from memexp.data.sources import TINY_SHAKESPEARE, default_data_dir, fetch
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_state
@@ -112,6 +112,10 @@ class StreamWindows(IterableDataset):
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0):
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.epoch = 0
+        self.start = 0  # batches of the next epoch to skip (a resumed run; used once)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def _rank(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -134,8 +138,9 @@ class StreamWindows(IterableDataset):
         # A per-epoch shift of the window grid, so windows do not always cut at the same places.
         shift = int(torch.randint(0, self.seq_len, (1,), generator=torch.Generator().manual_seed(self.seed + self.epoch)))
         self.epoch += 1
+        start, self.start = self.start, 0
         starts = torch.arange(rank * self.batch_size, (rank + 1) * self.batch_size) * stream_len
-        for k in range((stream_len - shift) // self.seq_len):
+        for k in range(start, (stream_len - shift) // self.seq_len):
             offsets = starts[:, None] + shift + k * self.seq_len + torch.arange(self.seq_len + 1)  # (B, T+1)
             chunk = self.tokens[offsets]
             yield {"input": chunk[:, :-1], "target": chunk[:, 1:]}
@@ -280,8 +285,8 @@ class TextDataModule(L.LightningDataModule):
         )
 
     # -- loaders ------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader(
             dataset,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -293,11 +298,11 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         tokens = self.tokens("train")
         if self.windows == "stream":
-            return self._loader(StreamWindows(tokens, self.seq_len, self.batch_size, self.seed), batch_size=None)
+            return self._loader(StreamWindows(tokens, self.seq_len, self.batch_size, self.seed), ResumableLoader, batch_size=None)
         windows = RandomWindows(tokens, self.seq_len)
         per_epoch = self.train_windows_per_epoch or max(len(tokens) // self.seq_len, self.batch_size)
         sampler = EpochSampler(len(windows), self.seed, num_samples=per_epoch, replacement=True)
-        return self._loader(windows, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+        return self._loader(windows, ResumableLoader, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._loader(TiledWindows(self.tokens(split), self.seq_len), batch_size=self.eval_batch_size)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from memexp.data.dialogue.prepare import download_lccc, prepare_dialogues
 from memexp.data.dialogue.stream import DialogueStream, load_manifest
 from memexp.data.dialogue.vocab import DialogueVocab
+from memexp.data.samplers import EpochPosition
 from memexp.data.sources import RawFile, default_data_dir, fetch
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError, DataError
@@ -64,22 +65,34 @@ def _default_cache_root(data_dir: Path) -> Path:
 class EpochBatches:
     """The training loader: the same number of batches on every rank, a fresh shuffle each epoch.
 
-    Each `iter()` first sets the stream's epoch (`epoch_of()`, the trainer's current epoch),
-    then yields the first `num_batches` batches of the wrapped DataLoader.
+    Each `iter()` first sets the stream's epoch (the first one: `epoch_of()`, the trainer's current epoch; then
+    the next, or the saved position's on resume), then yields the first `num_batches` batches of the wrapped
+    DataLoader. Lightning saves its position with each checkpoint; a resumed run reads and drops the batches of
+    the epoch already trained on (the stream's order is a function of seed, epoch, rank and worker).
     """
 
     def __init__(self, loader: DataLoader, stream: DialogueStream, num_batches: int, epoch_of: Callable[[], int]):
         self.loader, self.stream, self.num_batches, self.epoch_of = loader, stream, num_batches, epoch_of
+        self.position = EpochPosition()
 
     def __len__(self) -> int:
         return self.num_batches
 
+    def state_dict(self) -> dict:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position.load_state_dict(state, self.num_batches)
+
     def __iter__(self) -> Iterator[dict]:
-        self.stream.set_epoch(self.epoch_of())
+        epoch, skip = self.position.begin(self.epoch_of())
+        self.stream.set_epoch(epoch)
         for i, batch in enumerate(self.loader):
             if i >= self.num_batches:
                 break
-            yield batch
+            if i >= skip:
+                self.position.drawn += 1
+                yield batch
 
 
 class UnsizedBatches:

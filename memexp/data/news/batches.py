@@ -131,7 +131,7 @@ class EpochShuffle(EpochSampler):
     the items can seed their augmentation by epoch."""
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
+        epoch, start = self.epoch, self._take_start()
         self.epoch += 1
-        for i in self.indices(epoch):
+        for i in self.indices(epoch)[start:]:
             yield epoch, i

@@ -19,6 +19,7 @@ from memexp.data.dialogue.datamodule import _default_cache_root
 from memexp.data.news.batches import EpochShuffle, NewsItems, SpecialIds
 from memexp.data.news.schema import SPLITS, emotion_path, read_split
 from memexp.data.news.tokens import WordPieceTokenizer, fingerprint, load_cache, save_cache, tokenize_split, word_splitter
+from memexp.data.samplers import ResumableLoader
 from memexp.data.sources import RawFile, default_data_dir, fetch
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError, DataError
@@ -185,8 +186,8 @@ class NewsDataModule(L.LightningDataModule):
         aug = self.aug_prob if augment else 0.0
         return NewsItems(self.tensors[split], self.special_ids, self.max_len, self.entity_max_len, aug, self.seed)
 
-    def _loader(self, dataset: NewsItems, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: NewsItems, batch_size: int, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -197,7 +198,7 @@ class NewsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         items = self.items("train", augment=True)
-        return self._loader(items, self.batch_size, sampler=EpochShuffle(len(items), self.seed))
+        return self._loader(items, self.batch_size, ResumableLoader, sampler=EpochShuffle(len(items), self.seed))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._loader(self.items(split), self.eval_batch_size)
