@@ -64,9 +64,12 @@ class Probe(L.Callback):
             self.raw.append({k: v.detach().clone() for k, v in pl_module.state_dict().items() if k.startswith("net.")})
 
 
+_TRAIN_AND_TEST = memexp.runs.train.train_and_test  # the unpatched function (a test may probe two runs)
+
+
 def run_probed(overrides, out, monkeypatch) -> tuple[dict, Probe]:
     probe = Probe()
-    inner = memexp.runs.train.train_and_test
+    inner = _TRAIN_AND_TEST
 
     def with_probe(*args, callbacks=None, **kwargs):
         return inner(*args, callbacks=dict(callbacks or {}) | {"probe": probe}, **kwargs)

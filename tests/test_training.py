@@ -112,3 +112,32 @@ def test_carry_state_needs_a_stateful_model(tiny_text, tmp_path):
         run_in_process(
             ["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "data.windows=stream", "task.carry_state=true"], tmp_path
         )
+
+
+def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_resumes_from_the_newest_readable(tiny_text, tmp_path, capsys):
+    common = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *TINY_MODEL,
+        *QUIET,
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"ckpt_dir={tmp_path}/ck",
+        "callbacks.checkpoint.save_top_k=-1",  # keep best-step=4 and best-step=8 besides last.ckpt
+    ]
+    run_in_process([*common, "trainer.max_steps=8"], tmp_path / "a")
+    last = tmp_path / "ck" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a write cut short
+    capsys.readouterr()
+    resumed = run_in_process([*common, "trainer.max_steps=10"], tmp_path / "b")
+    err = capsys.readouterr().err
+    assert resumed["resumed_from_step"] == 8 and resumed["metrics"]["global_step"] == 10
+    assert err.count("warning:") == 1 and "last.ckpt" in err and "resuming from best-step=8.ckpt (step 8)" in err
+    assert (tmp_path / "ck" / "last.ckpt.unreadable").exists() and last.exists()  # rewritten by the resumed run
+
+    for ckpt in (tmp_path / "ck").glob("*.ckpt"):
+        ckpt.write_bytes(b"garbage")
+    fresh = run_in_process([*common, "trainer.max_steps=3"], tmp_path / "c")
+    assert fresh["resumed_from_step"] is None and fresh["metrics"]["global_step"] == 3
+    assert "no readable checkpoint left, starting fresh" in capsys.readouterr().err

@@ -12,6 +12,7 @@ this layer, as DESIGN.md asks, and lets a test pass any builder.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,9 @@ def read_checkpoint(path: Path) -> dict:
     return ck
 
 
-def checked_resume(last: Path, cfg: dict) -> int:
+def checked_resume(last: Path, cfg: dict, ck: dict | None = None) -> int:
     """The step to resume from, after checking that the checkpoint holds this run's model."""
-    ck = read_checkpoint(last)
+    ck = read_checkpoint(last) if ck is None else ck
     saved = (ck["memexp"].get("config") or {}).get("model")
     if saved is not None and saved != cfg.get("model"):
         raise CheckpointError(
@@ -57,6 +58,33 @@ def checked_resume(last: Path, cfg: dict) -> int:
             f"or ckpt_dir=<another folder>"
         )
     return int(ck.get("global_step", 0))
+
+
+def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None]:
+    """(checkpoint, step) a run in `ckpt_dir` resumes from: last.ckpt, else the newest other readable checkpoint.
+
+    A checkpoint that cannot be read (a write killed half-way by an older writer, a disk fault) is moved aside to
+    `<name>.unreadable`, with one line on stderr saying so and what the run does instead; with none readable left
+    the run starts fresh. A readable checkpoint of another model still stops the run (CheckpointError).
+    """
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    bad: list[str] = []
+    for path in ([last] if last.exists() else []) + others:
+        try:
+            ck = read_checkpoint(path)
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            bad.append(f"{path.name} ({str(e).split(' could not be read ')[-1].strip('()')}) moved to {aside.name}")
+            continue
+        step = checked_resume(path, cfg, ck)
+        if bad:
+            print(f"warning: {ckpt_dir}: {'; '.join(bad)}; resuming from {path.name} (step {step})", file=sys.stderr, flush=True)
+        return path, step
+    if bad:
+        print(f"warning: {ckpt_dir}: {'; '.join(bad)}; no readable checkpoint left, starting fresh", file=sys.stderr, flush=True)
+    return None, None
 
 
 @dataclass

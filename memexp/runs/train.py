@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
 from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
-from memexp.runs.checkpoints import checked_resume
+from memexp.runs.checkpoints import resume_point
 from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
 from memexp.tasks.optim import OptimizerSettings
 
@@ -156,9 +156,7 @@ def train_and_test(
     last = ckpt_dir / "last.ckpt"
     if fresh and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    resume_step = None
-    if last.exists():
-        resume_step = checked_resume(last, cfg)
+    resume_from, resume_step = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
@@ -170,7 +168,7 @@ def train_and_test(
         default_root_dir=str(run_dir),
     )
     try:
-        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
         if trainer_obj.interrupted:
             raise KeyboardInterrupt
         trainer_obj.save_checkpoint(
