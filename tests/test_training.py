@@ -2,9 +2,10 @@
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
-from conftest import QUIET, TINY_MODEL, run_in_process
+from conftest import QUIET, TINY_MODEL, run_cli, run_in_process
 
 from memexp.errors import CheckpointError, ConfigError
 
@@ -141,3 +142,29 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_resumes_from_the_n
     fresh = run_in_process([*common, "trainer.max_steps=3"], tmp_path / "c")
     assert fresh["resumed_from_step"] is None and fresh["metrics"]["global_step"] == 3
     assert "no readable checkpoint left, starting fresh" in capsys.readouterr().err
+
+
+def test_a_debug_run_never_touches_a_real_runs_checkpoints(tiny_text, tmp_path, capsys):
+    common = ["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, f"paths.output_dir={tmp_path}"]
+    real = run_in_process(
+        [*common, "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1.0"], tmp_path
+    )
+    last = Path(real["ckpt_dir"]) / "last.ckpt"
+    before = last.read_bytes()
+    proc = run_cli("memexp.run", *common, "debug=fast", cwd=tmp_path)  # the command line: Hydra knows the preset's name
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    debug = {"ckpt_dir": next(line for line in proc.stdout.splitlines() if line.startswith("checkpoint:")).split()[1]}
+    assert "resumed" not in proc.stdout and "-debug-fast-" in debug["ckpt_dir"]
+    debug["ckpt_dir"] = str(Path(debug["ckpt_dir"]).parent)
+    limited = run_in_process(
+        [*common, "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"], tmp_path
+    )
+    assert limited["ckpt_dir"] not in (real["ckpt_dir"], debug["ckpt_dir"])  # one validation batch: its own folder too
+    assert last.read_bytes() == before
+    # The same command again: the run is finished; it says so and tests it without training.
+    capsys.readouterr()
+    again = run_in_process(
+        [*common, "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1.0"], tmp_path
+    )
+    assert again["resumed_from_step"] == 6 and again["metrics"]["global_step"] == 6
+    assert "this run finished at step 6 (trainer.max_steps=6)" in capsys.readouterr().out

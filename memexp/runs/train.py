@@ -35,19 +35,38 @@ _TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt
 AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
 
 
+def limited_batches(cfg: Mapping[str, Any]) -> dict:
+    """The trainer settings that cut batches (limit_*_batches other than all, overfit_batches), and the debug preset."""
+    trainer = cfg.get("trainer") or {}
+    limits = {}
+    for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        v = trainer.get(k)
+        if v is not None and not (isinstance(v, float) and v == 1.0):  # 1.0 is all batches, the int 1 one batch
+            limits[k] = v
+    if trainer.get("overfit_batches") not in (None, 0, 0.0):
+        limits["overfit_batches"] = trainer["overfit_batches"]
+    debug = ((cfg.get("run") or {}).get("choices") or {}).get("debug")
+    return limits | ({"debug": debug} if debug else {})
+
+
 def run_key(cfg: Mapping[str, Any]) -> str:
-    """A short hash of what determines the learned weights: model, data, optimiser, task, seed."""
+    """A short hash of what determines the learned weights: model, data, optimiser, task, seed; and of any batch
+    limits or debug preset, so that a smoke run (debug=fast) never resumes or rewrites a real run's checkpoints."""
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
     task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
     payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
     if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
         payload["meta"] = cfg["meta"]
+    if limits := limited_batches(cfg):
+        payload["limits"] = limits
     return text_digest(json.dumps(payload, sort_keys=True, default=str), "sha1", length=8)
 
 
 def checkpoint_dir(cfg: Mapping[str, Any], names: RunNames, root: str | Path) -> Path:
-    """outputs/checkpoints/<experiment>/<model>-<data>-seed<seed>-<key>: the same command, the same folder."""
-    return Path(root) / names.experiment / f"{names.label}-{run_key(cfg)}"
+    """outputs/checkpoints/<experiment>/<model>-<data>-seed<seed>[-debug-<preset>]-<key>: the same command, the same
+    folder; a debug preset's runs are named for it."""
+    debug = limited_batches(cfg).get("debug")
+    return Path(root) / names.experiment / f"{names.label}{f'-debug-{debug}' if debug else ''}-{run_key(cfg)}"
 
 
 def preset_callbacks(trainer: Callable) -> list[L.Callback]:
@@ -158,6 +177,13 @@ def train_and_test(
         shutil.rmtree(ckpt_dir)
     resume_from, resume_step = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    max_steps = getattr(trainer, "keywords", {}).get("max_steps", -1)
+    if resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step:
+        print(
+            f"this run finished at step {resume_step} (trainer.max_steps={max_steps}): testing {ckpt_dir} again without "
+            f"training; raise trainer.max_steps to continue it, or pass fresh=true to start over",
+            flush=True,
+        )
 
     hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
     hparams["run"] = dict(cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
