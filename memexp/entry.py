@@ -11,6 +11,7 @@ from collections.abc import Callable
 from hydra_zen import zen
 
 from memexp.errors import MemexpError
+from memexp.stopping import graceful_signals
 
 
 def one_line_errors(fn: Callable) -> Callable:
@@ -23,6 +24,13 @@ def one_line_errors(fn: Callable) -> Callable:
         except MemexpError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(
+                "error: interrupted (Ctrl-C); files written so far are complete, the same command continues",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(130) from None
 
     return wrapper
 
@@ -52,6 +60,7 @@ def launch(task_function: Callable, config_name: str, folder: str) -> None:
     from memexp.help import answer_help
 
     answer_help(config_name)
+    graceful_signals()
     quiet_console()
     prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     app = zen(one_line_errors(task_function))

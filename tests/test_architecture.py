@@ -18,6 +18,7 @@ LAYERS = {
     "memexp": 0,
     "memexp.errors": 0,
     "memexp.files": 0,
+    "memexp.stopping": 0,
     "memexp.kernels": 1,
     "memexp.models": 2,
     "memexp.data": 3,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import resume_point
 from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
+from memexp.runs.signals import EXIT_SIGTERM, SaveOnStop, stopped_message
 from memexp.tasks.optim import OptimizerSettings
 
 # Fields of the data config that do not change what is learned (left out of the run key).
@@ -188,13 +191,19 @@ def train_and_test(
     hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
     hparams["run"] = dict(cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
     loggers = make_loggers(logger, run_dir, names, hparams)
+    stop = SaveOnStop(last)  # SIGTERM / Ctrl-C: last.ckpt at the next step boundary, then exit 143
     trainer_obj: L.Trainer = trainer(
         logger=loggers,
-        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir, selection) + list(extra_callbacks or []),
+        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir, selection) + list(extra_callbacks or []) + [stop],
         default_root_dir=str(run_dir),
     )
     try:
-        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+        try:
+            trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+        except SIGTERMException:
+            if trainer_obj.is_global_zero and stop.saved_step is not None:
+                print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_SIGTERM) from None
         if trainer_obj.interrupted:
             raise KeyboardInterrupt
         trainer_obj.save_checkpoint(
