@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,10 +100,18 @@ def tiny_knowledge_study(tmp_path_factory) -> dict:
     return {"result": result, "root": root, "ckpt": Path(result["ckpt_dir"]) / "last.ckpt", "data_dir": root / "data"}
 
 
+CLI_OUTPUTS = Path(tempfile.mkdtemp(prefix="memexp-test-outputs-"))
+
+
 def run_cli(
     module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None
 ):
-    """Run `python -m <module> args...` (standard input: `input`, else none) and return the CompletedProcess (text)."""
+    """Run `python -m <module> args...` (standard input: `input`, else none) and return the CompletedProcess (text).
+
+    Its outputs (Hydra's run folders) go to a temporary folder unless the arguments name `paths.output_dir`, so
+    the tests leave the checkout as they found it."""
+    if not any(a.startswith("paths.output_dir=") for a in args):
+        args = (*args, f"paths.output_dir={CLI_OUTPUTS}")
     full_env = os.environ.copy() | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     full_env |= env or {}
     return subprocess.run(
