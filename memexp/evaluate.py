@@ -4,7 +4,8 @@ eval=metrics (default): validation/test metrics of a checkpoint (its task's: los
 bits per token, accuracy, top-5, top-10 for language models; loss, perplexity, BLEU-2/4,
 distinct-1/2, thinking steps for dialogue models), printed and written as JSON (default: next
 to the checkpoint, <name>.eval.json). Options: splits=[val,test] out=FILE.json, and
-data_path=FILE for other data of the same kind (a text file, or a dialogue source).
+data_path=FILE for other data of the same kind (a text file, or a dialogue source); splits=[all] evaluates the
+whole file (all/*); unknown=skip drops characters outside a char vocabulary (the default, error, names the first).
 
 eval=recall: long-context recall of a model trained on data=recall: `gap=2048` prints
 recall_prob and exact-match accuracy at one gap; `gaps=[256,512,1024,2048]` also writes
@@ -40,14 +41,29 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     out: str | None = None,
     accelerator: str = "auto",
+    unknown: str | None = None,
 ) -> dict:
+    """Loss and the task's metrics of `ckpt` on its own splits, or on `data_path` (another file of its kind).
+
+    splits: any of "val", "test" (the checkpoint's fractions of the file) and "all" (the whole file, reported as
+    all/*). unknown: text only, characters outside the checkpoint's char vocabulary: "error" or "skip".
+    """
     import lightning as L
 
     from memexp.configs.rebuild import load_checkpoint
 
-    overrides = {}
+    for split in splits:
+        if split not in ("val", "test", "all"):
+            raise ConfigError(f"splits: {split!r} is not a split; expected 'val', 'test' and/or 'all' (the whole file)")
+    if "all" in splits and len(splits) > 1:
+        raise ConfigError(f"splits={list(splits)}: 'all' (the whole file) goes alone")
+    overrides: dict = {}
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
+    if unknown is not None:
+        overrides["unknown"] = unknown
+    if "all" in splits:
+        overrides["splits"] = (0.0, 0.0, 1.0)  # the whole file is the test split
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path)
     dm = loaded.datamodule
     trainer = L.Trainer(
@@ -60,12 +76,14 @@ def evaluate_checkpoint(
     )
     metrics: dict[str, float] = {}
     for split in splits:
-        if split not in ("val", "test"):
-            raise ConfigError(f"splits: {split!r} is not a split; expected 'val' and/or 'test'")
         run = trainer.validate if split == "val" else trainer.test
-        results = run(loaded.task, dataloaders=dm.eval_dataloader(split), verbose=False)
-        metrics.update({k: float(v) for k, v in results[0].items()})
+        results = run(loaded.task, dataloaders=dm.eval_dataloader("test" if split == "all" else split), verbose=False)
+        metrics.update({(f"all/{k[5:]}" if split == "all" else k): float(v) for k, v in results[0].items()})
     result = {"ckpt": str(ckpt), "global_step": int(loaded.checkpoint.get("global_step", 0)), "metrics": metrics}
+    if data_path is not None:
+        result["data_path"] = str(data_path)
+    if getattr(dm, "skipped_chars", None):
+        result["skipped_chars"] = dict(dm.skipped_chars)
     out_path = write_json(result, Path(out) if out else Path(ckpt).with_suffix(".eval.json"))
     result["out"] = str(out_path)
     return result
@@ -96,12 +114,18 @@ def evaluate(
     split: str = "test",
     n_samples: int = 256,
     reports_dir: str | None = None,
+    unknown: str | None = None,
 ) -> dict:
     """The Hydra task of `python -m memexp.evaluate` (arguments: `EvaluateConfig`; `model` is read back by `chosen_model`)."""
     if eval == "metrics":
-        result = evaluate_checkpoint(ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator)
+        result = evaluate_checkpoint(
+            ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator, unknown
+        )
         for k, v in result["metrics"].items():
             print(f"{k:12s} {v:.4f}")
+        for split, n in (result.get("skipped_chars") or {}).items():
+            if n:
+                print(f"skipped {n} characters outside the checkpoint's vocabulary ({split} part, unknown=skip)")
         print(f"written to {result['out']}")
         return result
     from memexp.configs.rebuild import load_checkpoint

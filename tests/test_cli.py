@@ -50,6 +50,28 @@ def test_evaluate_writes_json(trained, tmp_path):
     assert 1.0 < result["metrics"]["test/loss"] < 5.0
 
 
+def test_evaluate_on_another_text_the_whole_file_with_unknown_characters(trained, tmp_path):
+    _, ckpt = trained
+    other = tmp_path / "other.txt"
+    other.write_text("The quick brown fox jumps over the lazy dog; 42 times! ~ ~\n" * 40)  # '4', '2', '~' are not in it
+    proc = run_cli("memexp.evaluate", f"ckpt={ckpt}", f"data_path={other}", "splits=[all]", f"out={tmp_path / 'e.json'}")
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr[-2000:]
+    assert str(other) in proc.stderr and "data.unknown=skip" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(
+        "memexp.evaluate", f"ckpt={ckpt}", f"data_path={other}", "splits=[all]", "unknown=skip", f"out={tmp_path / 'e.json'}"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert set(result["metrics"]) >= {"all/loss", "all/ppl", "all/acc"} and not any(
+        k.startswith("test/") for k in result["metrics"]
+    )
+    text = other.read_text()
+    unknown = sum(text.count(c) for c in "42~")
+    assert result["skipped_chars"]["test"] == unknown == 40 * 4
+    assert f"skipped {unknown} characters" in proc.stdout
+    assert result["data_path"] == str(other)
+
+
 def test_generate_continues_the_prompt(trained):
     _, ckpt = trained
     proc = run_cli("memexp.generate", f"ckpt={ckpt}", "prompt=KING:", "max_new_tokens=50", "seed=1")

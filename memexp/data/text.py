@@ -171,6 +171,8 @@ class TextDataModule(L.LightningDataModule):
             training splits of all parts, so every part's module has the same one.
         seed: the data seed: which training windows each step draws (with the epoch), the same for every
             model trained at this seed (`data_seed`, which follows `seed` unless set).
+        unknown: characters outside a char vocabulary (text evaluated with another run's vocabulary): "error"
+            (one line naming the first, the default) or "skip" (dropped; counted in `skipped_chars` per split).
     """
 
     task_kind = "causal_lm"
@@ -194,9 +196,11 @@ class TextDataModule(L.LightningDataModule):
         n_tasks: int = 1,
         task_id: int = 0,
         seed: int = 0,
+        unknown: str = "error",
     ):
         super().__init__()
-        self.n_tasks, self.task_id, self.seed = int(n_tasks), int(task_id), int(seed)
+        self.n_tasks, self.task_id, self.seed, self.unknown = int(n_tasks), int(task_id), int(seed), unknown
+        self.skipped_chars: dict[str, int] = {}
         self.path, self.format, self.jsonl_field = path, format, jsonl_field
         self.tokenizer_name, self.seq_len = tokenizer, seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -213,6 +217,8 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.format={self.format!r}: expected 'text' or 'jsonl'")
         if self.windows not in ("random", "stream"):
             raise ConfigError(f"data.windows={self.windows!r}: expected 'random' or 'stream'")
+        if self.unknown not in ("error", "skip"):
+            raise ConfigError(f"data.unknown={self.unknown!r}: expected 'error' or 'skip'")
         if len(self.splits) != 3 or any(s < 0 for s in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
             raise ConfigError(
                 f"data.splits={list(self.splits)}: expected three non-negative fractions (train, val, test) summing to 1"
@@ -257,10 +263,16 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             self.tokenizer = build_tokenizer(self.tokenizer_name, "".join(p["train"] for p in parts))
         for name, piece in pieces.items():
+            known = getattr(self.tokenizer, "stoi", None)  # a char vocabulary
+            if self.unknown == "skip" and known is not None:
+                kept = "".join(c for c in piece if c in known)
+                self.skipped_chars[name], piece = len(piece) - len(kept), kept
             try:
                 ids = self.tokenizer.encode(piece)
             except DataError as e:
-                raise DataError(f"{self.source_path()} ({name} split): {e}") from None
+                raise DataError(
+                    f"{self.source_path()} ({name} split): {e}, or data.unknown=skip to drop such characters"
+                ) from None
             self._split_tokens[name] = torch.tensor(ids, dtype=torch.long)
 
     def _split(self, text: str) -> dict[str, str]:

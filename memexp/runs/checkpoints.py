@@ -138,7 +138,16 @@ def load_checkpoint(
                 f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)"
             )
         data_cfg[field] = data_path
-    datamodule = build(data_cfg)()
+    try:
+        datamodule = build(data_cfg)()
+    except TypeError as e:  # an override this kind of data does not have (e.g. a text setting on dialogue data)
+        unknown = [k for k in data_overrides or {} if f"'{k}'" in str(e)]
+        if not unknown:
+            raise
+        raise ConfigError(
+            f"{unknown[0]}: the data of checkpoint {path} ({str(cfg['data'].get('_target_', '?')).rsplit('.', 1)[-1]}) "
+            f"has no such setting"
+        ) from None
     datamodule.restore_tokenizer(meta["tokenizer"])
     optim = build(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
     model_factory = build(cfg["model"])
