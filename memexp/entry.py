@@ -56,6 +56,7 @@ def quiet_console() -> None:
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name` (`--help`: memexp.help, fast)."""
+    from memexp.configs.overrides import check_command_line
     from memexp.configs.search import prepare_app
     from memexp.help import answer_help
 
@@ -63,6 +64,7 @@ def launch(task_function: Callable, config_name: str, folder: str) -> None:
     graceful_signals()
     quiet_console()
     prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
+    one_line_errors(check_command_line)(config_name, sys.argv[1:])  # Hydra's composition errors in one line
     app = zen(one_line_errors(task_function))
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 

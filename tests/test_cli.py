@@ -272,3 +272,22 @@ def test_the_slurm_launcher_follows_the_trainer():
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["model.dimm=3"], "error: model.dimm: no such setting among the model settings; did you mean model.dim?"),
+        (["model=transformr"], "error: model=transformr: no such option; did you mean transformer?"),
+        (["trainer.max_steps=abc"], "error: trainer.max_steps=abc: expected an integer"),
+        (["model.dim=[1"], "error: model.dim=[1: not a valid override"),
+        (["-m", "seed=0,1", "model.heads=x,2"], "error: model.heads=x,2: expected an integer"),
+        (["debug=fastt"], "error: debug=fastt: no such option; did you mean fast?"),
+        (["experiment=hope_vs_basline"], "did you mean hope_vs_baseline?"),
+    ],
+)
+def test_hydra_composition_errors_are_one_line_naming_the_override(args, line, tmp_path):
+    proc = run_cli("memexp.run", *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert line in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,0 +1,95 @@
+"""The command line checked before Hydra runs it: Hydra's multi-line composition errors as one sentence.
+
+Hydra reports a mistyped key, a value of the wrong type or an unknown group option in several lines (and for
+some, a stack-trace hint). `check_command_line` composes the app's config from the overrides once (the first
+value of each sweep under -m) and turns those failures into a ConfigError that names the override and, for a
+near miss, what was meant. Composition takes a fraction of a second; Hydra composes again when it runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+
+from hydra import compose, initialize
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from memexp.errors import ConfigError
+
+# Flags after which Hydra does something other than run the app (print, complete): nothing to check.
+_NOT_A_RUN = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve", "--package", "-p")
+
+
+def _first_of_sweeps(overrides: list[str]) -> list[str]:
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    out = []
+    for text, o in zip(overrides, parsed, strict=True):
+        if o.is_sweep_override():
+            first = next(iter(o.sweep_string_iterator()), None)
+            out.append(f"{o.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _keys_at(cfg: DictConfig, dotted: str) -> list[str]:
+    node = OmegaConf.select(cfg, dotted) if dotted else cfg
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def _reworded(e: Exception, overrides: list[str], config_name: str) -> str:
+    cause = e.__cause__
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^']+)'", str(e))
+        if m:
+            group, option = m.groups()
+            options = re.findall(r"^\t(\S+)$", str(e), flags=re.M)
+            listed = ", ".join(options)
+            return f"{group}={option}: no such option{_suggest(option, options)} (options: {listed})"
+        return str(e).splitlines()[0]
+    if isinstance(e, OverrideParseException):
+        bad = next((o for o in overrides if o in str(e) or "[" in o or "{" in o), overrides[-1] if overrides else "")
+        return f"{bad}: not a valid override ({str(e).splitlines()[0]}); quote values with spaces or brackets"
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or ""
+        text = str(cause).splitlines()[0]
+        if text.startswith("Key ") and " not in " in text:
+            parent, _, leaf = key.rpartition(".")
+            try:
+                with initialize(version_base="1.3", config_path=None):
+                    base = compose(config_name, overrides=[o for o in overrides if not o.startswith(f"{key}=")])
+                keys = _keys_at(base, parent)
+            except Exception:
+                keys = []
+            hint = _suggest(leaf, keys).replace("mean ", f"mean {parent}." if parent else "mean ")
+            where = f"the {parent} settings" if parent else "the top-level settings"
+            return f"{key}: no such setting among {where}{hint} (add a new key with +{key}=...)"
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+        m = re.search(r"could not be converted to (\w+)", text)
+        if m:
+            kind = {"integer": "an integer", "float": "a number", "boolean": "true or false"}.get(m.group(1).lower(), m.group(1))
+            return f"{key}={value}: expected {kind}"
+        return f"{key}: {text}"
+    return str(e).splitlines()[0]
+
+
+def check_command_line(config_name: str, argv: Sequence[str]) -> None:
+    """Compose `config_name` from the key=value arguments of `argv`; a ConfigError in one line when that fails."""
+    if any(a in _NOT_A_RUN or a.startswith(tuple(f"{f}=" for f in _NOT_A_RUN)) for a in argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        first = _first_of_sweeps(overrides)
+        with initialize(version_base="1.3", config_path=None):
+            compose(config_name, overrides=first, return_hydra_config=True)
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
+        raise ConfigError(_reworded(e, overrides, config_name)) from None
