@@ -281,7 +281,7 @@ def test_the_slurm_launcher_follows_the_trainer():
         (["model=transformr"], "error: model=transformr: no such option; did you mean transformer?"),
         (["trainer.max_steps=abc"], "error: trainer.max_steps=abc: expected an integer"),
         (["model.dim=[1"], "error: model.dim=[1: not a valid override"),
-        (["-m", "seed=0,1", "model.heads=x,2"], "error: model.heads=x,2: expected an integer"),
+        (["-m", "seed=0,1", "model.heads=x,2"], "error: model.heads=x: expected an integer"),
         (["debug=fastt"], "error: debug=fastt: no such option; did you mean fast?"),
         (["experiment=hope_vs_basline"], "did you mean hope_vs_baseline?"),
     ],

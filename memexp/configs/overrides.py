@@ -1,8 +1,9 @@
-"""The command line checked before Hydra runs it: Hydra's multi-line composition errors as one sentence.
+"""The command line checked before Hydra runs it: Hydra's multi-line composition errors as one sentence, and
+every numeric setting's range (memexp.configs.ranges).
 
 Hydra reports a mistyped key, a value of the wrong type or an unknown group option in several lines (and for
-some, a stack-trace hint). `check_command_line` composes the app's config from the overrides once (the first
-value of each sweep under -m) and turns those failures into a ConfigError that names the override and, for a
+some, a stack-trace hint). `check_command_line` composes the app's config from the overrides (under -m once
+per value of each sweep) and turns those failures into a ConfigError that names the override and, for a
 near miss, what was meant. Composition takes a fraction of a second; Hydra composes again when it runs.
 """
 
@@ -15,24 +16,28 @@ from collections.abc import Sequence
 from hydra import compose, initialize
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from memexp.configs.ranges import RangeError, check_ranges
 from memexp.errors import ConfigError
 
 # Flags after which Hydra does something other than run the app (print, complete): nothing to check.
 _NOT_A_RUN = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve", "--package", "-p")
 
 
-def _first_of_sweeps(overrides: list[str]) -> list[str]:
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """The command lines to check: each sweep's first value with the rest, then each other value of each sweep
+    (not every combination: a setting's range does not depend on the others)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    out = []
-    for text, o in zip(overrides, parsed, strict=True):
-        if o.is_sweep_override():
-            first = next(iter(o.sweep_string_iterator()), None)
-            out.append(f"{o.get_key_element()}={first}")
-        else:
-            out.append(text)
+    values = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [text]
+        for text, o in zip(overrides, parsed, strict=True)
+    ]
+    first = [v[0] for v in values if v]
+    out = [first]
+    for i, vs in enumerate(values):
+        out += [first[:i] + [v] + first[i + 1 :] for v in vs[1:]]
     return out
 
 
@@ -88,8 +93,29 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
         return
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
-        first = _first_of_sweeps(overrides)
+        lines = _combinations(overrides)
+    except OverrideParseException as e:
+        raise ConfigError(_reworded(e, overrides, config_name)) from None
+    for line in lines:
+        _check_one(config_name, line)
+
+
+def _check_one(config_name: str, overrides: list[str]) -> None:
+    try:
         with initialize(version_base="1.3", config_path=None):
-            compose(config_name, overrides=first, return_hydra_config=True)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
         raise ConfigError(_reworded(e, overrides, config_name)) from None
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return  # an interpolation only the run resolves (a Hydra resolver): the constructors check their values
+    try:
+        check_ranges(plain)
+    except RangeError as e:  # name the value as it was typed (3, not the 3.0 a float field made of it)
+        typed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == e.key), None)
+        if typed is None:
+            raise
+        raise ConfigError(f"{e.key}={typed}: expected {e.range}") from None
