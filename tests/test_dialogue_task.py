@@ -118,13 +118,17 @@ def test_ddp_ranks_get_equal_batches_and_epochs_reshuffle(lccc_cache, tmp_path, 
     for rank in range(2):  # each rank's stream has at least that many full batches, so every rank stops at len(loader)
         per_rank = DialogueStream(dm.cache_dir, "train", max_history=4, rank=rank, world_size=2)
         assert len(per_rank) // 16 >= len(loader)
-    # The loader sets the stream's epoch from the trainer each time it is iterated.
+    # The loader numbers its epochs: the first from the trainer, then the next at each iteration.
     first = next(iter(loader))["index"].tolist()
-    dm.trainer.current_epoch = 3
-    third = next(iter(loader))["index"].tolist()
-    assert stream.epoch == 3 and first != third
-    dm.trainer.current_epoch = 0
-    assert next(iter(loader))["index"].tolist() == first
+    second = next(iter(loader))["index"].tolist()
+    assert stream.epoch == 1 and first != second
+    # A resumed run's loader gets its position from the checkpoint and reshuffles for that epoch.
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 3, "batches": 0})
+    third = next(iter(resumed))["index"].tolist()
+    assert resumed.stream.epoch == 3 and third not in (first, second)
+    # A new loader at the trainer's epoch 0 draws the first epoch again.
+    assert next(iter(dm.train_dataloader()))["index"].tolist() == first
 
 
 def test_lccc_config_reads_the_toy_sample(lccc_cache, data_dir):
