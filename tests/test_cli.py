@@ -98,7 +98,7 @@ def test_checkpoint_of_another_model_is_refused(trained):
         (["memexp.run", "data=text", "data.path=/no/such/file.txt", *RUN], "data file /no/such/file.txt does not exist"),
         (["memexp.run", *RUN, "model.dim=30", "model.heads=4"], "model.dim=30 must be divisible by model.heads=4"),
         (["memexp.run", *RUN, "model.max_len=16", "data.seq_len=32"], "data.seq_len=32 is longer than model.max_len=16"),
-        (["memexp.run", *RUN, "model.dimm=3"], "Key 'dimm' not in"),
+        (["memexp.run", *RUN, "model.dimm=3"], "model.dimm: no such setting among the model settings; did you mean model.dim?"),
     ],
 )
 def test_bad_input_gets_one_clear_error(args, message, tmp_path):

@@ -64,6 +64,10 @@ def _reworded(e: Exception, overrides: list[str], config_name: str) -> str:
     if isinstance(e, OverrideParseException):
         bad = next((o for o in overrides if o in str(e) or "[" in o or "{" in o), overrides[-1] if overrides else "")
         return f"{bad}: not a valid override ({str(e).splitlines()[0]}); quote values with spaces or brackets"
+    m = re.match(r"Could not override '([^']+)'\. No match in the defaults list", str(e))
+    if m:
+        app = config_name.removeprefix("memexp_")
+        return f"{m.group(1)}: memexp.{app} has no config group {m.group(1)!r} (python -m memexp.{app} --help lists its settings)"
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or ""
         text = str(cause).splitlines()[0]

@@ -32,6 +32,8 @@ def read_utf8(path: Path) -> str:
     """The whole file as text; names the byte and line of the first invalid UTF-8 sequence."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist; expected a UTF-8 text file")
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder; expected a UTF-8 text file")
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"data file {path} is empty; expected UTF-8 text")
@@ -257,6 +259,12 @@ class TextDataModule(L.LightningDataModule):
         if self.path is None and not self.source_path().exists():
             self.prepare_data()
         text = self.read_text()
+        if len(text) // self.n_tasks <= self.seq_len:
+            raise DataError(
+                f"{self.source_path()} holds {len(text)} characters, shorter than one training window of "
+                f"data.seq_len={self.seq_len} (+1){f' per part of {self.n_tasks}' if self.n_tasks > 1 else ''}; "
+                f"use a longer text or a smaller data.seq_len"
+            )
         part = len(text) // self.n_tasks
         parts = [self._split(text[i * part : (i + 1) * part if i < self.n_tasks - 1 else len(text)]) for i in range(self.n_tasks)]
         pieces = parts[self.task_id]

@@ -37,10 +37,18 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(
             f"checkpoint {path} does not exist; expected a .ckpt written by memexp.run (see outputs/checkpoints/)"
         )
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; expected a .ckpt file (last.ckpt or best-step=N.ckpt in it?)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} could not be read (an empty file); expected a .ckpt written by memexp.run")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled objects
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        if "Weights only load failed" in first:  # torch's long explanation: the file is no plain torch checkpoint
+            first = "not a torch checkpoint, or one holding pickled objects, which weights_only=True refuses"
+        reason = f"{type(e).__name__}: {first[:120]}" if first else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read ({reason})") from None
     if not isinstance(ck, dict) or "memexp" not in ck or "state_dict" not in ck:
         raise CheckpointError(
             f"checkpoint {path} is not a memexp checkpoint (no 'memexp' entry); expected a .ckpt written by memexp.run"
