@@ -26,12 +26,15 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"cache: {result['cache_dir']}" + (" (already prepared)" if result["already_prepared"] else "")]
     lines.append(f"{'split':6s} {'dialogues':>10s} {'pairs':>10s} {'tokens':>12s} {'chunks':>7s} {'skipped':>8s}")
     for split, st in m["splits"].items():
-        skipped = st["skipped_empty"] + st["skipped_bad"]
+        skipped = st["skipped_empty"] + st.get("skipped_single", 0) + st["skipped_bad"]
         lines.append(
             f"{split:6s} {st['dialogues']:>10,d} {st['pairs']:>10,d} {st['tokens']:>12,d} {len(st['chunks']):>7d} {skipped:>8,d}"
         )
     t = m["totals"]
-    lines.append(f"skipped: {t['skipped_empty']:,} empty, {t['skipped_bad']:,} malformed records")
+    lines.append(
+        f"skipped: {t['skipped_empty']:,} empty, {t.get('skipped_single', 0):,} of a single utterance (no reply), "
+        f"{t['skipped_bad']:,} malformed records"
+    )
     lines.append(f"vocabulary: {m['vocab']['description']}")
     seconds = result["seconds"]
     if result["already_prepared"]:

@@ -20,7 +20,7 @@ def test_prepare_writes_a_manifest_and_prints_counts(tmp_path):
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["splits"]["train"]["dialogues"] == 1000 and manifest["splits"]["valid"]["pairs"] == 617
     assert re.search(r"train\s+1,000\s+2,887\s", proc.stdout), proc.stdout
-    assert "dialogues/s" in proc.stdout and "0 empty, 0 malformed" in proc.stdout
+    assert "dialogues/s" in proc.stdout and "0 empty, 0 of a single utterance (no reply), 0 malformed" in proc.stdout
     assert not (cache / "progress.json").exists()
 
 

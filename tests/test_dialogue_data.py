@@ -343,17 +343,17 @@ def test_vocab_mismatch_is_refused(prepared, tmp_path):
 def test_malformed_record_names_file_and_line(tmp_path, name, text, line):
     src = tmp_path / name
     src.write_text(text, encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{name}:{line}: "):
+    with pytest.raises(DataError, match=rf"{name}:{line}(: | \(dialogue \d+)"):
         prepare_dialogues(src, tmp_path / "out", splits=("train",))
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_skip_bad_counts_bad_and_empty_records(tmp_path):
+def test_skip_bad_counts_bad_empty_and_single_utterance_records(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text('["a b", "c"]\n[]\n["x", 3]\nnot json\n[{"text": "d"}, {"text": "e f"}]\n["g"]\n', encoding="utf-8")
     m = prepare_dialogues(src, tmp_path / "out", skip_bad=True, splits=("train",))
     t = m["splits"]["train"]
-    assert (t["dialogues"], t["skipped_bad"], t["skipped_empty"], t["pairs"]) == (3, 2, 1, 2)
+    assert (t["dialogues"], t["skipped_bad"], t["skipped_empty"], t["skipped_single"], t["pairs"]) == (2, 2, 1, 1, 2)
     assert m["totals"]["skipped_bad"] == 2
     tsv = tmp_path / "d.tsv"
     tsv.write_text("a\tb\n\nc\t\td\ne\tf\n", encoding="utf-8")
@@ -372,3 +372,10 @@ def test_download_failure_says_which_file_to_put_where(tmp_path, monkeypatch):
     ):
         download_lccc(tmp_path / "raw", splits=("train",))
     assert not list((tmp_path / "raw").iterdir())  # no partial file left
+
+
+def test_a_bad_dialogue_in_a_one_line_json_file_is_named_by_its_index(tmp_path):
+    src = tmp_path / "d.json"
+    src.write_text('{"train": [["a", "b"], ["c", "d"], ["e", 7]], "test": [["f", "g"]]}', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.json:1 \(dialogue 2 of 'train'\): utterance 1 should be a string"):
+        prepare_dialogues(src, tmp_path / "out", splits=("train", "test"))

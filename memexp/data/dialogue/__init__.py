@@ -39,7 +39,7 @@ sha256, or a given vocabulary's checksum), chunk_size, skip_bad and the splits, 
 returns the finished manifest and a changed input invalidates the folder; `vocab.sha256`, the
 checksum of the id assignment (tokens, special roles, kind), against which `DialogueStream`
 refuses any other vocabulary, plus its size and pad/sos/eos/unk ids; per split the counts
-(dialogues, utterances, tokens, pairs, skipped_empty, skipped_bad) and the list of chunks, each
+(dialogues, utterances, tokens, pairs, skipped_empty, skipped_single, skipped_bad) and the list of chunks, each
 with its file name, counts and the sha256 of its bytes (checked again when a chunk is read);
 `totals` over the splits.
 

@@ -25,7 +25,8 @@ from memexp.files import atomic_path, file_digest, text_digest, write_json
 
 FORMAT_VERSION = 1
 LCCC_URL = "https://huggingface.co/datasets/silver/lccc/resolve/main/lccc_base_{split}.jsonl.gz"
-COUNTERS = ("dialogues", "utterances", "tokens", "pairs", "skipped_empty", "skipped_bad")
+# skipped_single: dialogues of one utterance (no history -> reply pair to learn from)
+COUNTERS = ("dialogues", "utterances", "tokens", "pairs", "skipped_empty", "skipped_single", "skipped_bad")
 Sources = list[tuple[Path, str | None, str]]  # (path, split or None, format), from resolve_sources
 
 
@@ -116,7 +117,7 @@ def _count_train_tokens(sources: Sources, skip_bad: bool, progress: bool | None)
                 continue
             if rec.problem is not None:
                 if not skip_bad:
-                    raise DataError(f"{path}:{rec.line}: {rec.problem}")
+                    raise DataError(f"{path}:{rec.where}: {rec.problem}")
                 continue
             for u in rec.utterances:
                 counts.update(u.split())
@@ -263,11 +264,14 @@ def prepare_dialogues(
             counters = state["splits"][split]
             if rec.problem is not None:
                 if not skip_bad:
-                    raise DataError(f"{src_path}:{rec.line}: {rec.problem}")
+                    raise DataError(f"{src_path}:{rec.where}: {rec.problem}")
                 counters["skipped_bad"] += 1
                 continue
             if not rec.utterances:
                 counters["skipped_empty"] += 1
+                continue
+            if len(rec.utterances) == 1:
+                counters["skipped_single"] = counters.get("skipped_single", 0) + 1  # .get: a preparation begun before
                 continue
             ids = [encode(u) for u in rec.utterances]
             counters["dialogues"] += 1
@@ -322,7 +326,7 @@ def _manifest(
         "splits": {},
     }
     for s, st in split_states.items():
-        manifest["splits"][s] = {k: st[k] for k in COUNTERS}
+        manifest["splits"][s] = {k: st.get(k, 0) for k in COUNTERS}
         manifest["splits"][s]["chunks"] = st["chunks"]
     manifest["totals"] = {k: sum(manifest["splits"][s][k] for s in split_states) for k in COUNTERS}
     return manifest

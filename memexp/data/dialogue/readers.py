@@ -93,6 +93,14 @@ class Record:
     line: int
     utterances: list[str] | None
     problem: str | None = None
+    index: int | None = None  # the dialogue's index in its JSON array (a one-line JSON file has every one on line 1)
+
+    @property
+    def where(self) -> str:
+        """`<line>`, with the dialogue's index in a JSON array: `1 (dialogue 3 of 'train')`."""
+        if self.index is None:
+            return str(self.line)
+        return f"{self.line} (dialogue {self.index}{f' of {self.split!r}' if self.split else ''})"
 
 
 def _as_utterances(value: Any) -> tuple[list[str] | None, str | None]:
@@ -207,9 +215,9 @@ def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
 
 
 def _read_json_array(cur: JSONCursor, split: str | None) -> Iterator[Record]:
-    for line, value in cur.array_items("dialogues"):
+    for index, (line, value) in enumerate(cur.array_items("dialogues")):
         utts, problem = _as_utterances(value)
-        yield Record(split, line, utts, problem)
+        yield Record(split, line, utts, problem, index)
 
 
 READERS: dict[str, Callable[[str | Path], Iterator[Record]]] = {"json": read_json, "jsonl": read_jsonl, "tsv": read_tsv}
