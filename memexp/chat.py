@@ -26,10 +26,10 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from memexp.entry import chosen_model, launch
-from memexp.errors import CheckpointError, ConfigError
+from memexp.errors import CheckpointError, ConfigError, DataError
 
 # torch, the models and the memory are imported inside the functions, so `--help` answers at once.
 if TYPE_CHECKING:
@@ -267,6 +267,17 @@ def converse(
     return replies
 
 
+def piped_lines(stream: BinaryIO) -> Iterator[str]:
+    """Lines of piped standard input, decoded one at a time; invalid UTF-8 names its line."""
+    for line_no, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"standard input, line {line_no}: not valid UTF-8 (byte {e.start} is {raw[e.start : e.start + 1]!r})"
+            ) from None
+
+
 def _terminal_lines() -> Iterator[str]:
     while True:
         try:
@@ -331,7 +342,7 @@ def chat(
         session = open_session(ckpt, paths.data_dir, chosen_model(), max_len, temperature, top_k, top_p, greedy, seed, history)
         if interactive:
             print("chat with the model: /reset forgets the history, /quit leaves", file=sys.stderr)
-        return converse(session, _terminal_lines() if interactive else sys.stdin, interactive, verbose)
+        return converse(session, _terminal_lines() if interactive else piped_lines(sys.stdin.buffer), interactive, verbose)
 
     target = check_bank_target(str(save_bank)) if save_bank is not None else None
     session = open_explicit_session(
@@ -362,7 +373,7 @@ def chat(
             file=sys.stderr,
         )
     try:
-        replies = converse(session, _terminal_lines() if interactive else sys.stdin, interactive, verbose)
+        replies = converse(session, _terminal_lines() if interactive else piped_lines(sys.stdin.buffer), interactive, verbose)
     except KeyboardInterrupt:  # Ctrl-C while a reply is generated: leave, and still save what was written
         replies = -1
     if target is not None:

@@ -83,3 +83,28 @@ def test_an_out_of_range_setting_on_the_command_line_is_one_error_line(tmp_path)
     proc = run_cli("memexp.run", "model.dropout=2", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "error: model.dropout=2: expected a number >= 0 and <= 1\n"
+
+
+def test_sampling_refuses_a_negative_temperature_and_a_top_p_above_one():
+    import torch
+
+    from memexp.models.sampling import sample_next
+
+    logits = torch.randn(2, 10)
+    assert torch.equal(sample_next(logits, temperature=0.0), logits.argmax(-1))  # 0 is greedy, as documented
+    with pytest.raises(ConfigError, match=r"temperature=-0.5 must be >= 0"):
+        sample_next(logits, temperature=-0.5)
+    with pytest.raises(ConfigError, match=r"top_p=1.5 must be in \(0, 1\]"):
+        sample_next(logits, temperature=1.0, top_p=1.5)
+
+
+def test_chat_stdin_with_invalid_utf8_names_the_line():
+    import io
+
+    from memexp.chat import piped_lines
+    from memexp.errors import DataError
+
+    lines = piped_lines(io.BytesIO("你好\n".encode() + b"caf\xe9\n" + b"ok\n"))
+    assert next(lines) == "你好\n"
+    with pytest.raises(DataError, match=r"standard input, line 2: not valid UTF-8 \(byte 3 is b'\\xe9'\)"):
+        next(lines)

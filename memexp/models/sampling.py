@@ -43,8 +43,10 @@ def sample_next(
     greedy: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token per row: logits (B, V) -> ids (B,). temperature <= 0 or greedy -> argmax."""
-    if greedy or temperature <= 0:
+    """One token per row: logits (B, V) -> ids (B,). temperature 0 or greedy -> argmax; below 0 is an error."""
+    if temperature < 0:
+        raise ConfigError(f"temperature={temperature} must be >= 0 (0 = greedy, the most likely token)")
+    if greedy or temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / temperature, top_k, top_p)
     probs = F.softmax(logits.float(), dim=-1)  # (B, V)
