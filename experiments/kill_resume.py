@@ -1,0 +1,177 @@
+"""Kill -9 a training run at random moments, rerun the same command, and check that it continues exactly.
+
+    python experiments/kill_resume.py [--trials 10] [--steps 60] [--seed 0] [--out outputs/kill_resume]
+
+A tiny transformer on the first 60,000 characters of tiny-shakespeare (one thread, dropout 0, so a run is
+deterministic on one machine), validated and checkpointed every 3 steps. First one uninterrupted run (the
+reference). Then, per trial, the same command in a fresh checkpoint folder is killed with SIGKILL at a random
+moment between the reference's first logged step and its end (a step, a validation, a checkpoint write, the
+test), and run again to the end. A trial passes when the
+rerun reaches the budget, every training loss it logged after its resume step equals the reference's at the
+same step (the same batches through the same weights), its final weights equal the reference's, and its final
+validation loss equals the reference's within 1e-4 (a rerun that found the run finished validates nothing; its
+weights are compared). Writes <out>/kill_resume.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.dim=32", "model.depth=1", "model.heads=2", "model.max_len=32", "data.seq_len=32", "data.batch_size=8"]
+
+
+def command(text: Path, out: Path, ckpt_dir: Path, run_dir: Path, steps: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "memexp.run",
+        "data=text",
+        f"data.path={text}",
+        *TINY,
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "sample_tokens=0",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=4",
+        "trainer.limit_test_batches=2",
+        "trainer.log_every_n_steps=1",
+        f"ckpt_dir={ckpt_dir}",
+        f"paths.output_dir={out}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def final(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def weight_diff(a: Path, b: Path) -> float:
+    import torch
+
+    sa = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
+    sb = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    ap.add_argument("--out", type=Path, default=Path("outputs/kill_resume"))
+    args = ap.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(os.environ.get("MEMEXP_DATA_DIR", REPO.parent / "shared" / "data"))
+    text = out / "tiny.txt"
+    text.write_text((data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MEMEXP_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+
+    t0 = time.monotonic()
+    ref_dir = out / "reference"
+    ref = subprocess.Popen(
+        command(text, out, out / "ck-reference", ref_dir, args.steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    started = None  # when the first training step was logged: kills are drawn from there to the end of the run
+    while ref.poll() is None:
+        if started is None and (ref_dir / "csv" / "metrics.csv").exists():
+            started = time.monotonic() - t0
+        time.sleep(0.05)
+    if ref.returncode != 0:
+        raise SystemExit(f"the reference run failed: {ref.stderr.read().decode()[-2000:]}")
+    wall = time.monotonic() - t0
+    started = started if started is not None else 0.5
+    ref_losses, ref_val = train_losses(ref_dir), final(ref_dir)["metrics"]["val/loss"]
+    print(
+        f"reference: {args.steps} steps in {wall:.1f} s (training from {started:.1f} s), final val/loss {ref_val:.6f}", flush=True
+    )
+
+    rng = random.Random(args.seed)
+    trials = []
+    for i in range(args.trials):
+        ck = out / f"ck-{i}"
+        killed_at = rng.uniform(started, wall)
+        proc = subprocess.Popen(
+            command(text, out, ck, out / f"killed-{i}", args.steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(killed_at)
+        finished_first = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        run_dir = out / f"rerun-{i}"
+        rerun = subprocess.run(command(text, out, ck, run_dir, args.steps), env=env, capture_output=True, text=True)
+        trial = {
+            "trial": i,
+            "killed_after_s": round(killed_at, 2),
+            "finished_before_kill": finished_first,
+            "rc": rerun.returncode,
+        }
+        if rerun.returncode != 0:
+            trial |= {"ok": False, "error": rerun.stderr.strip().splitlines()[-1:]}
+        else:
+            result = final(run_dir)
+            resumed = result["resumed_from_step"]
+            losses = train_losses(run_dir) if (run_dir / "csv" / "metrics.csv").exists() else {}
+            diffs = [abs(v - ref_losses[s]) for s, v in losses.items() if s in ref_losses]
+            val = result["metrics"].get("val/loss")
+            val_diff = abs(val - ref_val) if val is not None else None
+            weights = weight_diff(ck / "last.ckpt", out / "ck-reference" / "last.ckpt")
+            trial |= {
+                "resumed_from_step": resumed,
+                "steps_compared": len(diffs),
+                "max_train_loss_diff": max(diffs, default=0.0),
+                "val_loss_diff": val_diff,
+                "max_weight_diff": weights,
+                "warnings": [ln for ln in rerun.stderr.splitlines() if ln.startswith("warning:")],
+            }
+            trial["ok"] = (
+                (val_diff is None or val_diff <= 1e-4)
+                and max(diffs, default=0.0) <= 1e-4
+                and weights <= 1e-5
+                and result["metrics"]["global_step"] == args.steps
+            )
+        trials.append(trial)
+        print(json.dumps(trial), flush=True)
+
+    passed = sum(t["ok"] for t in trials)
+    summary = {"trials": trials, "passed": passed, "reference_val_loss": ref_val, "steps": args.steps}
+    (out / "kill_resume.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "| trial | killed after (s) | resumed from step | steps compared | max train-loss diff | val-loss diff "
+        "| max weight diff | ok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in trials:
+        lines.append(
+            f"| {t['trial']} | {t['killed_after_s']} | {t.get('resumed_from_step')} | {t.get('steps_compared', '-')} | "
+            f"{t.get('max_train_loss_diff', float('nan')):.2e} | {_fmt(t.get('val_loss_diff'))} | "
+            f"{_fmt(t.get('max_weight_diff'))} | {t['ok']} |"
+        )
+    lines.append(f"\n{passed} of {len(trials)} continued exactly (reference val/loss {ref_val:.6f}).")
+    (out / "kill_resume.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
