@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,19 +130,28 @@ def _as_utterances(value: Any) -> tuple[list[str] | None, str | None]:
     return out, None
 
 
+def _compression_error(path: str | Path, e: Exception) -> DataError:
+    if isinstance(e, EOFError):
+        return DataError(f"{path}: the gzip stream ends early (a truncated download?); expected a complete .gz file")
+    return DataError(f"{path}: not a gzip file ({e}); expected gzip data, or a name without .gz for plain text")
+
+
 def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of a text file, streamed; invalid UTF-8 names its line."""
-    with open_text(path) as f:
-        line_no = 0
-        while True:
-            line_no += 1
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
-            if not line:
-                return
-            yield line_no, line
+    """(1-based line number, line) of a text file, streamed; invalid UTF-8 names its line (each line is decoded
+    on its own: a text reader decodes blocks ahead and would blame the block's first line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a JSON, JSONL or TSV dialogue file)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise _compression_error(path, e) from None
 
 
 def read_tsv(path: str | Path) -> Iterator[Record]:
@@ -180,6 +190,13 @@ def read_json(path: str | Path, block: int = 1 << 20) -> Iterator[Record]:
     where the next dialogue starts), so it always raises; a well-formed element that is not
     a dialogue is a bad record like a bad JSONL line.
     """
+    try:
+        yield from _read_json(path, block)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise _compression_error(path, e) from None
+
+
+def _read_json(path: str | Path, block: int) -> Iterator[Record]:
     with open_text(path) as f:
         cur = JSONCursor(f, path, block=block)
         first = cur.peek()
