@@ -97,7 +97,11 @@ DIALOGUE_CASES = {
     "json scalar": ("d.json", "42", "a JSON list of dialogues"),
     "json trailing": ("d.json", '[["a", "b"]] [', "end of file after the top-level value"),
     "unknown extension": ("d.csv", "a,b\n", "cannot tell the format from the name"),
-    "latin-1 line": ("d.tsv", b"a\tb\nc\tcaf\xe9\n", "d.tsv:2: not valid UTF-8 (invalid continuation byte at byte 5 of the line)"),
+    "latin-1 line": (
+        "d.tsv",
+        b"a\tb\nc\tcaf\xe9\n",
+        "d.tsv:2: not valid UTF-8 (invalid continuation byte at byte 5 of the line)",
+    ),
     "fake gzip": ("d.tsv.gz", b"not gzip at all", "d.tsv.gz: not a gzip file"),
     "truncated gzip": ("d.tsv.gz", gzip.compress(b"a\tb\n" * 1000)[:40], "d.tsv.gz: the gzip stream ends early"),
 }

@@ -39,3 +39,43 @@ def test_ddp_two_processes_match_one(tiny_text, tmp_path):
     assert a["global_step"] == b["global_step"] == 40
     assert a["val/loss"] < 3.6 and b["val/loss"] < 3.6  # both learned (uniform is ln 66 = 4.19)
     assert abs(a["val/loss"] - b["val/loss"]) < 0.1, (a["val/loss"], b["val/loss"])
+
+
+def test_the_dialogue_stream_under_two_process_ddp(lccc_cache, tmp_path):
+    """Two gloo processes over the LCCC toy sample: validation reads every pair exactly once across the ranks;
+    training gives both ranks the same number of batches and no pair twice within an epoch."""
+    from conftest import HGD_STEPS, REPO, TINY_HGD
+
+    from memexp.data.dialogue import DialogueDataModule
+
+    out = tmp_path / "seen"
+    proc = run_cli(
+        "memexp.run",
+        *TINY_HGD,
+        *QUIET,
+        *[a for a in HGD_STEPS if not a.startswith(("trainer.max_steps", "trainer.val_check_interval", "trainer.limit_val"))],
+        f"data.cache_dir={lccc_cache}",
+        "data.batch_size=128",  # 2,887 pairs: about 11 batches per rank and epoch
+        "trainer.max_steps=14",
+        "trainer.val_check_interval=14",
+        "trainer.limit_val_batches=1.0",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "+callbacks.recorder._target_=ddp_recorder.IndexRecorder",
+        f"+callbacks.recorder.out={out}",
+        f"paths.output_dir={tmp_path}",
+        env={"PYTHONPATH": f"{REPO / 'tests'}:{REPO}"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r: [json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    dm = DialogueDataModule(cache_dir=str(lccc_cache), batch_size=128)
+    n_val = dm.stream("val").num_samples
+    val = [i for r in (0, 1) for row in rows[r] if row["stage"] == "val" for i in row["index"]]
+    assert sorted(val) == list(range(n_val)), "validation did not read every pair exactly once across the ranks"
+    for epoch in {row["epoch"] for r in (0, 1) for row in rows[r] if row["stage"] == "train"}:
+        per_rank = [[row["index"] for row in rows[r] if row["stage"] == "train" and row["epoch"] == epoch] for r in (0, 1)]
+        assert len(per_rank[0]) == len(per_rank[1])  # the same number of steps on both ranks
+        seen = [i for batches in per_rank for batch in batches for i in batch]
+        assert len(seen) == len(set(seen)), f"epoch {epoch}: a pair was drawn twice"
