@@ -70,3 +70,63 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_cont
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from step {step}" in again.stdout
+
+
+def _dialogue_source(path, n: int = 60_000) -> None:
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    lines = ("\t".join(" ".join(rng.choices(words, k=rng.randint(2, 6))) for _ in range(rng.randint(2, 4))) for _ in range(n))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _chunk_sums(manifest_path) -> list[str]:
+    import json
+
+    manifest = json.loads(manifest_path.read_text())
+    return [c["sha256"] for split in manifest["splits"].values() for c in split["chunks"]]
+
+
+def test_stopping_a_preparation_then_the_rerun_writes_the_same_chunks(tmp_path):
+    """SIGTERM, then SIGKILL, while memexp.prepare writes chunks: one line and status 143 for SIGTERM, nothing that
+    looks finished, and the rerun's chunks are byte-identical (checksums) to an uninterrupted preparation's."""
+    import os
+
+    from memexp.data.dialogue.prepare import prepare_dialogues
+
+    src = tmp_path / "dialogues.tsv"
+    _dialogue_source(src)
+    reference = prepare_dialogues(src, tmp_path / "reference", chunk_size=2000, splits=("train",), progress=False)
+    expected = [c["sha256"] for c in reference["splits"]["train"]["chunks"]]
+    env = os.environ | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "OMP_NUM_THREADS": "1"}
+    for sig, status in ((signal.SIGTERM, 143), (signal.SIGKILL, -9)):
+        cache = tmp_path / f"cache-{sig.name}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "memexp.prepare",
+            "data=lccc",
+            f"data.source={src}",
+            f"data.cache_dir={cache}",
+            "data.chunk_size=2000",
+            f"paths.output_dir={tmp_path}",
+        ]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 120
+        while not list(cache.glob("train/chunk_*.pt")) and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the preparation ended before it could be stopped"
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - sent < 10
+        assert proc.returncode == status, err[-2000:]
+        assert not (cache / "manifest.json").exists()
+        if sig == signal.SIGTERM:
+            assert err.strip().splitlines() == [
+                "error: stopped by SIGTERM; files written so far are complete, the same command continues"
+            ]
+        again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert _chunk_sums(cache / "manifest.json") == expected
