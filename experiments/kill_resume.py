@@ -1,6 +1,6 @@
 """Kill -9 a training run at random moments, rerun the same command, and check that it continues exactly.
 
-    python experiments/kill_resume.py [--trials 10] [--steps 60] [--seed 0] [--out outputs/kill_resume]
+    python experiments/kill_resume.py [--trials 10] [--steps 150] [--seed 0] [--signal KILL|TERM] [--out outputs/kill_resume]
 
 A tiny transformer on the first 60,000 characters of tiny-shakespeare (one thread, dropout 0, so a run is
 deterministic on one machine), validated and checkpointed every 3 steps. First one uninterrupted run (the
@@ -10,7 +10,9 @@ test), and run again to the end. A trial passes when the
 rerun reaches the budget, every training loss it logged after its resume step equals the reference's at the
 same step (the same batches through the same weights), its final weights equal the reference's, and its final
 validation loss equals the reference's within 1e-4 (a rerun that found the run finished validates nothing; its
-weights are compared). Writes <out>/kill_resume.{json,md}.
+weights are compared). With --signal TERM the run is sent SIGTERM instead (what schedulers send first): the
+trial also needs status 143, the line naming the saved checkpoint, and an exit within 10 s of the signal.
+Writes <out>/kill_resume.{json,md}.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    ap.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     ap.add_argument("--out", type=Path, default=Path("outputs/kill_resume"))
     args = ap.parse_args()
     out = args.out.resolve()
@@ -113,12 +116,18 @@ def main() -> None:
         ck = out / f"ck-{i}"
         killed_at = rng.uniform(started, wall)
         proc = subprocess.Popen(
-            command(text, out, ck, out / f"killed-{i}", args.steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command(text, out, ck, out / f"killed-{i}", args.steps),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(killed_at)
         finished_first = proc.poll() is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, f"SIG{args.signal}"))
+        _, err = proc.communicate()
+        exit_s = time.monotonic() - sent
         run_dir = out / f"rerun-{i}"
         rerun = subprocess.run(command(text, out, ck, run_dir, args.steps), env=env, capture_output=True, text=True)
         trial = {
@@ -127,6 +136,11 @@ def main() -> None:
             "finished_before_kill": finished_first,
             "rc": rerun.returncode,
         }
+        stopped_ok = True
+        if args.signal == "TERM" and not finished_first:
+            line = next((ln for ln in err.splitlines() if "stopped by SIGTERM" in ln), None)
+            trial |= {"exit_after_s": round(exit_s, 2), "status": proc.returncode, "stop_line": line}
+            stopped_ok = proc.returncode == 143 and line is not None and exit_s < 10
         if rerun.returncode != 0:
             trial |= {"ok": False, "error": rerun.stderr.strip().splitlines()[-1:]}
         else:
@@ -146,7 +160,8 @@ def main() -> None:
                 "warnings": [ln for ln in rerun.stderr.splitlines() if ln.startswith("warning:")],
             }
             trial["ok"] = (
-                (val_diff is None or val_diff <= 1e-4)
+                stopped_ok
+                and (val_diff is None or val_diff <= 1e-4)
                 and max(diffs, default=0.0) <= 1e-4
                 and weights <= 1e-5
                 and result["metrics"]["global_step"] == args.steps
@@ -168,7 +183,12 @@ def main() -> None:
             f"{t.get('max_train_loss_diff', float('nan')):.2e} | {_fmt(t.get('val_loss_diff'))} | "
             f"{_fmt(t.get('max_weight_diff'))} | {t['ok']} |"
         )
-    lines.append(f"\n{passed} of {len(trials)} continued exactly (reference val/loss {ref_val:.6f}).")
+    if args.signal == "TERM":
+        waits = [t["exit_after_s"] for t in trials if "exit_after_s" in t]
+        lines.append(
+            f"\nSIGTERM: exit {min(waits, default=0):.2f}-{max(waits, default=0):.2f} s after the signal, status 143 and the saved checkpoint named."
+        )
+    lines.append(f"\n{passed} of {len(trials)} continued exactly after SIG{args.signal} (reference val/loss {ref_val:.6f}).")
     (out / "kill_resume.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -198,12 +198,7 @@ def train_and_test(
         default_root_dir=str(run_dir),
     )
     try:
-        try:
-            trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
-        except SIGTERMException:
-            if trainer_obj.is_global_zero and stop.saved_step is not None:
-                print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_SIGTERM) from None
+        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
         if trainer_obj.interrupted:
             raise KeyboardInterrupt
         trainer_obj.save_checkpoint(
@@ -219,6 +214,10 @@ def train_and_test(
         metrics |= counts
         log_to_wandb(loggers, {}, summary=counts)
         study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
+    except SIGTERMException:  # Lightning stopped the fit (or the test) at a step boundary; SaveOnStop saved last.ckpt
+        if trainer_obj.is_global_zero and stop.saved_step is not None:
+            print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SIGTERM) from None
     finally:
         finish_loggers(loggers)
 
