@@ -103,13 +103,27 @@ def test_test_ckpt_best_tests_the_best_validation_step(tiny_text, tmp_path):
         (["data=text", "data.train_windows_per_epoch=40"], 7),  # random windows, 5 batches an epoch: stop mid-epoch
         (["data=text", "data.train_windows_per_epoch=40"], 5),  # stop at the end of an epoch
         (["data=text", "data.windows=stream", "data.batch_size=4"], 7),  # in-order streams (an iterable dataset)
+        # HyperLSTM carrying its state across the streams' windows (TBPTT): the state is in the checkpoint too
+        (
+            [
+                "data=text",
+                "data.windows=stream",
+                "data.batch_size=4",
+                "model=hyperlstm",
+                "model.hidden_size=32",
+                "model.hyper_num_units=16",
+                "model.embedding_size=16",
+            ],
+            7,
+        ),
         (["data=recall", "data.seq_len=72", "data.batch_size=8", "data.train_size=40"], 7),
         (["data=random", "data.num_tokens=4000", "data.seq_len=32", "data.batch_size=8", "data.train_windows_per_epoch=24"], 4),
     ],
-    ids=["text-mid-epoch", "text-epoch-end", "stream", "recall", "random-bytes"],
+    ids=["text-mid-epoch", "text-epoch-end", "stream", "hyperlstm-stream", "recall", "random-bytes"],
 )
 def test_a_resumed_run_draws_the_batches_the_uninterrupted_run_drew(data, stop, tiny_text, tmp_path, seen_batches):
-    model = "model=transformer model.dim=32 model.depth=1 model.heads=2 model.max_len=72".split()
+    tiny = "model=transformer model.dim=32 model.depth=1 model.heads=2 model.max_len=72".split()
+    model = [] if "model=hyperlstm" in data else tiny
     common = [
         *model,
         *data,

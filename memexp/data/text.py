@@ -145,7 +145,8 @@ class StreamWindows(IterableDataset):
         for k in range(start, (stream_len - shift) // self.seq_len):
             offsets = starts[:, None] + shift + k * self.seq_len + torch.arange(self.seq_len + 1)  # (B, T+1)
             chunk = self.tokens[offsets]
-            yield {"input": chunk[:, :-1], "target": chunk[:, 1:]}
+            # stream_start: the first window of each stream this epoch (a model carrying state starts afresh)
+            yield {"input": chunk[:, :-1], "target": chunk[:, 1:], "stream_start": torch.tensor(k == 0)}
 
 
 class TextDataModule(L.LightningDataModule):

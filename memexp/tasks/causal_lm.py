@@ -79,9 +79,6 @@ class CausalLMTask(L.LightningModule):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
 
-    def on_train_epoch_start(self) -> None:
-        self._train_state = None  # a new epoch starts the streams again
-
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if hasattr(self.net, "set_training_step"):  # schedules that ramp with the optimiser step
             self.net.set_training_step(self.global_step)
@@ -108,6 +105,8 @@ class CausalLMTask(L.LightningModule):
             rows = batch["bank_rows"]
             self._episodic = (rows, self.net.memory_bank[rows].clone())  # put back after the step (the knowledge bank)
             self.net.write_entries(rows, batch["bank_tokens"])
+        if "stream_start" in batch and bool(batch["stream_start"]):
+            self._train_state = None  # the streams start again (a new epoch): no state to carry in
         logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
@@ -156,11 +155,15 @@ class CausalLMTask(L.LightningModule):
         checkpoint["memexp"] = run_record(self, "causal_lm")
         if self.cms_gate is not None:
             checkpoint["memexp"]["cms_gate"] = self.cms_gate.state_dict()
+        if self.carry_state and self._train_state is not None:  # the carried TBPTT state: a resume continues it
+            checkpoint["memexp"]["train_state"] = self._train_state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         gate_state = checkpoint.get("memexp", {}).get("cms_gate")
         if self.cms_gate is not None and gate_state is not None:
             self.cms_gate.load_state_dict(gate_state)
+        if self.carry_state:
+            self._train_state = checkpoint.get("memexp", {}).get("train_state")
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()
