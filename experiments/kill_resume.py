@@ -5,8 +5,8 @@
 A tiny transformer on the first 60,000 characters of tiny-shakespeare (one thread, dropout 0, so a run is
 deterministic on one machine), validated and checkpointed every 3 steps. First one uninterrupted run (the
 reference). Then, per trial, the same command in a fresh checkpoint folder is killed with SIGKILL at a random
-moment between the reference's first logged step and its end (a step, a validation, a checkpoint write, the
-test), and run again to the end. A trial passes when the
+moment after its own first logged step, drawn over the reference's training time (a step, a validation, a
+checkpoint write, the test), and run again to the end. A trial passes when the
 rerun reaches the budget, every training loss it logged after its resume step equals the reference's at the
 same step (the same batches through the same weights), its final weights equal the reference's, and its final
 validation loss equals the reference's within 1e-4 (a rerun that found the run finished validates nothing; its
@@ -114,7 +114,8 @@ def main() -> None:
     trials = []
     for i in range(args.trials):
         ck = out / f"ck-{i}"
-        killed_at = rng.uniform(started, wall)
+        into_training = rng.uniform(0.0, wall - started)  # seconds after the killed run's own first logged step
+        t_start = time.monotonic()
         proc = subprocess.Popen(
             command(text, out, ck, out / f"killed-{i}", args.steps),
             env=env,
@@ -122,7 +123,11 @@ def main() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(killed_at)
+        csv_path = out / f"killed-{i}" / "csv" / "metrics.csv"
+        while not csv_path.exists() and proc.poll() is None and time.monotonic() - t_start < 300:
+            time.sleep(0.02)
+        time.sleep(into_training)
+        killed_at = time.monotonic() - t_start
         finished_first = proc.poll() is not None
         sent = time.monotonic()
         proc.send_signal(getattr(signal, f"SIG{args.signal}"))

@@ -17,6 +17,7 @@ from memexp.models.explicit_lm import ExplicitLM
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
+from memexp.models.lstm import LSTMLM
 from memexp.models.qwen3 import Qwen3LM
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
@@ -30,6 +31,7 @@ HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_
 
 HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+LSTMConf = builds(LSTMLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 Qwen3Conf = builds(Qwen3LM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
 # ExplicitLM's fields are its constructor's (the memory) plus the loader's: `backbone` (tiny, a Qwen3 folder,
 # a hub id, or a model=qwen3 checkpoint) and the size of the tiny one (memexp.memory.backbone).
@@ -142,6 +144,7 @@ def register_groups() -> None:
     model(TransformerConf, name="transformer")
     model(HOPEConf, name="hope")
     model(HyperLSTMConf, name="hyperlstm")
+    model(LSTMConf, name="lstm")
     model(HGDConf, name="hgd")
     model(Qwen3Conf, name="qwen3")
     model(ExplicitLMConf, name="explicit_lm")
@@ -252,6 +255,21 @@ def register_groups() -> None:
             experiment_name="hyperlstm_shakespeare",
         ),
         name="hyperlstm_shakespeare",
+    )
+
+    # The plain LSTM the HyperNetworks paper compares HyperLSTM with, at the same budget, data and optimiser as
+    # hyperlstm_shakespeare: ~0.99M params (H=456, E=64), in-order streams with the state carried across windows.
+    experiment(
+        dict(
+            defaults=["_self_", {"override /model": "lstm"}, {"override /data": "shakespeare"}],
+            model=dict(embedding_size=64, hidden_size=456, depth=1, dropout=0.0),
+            data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
+            task=dict(carry_state="auto"),
+            optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
+            trainer=dict(max_steps=2000, val_check_interval=500, gradient_clip_val=1.0),
+            experiment_name="lstm_shakespeare",
+        ),
+        name="lstm_shakespeare",
     )
 
     # HOPE at the nanoGPT CPU budget: the same width, depth, heads, MLP multiple, context (one
