@@ -5,7 +5,7 @@
 A tiny transformer on the first 60,000 characters of tiny-shakespeare (one thread, dropout 0, so a run is
 deterministic on one machine), validated and checkpointed every 3 steps. First one uninterrupted run (the
 reference). Then, per trial, the same command in a fresh checkpoint folder is killed with SIGKILL at a random
-moment after its own first logged step, drawn over the reference's training time (a step, a validation, a
+moment after its own first checkpoint, drawn over the rest of the reference's run (a step, a validation, a
 checkpoint write, the test), and run again to the end. A trial passes when the
 rerun reaches the budget, every training loss it logged after its resume step equals the reference's at the
 same step (the same batches through the same weights), its final weights equal the reference's, and its final
@@ -96,9 +96,9 @@ def main() -> None:
     ref = subprocess.Popen(
         command(text, out, out / "ck-reference", ref_dir, args.steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    started = None  # when the first training step was logged: kills are drawn from there to the end of the run
+    started = None  # when the first checkpoint (step 3) appeared: kills are drawn from there to the end of the run
     while ref.poll() is None:
-        if started is None and (ref_dir / "csv" / "metrics.csv").exists():
+        if started is None and (out / "ck-reference" / "last.ckpt").exists():
             started = time.monotonic() - t0
         time.sleep(0.05)
     if ref.returncode != 0:
@@ -114,7 +114,7 @@ def main() -> None:
     trials = []
     for i in range(args.trials):
         ck = out / f"ck-{i}"
-        into_training = rng.uniform(0.0, wall - started)  # seconds after the killed run's own first logged step
+        into_training = rng.uniform(0.0, wall - started)  # seconds after the killed run's own first checkpoint
         t_start = time.monotonic()
         proc = subprocess.Popen(
             command(text, out, ck, out / f"killed-{i}", args.steps),
@@ -123,8 +123,7 @@ def main() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        csv_path = out / f"killed-{i}" / "csv" / "metrics.csv"
-        while not csv_path.exists() and proc.poll() is None and time.monotonic() - t_start < 300:
+        while not (ck / "last.ckpt").exists() and proc.poll() is None and time.monotonic() - t_start < 300:
             time.sleep(0.02)
         time.sleep(into_training)
         killed_at = time.monotonic() - t_start
