@@ -107,7 +107,8 @@ def main() -> None:
     started = started if started is not None else 0.5
     ref_losses, ref_val = train_losses(ref_dir), final(ref_dir)["metrics"]["val/loss"]
     print(
-        f"reference: {args.steps} steps in {wall:.1f} s (training from {started:.1f} s), final val/loss {ref_val:.6f}", flush=True
+        f"reference: {args.steps} steps in {wall:.1f} s (first checkpoint at {started:.1f} s), final val/loss {ref_val:.6f}",
+        flush=True,
     )
 
     rng = random.Random(args.seed)
