@@ -142,7 +142,8 @@ def main() -> None:
             "rc": rerun.returncode,
         }
         stopped_ok = True
-        if args.signal == "TERM" and not finished_first:
+        done_before = (out / f"killed-{i}" / "metrics.json").exists()  # the signal came after the run's work was done
+        if args.signal == "TERM" and not finished_first and not done_before:
             line = next((ln for ln in err.splitlines() if "stopped by SIGTERM" in ln), None)
             trial |= {"exit_after_s": round(exit_s, 2), "status": proc.returncode, "stop_line": line}
             stopped_ok = proc.returncode == 143 and line is not None and exit_s < 10

@@ -55,11 +55,20 @@ class SaveOnStop(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.last, weights_only=False)  # collective; rank 0 writes (atomically)
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        # Saved here, where ModelCheckpoint saves and Lightning's restore expects a mid-epoch checkpoint from (its
+        # step counters for the logs follow); Lightning then stops with SIGTERMException at the end of this step.
+        if trainer.received_sigterm and self.saved_step is None:
+            self._save(trainer)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
-        if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.last, weights_only=False)  # collective; rank 0 writes (atomically)
-            self.saved_step = trainer.global_step
+        if isinstance(exception, SIGTERMException) and self.saved_step is None:  # stopped outside a training step
+            self._save(trainer)
 
 
 def stopped_message(saved: Path, step: int) -> str:
