@@ -111,7 +111,7 @@ def run_cli(
     Its outputs (Hydra's run folders) go to a temporary folder unless the arguments name `paths.output_dir`, so
     the tests leave the checkout as they found it."""
     if cwd is None and not any(a.startswith("paths.output_dir=") for a in args):  # in the checkout: outputs elsewhere
-        at = 1 if module.startswith("memexp.memory") and args and not args[0].startswith("-") else 0  # after a verb
+        at = 1 if module.startswith("memexp.memory") and args else 0  # after the verb (or -h) memexp.memory wants first
         args = (*args[:at], f"paths.output_dir={CLI_OUTPUTS}", *args[at:])
     full_env = os.environ.copy() | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     full_env |= env or {}
