@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
+def _is_dialogue_checkpoint(ckpt: str) -> bool:
+    from memexp.runs.checkpoints import read_checkpoint
+
+    return "source" in (read_checkpoint(Path(ckpt))["memexp"].get("config") or {}).get("data", {})
+
+
 def evaluate_checkpoint(
     ckpt: str,
     splits: Sequence[str] = ("val", "test"),
@@ -62,7 +68,8 @@ def evaluate_checkpoint(
         overrides["eval_batch_size"] = batch_size
     if unknown is not None:
         overrides["unknown"] = unknown
-    if "all" in splits:
+    dialogue = _is_dialogue_checkpoint(ckpt) if ("all" in splits or data_path is not None) else False
+    if "all" in splits and not dialogue:
         overrides["splits"] = (0.0, 0.0, 1.0)  # the whole file is the test split
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path)
     dm = loaded.datamodule
@@ -77,13 +84,20 @@ def evaluate_checkpoint(
     metrics: dict[str, float] = {}
     for split in splits:
         run = trainer.validate if split == "val" else trainer.test
-        results = run(loaded.task, dataloaders=dm.eval_dataloader("test" if split == "all" else split), verbose=False)
+        # "all": a text's whole file is its test split; a single dialogue file is prepared as one "train" split
+        source_split = ("train" if dialogue else "test") if split == "all" else split
+        results = run(loaded.task, dataloaders=dm.eval_dataloader(source_split), verbose=False)
         metrics.update({(f"all/{k[5:]}" if split == "all" else k): float(v) for k, v in results[0].items()})
     result = {"ckpt": str(ckpt), "global_step": int(loaded.checkpoint.get("global_step", 0)), "metrics": metrics}
     if data_path is not None:
         result["data_path"] = str(data_path)
     if getattr(dm, "skipped_chars", None):
         result["skipped_chars"] = dict(dm.skipped_chars)
+    if dialogue and data_path is not None:  # words of the other file the checkpoint's vocabulary lacks
+        from memexp.data.dialogue.stream import load_manifest
+
+        totals = load_manifest(dm.cache_dir)["totals"]
+        result["unk_tokens"], result["tokens"] = int(totals.get("unk_tokens", 0)), int(totals["tokens"])
     out_path = write_json(result, Path(out) if out else Path(ckpt).with_suffix(".eval.json"))
     result["out"] = str(out_path)
     return result
@@ -126,6 +140,8 @@ def evaluate(
         for split, n in (result.get("skipped_chars") or {}).items():
             if n:
                 print(f"skipped {n} characters outside the checkpoint's vocabulary ({split} part, unknown=skip)")
+        if "unk_tokens" in result:
+            print(f"{result['unk_tokens']:,} of {result['tokens']:,} tokens are outside the checkpoint's vocabulary (<unk>)")
         print(f"written to {result['out']}")
         return result
     from memexp.configs.rebuild import load_checkpoint

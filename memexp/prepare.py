@@ -35,6 +35,8 @@ def summary_lines(result: dict) -> list[str]:
         f"skipped: {t['skipped_empty']:,} empty, {t.get('skipped_single', 0):,} of a single utterance (no reply), "
         f"{t['skipped_bad']:,} malformed records"
     )
+    if t.get("unk_tokens"):
+        lines.append(f"words outside the vocabulary (<unk>): {t['unk_tokens']:,} of {t['tokens']:,} tokens")
     lines.append(f"vocabulary: {m['vocab']['description']}")
     seconds = result["seconds"]
     if result["already_prepared"]:

@@ -58,3 +58,27 @@ def test_hgd_on_text_data_stops_with_one_sentence(tmp_path):
     assert "data=shakespeare provides token sequences" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_evaluate_a_dialogue_file_the_model_never_saw(hgd_run, tmp_path):
+    """Another LCCC-format file is prepared with the checkpoint's own vocabulary (its unknown words to <unk>,
+    counted) and evaluated whole; it used to be refused for a vocabulary of its own."""
+    import math
+
+    import torch
+
+    from memexp.evaluate import evaluate_checkpoint
+
+    ckpt = _last_ckpt(hgd_run)
+    vocab = torch.load(ckpt, weights_only=True)["memexp"]["tokenizer"]
+    words = [w for w in vocab["tokens"] if not w.startswith("<")][:40]
+    lines = []
+    for i in range(30):
+        a = " ".join(words[(i + k) % len(words)] for k in range(4))
+        b = " ".join(words[(i * 3 + k) % len(words)] for k in range(3)) + " 从未见过"  # one unknown word per reply
+        lines.append(f"{a}\t{b}")
+    src = tmp_path / "held_out.tsv"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = evaluate_checkpoint(str(ckpt), ["all"], data_path=str(src), out=str(tmp_path / "e.json"))
+    assert math.isfinite(result["metrics"]["all/loss"]) and "all/bleu2" in result["metrics"]
+    assert result["unk_tokens"] == 30 and result["tokens"] == 30 * 8

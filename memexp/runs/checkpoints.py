@@ -146,6 +146,8 @@ def load_checkpoint(
                 f"data_path: the data of checkpoint {path} is not read from a file (its config has no path or source)"
             )
         data_cfg[field] = data_path
+        if field == "source":
+            data_cfg["cache_dir"] = None  # another source: its own cache (prepared with the checkpoint's vocabulary)
     try:
         datamodule = build(data_cfg)()
     except TypeError as e:  # an override this kind of data does not have (e.g. a text setting on dialogue data)

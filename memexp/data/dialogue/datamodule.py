@@ -163,6 +163,7 @@ class DialogueDataModule(L.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else _default_cache_root(self.data_dir) / self._cache_name()
+        self._cache_given = cache_dir is not None
         self.vocab: DialogueVocab | None = None  # set by setup() or restore_tokenizer()
         self.streams: dict[str, DialogueStream] = {}
         self.last_preparation: dict | None = None  # {"manifest", "seconds", "already_prepared"}
@@ -207,7 +208,7 @@ class DialogueDataModule(L.LightningDataModule):
         already = self.is_prepared()
         start = time.perf_counter()
         vocab = self.vocab_setting
-        if vocab not in (None, "build") and not Path(vocab).is_file():
+        if isinstance(vocab, str) and vocab != "build" and not Path(vocab).is_file():
             raise DataError(f"data.vocab={vocab}: no such file; expected 'build' or the path of a WordPiece vocab.txt")
         manifest = prepare_dialogues(
             self._raw_source(),
@@ -237,8 +238,23 @@ class DialogueDataModule(L.LightningDataModule):
 
     # -- vocabulary and streams -------------------------------------------------------------
     def restore_tokenizer(self, state: dict) -> None:
-        """Use the vocabulary saved with a checkpoint (streams check it against the cache's)."""
+        """Use the vocabulary saved with a checkpoint (streams check it against the cache's).
+
+        A source not prepared with it (another file given to `memexp.evaluate data_path=`) is prepared with this
+        vocabulary, into a cache named for it: words it lacks become <unk> (counted, `unk_tokens`)."""
         self.vocab = DialogueVocab.from_state(state)
+        if not self._cache_given and not self._prepared_with(self.vocab):
+            self.vocab_setting = self.vocab
+            self.cache_dir = self.cache_dir.with_name(f"{self.cache_dir.name}-vocab-{self.vocab.checksum[:10]}")
+
+    def _prepared_with(self, vocab: DialogueVocab) -> bool:
+        if not self.is_prepared():
+            return False
+        try:
+            file = load_manifest(self.cache_dir)["vocab"].get("file", "vocabulary.json")
+            return DialogueVocab.load(self.cache_dir / file).checksum == vocab.checksum
+        except (DataError, ConfigError, OSError, KeyError):
+            return False
 
     @property
     def tokenizer(self) -> DialogueVocab:

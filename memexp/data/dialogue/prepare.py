@@ -26,7 +26,8 @@ from memexp.files import atomic_path, file_digest, text_digest, write_json
 FORMAT_VERSION = 1
 LCCC_URL = "https://huggingface.co/datasets/silver/lccc/resolve/main/lccc_base_{split}.jsonl.gz"
 # skipped_single: dialogues of one utterance (no history -> reply pair to learn from)
-COUNTERS = ("dialogues", "utterances", "tokens", "pairs", "skipped_empty", "skipped_single", "skipped_bad")
+# unk_tokens: words the vocabulary lacks (<unk>); with a built vocabulary only in valid/test, with a given one anywhere
+COUNTERS = ("dialogues", "utterances", "tokens", "unk_tokens", "pairs", "skipped_empty", "skipped_single", "skipped_bad")
 Sources = list[tuple[Path, str | None, str]]  # (path, split or None, format), from resolve_sources
 
 
@@ -242,7 +243,7 @@ def prepare_dialogues(
         state["open_split"] = None
         checkpoint(src, consumed)
 
-    encode = dvocab.encode
+    encode, unk = dvocab.encode, dvocab.unk_id
     for src_i, (src_path, _, _) in enumerate(sources):
         skip = state["consumed"][src_i]
         if skip < 0:
@@ -277,6 +278,7 @@ def prepare_dialogues(
             counters["dialogues"] += 1
             counters["utterances"] += len(ids)
             counters["tokens"] += sum(map(len, ids))
+            counters["unk_tokens"] = counters.get("unk_tokens", 0) + sum(u.count(unk) for u in ids)
             counters["pairs"] += len(ids) - 1
             if writers[split].add(ids) is not None:
                 checkpoint(src_i, consumed)
