@@ -79,6 +79,8 @@ def test_evaluate_a_dialogue_file_the_model_never_saw(hgd_run, tmp_path):
         lines.append(f"{a}\t{b}")
     src = tmp_path / "held_out.tsv"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = evaluate_checkpoint(str(ckpt), ["all"], data_path=str(src), out=str(tmp_path / "e.json"))
+    result = evaluate_checkpoint(str(ckpt), ["all"], data_dir=str(tmp_path), data_path=str(src), out=str(tmp_path / "e.json"))
+    (manifest,) = (tmp_path / "prepared").glob("held_out-*-vocab-*/manifest.json")  # a cache named for the vocabulary
+    assert manifest.is_file()
     assert math.isfinite(result["metrics"]["all/loss"]) and "all/bleu2" in result["metrics"]
     assert result["unk_tokens"] == 30 and result["tokens"] == 30 * 8

@@ -379,3 +379,18 @@ def test_a_bad_dialogue_in_a_one_line_json_file_is_named_by_its_index(tmp_path):
     src.write_text('{"train": [["a", "b"], ["c", "d"], ["e", 7]], "test": [["f", "g"]]}', encoding="utf-8")
     with pytest.raises(DataError, match=r"d\.json:1 \(dialogue 2 of 'train'\): utterance 1 should be a string"):
         prepare_dialogues(src, tmp_path / "out", splits=("train", "test"))
+
+
+def test_a_read_only_data_root_gets_its_caches_elsewhere(tmp_path, monkeypatch):
+    """A shared raw-data folder without write bits is left alone, even by root (whom os.access lets write)."""
+    from memexp.data.dialogue.datamodule import _default_cache_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert _default_cache_root(shared) == shared / "prepared"
+    shared.chmod(0o555)
+    try:
+        assert _default_cache_root(shared) == tmp_path / "xdg" / "memexp" / "prepared"
+    finally:
+        shared.chmod(0o755)

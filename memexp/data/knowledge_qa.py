@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from memexp.data.dialogue.datamodule import _default_cache_root
 from memexp.data.knowledge_world import Fact, World, make_world, read_world, write_world
 from memexp.data.samplers import ResumableLoader
 from memexp.data.sources import default_data_dir
@@ -111,7 +112,8 @@ class KnowledgeQADataModule(L.LightningDataModule):
         eval_batch_size: questions per evaluation batch.
         pretrain_repeats: passes over the training sentences in the backbone's pretraining text.
         seed: the training batches' random stream.
-        data_dir: the data root; the world is written to <data_dir>/knowledge_study/world-<digest>/.
+        data_dir: the data root; the world is written to <data_dir>/knowledge_study/world-<digest>/ (to the user's
+            cache folder, ~/.cache/memexp/knowledge_study/, when the data root is read-only).
     """
 
     task_kind = "causal_lm"
@@ -167,7 +169,8 @@ class KnowledgeQADataModule(L.LightningDataModule):
             repr(sorted((self.settings | {"seed": self.world_seed, "repeats": self.pretrain_repeats, "format": 2}).items())),
             length=10,
         )
-        return self.data_dir / "knowledge_study" / f"world-{key}"
+        # <data_dir>/knowledge_study, or the user's cache folder when the data root is read-only (a shared folder)
+        return _default_cache_root(self.data_dir).parent / "knowledge_study" / f"world-{key}"
 
     def prepare_data(self) -> None:
         if not (self.world_dir / "world.json").exists():

@@ -57,7 +57,8 @@ def _default_cache_root(data_dir: Path) -> Path:
     probe = root if root.exists() else data_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if os.access(probe, os.W_OK):
+    # A folder without write bits counts as read-only even for root, whom os.access lets write anywhere.
+    if os.access(probe, os.W_OK) and probe.stat().st_mode & 0o222:
         return root
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "memexp" / "prepared"
 
