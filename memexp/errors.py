@@ -19,3 +19,10 @@ class DataError(MemexpError, ValueError):
 
 class CheckpointError(MemexpError, ValueError):
     """A checkpoint is missing, unreadable or belongs to another model (names the path)."""
+
+
+def require_positive_ints(section: str, fields: dict[str, object]) -> None:
+    """A ConfigError naming `<section>.<field>` for the first value that is not an int >= 1 (bools excluded)."""
+    for field, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{section}.{field}={value!r} must be a positive integer")

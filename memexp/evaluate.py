@@ -32,12 +32,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def _is_dialogue_checkpoint(ckpt: str) -> bool:
-    from memexp.runs.checkpoints import read_checkpoint
-
-    return "source" in (read_checkpoint(Path(ckpt))["memexp"].get("config") or {}).get("data", {})
-
-
 def evaluate_checkpoint(
     ckpt: str,
     splits: Sequence[str] = ("val", "test"),
@@ -57,6 +51,7 @@ def evaluate_checkpoint(
     import lightning as L
 
     from memexp.configs.rebuild import load_checkpoint
+    from memexp.runs.checkpoints import read_checkpoint
 
     for split in splits:
         if split not in ("val", "test", "all"):
@@ -68,10 +63,13 @@ def evaluate_checkpoint(
         overrides["eval_batch_size"] = batch_size
     if unknown is not None:
         overrides["unknown"] = unknown
-    dialogue = _is_dialogue_checkpoint(ckpt) if ("all" in splits or data_path is not None) else False
+    checkpoint = read_checkpoint(Path(ckpt))  # read once: its data config decides what "all" is
+    dialogue = "source" in (checkpoint["memexp"].get("config") or {}).get("data", {})
     if "all" in splits and not dialogue:
         overrides["splits"] = (0.0, 0.0, 1.0)  # the whole file is the test split
-    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path)
+    loaded = load_checkpoint(
+        ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path, checkpoint=checkpoint
+    )
     dm = loaded.datamodule
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -139,13 +139,14 @@ def _preset_lines(group: str) -> dict[str, str]:
     from memexp.configs.search import preset_dirs
 
     found: dict[str, str] = {}
-    for root in preset_dirs():
+    roots = preset_dirs()
+    for root in roots:
         for path in sorted((root / group).glob("*.yaml")):
             if path.stem in found:
                 continue
             lines = [ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
             about = next((ln for ln in lines if ln and not ln.startswith("@package")), "").rstrip(":")
-            found[path.stem] = f"{about} [{path}]" if root != preset_dirs()[-1] else about
+            found[path.stem] = f"{about} [{path}]" if root != roots[-1] else about  # the package's own: no path
     return found
 
 

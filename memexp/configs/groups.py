@@ -139,6 +139,16 @@ PathsConf = make_config(
 )
 
 
+# The recurrent models' budget (hyperlstm_shakespeare, lstm_shakespeare): nanoGPT's 2000 steps of 12 x 64 chars,
+# read as in-order streams with the state carried across windows; one optimiser, so the two compare directly.
+_RECURRENT_BUDGET = dict(
+    data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
+    task=dict(carry_state="auto"),
+    optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
+    trainer=dict(max_steps=2000, val_check_interval=500, gradient_clip_val=1.0),
+)
+
+
 def register_groups() -> None:
     model = store(group="model")
     model(TransformerConf, name="transformer")
@@ -248,10 +258,7 @@ def register_groups() -> None:
                 use_recurrent_dropout=False,
                 dropout=0.0,
             ),
-            data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
-            task=dict(carry_state="auto"),
-            optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
-            trainer=dict(max_steps=2000, val_check_interval=500, gradient_clip_val=1.0),
+            **_RECURRENT_BUDGET,
             experiment_name="hyperlstm_shakespeare",
         ),
         name="hyperlstm_shakespeare",
@@ -263,10 +270,7 @@ def register_groups() -> None:
         dict(
             defaults=["_self_", {"override /model": "lstm"}, {"override /data": "shakespeare"}],
             model=dict(embedding_size=64, hidden_size=456, depth=1, dropout=0.0),
-            data=dict(seq_len=64, batch_size=12, tokenizer="char", windows="stream"),
-            task=dict(carry_state="auto"),
-            optim=dict(lr=2e-3, warmup_steps=100, min_lr=2e-4, weight_decay=0.01, betas=[0.9, 0.999]),
-            trainer=dict(max_steps=2000, val_check_interval=500, gradient_clip_val=1.0),
+            **_RECURRENT_BUDGET,
             experiment_name="lstm_shakespeare",
         ),
         name="lstm_shakespeare",

@@ -24,10 +24,18 @@ def load_checkpoint(
     expect_model: str | None = None,
     data_overrides: dict | None = None,
     data_path: str | None = None,
+    checkpoint: dict | None = None,
 ) -> LoadedRun:
-    """The task (weights loaded) and data module (tokenizer restored) of a memexp checkpoint."""
+    """The task (weights loaded) and data module (tokenizer restored) of a memexp checkpoint (`checkpoint`: its
+    dict, when already read)."""
     return _load_with(
-        path, instantiate, data_dir=data_dir, expect_model=expect_model, data_overrides=data_overrides, data_path=data_path
+        path,
+        instantiate,
+        data_dir=data_dir,
+        expect_model=expect_model,
+        data_overrides=data_overrides,
+        data_path=data_path,
+        checkpoint=checkpoint,
     )
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from memexp.errors import ConfigError
+from memexp.errors import ConfigError, require_positive_ints
 from memexp.kernels.hyperlstm_cpp import _CppScan, _load_cpp_ext
 from memexp.kernels.hyperlstm_fused import GATES, PARTS, LayerState, ScanResult
 from memexp.kernels.hyperlstm_scan import _fused_scan, _fused_scripted_scan, _scan
@@ -279,16 +279,17 @@ class HyperLSTM(nn.Module):
     ) -> None:
         super().__init__()
         depth, depth_key = renamed_argument("num_layers", num_layers, "depth", depth)
-        for field, value in (
-            ("vocab_size", vocab_size),
-            ("embedding_size", embedding_size),
-            ("hidden_size", hidden_size),
-            (depth_key, depth),
-            ("hyper_num_units", hyper_num_units),
-            ("hyper_embedding_size", hyper_embedding_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{field}={value!r} must be a positive integer")
+        require_positive_ints(
+            "model",
+            {
+                "vocab_size": vocab_size,
+                "embedding_size": embedding_size,
+                "hidden_size": hidden_size,
+                depth_key: depth,
+                "hyper_num_units": hyper_num_units,
+                "hyper_embedding_size": hyper_embedding_size,
+            },
+        )
         if not 0.0 < dropout_keep_prob <= 1.0:
             raise ConfigError(
                 f"model.dropout_keep_prob={dropout_keep_prob} must be in (0, 1]: it is the probability "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from memexp.errors import ConfigError
+from memexp.errors import ConfigError, require_positive_ints
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
 
@@ -44,14 +44,9 @@ class LSTMLM(nn.Module):
         forget_bias: float = 1.0,
     ) -> None:
         super().__init__()
-        for field, value in (
-            ("vocab_size", vocab_size),
-            ("embedding_size", embedding_size),
-            ("hidden_size", hidden_size),
-            ("depth", depth),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{field}={value!r} must be a positive integer")
+        require_positive_ints(
+            "model", {"vocab_size": vocab_size, "embedding_size": embedding_size, "hidden_size": hidden_size, "depth": depth}
+        )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1): it is the probability of dropping a unit")
         self.embedding = nn.Embedding(vocab_size, embedding_size)

@@ -121,6 +121,7 @@ def load_checkpoint(
     expect_model: str | None = None,
     data_overrides: dict | None = None,
     data_path: str | None = None,
+    checkpoint: dict | None = None,
 ) -> LoadedRun:
     """Rebuild the task (with its weights) and the data module (with its tokenizer) of a checkpoint.
 
@@ -128,9 +129,10 @@ def load_checkpoint(
     expect_model: the `model=` choice the caller asked for; another one is an error.
     data_path: other data to evaluate on, set as whichever of the data config's `path` (text)
     or `source` (dialogues) it has.
+    checkpoint: the dict `read_checkpoint(path)` returned, when the caller has read it already.
     """
     path = Path(path)
-    ck = read_checkpoint(path)
+    ck = read_checkpoint(path) if checkpoint is None else checkpoint
     meta = ck["memexp"]
     cfg = meta["config"]
     saved_model = cfg.get("names", {}).get("model")
