@@ -160,3 +160,28 @@ def test_the_knowledge_study_runs_end_to_end(tiny_knowledge_study):
     assert "| full bank |" in text and "| empty bank |" in text and "Editing 10 held-out entries" in text
     assert 0.0 <= result["metrics"]["knowledge/full_bank_acc"] <= 1.0
     assert result["backbone_run"]["ckpt"].endswith("last.ckpt") and result["metrics"]["global_step"] == 20
+
+
+@pytest.mark.parametrize("stop", [7, 10], ids=["mid-epoch", "epoch-end"])
+def test_a_resumed_explicit_run_draws_the_batches_the_uninterrupted_run_drew(stop, explicit_files, tmp_path, monkeypatch):
+    """The JSONL stream has no length: a run resumed mid-epoch drops the batches already drawn, and one resumed at
+    the end of an epoch (10 batches of 4 from 40 training records) goes on with the next epoch."""
+    from test_seeds import record_batches
+
+    from memexp.tasks.causal_lm import CausalLMTask
+
+    lines = (explicit_files / "train.jsonl").read_text().splitlines()[:48]  # 8 carved for val/test, 40 to train
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "kb.json").write_text((explicit_files / "kb.json").read_text())
+    seen = record_batches(monkeypatch, CausalLMTask, "input")
+    common = [*explicit_args(tmp_path, 12)[:-3], "trainer.val_check_interval=5", *QUIET]
+    run_in_process([*common, "trainer.max_steps=12"], tmp_path / "whole")
+    run_in_process([*common, f"trainer.max_steps={stop}"], tmp_path / "cut")
+    resumed = run_in_process(
+        [*common, "trainer.max_steps=12", f"paths.checkpoint_root={tmp_path}/cut/checkpoints"], tmp_path / "resumed"
+    )
+    assert resumed["resumed_from_step"] == stop
+    whole, continued = seen[0], [b for run in seen[1:] for b in run]
+    assert len(whole) == len(continued) == 12
+    same = [torch.equal(a, b) for a, b in zip(whole, continued, strict=True)]
+    assert all(same), f"the resumed run drew other batches (per step: {same})"

@@ -41,7 +41,7 @@ class EpochSampler(Sampler[int]):
         if not self.replacement and self.num_samples > self.n:
             raise ValueError(f"num_samples={self.num_samples} > n={self.n} without replacement")
         self.epoch = 0
-        self.start = 0  # indices of the next epoch to skip (set by ResumableLoader on resume; used once)
+        self.skip = 0  # indices of the next epoch to skip (set by ResumableLoader on resume; used once)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -50,7 +50,7 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
     def _take_start(self) -> int:
-        start, self.start = self.start, 0
+        start, self.skip = self.skip, 0
         return start
 
     def indices(self, epoch: int) -> list[int]:
@@ -76,33 +76,42 @@ class EpochPosition:
 
     def __init__(self) -> None:
         self.epoch, self.drawn, self.started = 0, 0, False
+        self.ended = False  # the epoch's batches ran out
         self.resume: tuple[int, int] | None = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self.drawn}
+        return {"epoch": self.epoch, "batches": self.drawn, "ended": self.ended}
 
-    def load_state_dict(self, state: dict, batches_per_epoch: int) -> None:
+    def load_state_dict(self, state: dict, batches_per_epoch: int | None) -> None:
+        """batches_per_epoch: None for a stream of unknown length (its end is known from `ended`)."""
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= batches_per_epoch:  # saved at the end of an epoch: the next one starts from its beginning
+        if batches_per_epoch is not None and batches >= batches_per_epoch:  # saved at an epoch's end: the next one
             epoch, batches = epoch + 1, 0
+        elif state.get("ended"):
+            # A stream of unknown length saved after its last batch: Lightning marked that batch the epoch's last and,
+            # resumed, iterates once more to finish that epoch before starting the next. That iteration is empty.
+            batches = -1
         self.resume = (epoch, batches)
 
     def begin(self, current: int) -> tuple[int, int]:
-        """(epoch, batches to skip) of an iteration that starts now."""
+        """(epoch, batches to skip) of an iteration that starts now; -1 batches: the epoch is over (nothing to draw)."""
         if self.resume is not None:
             (epoch, skip), self.resume = self.resume, None
         else:
             epoch, skip = (self.epoch + 1 if self.started else current), 0
-        self.epoch, self.drawn, self.started = epoch, skip, True
+        self.epoch, self.drawn, self.started, self.ended = epoch, skip, True, False
         return epoch, skip
+
+
+PREFETCHED_UNSIZED = 1  # batches Lightning's _PrefetchDataFetcher holds ahead for a loader without a length
 
 
 class ResumableLoader(DataLoader):
     """A DataLoader whose position (EpochPosition) Lightning saves with each checkpoint and restores on resume.
 
     The epoch's order is drawn by the sampler (EpochSampler) or, for an iterable dataset, by the dataset (with
-    `epoch`, `set_epoch` and `start`, counted in batches). On resume the sampler skips the indices of the batches
-    already drawn; a dataset without `start` has those batches drawn and dropped.
+    `epoch`, `set_epoch` and `skip`, counted in batches). On resume the sampler skips the indices of the batches
+    already drawn; a dataset without `skip` has those batches drawn and dropped.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -117,22 +126,36 @@ class ResumableLoader(DataLoader):
                 return owner
         return None
 
+    def _length(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:  # a stream without a length (ExplicitLM's JSONL)
+            return None
+
     def state_dict(self) -> dict:
-        return self.position.state_dict()
+        state = self.position.state_dict()
+        if self._length() is None and not self.position.ended:
+            # Lightning's fetcher draws one batch ahead of the training step from a loader without a length (to see
+            # the epoch's end coming): that batch was drawn but not trained on, so the resumed run draws it again
+            state["batches"] = max(0, state["batches"] - PREFETCHED_UNSIZED)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.position.load_state_dict(state, len(self))
+        self.position.load_state_dict(state, self._length())
 
     def __iter__(self) -> Iterator:
         order = self._order()
         epoch, skip = self.position.begin(order.epoch if order is not None else 0)
         drop = 0
+        if skip < 0:
+            self.position.drawn, self.position.ended = 0, True
+            return
         if order is not None:
             order.set_epoch(epoch)
-        if skip and order is self.dataset and hasattr(order, "start"):  # an iterable dataset yielding whole batches
-            order.start = skip
-        elif skip and order is not None and hasattr(order, "start") and self.batch_size is not None:
-            order.start = skip * self.batch_size
+        if skip and order is self.dataset and hasattr(order, "skip"):  # an iterable dataset yielding whole batches
+            order.skip = skip
+        elif skip and order is not None and hasattr(order, "skip") and self.batch_size is not None:
+            order.skip = skip * self.batch_size
         else:
             drop = skip
         for batch in super().__iter__():
@@ -141,3 +164,4 @@ class ResumableLoader(DataLoader):
                 continue
             self.position.drawn += 1
             yield batch
+        self.position.ended = True

@@ -114,7 +114,7 @@ class StreamWindows(IterableDataset):
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int = 0):
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.epoch = 0
-        self.start = 0  # batches of the next epoch to skip (a resumed run; used once)
+        self.skip = 0  # batches of the next epoch to skip (a resumed run; used once)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -140,7 +140,7 @@ class StreamWindows(IterableDataset):
         # A per-epoch shift of the window grid, so windows do not always cut at the same places.
         shift = int(torch.randint(0, self.seq_len, (1,), generator=torch.Generator().manual_seed(self.seed + self.epoch)))
         self.epoch += 1
-        start, self.start = self.start, 0
+        start, self.skip = self.skip, 0
         starts = torch.arange(rank * self.batch_size, (rank + 1) * self.batch_size) * stream_len
         for k in range(start, (stream_len - shift) // self.seq_len):
             offsets = starts[:, None] + shift + k * self.seq_len + torch.arange(self.seq_len + 1)  # (B, T+1)

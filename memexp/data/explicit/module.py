@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from memexp.data.explicit.records import FORMATS, check_not_empty, numbered_lines
 from memexp.data.explicit.stream import JSONLStream
+from memexp.data.samplers import ResumableLoader
 from memexp.data.sources import default_data_dir
 from memexp.data.spec import DataSpec
 from memexp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_state
@@ -183,11 +184,13 @@ class ExplicitLMDataModule(L.LightningDataModule):
         return JSONLStream(self.val_path if split == "val" else self.test_path, stop=e, **common)
 
     # -- loaders ------------------------------------------------------------------------------
-    def _loader(self, dataset: JSONLStream, batch_size: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset: JSONLStream, batch_size: int, loader: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader(dataset, batch_size=batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._stream("train"), self.batch_size)
+        # resumable: a resumed run redraws the stream's epoch (the shuffle is seeded by seed, epoch and shard) and
+        # drops the batches the checkpoint had already drawn, so it continues with the batch it stopped at
+        return self._loader(self._stream("train"), self.batch_size, ResumableLoader)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Samples of split "val" or "test" in file order ("train": the training stream)."""
