@@ -13,6 +13,14 @@ validation loss equals the reference's within 1e-4 (a rerun that found the run f
 weights are compared). With --signal TERM the run is sent SIGTERM instead (what schedulers send first): the
 trial also needs status 143, the line naming the saved checkpoint, and an exit within 10 s of the signal.
 Writes <out>/kill_resume.{json,md}.
+
+    python experiments/kill_resume.py --prepare [--trials 10] [--seed 0] [--signal KILL|TERM]
+
+stops `memexp.prepare` of a generated 60,000-dialogue LCCC-format file instead, at a moment drawn uniformly over an
+uninterrupted preparation's wall time (reading, the vocabulary, any chunk write, the manifest), reruns the same
+command, and checks that the chunks it ends with are byte-identical (sha256) to the uninterrupted preparation's,
+that no manifest was left by the stopped one, and for TERM status 143 within 10 s.
+Writes <out>/prepare_resume.{json,md}.
 """
 
 from __future__ import annotations
@@ -76,6 +84,85 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2e}"
 
 
+def dialogue_source(path: Path, n: int = 60_000) -> None:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    lines = ("\t".join(" ".join(rng.choices(words, k=rng.randint(2, 6))) for _ in range(rng.randint(2, 4))) for _ in range(n))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def chunk_sums(manifest: Path) -> list[str]:
+    splits = json.loads(manifest.read_text())["splits"]
+    return [c["sha256"] for split in splits.values() for c in split["chunks"]]
+
+
+def prepare_trials(args: argparse.Namespace, out: Path, env: dict) -> None:
+    src = out / "dialogues.tsv"
+    dialogue_source(src)
+
+    def cmd(cache: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "memexp.prepare", "data=lccc", f"data.source={src}", f"data.cache_dir={cache}",
+            "data.chunk_size=2000", f"paths.output_dir={out}",
+        ]  # fmt: skip
+
+    t0 = time.monotonic()
+    ref = subprocess.run(cmd(out / "prep-reference"), env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if ref.returncode != 0:
+        raise SystemExit(f"the reference preparation failed: {ref.stderr[-2000:]}")
+    expected = chunk_sums(out / "prep-reference" / "manifest.json")
+    print(f"reference preparation: {len(expected)} chunks in {wall:.1f} s", flush=True)
+    rng = random.Random(args.seed)
+    trials = []
+    for i in range(args.trials):
+        cache = out / f"prep-{i}"
+        at = rng.uniform(0.0, wall)
+        proc = subprocess.Popen(cmd(cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(at)
+        finished_first = proc.poll() is not None
+        chunks_before = len(list(cache.glob("*/chunk_*.pt")))
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, f"SIG{args.signal}"))
+        _, err = proc.communicate()
+        exit_s = time.monotonic() - sent
+        left_manifest = (cache / "manifest.json").exists()
+        rerun = subprocess.run(cmd(cache), env=env, capture_output=True, text=True)
+        same = rerun.returncode == 0 and chunk_sums(cache / "manifest.json") == expected
+        trial = {
+            "trial": i,
+            "stopped_after_s": round(at, 2),
+            "chunks_on_disk_at_signal": chunks_before,
+            "finished_before_signal": finished_first,
+            "status": proc.returncode,
+            "exit_after_s": round(exit_s, 2),
+            "manifest_left": left_manifest,
+            "rerun_rc": rerun.returncode,
+            "chunks_identical": same,
+        }
+        stopped_ok = finished_first or not left_manifest
+        if args.signal == "TERM" and not finished_first:
+            stopped_ok = stopped_ok and proc.returncode == 143 and exit_s < 10 and "stopped by SIGTERM" in err
+        trial["ok"] = bool(same and stopped_ok)
+        trials.append(trial)
+        print(json.dumps(trial), flush=True)
+    passed = sum(t["ok"] for t in trials)
+    (out / "prepare_resume.json").write_text(json.dumps({"trials": trials, "passed": passed, "wall_s": wall}, indent=2))
+    lines = [
+        "| trial | signal after (s) | chunks on disk | status | exit after (s) | manifest left | rerun chunks identical | ok |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {t['trial']} | {t['stopped_after_s']} | {t['chunks_on_disk_at_signal']} | {t['status']} | "
+            f"{t['exit_after_s']} | {t['manifest_left']} | {t['chunks_identical']} | {t['ok']} |"
+            for t in trials
+        ),
+        f"\n{passed} of {len(trials)} preparations stopped by SIG{args.signal} at random moments ended byte-identical "
+        f"to the uninterrupted one ({len(expected)} chunks, {wall:.1f} s).",
+    ]
+    (out / "prepare_resume.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=10)
@@ -83,6 +170,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     ap.add_argument("--out", type=Path, default=Path("outputs/kill_resume"))
+    ap.add_argument("--prepare", action="store_true", help="stop memexp.prepare instead of a training run")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +178,9 @@ def main() -> None:
     text = out / "tiny.txt"
     text.write_text((data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     env = os.environ | {"OMP_NUM_THREADS": "1", "MEMEXP_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    if args.prepare:
+        prepare_trials(args, out, env)
+        return
 
     t0 = time.monotonic()
     ref_dir = out / "reference"

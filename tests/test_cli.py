@@ -272,6 +272,14 @@ def test_the_slurm_launcher_follows_the_trainer():
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)
+    # requeue on time-out or preemption: the job script asks SLURM for the signal SaveOnStop waits for
+    assert launcher["max_num_timeout"] >= 1
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from memexp.runs.signals import preemption_signal
+
+    script = _make_sbatch_string(command="x", folder="/tmp/f", signal_delay_s=launcher["signal_delay_s"])
+    assert f"#SBATCH --signal={preemption_signal().name.removeprefix('SIG')}@{launcher['signal_delay_s']}" in script
 
 
 @pytest.mark.parametrize(

@@ -130,3 +130,80 @@ def test_stopping_a_preparation_then_the_rerun_writes_the_same_chunks(tmp_path):
         again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]
         assert _chunk_sums(cache / "manifest.json") == expected
+
+
+FAKE_SUBMITIT = """
+import json, signal, sys, runpy
+from pathlib import Path
+import torch
+
+marker = Path(sys.argv.pop(1))
+
+
+def requeue(signum, frame):  # what submitit's handler does: checkpoint the submission, requeue, exit
+    found = sorted(marker.parent.rglob("last.ckpt"))
+    steps = [torch.load(f, map_location="cpu", weights_only=True)["global_step"] for f in found]
+    marker.write_text(json.dumps({"signal": signum, "last_ckpt_steps": steps}))
+    sys.exit(-1)
+
+
+signal.signal(signal.SIGUSR2, requeue)
+runpy.run_module("memexp.run", run_name="__main__")
+"""
+
+
+def test_slurm_preemption_saves_last_ckpt_at_a_step_boundary_before_submitit_requeues(tiny_text, tmp_path):
+    """Under submitit, USR2 (preemption or time limit) is held until the step ends, last.ckpt is saved, and only
+    then does submitit's requeue handler run; the requeued job (the same command) resumes from that step."""
+    import json
+    import os
+
+    args = [
+        "data=text",
+        f"data.path={tiny_text}",
+        *TINY_MODEL,
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "sample_tokens=0",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=1000",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"paths.output_dir={tmp_path}",
+    ]
+    (tmp_path / "fake_submitit.py").write_text(FAKE_SUBMITIT)
+    marker = tmp_path / "requeued.json"
+    env = os.environ | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "fake_submitit.py"),
+            str(marker),
+            *args,
+            "trainer.max_steps=100000",
+            f"hydra.run.dir={tmp_path / 'run1'}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_steps(tmp_path / "run1" / "csv" / "metrics.csv", 5, proc)
+    proc.send_signal(signal.SIGUSR2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 255, err[-2000:]  # submitit's handler exits with -1 after requeueing
+    (line,) = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln]
+    step = int(line.split(" at step ")[1].split(";")[0])
+    assert json.loads(marker.read_text()) == {"signal": int(signal.SIGUSR2), "last_ckpt_steps": [step]}
+    assert step >= 5 and "requeueing" in err and "Traceback" not in err
+    again = subprocess.run(
+        [sys.executable, "-m", "memexp.run", *args, f"trainer.max_steps={step + 2}", f"hydra.run.dir={tmp_path / 'run2'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from step {step}" in again.stdout

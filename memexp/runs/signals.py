@@ -7,6 +7,15 @@ and `train_and_test` exits with status 143 and one line naming the checkpoint. C
 turned into the same path (a second Ctrl-C aborts at once). Outside training (data preparation, evaluation)
 `memexp.stopping.graceful_signals` makes SIGTERM a clean exit with one line: files are written under temporary names and
 renamed when complete, so an interrupted preparation continues on the next run.
+
+On SLURM through `launcher=slurm` (submitit), the job gets the preemption signal (USR2, or
+`SUBMITIT_PREEMPT_SIGNAL`) `hydra.launcher.signal_delay_s` seconds before its time limit or when it is
+preempted. submitit's own handler would requeue the job at once, wherever the step is, losing the work since
+the last checkpoint; `SaveOnStop` takes that signal during training, stops at the step boundary, saves
+`last.ckpt` and only then hands over to submitit's handler, which requeues the job and exits. The requeued job
+runs the same command, which resumes from `last.ckpt`. (A plain `sbatch --signal=USR1@90` script gets
+Lightning's own `SLURMEnvironment(auto_requeue=True)`: Lightning requeues, SLURM sends SIGTERM, and the
+SIGTERM path above saves `last.ckpt`.)
 """
 
 from __future__ import annotations
@@ -25,17 +34,48 @@ from memexp import stopping
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: the status a process stopped by SIGTERM reports
 
 
+def preemption_signal() -> signal.Signals:
+    """The signal submitit's SLURM jobs get before their time limit or on preemption."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    return getattr(signal, name if name.startswith("SIG") else f"SIG{name}", signal.SIGUSR2)
+
+
 class SaveOnStop(L.Callback):
     """Saves `last` when a fit is stopped by SIGTERM (or Ctrl-C, turned into SIGTERM) at a step boundary."""
 
     def __init__(self, last: Path):
         self.last, self.saved_step = Path(last), None
         self._previous_sigint = None
+        self._preempt: tuple[signal.Signals, object] | None = None  # (signal, the handler it had: submitit's)
+        self.requeue: object | None = None  # set when preempted: the handler to call once last.ckpt is saved
+        self.preempted_by: signal.Signals | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stopping.in_fit = True
         if trainer.is_global_zero and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._previous_sigint = signal.signal(signal.SIGINT, self._ctrl_c)
+        sig = preemption_signal()
+        previous = signal.getsignal(sig)
+        if callable(previous):  # a scheduler's requeue handler (submitit's): run it after the checkpoint
+            self._preempt = (sig, previous)
+            signal.signal(sig, self._preempted)
+
+    def _preempted(self, signum: int, frame: FrameType | None) -> None:
+        self.preempted_by = signal.Signals(signum)
+        self.requeue = self._preempt[1] if self._preempt else None
+        print(
+            f"\n{self.preempted_by.name}: the job is preempted or near its time limit; saving a checkpoint at the end "
+            "of this step, then requeueing",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def hand_over(self) -> None:
+        """After last.ckpt is saved: run the scheduler's requeue handler (submitit's requeues the job and exits)."""
+        if self.requeue is not None and self.preempted_by is not None:
+            handler, self.requeue = self.requeue, None
+            handler(int(self.preempted_by), None)
 
     def _ctrl_c(self, signum: int, frame: FrameType | None) -> None:
         print(
@@ -51,6 +91,9 @@ class SaveOnStop(L.Callback):
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        if self._preempt is not None:
+            signal.signal(*self._preempt)
+            self._preempt = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
