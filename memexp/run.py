@@ -94,6 +94,9 @@ def run(
     `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
     are config sections, read by attribute.
     """
+    from memexp.runs.threads import ThreadGovernor, apply_threads, parallel_launcher
+
+    follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), parallel_launcher())
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     names = _names(seed, experiment_name)
     cfg["run"] = _run_info(tags, names.experiment)
@@ -141,7 +144,7 @@ def run(
         after_test = StudyEvaluations(StudySettings(**known))
     from memexp.runs.train import train_and_test
 
-    extra_callbacks = []
+    extra_callbacks: list = [ThreadGovernor()] if follow_machine else []
     if meta is not None and meta.use:
         from memexp.tasks.meta import ReptileOuterLoop
 

@@ -95,6 +95,8 @@ _trainer = dict(
     gradient_clip_val=1.0,
     num_sanity_val_steps=0,
     callbacks=[builds(StepProgressBar, leave=True), builds(RunSummary)],
+    # CPU threads (memexp.runs.threads): auto = the free cores, one when other processes keep cores busy
+    zen_meta={"threads": "auto"},
 )
 DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
 CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)

@@ -62,6 +62,7 @@ RULES: list[tuple[str, Range]] = [
     (r"optim\.betas\.\d", Range(0.0, 1.0, open_high=True)),
     # trainer
     (r"trainer\.max_steps", Range(1, integer=True, also=(-1,))),
+    (r"trainer\.threads", Range(1, integer=True, also=("auto",))),
     (r"trainer\.max_epochs", Range(1, integer=True, also=(-1, None))),
     (r"trainer\.(accumulate_grad_batches|log_every_n_steps|devices|num_nodes)", Range(1, integer=True, also=("auto", -1))),
     (r"trainer\.val_check_interval", Range(0.0, open_low=True, also=(None,))),

@@ -32,9 +32,10 @@ step_impls run the loop without autograd and differentiate it by hand: the backw
 carries only the gradients through time and the weight gradients of all T steps are a few
 large matmuls. The default on CPU ("auto" -> "cpp", `memexp.kernels.hyperlstm_cpp._CppScan`)
 runs both loops in C++ (memexp/kernels/hyperlstm_ext.cpp, built at first use): per step
-every matmul goes through a register-blocked small-batch GEMM (faster than at::mm at a
-dozen rows) and one hand-written loop over (B, units) does everything element-wise (~1.7x
-faster than TorchScript in experiments/bench_hyperlstm.py). Where it does not apply (no
+every matmul goes through the GEMM path chosen for the CPU (`memexp.kernels.hyperlstm_cpp.gemm_path`:
+packed-panel AVX-512 kernels where torch runs AVX-512, the register-blocked AVX2 small-batch GEMM
+elsewhere, at::mm when forced with "cpp_blas") and one hand-written loop over (B, units) does
+everything element-wise (~1.7x faster than TorchScript in experiments/bench_hyperlstm.py on AVX2). Where it does not apply (no
 compiler: one warning; GPU; other dtypes) "fused_script" runs: the same BPTT
 (`memexp.kernels.hyperlstm_scan._FusedScan`) as TorchScript loops (deprecated, but the
 cheapest op dispatch; Python if unavailable). torch.compile of the per-step bodies was
@@ -51,12 +52,13 @@ import torch
 from torch import Tensor, nn
 
 from memexp.errors import ConfigError, require_positive_ints
-from memexp.kernels.hyperlstm_cpp import _CppScan, _load_cpp_ext
+from memexp.kernels.hyperlstm_cpp import _CppScan, _load_cpp_ext, gemm_path
 from memexp.kernels.hyperlstm_fused import GATES, PARTS, LayerState, ScanResult
 from memexp.kernels.hyperlstm_scan import _fused_scan, _fused_scripted_scan, _scan
 from memexp.models.renamed import renamed_argument
 
-STEP_IMPLS = ("auto", "cpp", "fused_script", "fused", "python")
+STEP_IMPLS = ("auto", "cpp", "cpp_avx512", "cpp_avx2", "cpp_blas", "fused_script", "fused", "python")
+CPP_IMPLS = ("auto", "cpp", "cpp_avx512", "cpp_avx2", "cpp_blas")  # the C++ loops; "cpp_<path>" forces a GEMM path
 
 
 def _orthogonal_per_gate_(w: Tensor) -> None:
@@ -78,9 +80,11 @@ class HyperLSTMCell(nn.Module):
         dropout_keep_prob: keep probability of the recurrent dropout.
         forget_bias: added to the forget gate before its sigmoid.
         step_impl: how the per-step loop runs: "auto" (= "cpp" where it applies), "cpp" (hand-written BPTT,
-            loops in C++ built at first use; CPU float32/float64 only, else falls back to "fused_script"),
-            "fused_script" (the same BPTT, loops in TorchScript), "fused" (loops in Python) or "python"
-            (plain autograd).
+            loops in C++ built at first use; CPU float32/float64 only, else falls back to "fused_script"; its
+            per-step GEMMs take the path for this CPU, `memexp.kernels.hyperlstm_cpp.gemm_path`),
+            "cpp_avx512" / "cpp_avx2" / "cpp_blas" ("cpp" with that GEMM path forced, for tests and benchmarks;
+            an error where the CPU cannot run it), "fused_script" (the same BPTT, loops in TorchScript),
+            "fused" (loops in Python) or "python" (plain autograd).
     """
 
     def __init__(
@@ -212,7 +216,8 @@ class HyperLSTMCell(nn.Module):
             ln_c[3],
         )
         if self._uses_cpp(x):
-            hs, h, c, hh, hc = _CppScan.apply(xin, mask, h, c, hh, hc, *weights)
+            path = gemm_path(self.step_impl[4:] if self.step_impl.startswith("cpp_") else "auto")
+            hs, h, c, hh, hc = _CppScan.apply(path, xin, mask, h, c, hh, hc, *weights)
         else:
             xm = xin[..., : GATES * H].reshape(T, B, GATES, H).transpose(1, 2).contiguous()  # (T, G, B, H)
             xy = xin[..., GATES * H :]  # (T, B, G*N)
@@ -220,9 +225,9 @@ class HyperLSTMCell(nn.Module):
         return hs.transpose(0, 1), (h, c, hh, hc)
 
     def _uses_cpp(self, x: Tensor) -> bool:
-        """C++ loops for "cpp"/"auto" on CPU float32/float64, when they build; else the TorchScript loops."""
+        """C++ loops for "cpp"/"cpp_*"/"auto" on CPU float32/float64, when they build; else the TorchScript loops."""
         return (
-            self.step_impl in ("auto", "cpp")
+            self.step_impl in CPP_IMPLS
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and _load_cpp_ext() is not None
@@ -233,7 +238,7 @@ class HyperLSTMCell(nn.Module):
             return _fused_scan
         if self.step_impl == "python":
             return _scan
-        return _fused_scripted_scan  # "fused_script", and "auto"/"cpp" where the C++ loops do not apply
+        return _fused_scripted_scan  # "fused_script", and "auto"/"cpp*" where the C++ loops do not apply
 
 
 class HyperLSTM(nn.Module):
@@ -252,7 +257,8 @@ class HyperLSTM(nn.Module):
         dropout: dropout probability on the outputs of every layer but the last.
         forget_bias: added to the forget gates before their sigmoid.
         step_impl: per-step loop: "auto" (default: "cpp" on CPU when the C++ loops build, else
-            "fused_script"), "cpp" (hand-written BPTT in C++), "fused_script" (the same in TorchScript),
+            "fused_script"), "cpp" (hand-written BPTT in C++; GEMM path by CPU capability), "cpp_avx512" /
+            "cpp_avx2" / "cpp_blas" (a GEMM path forced), "fused_script" (the same in TorchScript),
             "fused" (in Python) or "python" (plain autograd).
         num_layers: deprecated name of `depth` (accepted, with a warning, until memexp 0.3).
     """

@@ -235,6 +235,7 @@ def train_and_test(
         "resumed_from_step": resume_step,
         "run_dir": str(run_dir),
         "names": vars(names),
+        "threads": torch.get_num_threads(),  # at the end (trainer.threads=auto may have followed the machine)
     }
     if study is not None:
         result["study"] = study
