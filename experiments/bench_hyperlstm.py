@@ -10,8 +10,14 @@ The target of issue 3 is checked here (never in timed tests):
 Usage:
     PYTHONPATH=. python experiments/bench_hyperlstm.py [--hidden 384] [--threads 1] [--out PATH]
 
+It first prints the CPU (/proc/cpuinfo "model name"), torch's CPU capability, a 1-thread fp32
+matmul peak measured in this run (GFLOP/s, best of a few 1024^3 products) and the GEMM path the
+C++ loops take (`memexp.kernels.hyperlstm_cpp.gemm_path`); the per-round ratios give the range
+next to the median.
+
 Variants timed: `lstm` (torch.nn.LSTM), `hyper_cpp` (the model's default on CPU, step_impl
-"auto" -> "cpp": hand-written BPTT, loops in C++ built at first use), `hyper_fused_script` (the
+"auto" -> "cpp": hand-written BPTT, loops in C++ built at first use, GEMM path chosen for the CPU),
+`hyper_cpp_<path>` for every GEMM path this CPU can run (with --all-paths), `hyper_fused_script` (the
 same BPTT, loops in TorchScript; the fallback), `hyper_fused` (same, loops in Python),
 `hyper_python` (the fused step under plain autograd) and `naive` (the paper's equations
 gate by gate, one small matmul each: what a direct port does; skip with --no-naive).
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memexp.kernels.hyperlstm_cpp import available_gemm_paths, gemm_path
 from memexp.models.hyperlstm import HyperLSTM
 
 TARGET_RATIO = 0.5
@@ -108,6 +115,33 @@ def naive_layer(cell, x):
     return torch.stack(outs, 1)
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def matmul_peak_gflops(n=1024, repeats=5):
+    """Best 1-thread fp32 n x n x n matmul rate of a few tries, in GFLOP/s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        torch.mm(a, b, out=c)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
 def train_step_fn(model, vocab_size):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -137,6 +171,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-naive", action="store_true", help="skip the slow direct port")
     ap.add_argument("--no-slow", action="store_true", help="skip hyper_fused and hyper_python too")
+    ap.add_argument("--all-paths", action="store_true", help="also time the C++ loops with each GEMM path forced")
     ap.add_argument("--out", default="outputs/bench/hyperlstm.json")
     args = ap.parse_args(argv)
 
@@ -160,7 +195,17 @@ def main(argv=None):
         models["naive"] = NaiveHyperLSTMLM(HyperLSTM(V, step_impl="python", **kw))
     models["hyper_fused_script"] = HyperLSTM(V, step_impl="fused_script", **kw)
     models["hyper_cpp"] = HyperLSTM(V, step_impl="cpp", **kw)
-    if not models["hyper_cpp"].layers[0]._uses_cpp(torch.zeros(1)):
+    uses_cpp = models["hyper_cpp"].layers[0]._uses_cpp(torch.zeros(1))
+    path = gemm_path() if uses_cpp else "none (TorchScript fallback)"
+    if args.all_paths:
+        for p in available_gemm_paths():
+            models[f"hyper_cpp_{p}"] = HyperLSTM(V, step_impl=f"cpp_{p}", **kw)
+    peak = matmul_peak_gflops()
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"cpu: {cpu_model()}; torch {torch.__version__} capability {capability}")
+    print(f"1-thread fp32 matmul peak (1024^3, measured now): {peak:.1f} GFLOP/s")
+    print(f"hyper_cpp kernel path: {path} (available: {', '.join(available_gemm_paths()) or 'none'})")
+    if not uses_cpp:
         print("the C++ loops did not build: hyper_cpp runs the TorchScript fallback")
 
     idx = torch.randint(0, V, (B, T + 1))
@@ -183,26 +228,42 @@ def main(argv=None):
     base = tokens / statistics.median(times["lstm"])
     for name, ts in times.items():
         tps = tokens / statistics.median(ts)
+        round_ratios = [lstm_t / t for lstm_t, t in zip(times["lstm"], ts)]  # same round, same load
         rows[name] = {
             "tokens_per_s": tps,
             "ms_per_step": 1000 * statistics.median(ts),
+            "ms_per_step_range": [1000 * min(ts), 1000 * max(ts)],
             "ratio_vs_lstm": tps / base,
+            "ratio_range": [min(round_ratios), max(round_ratios)],
             "params": sum(p.numel() for p in models[name].parameters()),
         }
     print(
         f"batch {B} x {T}, vocab {V}, embedding {args.embedding}, hidden {args.hidden}, layers {args.layers}, "
         f"hyper {args.hyper_units}/{args.hyper_embedding}, threads {args.threads}, median of {args.rounds} rounds"
     )
-    print(f"{'model':<15}{'params':>10}{'ms/step':>10}{'tok/s':>10}{'x LSTM':>8}")
+    print(f"{'model':<19}{'params':>10}{'ms/step':>10}{'(min-max)':>14}{'tok/s':>8}{'x LSTM':>8}{'(rounds)':>12}")
     for name, r in rows.items():
-        print(f"{name:<15}{r['params']:>10,}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>10.0f}{r['ratio_vs_lstm']:>8.2f}")
+        lo, hi = r["ms_per_step_range"]
+        rlo, rhi = r["ratio_range"]
+        print(
+            f"{name:<19}{r['params']:>10,}{r['ms_per_step']:>10.1f}{f'({lo:.1f}-{hi:.1f})':>14}"
+            f"{r['tokens_per_s']:>8.0f}{r['ratio_vs_lstm']:>8.2f}{f'({rlo:.2f}-{rhi:.2f})':>12}"
+        )
     ratio = rows["hyper_cpp"]["ratio_vs_lstm"]
+    rlo, rhi = rows["hyper_cpp"]["ratio_range"]
     ok = ratio >= TARGET_RATIO
-    print(f"target: hyper_cpp (default) >= {TARGET_RATIO} x LSTM -> {ratio:.2f} {'PASS' if ok else 'FAIL'}")
+    print(
+        f"target: hyper_cpp (default, path {path}) >= {TARGET_RATIO} x LSTM -> {ratio:.2f} "
+        f"(rounds {rlo:.2f}-{rhi:.2f}) {'PASS' if ok else 'FAIL'}"
+    )
 
     result = {
         "config": vars(args),
         "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "cpu_capability": capability,
+        "matmul_peak_gflops_1thread": peak,
+        "kernel_path": path,
         "results": rows,
         "target_ratio": TARGET_RATIO,
         "ratio": ratio,

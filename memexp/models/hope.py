@@ -94,8 +94,9 @@ class HopeBlock(nn.Module):
         k, v (B, H, S, D)."""
         B, T, C = q.shape
         q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        k = torch.cat([st["attn_k"], k], 2)  # (B, H, S, D)
-        v = torch.cat([st["attn_v"], v], 2)
+        if st["attn_k"].shape[2]:  # a segment's first call has no cache: nothing to copy k, v onto
+            k = torch.cat([st["attn_k"], k], 2)  # (B, H, S, D)
+            v = torch.cat([st["attn_v"], v], 2)
         y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C), k, v
 

@@ -23,15 +23,16 @@ def memory_mlp(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """M(x) = silu(x W1^T) W2^T / sqrt(Hm) for fast weights w (B', 2, Hm, D) = [W1, W2^T], x (B', N, D).
 
-    W1 and W2^T share one (Hm, D) layout so an update touches one tensor and one bmm
-    yields both gradients. Returns y (B', N, D), or y - target when a target is given,
-    plus h = x W1^T, sig = sigmoid(h) and a = silu(h) (B', N, Hm) for the gradient.
+    W1 and W2^T share one (Hm, D) layout so an update touches one tensor. Returns y (B', N, D),
+    or y - target when a target is given, plus h = x W1^T, sig = sigmoid(h) and a = silu(h)
+    (B', N, Hm) for the gradient.
     """
-    h = torch.bmm(x, w[:, 0].transpose(1, 2))  # (B', N, Hm)
+    w1, w2t = w.unbind(1)  # one backward op (a stack), where w[:, i] would zero-fill (B', 2, Hm, D) per slice
+    h = torch.bmm(x, w1.transpose(1, 2))  # (B', N, Hm)
     sig = torch.sigmoid(h)
     a = h * sig
     s = w.shape[2] ** -0.5
-    y = torch.bmm(a, w[:, 1]) * s if target is None else torch.baddbmm(target, a, w[:, 1], beta=-1.0, alpha=s)
+    y = torch.bmm(a, w2t) * s if target is None else torch.baddbmm(target, a, w2t, beta=-1.0, alpha=s)
     return y, h, sig, a
 
 
@@ -53,12 +54,56 @@ def memory_mlp_descent(
     Written by hand and differentiable, so second-order terms reach the outer optimiser.
     Returns (B', 2, Hm, D).
     """
-    B, n, _ = k.shape
     dy = err * coef.unsqueeze(-1)  # (B', n, D), descent sign folded in
-    dh = torch.bmm(dy, w[:, 1].transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
-    lhs = torch.stack([dh, a], 1).view(2 * B, n, -1).transpose(1, 2)  # (2B', Hm, n)
-    rhs = torch.stack([k, dy], 1).view(2 * B, n, -1)  # (2B', n, D)
-    return torch.bmm(lhs, rhs).view(B, 2, -1, k.shape[-1])  # (B', 2, Hm, D)
+    dh = torch.bmm(dy, w.select(1, 1).transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
+    # Two bmm and a stack of their (B', Hm, D) results: cheaper than stacking the (B', n, .) operands.
+    return torch.stack([torch.bmm(dh.transpose(1, 2), k), torch.bmm(a.transpose(1, 2), dy)], 1)
+
+
+class UnitHeads(torch.autograd.Function):
+    """q, k (B, T, C) -> their per-head L2-normalised copies, in the layouts the memories read.
+
+    Forward: y = x / sqrt(|x|^2 + D eps) per head slice (= rms_norm(x) / sqrt(D)), written straight into
+    head layout yh (2, B, Hh, T, D) ([q, k]) and, for the slot memory, full width yf (2, B, T, C) scaled
+    by 1/sqrt(Hh). Backward by hand: dx = r (g - y <g, y>) with r = 1/sqrt(|x|^2 + D eps) and
+    g = dyh + dyf / sqrt(Hh): a handful of passes where autograd through rms_norm takes a dozen.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, heads: int, full: bool):
+        B, T, C = q.shape
+        D = C // heads
+        eps = D * torch.finfo(q.dtype).eps
+        yh = q.new_empty(2, B, heads, T, D)
+        yf = q.new_empty(2, B, T, C) if full else None
+        rs = []
+        for i, x in enumerate((q, k)):
+            x = x.view(B, T, heads, D)
+            r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().add_(eps).rsqrt_()  # (B, T, Hh, 1)
+            torch.mul(x, r, out=yh[i].permute(0, 2, 1, 3))
+            if full:
+                torch.mul(x, r * heads**-0.5, out=yf[i].view(B, T, heads, D))
+            rs.append(r)
+        ctx.heads, ctx.full = heads, full
+        ctx.save_for_backward(yh, *rs)
+        return (yh, yf) if full else yh
+
+    @staticmethod
+    def backward(ctx, gh: torch.Tensor, gf: torch.Tensor | None = None):
+        yh, *rs = ctx.saved_tensors
+        _, B, Hh, T, D = yh.shape
+        out = []
+        for i in range(2):
+            y = yh[i].permute(0, 2, 1, 3)  # (B, T, Hh, D) views
+            r = rs[i]
+            if ctx.full:  # g / c with c = 1/sqrt(Hh), built in (B, T, Hh, D) order so dx needs no copy
+                g = torch.add(gf[i].reshape(B, T, Hh, D), gh[i].permute(0, 2, 1, 3), alpha=Hh**0.5)
+                r = r * Hh**-0.5
+            else:
+                g = gh[i].permute(0, 2, 1, 3)
+            dot = (g * y).sum(-1, keepdim=True)  # (B, T, Hh, 1)
+            out.append(torch.addcmul(g, y, dot, value=-1.0).mul_(r).reshape(B, T, Hh * D))
+        return out[0], out[1], None, None
 
 
 class SlotMemory(nn.Module):
@@ -205,11 +250,6 @@ class HopeMemory(nn.Module):
         _, N, D = x.shape
         return x.view(-1, self.heads, N, D).transpose(1, 2).reshape(-1, N, self.heads * D)
 
-    def unit(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C): L2-normalise every head's slice (rms_norm / sqrt(D): two ops, not four)."""
-        B, N, C = x.shape
-        return (F.rms_norm(x.view(B, N, self.heads, -1), (self.head_dim,)) * self.head_dim**-0.5).view(B, N, C)
-
     def write(self, st: dict, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, gates: torch.Tensor) -> dict:
         """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
         n = k.shape[1]
@@ -243,7 +283,14 @@ class HopeMemory(nn.Module):
         """
         B, T, C = q.shape
         Hh = self.heads
-        q, k = self.unit(q), self.unit(k)
+        # q, k unit per head: in head layout (B', T, D) for the neural memory, and full width / sqrt(Hh)
+        # (unit vectors, B, T, C) for the slot memory.
+        if self.slots is not None:
+            yh, yf = UnitHeads.apply(q, k, Hh, True)
+            qs, ks = yf.unbind(0)
+        else:
+            yh, qs, ks = UnitHeads.apply(q, k, Hh, False), None, None
+        qh, kh = (t.view(B * Hh, T, -1) for t in yh.unbind(0))
         g = torch.sigmoid(self.gates(u))  # (B, T, 3 Hh)
         # Pieces of these tokens that share one memory state: [start, end) and whether the chunk closes.
         pieces, start, P = [], 0, st["pending"].shape[1]
@@ -252,7 +299,7 @@ class HopeMemory(nn.Module):
             pieces.append((start, end, P + end - start >= chunk or (seg_end and end == T)))
             P, start = 0, end
         # Writes, in head layout (B', ., .); the first chunk may start with earlier calls' tokens.
-        kh, vh, gh = self.split_heads(k), self.split_heads(v), self.split_heads(g)
+        vh, gh = self.split_heads(v), self.split_heads(g)
         theta = surprise_scale * gh[..., 0]  # (B', T)
         pend = st["pending"]
         if pend.shape[1]:
@@ -260,12 +307,11 @@ class HopeMemory(nn.Module):
         # split (not slicing) so the backward is one cat, not a zero-filled (B', T, .) per chunk
         sizes = [e - s for s, e, _ in pieces]
         kh_c, vh_c, gh_c, th_c = (t.split(sizes, 1) for t in (kh, vh, gh, theta))
-        k_c, v_c = k.split(sizes, 1), v.split(sizes, 1)
         read_states = []
         for i, (start, end, closes) in enumerate(pieces):
             read_states.append(st)
             if not closes:  # only the last piece of a call stays open: keep its tokens for the write
-                kvg = torch.cat([k, v, g], -1)[:, start:end]  # (B, n, 2C + 3Hh)
+                kvg = torch.cat([self.merge_heads(kh_c[i]), v[:, start:end], g[:, start:end]], -1)  # (B, n, 2C + 3Hh)
                 st = {**st, "pending": torch.cat([pend, kvg], 1)}
                 continue
             kc, vc, gc, tc = kh_c[i], vh_c[i], gh_c[i], th_c[i]
@@ -274,41 +320,55 @@ class HopeMemory(nn.Module):
                 tc = torch.cat([surprise_scale * pg[..., 0], tc], 1)
             new = self.write(st, kc, vc, tc, gc)
             if self.slots is not None:
-                kc_full, vc_full = k_c[i], v_c[i]
+                kc_full, vc_full = ks[:, start:end], v[:, start:end]
                 if i == 0 and pend.shape[1]:
-                    kc_full, vc_full = torch.cat([pend[..., :C], kc_full], 1), torch.cat([pend[..., C : 2 * C], vc_full], 1)
-                new.update(self.slots.write(st, kc_full * Hh**-0.5, vc_full))
+                    kc_full = torch.cat([pend[..., :C] * Hh**-0.5, kc_full], 1)
+                    vc_full = torch.cat([pend[..., C : 2 * C], vc_full], 1)
+                new.update(self.slots.write(st, kc_full, vc_full))
             st = {**new, "pending": pend[:, :0]}
-        return self.read(read_states, pieces, q), st
+        return self.read(read_states, pieces, qh, qs), st
 
-    def read(self, states: list[dict], pieces: list[tuple[int, int, bool]], q: torch.Tensor) -> torch.Tensor:
-        """Every piece of q (B, T, C) reads the state it started from -> (B, T, C)."""
-        B, T, C = q.shape
+    def read(
+        self, states: list[dict], pieces: list[tuple[int, int, bool]], qh: torch.Tensor, qs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Every piece of the queries reads the state it started from: qh (B', T, D) unit per head,
+        qs (B, T, C) the same / sqrt(Hh) for the slots -> (B, T, C)."""
+        Bh, T, _ = qh.shape
+        Hh = self.heads
+        B = Bh // Hh
         n = pieces[0][1] - pieces[0][0]
-        qs = q * self.heads**-0.5  # full-width unit queries for the slots
         if len(pieces) > 1 and all(e - s == n for s, e, _ in pieces):
             # Equal pieces: fold the piece index into the batch and read everything at once.
             N = len(pieces)
             w = torch.stack([s["w"] for s in states], 1).flatten(0, 1)  # (B' N, 2, Hm, D)
-            qh = self.split_heads(q).reshape(B * self.heads * N, n, -1)  # (B' N, n, D)
-            y = self.merge_heads(memory_mlp(w, qh)[0].reshape(B * self.heads, T, -1))  # (B, T, C)
-            out = y * self.neural_scale
+            y = _mlp_unscaled(w, qh.reshape(Bh * N, n, -1)).view(B, Hh, T, -1)
             if self.slots is not None:
                 keys, values, filled = (
                     torch.stack([s[f] for s in states], 1).flatten(0, 1) for f in ("slot_keys", "slot_values", "slot_filled")
                 )
-                r = self.slots.read(keys, values, filled, qs.reshape(B * N, n, C))[0]
-                out = out + r.reshape(B, T, C) * self.slot_scale
-            return out
-        outs = []
-        for st, (start, end, _) in zip(states, pieces):
-            y = self.merge_heads(memory_mlp(st["w"], self.split_heads(q[:, start:end]))[0])
-            out = y * self.neural_scale
+                r = self.slots.read(keys, values, filled, qs.reshape(B * N, n, -1))[0].view(B, T, -1)
+        else:
+            y = torch.cat([_mlp_unscaled(st["w"], qh[:, s:e]) for st, (s, e, _) in zip(states, pieces)], 1).view(B, Hh, T, -1)
             if self.slots is not None:
-                r = self.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qs[:, start:end])[0]
-                out = out + r * self.slot_scale
-            outs.append(out)
-        return torch.cat(outs, 1)
+                r = torch.cat(
+                    [
+                        self.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qs[:, s:e])[0]
+                        for st, (s, e, _) in zip(states, pieces)
+                    ],
+                    1,
+                )
+        # M's 1/sqrt(Hm) folded into the per-channel read-out scale; the head merge rides on the last op.
+        scale = (self.neural_scale * self.w.shape[2] ** -0.5).view(Hh, -1)  # (Hh, D)
+        y = y.permute(0, 2, 1, 3)  # (B, T, Hh, D) view
+        if self.slots is None:
+            return (y * scale).reshape(B, T, -1)
+        return torch.addcmul((r * self.slot_scale).view(B, T, Hh, -1), y, scale).view(B, T, -1)
+
+
+def _mlp_unscaled(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sqrt(Hm) M(x) = silu(x W1^T) W2^T: w (B', 2, Hm, D), x (B', N, D) -> (B', N, D)."""
+    w1, w2t = w.unbind(1)
+    return torch.bmm(F.silu(torch.bmm(x, w1.transpose(1, 2))), w2t)
 
 
 def _logit(p: float) -> float:
