@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +21,31 @@ import torch.nn.functional as F
 
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
+
+TARGET_RATIO = 2.0  # issue 16: a HOPE step may take at most twice the transformer's at equal size
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (platform.processor() where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 5) -> float:
+    """Best-of-`reps` fp32 GFLOP/s of an n x n matmul at the current torch thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:
@@ -52,6 +78,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    machine = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "matmul_fp32_gflops": round(matmul_peak_gflops(), 1),
+    }
+    print(
+        f"cpu: {machine['cpu_model']} | capability {machine['cpu_capability']} | {machine['threads']} thread(s) | "
+        f"fp32 matmul peak {machine['matmul_fp32_gflops']} GFLOP/s (1024^3, best of 5)",
+        flush=True,
+    )
 
     common = dict(dim=args.dim, depth=args.depth, ff_mult=args.ff_mult)
     models = {
@@ -90,18 +127,33 @@ def main() -> None:
         "config": vars(args),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "machine": machine,
         "params": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
         "median_step_s": med,
         "median_step_cpu_s": med_cpu,
         "ratio_hope_over_transformer": {n: med[n] / med["transformer"] for n in models if n != "transformer"},
         "ratio_cpu_time": {n: med_cpu[n] / med_cpu["transformer"] for n in models if n != "transformer"},
+        "target_ratio": TARGET_RATIO,
     }
+    result["ratio_vs_target"] = {n: r / TARGET_RATIO for n, r in result["ratio_hope_over_transformer"].items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(
-        json.dumps({k: result[k] for k in ("params", "median_step_s", "ratio_hope_over_transformer", "ratio_cpu_time")}, indent=2)
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("params", "median_step_s", "ratio_hope_over_transformer", "ratio_cpu_time", "ratio_vs_target")
+            },
+            indent=2,
+        )
     )
+    for n, r in result["ratio_hope_over_transformer"].items():
+        verdict = "meets" if r <= TARGET_RATIO else "misses"
+        print(
+            f"{n}: {r:.2f}x the transformer's step ({med[n] * 1e3:.1f} vs {med['transformer'] * 1e3:.1f} ms), "
+            f"{r / TARGET_RATIO:.2f} of the {TARGET_RATIO:g}x target: {verdict} it"
+        )
 
 
 if __name__ == "__main__":

@@ -47,11 +47,15 @@ class _DropMessages(logging.Filter):
 def quiet_console() -> None:
     """Filter, deliberately, the console lines that tell a user nothing about their run: Lightning's
     advertisement for another logger, its note that our model summary (memexp.runs.progress.RunSummary) replaces
-    its default, and a deprecation inside Lightning's own pytree helper (fixed upstream, not in our code). The warnings our code caused are fixed where they arise (weights_only, W&B's anonymous)."""
+    its default, a deprecation inside Lightning's own pytree helper (fixed upstream, not in our code), and the
+    throughput monitor's request for a FLOPs count. The warnings our code caused are fixed where they arise (weights_only, W&B's anonymous)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         _DropMessages("try installing [litlogger]", "Trainer already configured with model summary callbacks")
     )
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # the throughput monitor (memexp.runs.train.throughput_monitor) counts batches, samples and tokens; FLOPs cannot
+    # be counted for every model (HOPE runs autograd inside its forward), so it is not given them
+    warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:

@@ -166,6 +166,7 @@ def run(
         max_eval_generate_batches=task.max_eval_generate_batches,
         early_stop=getattr(task, "early_stop", None),
         test_ckpt=getattr(task, "test_ckpt", "best"),
+        compile_net=bool(getattr(task, "compile", False)),
         fresh=fresh,
         ckpt_dir=ckpt_dir,
         sample_tokens=sample_tokens,

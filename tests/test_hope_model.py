@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from memexp.errors import ConfigError
 from memexp.models.hope import HOPE, Ramp
-from memexp.models.hope_memory import HopeMemory, memory_mlp
+from memexp.models.hope_memory import CapNorm, HopeMemory, UnitHeads, memory_mlp
 from memexp.models.transformer import Transformer
 from memexp.runs.probes import recall_probe as train_recall
 from memexp.tasks.cms_gate import CMSGradientGate
@@ -167,6 +167,109 @@ def test_slot_memory_writes_and_reads_back():
     r, _ = slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], k[:, t : t + 1])
     torch.testing.assert_close(r[0, 0], v[0, t])  # the only filled slot gets all the weight
     assert st["slot_error"].item() == pytest.approx(0.1 * v.pow(2).mean(-1).mean().item())
+
+
+def test_unit_heads_equals_rms_norm_values_and_gradients():
+    """The hand-written per-head normalisation = rms_norm(x) / sqrt(D) under autograd, in both layouts."""
+    torch.manual_seed(0)
+    B, T, Hh, D = 2, 5, 3, 4
+    for full in (True, False):
+        qkv = torch.randn(B, T, 3 * Hh * D, dtype=torch.float64, requires_grad=True)
+        q, k, _ = qkv.chunk(3, -1)  # strided slices, as the block passes them
+        out = UnitHeads.apply(q, k, Hh, full)
+        yh, yf = out if full else (out, None)
+        ref = [F.rms_norm(x.view(B, T, Hh, D), (D,)) * D**-0.5 for x in (q, k)]  # (B, T, Hh, D)
+        torch.testing.assert_close(yh, torch.stack([r.transpose(1, 2) for r in ref]))
+        gh = torch.randn_like(yh)
+        loss = (yh * gh).sum()
+        ref_loss = (torch.stack([r.transpose(1, 2) for r in ref]) * gh).sum()
+        if full:
+            torch.testing.assert_close(yf, torch.stack([r.reshape(B, T, -1) for r in ref]) * Hh**-0.5)
+            gf = torch.randn_like(yf)
+            loss = loss + (yf * gf).sum()
+            ref_loss = ref_loss + (torch.stack([r.reshape(B, T, -1) for r in ref]) * Hh**-0.5 * gf).sum()
+        (got,) = torch.autograd.grad(loss, qkv)
+        (want,) = torch.autograd.grad(ref_loss, qkv)
+        torch.testing.assert_close(got, want)
+
+
+def test_cap_norm_equals_autograd_capped_and_free_rows():
+    torch.manual_seed(0)
+    step = torch.randn(4, 2, 3, 5, dtype=torch.float64)
+    step[1] *= 0.01  # below the cap: passes unchanged
+    step[3] = 0.0  # zero row
+    step.requires_grad_(True)
+    c = 2.0
+    out = CapNorm.apply(step, c)
+    norm = step.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    ref = step * (c / norm.clamp_min(1e-12)).clamp(max=1.0)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    (got,) = torch.autograd.grad((out * g).sum(), step)
+    (want,) = torch.autograd.grad((ref * g).sum(), step)
+    torch.testing.assert_close(got, want)
+
+
+def _reference_memory(mem: HopeMemory, u, q, k, v, chunk: int) -> torch.Tensor:
+    """HopeMemory.forward from a fresh state, written plainly: rms_norm, gradients of the chunk loss by
+    autograd (create_graph, so second-order terms reach the outer gradient), slots as in the module."""
+    B, T, C = q.shape
+    Hh, D = mem.heads, mem.head_dim
+    qu, ku = (F.rms_norm(x.reshape(B, T, Hh, D), (D,)).reshape(B, T, C) * D**-0.5 for x in (q, k))
+    g = torch.sigmoid(mem.gates(u))
+    st = mem.init_state(B, q)
+    split = mem.split_heads
+    outs = []
+    for s in range(0, T, chunk):
+        e = min(s + chunk, T)
+        y = memory_mlp(st["w"], split(qu[:, s:e]))[0]
+        out = mem.merge_heads(y) * mem.neural_scale
+        if mem.slots is not None:
+            r = mem.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qu[:, s:e] * Hh**-0.5)[0]
+            out = out + r * mem.slot_scale
+        outs.append(out)
+        kc, vc, gc = split(ku[:, s:e]), split(v[:, s:e]), split(g[:, s:e])
+        w = st["w"]
+        loss = (gc[..., 0] * (memory_mlp(w, kc)[0] - vc).pow(2).sum(-1)).sum() / (e - s)
+        (grad,) = torch.autograd.grad(loss, w, create_graph=True)
+        step = -grad
+        if mem.max_step_norm is not None:
+            norm = step.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            step = step * (mem.max_step_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+        m = gc[..., 1].mean(1).view(-1, 1, 1, 1) * st["m"] + step
+        new = {**st, "m": m, "w": (1 - gc[..., 2].mean(1).view(-1, 1, 1, 1)) * w + m}
+        if mem.slots is not None:
+            new.update(mem.slots.write(st, ku[:, s:e] * Hh**-0.5, v[:, s:e]))
+        st = new
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("capacity, chunk, cap", [(3, 4, 0.05), (0, 4, None), (3, 3, 0.05)])
+def test_memory_forward_and_outer_gradients_equal_plain_autograd(capacity, chunk, cap):
+    """The batched, hand-differentiated memory = the plain per-chunk autograd version, values and
+    every outer gradient (float64), with the step cap active and without it."""
+    torch.manual_seed(0)
+    mem = memory(dim=8, heads=2, hidden_mult=2, capacity=capacity)
+    mem.max_step_norm = cap
+    with torch.no_grad():
+        mem.neural_scale.fill_(0.7)
+        if mem.slot_scale is not None:
+            mem.slot_scale.fill_(1.3)
+        mem.gates.weight.normal_(0, 0.3)
+    B, T = 2, 11
+    x = torch.randn(B, T, 4 * 8, dtype=torch.float64, requires_grad=True)
+    u, q, k, v = x.chunk(4, -1)
+    out, _ = mem(u, q, k, v, mem.init_state(B, u), chunk, True, 1.0)
+    ref = _reference_memory(mem, u, q, k, v, chunk)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    params = [x, *mem.parameters()]
+    got = torch.autograd.grad((out * g).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((ref * g).sum(), params, allow_unused=True)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
 
 
 # ----------------------------------------------------------------------------- segments and state

@@ -8,9 +8,20 @@ import torch
 import torch.nn.functional as F
 
 from memexp.errors import ConfigError
+from memexp.kernels.hyperlstm_cpp import GEMM_PATHS, gemm_unavailable_reason
 from memexp.models.hyperlstm import HyperLSTM, HyperLSTMCell
 
 IMPLS = ["cpp", "fused_script", "fused", "python"]
+# the C++ loops with each GEMM path forced: every path the dispatcher (gemm_path) can pick
+CPP_PATH_IMPLS = [f"cpp_{p}" for p in GEMM_PATHS]
+
+
+def _skip_unless_runs(impl):
+    """Skip a forced GEMM path this CPU (or build) cannot run, saying why."""
+    if impl.startswith("cpp_"):
+        reason = gemm_unavailable_reason(impl.removeprefix("cpp_"))
+        if reason is not None:
+            pytest.skip(f"step_impl={impl!r} cannot run here: {reason}")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -194,9 +205,10 @@ def test_recurrent_dropout_drops_only_the_candidate():
     torch.testing.assert_close(hh, rhh)  # the hyper LSTM has no recurrent dropout
 
 
-@pytest.mark.parametrize("impl", ["cpp", "fused_script", "fused"])
+@pytest.mark.parametrize("impl", ["cpp", *CPP_PATH_IMPLS, "fused_script", "fused"])
 @pytest.mark.parametrize("use_layer_norm,use_recurrent_dropout", [(True, False), (True, True), (False, True), (False, False)])
 def test_hand_written_backward_equals_autograd(impl, use_layer_norm, use_recurrent_dropout):
+    _skip_unless_runs(impl)
     torch.manual_seed(0)
     kw = dict(
         embedding_size=5,
@@ -322,21 +334,25 @@ def _cpp_built():
     return hyperlstm._load_cpp_ext() is not None
 
 
+@pytest.mark.parametrize("impl", ["cpp", *CPP_PATH_IMPLS])
 @pytest.mark.parametrize(
     "batch, hidden, hyper, z, dtype, rtol, atol, threads",
     [
         (3, 7, 6, 3, torch.float64, 1e-10, 1e-12, 1),  # smaller than one register block: the scalar edges
-        # rows 11 = 6 + 4 + 1 and 9 = 6 + 2 + 1; columns: full 16- (8-) wide panels, a half panel, a tail
+        # rows 11 = 6 + 4 + 1 and 9 = 6 + 2 + 1 (avx2), one block of 11 or 9 (avx512); columns: full panels,
+        # a half panel, a tail (avx2) or a zero-padded last panel (avx512)
         (11, 37, 20, 16, torch.float64, 1e-10, 1e-12, 1),
         (9, 44, 24, 17, torch.float32, 2e-4, 2e-5, 1),  # float32 rounding
+        (13, 33, 9, 5, torch.float64, 1e-10, 1e-12, 1),  # rows 13 = 12 + 1 (avx512's 12-row block and a rest)
         # two threads: batch rows and (at 4H + 4N = 384 columns) GEMM column panels split between them
         (11, 64, 32, 16, torch.float64, 1e-10, 1e-12, 2),
     ],
 )
-def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, rtol, atol, threads):
-    """The C++ path really runs (no silent fallback) and matches autograd (to float64 rounding in float64)."""
+def test_cpp_loops_run_and_agree_with_autograd(impl, batch, hidden, hyper, z, dtype, rtol, atol, threads):
+    """The C++ path (each GEMM path) really runs (no silent fallback) and matches autograd (to float64 rounding)."""
     if not _cpp_built():
         pytest.skip("no C++ compiler: step_impl='cpp' falls back to 'fused_script' (tested elsewhere)")
+    _skip_unless_runs(impl)
     torch.manual_seed(0)
     cell = HyperLSTMCell(5, hidden, hyper_num_units=hyper, hyper_embedding_size=z, step_impl="python").to(dtype)
     _perturb(cell)
@@ -344,9 +360,9 @@ def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, r
     state = tuple((0.5 * torch.randn(batch, n, dtype=dtype)).requires_grad_() for n in (hidden, hidden, hyper, hyper))
     assert HyperLSTMCell(5, 7, step_impl="cpp")._uses_cpp(x) and HyperLSTMCell(5, 7)._uses_cpp(x)  # "auto" -> cpp
     results = []
-    for impl in ("python", "cpp"):
-        cell.step_impl = impl
-        torch.set_num_threads(threads if impl == "cpp" else 1)
+    for step_impl in ("python", impl):
+        cell.step_impl = step_impl
+        torch.set_num_threads(threads if step_impl != "python" else 1)
         try:
             hs, new_state = cell(x, state)
             w = torch.linspace(-1, 1, hs.numel(), dtype=torch.float64).view_as(hs)
@@ -356,6 +372,35 @@ def test_cpp_loops_run_and_agree_with_autograd(batch, hidden, hyper, z, dtype, r
             torch.set_num_threads(1)
     for ref, got in zip(*results):
         torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
+
+
+def test_gemm_path_follows_the_cpu_capability(monkeypatch):
+    from memexp.kernels import hyperlstm_cpp
+
+    if not _cpp_built():
+        pytest.skip("no C++ compiler: no GEMM path to pick")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert hyperlstm_cpp.gemm_path() == "avx2"  # the AVX2 path stays where torch runs AVX2
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    expected = "avx512" if gemm_unavailable_reason("avx512") is None else "avx2"
+    assert hyperlstm_cpp.gemm_path() == expected
+    for path in GEMM_PATHS:  # forcing a path that runs returns it
+        if gemm_unavailable_reason(path) is None:
+            assert hyperlstm_cpp.gemm_path(path) == path
+
+
+def test_forcing_a_gemm_path_the_cpu_cannot_run_says_why(monkeypatch):
+    from memexp.kernels import hyperlstm_cpp
+
+    if not _cpp_built():
+        pytest.skip("no C++ compiler: no GEMM path to force")
+    monkeypatch.setattr(hyperlstm_cpp._load_cpp_ext(), "hyperlstm_has_avx512", lambda: False)  # as on an AVX2 CPU
+    assert "avx512" not in hyperlstm_cpp.available_gemm_paths()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert hyperlstm_cpp.gemm_path() == "avx2"
+    cell = HyperLSTMCell(4, 6, hyper_num_units=4, hyper_embedding_size=2, step_impl="cpp_avx512")
+    with pytest.raises(RuntimeError, match="'avx512' cannot run here: the C\\+\\+ build does not target AVX-512"):
+        cell(torch.randn(2, 3, 4))
 
 
 def test_cpp_falls_back_to_torchscript_with_one_warning(monkeypatch):

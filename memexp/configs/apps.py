@@ -33,7 +33,8 @@ RunConfig = make_config(
     # carry_state: causal LM only; max_eval_generate_batches: dialogue only (BLEU/distinct decoding);
     # early_stop: classification only (validations without a better macro F1 before stopping).
     # test_ckpt: best (the best validation by the checkpoint's monitor; the final weights without one) or last.
-    task=make_config(carry_state="auto", max_eval_generate_batches=4, early_stop=5, test_ckpt="best"),
+    # compile: torch.compile the model's network (not the LightningModule); the first steps pay the compile.
+    task=make_config(carry_state="auto", max_eval_generate_batches=4, early_stop=5, test_ckpt="best", compile=False),
     seed=0,
     # the data's seed (synthetic data, shuffles, training windows); set it to keep the data fixed across model seeds
     data_seed="${seed}",

@@ -194,7 +194,7 @@ class _CppScan(torch.autograd.Function):
             _PATH_CODE[path],
         )
         ctx.ln, ctx.has_mask, ctx.saved, ctx.path = ln, has_mask, saved, _PATH_CODE[path]
-        ctx.save_for_backward(xin, opt(mask), w_h, w_hyper_h, w_z, w_d, *ln_args)
+        ctx.save_for_backward(xin, opt(mask), w_h, w_hyper_h, w_zy, w_d, *ln_args)
         h_all, c_all, hh_all, hc_all = saved[:4]
         return h_all[1:], h_all[-1].clone(), c_all[-1].clone(), hh_all[-1].clone(), hc_all[-1].clone()
 
@@ -203,10 +203,9 @@ class _CppScan(torch.autograd.Function):
     def backward(
         ctx: Any, d_hs: Tensor | None, dh: Tensor | None, dc: Tensor | None, dhh: Tensor | None, dhc: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        xin, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
+        xin, mask, w_h, w_hyper_h, w_zy, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
         saved = ctx.saved
-        h_all, c_all, hh_all, hc_all, hp, zy, dxh, n, act, rstd, cn, rstd_c, tc, ny = saved[:14]
-        hcn = saved[16]
+        h_all, hh_all, zy = saved[0], saved[2], saved[5]
         G, (T, B, _), H, N = GATES, xin.shape, h_all.shape[2], hh_all.shape[2]
         P, Z = w_d.shape[0], w_d.shape[1]
         zero = lambda x, like: torch.zeros_like(like) if x is None else x.contiguous()  # noqa: E731
@@ -214,50 +213,40 @@ class _CppScan(torch.autograd.Function):
         grads = _cpp_ext.hyperlstm_backward(
             d_hs,
             zero(dh, h_all[0]),
-            zero(dc, c_all[0]),
+            zero(dc, saved[1][0]),
             zero(dhh, hh_all[0]),
-            zero(dhc, hc_all[0]),
+            zero(dhc, saved[3][0]),
             xin,
             mask,
             ctx.has_mask,
             ctx.ln,
             saved,
-            w_h.t().contiguous(),
-            w_hyper_h.t().contiguous(),
-            torch.cat([w_z, w_hyper_h], 1).t().contiguous(),
-            w_d.transpose(1, 2).contiguous(),
+            w_h,
+            w_hyper_h,
+            w_zy,
+            w_d,
             gamma,
             ln_c_w,
             hyper_gamma,
             hyper_ln_c_w,
             ctx.path,
         )
-        dh, dc, dhh, dhc, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy = grads
-        # weight gradients of all steps at once (rows = T*B)
+        dh, dc, dhh, dhc, dxin, dhp, dzz, dd, sums = grads
+        # weight gradients of all steps at once (rows = T*B); the loops summed the bias and LN gradients
         TB = T * B
         dhp = dhp.view(TB, -1)
         g_w_h = h_all[:-1].reshape(TB, H).t() @ dhp
         g_w_hyper_h = hh_all[:-1].reshape(TB, N).t() @ dhp[:, G * H :]
-        dzz = dzz.view(TB, P * Z)
-        g_w_z = hh_all[1:].reshape(TB, N).t() @ dzz
-        g_b_z = dzz.sum(0)
-        dd = dd.view(TB, P, H)
+        g_w_z = hh_all[1:].reshape(TB, N).t() @ dzz.view(TB, P * Z)
         zz = zy.view(TB, -1)[:, : P * Z].reshape(TB, P, Z)
-        g_w_d = torch.bmm(zz.permute(1, 2, 0), dd.transpose(0, 1))  # (P, Z, H)
-        g_b_d = dd.sum(0).unsqueeze(1)
-        dg = dg.view(TB, G, H)
-        g_shift = dg.sum(0).unsqueeze(1)
-        dgy = dgy.view(TB, G, N)
-        g_hyper_shift = dgy.sum(0)
-        g_gamma = g_ln_c_w = g_ln_c_b = g_hyper_gamma = g_hyper_ln_c_w = g_hyper_ln_c_b = None
+        g_w_d = torch.bmm(zz.permute(1, 2, 0), dd.view(TB, P, H).transpose(0, 1))  # (P, Z, H)
+        sums = sums.sum(0).split([G * H, G * H, P * H, H, H, G * N, G * N, N, N, P * Z])
+        g_shift, g_gamma, g_b_d, g_ln_c_w, g_ln_c_b, g_hyper_shift, g_hyper_gamma, g_hyper_ln_c_w, g_hyper_ln_c_b, g_b_z = sums
+        g_shift, g_b_d, g_hyper_shift = g_shift.view(G, 1, H), g_b_d.view(P, 1, H), g_hyper_shift.view(G, N)
         if ctx.ln:
-            dtc, dtcy = dtc.view(TB, H), dtcy.view(TB, N)
-            g_gamma = (dg * n.view(TB, G, H)).sum(0).unsqueeze(1)
-            g_ln_c_w = (dtc * cn.view(TB, H)).sum(0)
-            g_ln_c_b = dtc.sum(0)
-            g_hyper_gamma = (dgy * ny.view(TB, G, N)).sum(0)
-            g_hyper_ln_c_w = (dtcy * hcn.view(TB, N)).sum(0)
-            g_hyper_ln_c_b = dtcy.sum(0)
+            g_gamma, g_hyper_gamma = g_gamma.view(G, 1, H), g_hyper_gamma.view(G, N)
+        else:
+            g_gamma = g_ln_c_w = g_ln_c_b = g_hyper_gamma = g_hyper_ln_c_w = g_hyper_ln_c_b = None
         del ctx.saved
         return (
             None,

@@ -11,7 +11,7 @@
 //   zy  (T, B, P*Z + 4N)  hh_{t+1} @ [W_z | W_hyper_h] (+ [b_z | 0]): the hyper embeddings z (x, h, b
 //                         parts) of step t and the hyper recurrent term of step t + 1, one matmul
 //   dxh (T, B, 2G, H)     the scalings d_x, d_h
-//   w_d (P, Z, H), b_d (P, H); the backward takes W_d transposed, w_d_t (P, H, Z)
+//   w_d (P, Z, H), b_d (P, H); the backward takes the same weights and multiplies by their transposes
 // The Python side (memexp/kernels/hyperlstm_cpp.py, _CppScan) computes all weight gradients from
 // what these loops save, as a few large matmuls over T*B rows.
 
@@ -346,29 +346,46 @@ void packed_panel(const T* A, int64_t lda, const T* Wp, const T* bias, int64_t M
 constexpr bool HAS_AVX512 = false;
 #endif
 
-// A weight W (K x N, row stride ldw) with an optional bias (N), multiplied every step by rows of
-// activations through the chosen path. For PATH_AVX512 it holds W packed into panels (see above).
+// A weight W (K x N) with an optional bias (N), multiplied every step by rows of activations through
+// the chosen path. W is row-major with row stride ldw, or (transposed) the transpose of a row-major
+// (N x K) matrix with row stride ldw. For PATH_AVX512 it holds W packed into panels (see above).
 template <typename T>
 class StepMat {
  public:
-  StepMat(int64_t path, const T* W, int64_t ldw, const T* bias, int64_t K, int64_t N, const at::TensorOptions& opt)
+  StepMat(int64_t path, const T* W, int64_t ldw, const T* bias, int64_t K, int64_t N, const at::TensorOptions& opt,
+          bool transposed = false)
       : path_(path), W_(W), ldw_(ldw), bias_(bias), K_(K), N_(N), opt_(opt) {
-    if (path == PATH_BLAS) {
-      w_t_ = at::from_blob(const_cast<T*>(W), {K, N}, {ldw, 1}, opt);
+    if (path == PATH_BLAS) {  // BLAS reads the transpose in place
+      w_t_ = at::from_blob(const_cast<T*>(W), {K, N}, transposed ? at::IntArrayRef{1, ldw} : at::IntArrayRef{ldw, 1}, opt);
       if (bias) bias_t_ = at::from_blob(const_cast<T*>(bias), {N}, opt);
+    }
+    if (path == PATH_AVX2 && transposed) {  // small_gemm reads W row-major
+      own_ = at::from_blob(const_cast<T*>(W), {N, K}, {ldw, 1}, opt).t().contiguous();
+      W_ = own_.data_ptr<T>();
+      ldw_ = N;
     }
 #if defined(__AVX512F__)
     if (path == PATH_AVX512) {
       constexpr int64_t L = Vec64<T>::lanes, VB = 2 * L;
       const int64_t padded = (N + L - 1) / L * L;
-      packed_ = at::zeros({K * padded + (bias ? padded : 0)}, opt);
+      packed_ = at::empty({K * padded + (bias ? padded : 0)}, opt);
       T* out = packed_.data_ptr<T>();
       for (int64_t n0 = 0; n0 < N; n0 += VB) {
         const int64_t width = std::min(VB, padded - n0), cols = std::min(VB, N - n0);
         T* panel = out + n0 * K;  // every earlier panel is VB wide
-        for (int64_t k = 0; k < K; ++k) std::copy(W + k * ldw + n0, W + k * ldw + n0 + cols, panel + k * width);
+        if (transposed) {
+          for (int64_t j = 0; j < cols; ++j)
+            for (int64_t k = 0; k < K; ++k) panel[k * width + j] = W[(n0 + j) * ldw + k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) std::copy(W + k * ldw + n0, W + k * ldw + n0 + cols, panel + k * width);
+        }
+        if (cols < width)
+          for (int64_t k = 0; k < K; ++k) std::fill(panel + k * width + cols, panel + (k + 1) * width, T(0));
       }
-      if (bias) std::copy(bias, bias + N, out + K * padded);
+      if (bias) {
+        std::copy(bias, bias + N, out + K * padded);
+        std::fill(out + K * padded + N, out + K * padded + padded, T(0));
+      }
     }
 #endif
     if (path == PATH_AVX512 && !HAS_AVX512) TORCH_CHECK(false, "hyperlstm: this build has no AVX-512 path");
@@ -409,12 +426,12 @@ class StepMat {
 
  private:
   int64_t path_;
-  const T* W_;
+  const T* W_;  // row-major (ldw_) for PATH_AVX2
   int64_t ldw_;
   const T* bias_;
   int64_t K_, N_;
   at::TensorOptions opt_;
-  Tensor w_t_, bias_t_, packed_;
+  Tensor w_t_, bias_t_, packed_, own_;
 };
 
 template <typename T>
@@ -444,14 +461,14 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
   std::vector<StepMat<T>> m_d;
   for (int64_t p = 0; p < P; ++p) m_d.emplace_back(path, wd + p * Z * H, H, bd + p * H, Z, H, opt);
   for (int64_t t = 0; t < T_; ++t) {
-    Tensor hp_t = hp[t];
-    m_h.mul(h_all.data_ptr<T>() + t * B * H, H, B, hp_t.data_ptr<T>(), W);
+    T* hp_t = hp.data_ptr<T>() + t * B * W;
+    m_h.mul(h_all.data_ptr<T>() + t * B * H, H, B, hp_t, W);
     const T* yy0 = t == 0 ? yy.data_ptr<T>() : zy.data_ptr<T>() + (t - 1) * B * ZY + PZ;
     const int64_t yy_stride = t == 0 ? G * N : ZY;
     // --- hyper LSTM cell ---
     {
       const T* xr0 = xin.data_ptr<T>() + t * B * W;
-      const T* hp0 = hp_t.data_ptr<T>();
+      const T* hp0 = hp_t;
       const T* hc_prev0 = hc_all.data_ptr<T>() + t * B * N;
       T* hc_new0 = hc_all.data_ptr<T>() + (t + 1) * B * N;
       T* hh_new0 = hh_all.data_ptr<T>() + (t + 1) * B * N;
@@ -477,13 +494,13 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
       });
     }
     // --- hyper embeddings z (x, h, b parts), and the next step's hyper recurrent term ---
-    Tensor zy_t = zy[t];
-    m_zy.mul(hh_all.data_ptr<T>() + (t + 1) * B * N, N, B, zy_t.data_ptr<T>(), ZY);
+    T* zy_t = zy.data_ptr<T>() + t * B * ZY;
+    m_zy.mul(hh_all.data_ptr<T>() + (t + 1) * B * N, N, B, zy_t, ZY);
     // --- main LSTM cell ---
     {
       const T* xr0 = xin.data_ptr<T>() + t * B * W;
-      const T* hp0 = hp_t.data_ptr<T>();
-      const T* zz0 = zy_t.data_ptr<T>();
+      const T* hp0 = hp_t;
+      const T* zz0 = zy_t;
       const T* mk0 = has_mask ? mask.data_ptr<T>() + t * B * H : nullptr;
       const T* c_prev0 = c_all.data_ptr<T>() + t * B * H;
       T* c_new0 = c_all.data_ptr<T>() + (t + 1) * B * H;
@@ -525,32 +542,68 @@ void forward_impl(const Tensor& xin, const Tensor& mask, bool has_mask, bool ln,
   }
 }
 
+// Columns of the per-row sums the backward accumulates (the gradients of the biases and LN weights,
+// summed over steps here and over rows by the caller): their offsets in a row of `sums`.
+struct SumCols {
+  int64_t shift, gamma, b_d, ln_c_w, ln_c_b, hyper_shift, hyper_gamma, hyper_ln_c_w, hyper_ln_c_b, b_z, total;
+  SumCols(int64_t H, int64_t N, int64_t P, int64_t Z) {
+    shift = 0;
+    gamma = shift + G * H;
+    b_d = gamma + G * H;
+    ln_c_w = b_d + P * H;
+    ln_c_b = ln_c_w + H;
+    hyper_shift = ln_c_b + H;
+    hyper_gamma = hyper_shift + G * N;
+    hyper_ln_c_w = hyper_gamma + G * N;
+    hyper_ln_c_b = hyper_ln_c_w + N;
+    b_z = hyper_ln_c_b + N;
+    total = b_z + P * Z;
+  }
+};
+
+template <typename T>
+inline void add_to(T* acc, const T* x, int64_t n) {
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+}
+template <typename T>
+inline void add_product_to(T* acc, const T* x, const T* y, int64_t n) {
+  #pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) acc[i] += x[i] * y[i];
+}
+
+// w_h (H, W), w_hyper_h (N, G*N), w_zy (N, ZY) and w_d (P, Z, H) as in the forward: the loops
+// multiply by their transposes (StepMat reads them transposed).
 template <typename T>
 void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tensor& dhc, const Tensor& xin,
-                   const Tensor& mask, bool has_mask, bool ln, const std::vector<Tensor>& s,
-                   const Tensor& w_h_t, const Tensor& w_hyper_h_t, const Tensor& w_zy_t, const Tensor& w_d_t,
-                   const Tensor& gamma, const Tensor& ln_c_w, const Tensor& hyper_gamma,
-                   const Tensor& hyper_ln_c_w, int64_t path, std::vector<Tensor>& g) {
-  // s: the forward's outputs (see forward_impl); g: dxin dhp dzz dd dg dtc dgy dtcy
+                   const Tensor& mask, bool has_mask, bool ln, const std::vector<Tensor>& s, const Tensor& w_h,
+                   const Tensor& w_hyper_h, const Tensor& w_zy, const Tensor& w_d, const Tensor& gamma,
+                   const Tensor& ln_c_w, const Tensor& hyper_gamma, const Tensor& hyper_ln_c_w, int64_t path,
+                   std::vector<Tensor>& g) {
+  // s: the forward's outputs (see forward_impl); g: dxin dhp dzz dd sums
   const Tensor &c_all = s[1], &hc_all = s[3], &hp = s[4];
   const int64_t T_ = xin.size(0), B = xin.size(1), H = c_all.size(2), N = hc_all.size(2);
-  const int64_t Z = w_d_t.size(2), P = w_d_t.size(0), W = G * H + G * N, PZ = P * Z, ZY = PZ + G * N;
-  const T* wdt = w_d_t.data_ptr<T>();  // (P, H, Z)
+  const int64_t Z = w_d.size(1), P = w_d.size(0), W = G * H + G * N, PZ = P * Z, ZY = PZ + G * N;
+  const SumCols col(H, N, P, Z);
+  const T* wd = w_d.data_ptr<T>();  // (P, Z, H)
   const T* gm = ln ? gamma.data_ptr<T>() : nullptr;
   const T* lcw = ln ? ln_c_w.data_ptr<T>() : nullptr;
   const T* hgm = ln ? hyper_gamma.data_ptr<T>() : nullptr;
   const T* hlcw = ln ? hyper_ln_c_w.data_ptr<T>() : nullptr;
   const auto opt = xin.options();
   std::vector<StepMat<T>> m_dz;  // dd @ W_d^T, part by part
-  for (int64_t p = 0; p < P; ++p) m_dz.emplace_back(path, wdt + p * H * Z, Z, nullptr, H, Z, opt);
-  const StepMat<T> m_zy_t(path, w_zy_t.data_ptr<T>(), N, nullptr, ZY, N, opt);
-  const StepMat<T> m_h_t(path, w_h_t.data_ptr<T>(), H, nullptr, W, H, opt);
+  for (int64_t p = 0; p < P; ++p) m_dz.emplace_back(path, wd + p * Z * H, H, nullptr, H, Z, opt, true);
+  const StepMat<T> m_zy_t(path, w_zy.data_ptr<T>(), ZY, nullptr, ZY, N, opt, true);
+  const StepMat<T> m_h_t(path, w_h.data_ptr<T>(), W, nullptr, W, H, opt, true);
   Tensor dh_next = at::empty_like(dh), dhh_tot = at::empty_like(dhh);
   // [dzz_t | day_{t+1}]: both reach hh_{t+1}, through [W_z | W_hyper_h]; one matmul per step
-  Tensor dzy = at::zeros({B, ZY}, xin.options());
+  Tensor dzy = at::zeros({B, ZY}, opt);
   T* dzy0 = dzy.data_ptr<T>();
+  // scratch of one step, per row: the gate gradients dg (G, H) and dgy (G, N), dtc (H), dtcy (N)
+  Tensor scratch = at::empty({B, G * H + G * N + H + N}, opt);
+  T* sums0 = g[4].data_ptr<T>();  // (B, col.total), zeroed by the caller
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    Tensor dhp_t = g[1][t];
+    T* dhp0 = g[1].data_ptr<T>() + t * B * W;
     // --- main cell ---
     {
       const T* dhs0 = d_hs.data_ptr<T>() + t * B * H;
@@ -568,18 +621,17 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       const T* rstdc0 = s[11].data_ptr<T>() + t * B;
       const T* tc0 = s[12].data_ptr<T>() + t * B * H;
       T* dxin0 = g[0].data_ptr<T>() + t * B * W;
-      T* dhp0 = dhp_t.data_ptr<T>();
       T* dzz0 = g[2].data_ptr<T>() + t * B * P * Z;
       T* dd0 = g[3].data_ptr<T>() + t * B * P * H;
-      T* dg0 = g[4].data_ptr<T>() + t * B * G * H;
-      T* dtc0 = g[5].data_ptr<T>() + t * B * H;
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
         std::vector<T> tmp(H);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          T* dg = dg0 + b * G * H;
+          T* dg = scratch.data_ptr<T>() + b * scratch.size(1);
+          T* dtc = dg + G * H + G * N;
+          T* sums = sums0 + b * col.total;
           cell_backward(dh0 + b * H, dhs0 + b * H, dc0 + b * H, act0 + b * G * H, cp0 + b * H,
                         has_mask ? mk0 + b * H : nullptr, cn0 + b * H, tc0 + b * H, H, ln, lcw,
-                        ln ? rstdc0[b] : T(0), dtc0 + b * H, dg, tmp.data());
+                        ln ? rstdc0[b] : T(0), dtc, dg, tmp.data());
           const T* xm = xr0 + b * W;
           const T* hm = hp0 + b * W;
           const T* dxh = dxh0 + b * 2 * G * H;
@@ -600,11 +652,21 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
               dhp[k * H + i] = da[k * H + i] * dxh[(G + k) * H + i];
             }
           }
+          add_to(sums + col.shift, (const T*)dg, G * H);
+          add_to(sums + col.b_d, (const T*)dd, P * H);
+          if (ln) {
+            add_product_to(sums + col.gamma, (const T*)dg, nr, G * H);
+            add_product_to(sums + col.ln_c_w, (const T*)dtc, cn0 + b * H, H);
+            add_to(sums + col.ln_c_b, (const T*)dtc, H);
+          }
         }
         // dz of this thread's rows: dd @ W_d^T, part by part; into dzz (saved) and the z part of dzy
         for (int64_t p = 0; p < P; ++p)
           m_dz[p].mul(dd0 + b_begin * P * H + p * H, P * H, b_end - b_begin, dzz0 + b_begin * P * Z + p * Z, P * Z);
-        for (int64_t b = b_begin; b < b_end; ++b) std::copy(dzz0 + b * P * Z, dzz0 + (b + 1) * P * Z, dzy0 + b * ZY);
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          std::copy(dzz0 + b * P * Z, dzz0 + (b + 1) * P * Z, dzy0 + b * ZY);
+          add_to(sums0 + b * col.total + col.b_z, (const T*)(dzz0 + b * P * Z), P * Z);
+        }
       });
     }
     // gradient of hh_{t+1}: [dzz_t | day_{t+1}] @ [W_z | W_hyper_h]^T (+ the caller's, at the last step)
@@ -622,16 +684,15 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       const T* rstdhc0 = s[17].data_ptr<T>() + t * B;
       const T* tcy0 = s[18].data_ptr<T>() + t * B * N;
       T* dxin0 = g[0].data_ptr<T>() + t * B * W;
-      T* dhp0 = dhp_t.data_ptr<T>();
-      T* dgy0 = g[6].data_ptr<T>() + t * B * G * N;
-      T* dtcy0 = g[7].data_ptr<T>() + t * B * N;
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
         std::vector<T> tmp(N);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          T* dgy = dgy0 + b * G * N;
+          T* dgy = scratch.data_ptr<T>() + b * scratch.size(1) + G * H;
+          T* dtcy = dgy + G * N + H;
+          T* sums = sums0 + b * col.total;
           cell_backward(dhh0 + b * N, (const T*)nullptr, dhc0 + b * N, acty0 + b * G * N, hcp0 + b * N,
-                        (const T*)nullptr, hcn0 + b * N, tcy0 + b * N, N, ln, hlcw, ln ? rstdhc0[b] : T(0),
-                        dtcy0 + b * N, dgy, tmp.data());
+                        (const T*)nullptr, hcn0 + b * N, tcy0 + b * N, N, ln, hlcw, ln ? rstdhc0[b] : T(0), dtcy,
+                        dgy, tmp.data());
           T* day = dhp0 + b * W + G * H;
           T* dxy = dxin0 + b * W + G * H;
           T* dzy_y = dzy0 + b * ZY + PZ;
@@ -641,14 +702,20 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
             dxy[i] = day[i];
             dzy_y[i] = day[i];
           }
+          add_to(sums + col.hyper_shift, (const T*)dgy, G * N);
+          if (ln) {
+            add_product_to(sums + col.hyper_gamma, (const T*)dgy, ny0 + b * G * N, G * N);
+            add_product_to(sums + col.hyper_ln_c_w, (const T*)dtcy, hcn0 + b * N, N);
+            add_to(sums + col.hyper_ln_c_b, (const T*)dtcy, N);
+          }
         }
       });
     }
     // gradients of the previous state through the recurrent matmuls
-    m_h_t.mul(dhp_t.data_ptr<T>(), W, B, dh_next.data_ptr<T>(), H);
+    m_h_t.mul(dhp0, W, B, dh_next.data_ptr<T>(), H);
     std::swap(dh, dh_next);
   }
-  at::mm_out(dhh, dzy.narrow(1, PZ, G * N), w_hyper_h_t);  // gradient of hh_0
+  at::mm_out(dhh, dzy.narrow(1, PZ, G * N), w_hyper_h.t());  // gradient of hh_0
 }
 
 }  // namespace
@@ -686,26 +753,27 @@ std::vector<Tensor> hyperlstm_forward(Tensor xin, Tensor mask, bool has_mask, bo
   return o;
 }
 
-// BPTT over the saved steps. Returns [dh0, dc0, dhh0, dhc0, dxin, dhp, dzz, dd, dg, dtc, dgy, dtcy].
+// BPTT over the saved steps. Returns [dh0, dc0, dhh0, dhc0, dxin, dhp, dzz, dd, sums]; sums (B, SumCols.total):
+// per row, summed over steps, the gradients of shift | gamma | b_d | ln_c_w | ln_c_b | hyper_shift |
+// hyper_gamma | hyper_ln_c_w | hyper_ln_c_b | b_z (the LN parts stay zero without LN).
 std::vector<Tensor> hyperlstm_backward(Tensor d_hs, Tensor dh, Tensor dc, Tensor dhh, Tensor dhc, Tensor xin,
-                                       Tensor mask, bool has_mask, bool ln, std::vector<Tensor> saved,
-                                       Tensor w_h_t, Tensor w_hyper_h_t, Tensor w_zy_t, Tensor w_d_t, Tensor gamma,
-                                       Tensor ln_c_w, Tensor hyper_gamma, Tensor hyper_ln_c_w, int64_t path) {
+                                       Tensor mask, bool has_mask, bool ln, std::vector<Tensor> saved, Tensor w_h,
+                                       Tensor w_hyper_h, Tensor w_zy, Tensor w_d, Tensor gamma, Tensor ln_c_w,
+                                       Tensor hyper_gamma, Tensor hyper_ln_c_w, int64_t path) {
   at::NoGradGuard no_grad;
   const int64_t T_ = xin.size(0), B = xin.size(1), H = dh.size(1), N = dhh.size(1);
-  const int64_t P = w_d_t.size(0), Z = w_d_t.size(2);
+  const int64_t P = w_d.size(0), Z = w_d.size(1);
   auto opt = xin.options();
   dh = dh.clone();
   dc = dc.clone();
   dhh = dhh.clone();
   dhc = dhc.clone();
   std::vector<Tensor> g = {at::empty({T_, B, G * H + G * N}, opt), at::empty({T_, B, G * H + G * N}, opt),
-                           at::empty({T_, B, P * Z}, opt),          at::empty({T_, B, P, H}, opt),
-                           at::empty({T_, B, G, H}, opt),           at::empty({T_, B, H}, opt),
-                           at::empty({T_, B, G, N}, opt),           at::empty({T_, B, N}, opt)};
+                           at::empty({T_, B, P * Z}, opt), at::empty({T_, B, P, H}, opt),
+                           at::zeros({B, SumCols(H, N, P, Z).total}, opt)};
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "hyperlstm_backward", [&] {
-    backward_impl<scalar_t>(d_hs, dh, dc, dhh, dhc, xin, mask, has_mask, ln, saved, w_h_t, w_hyper_h_t, w_zy_t,
-                            w_d_t, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w, path, g);
+    backward_impl<scalar_t>(d_hs, dh, dc, dhh, dhc, xin, mask, has_mask, ln, saved, w_h, w_hyper_h, w_zy, w_d, gamma,
+                            ln_c_w, hyper_gamma, hyper_ln_c_w, path, g);
   });
   std::vector<Tensor> out = {dh, dc, dhh, dhc};
   out.insert(out.end(), g.begin(), g.end());

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx
 
 from memexp.errors import ConfigError
 
@@ -27,11 +28,18 @@ def memory_mlp(
     or y - target when a target is given, plus h = x W1^T, sig = sigmoid(h) and a = silu(h)
     (B', N, Hm) for the gradient.
     """
-    w1, w2t = w.unbind(1)  # one backward op (a stack), where w[:, i] would zero-fill (B', 2, Hm, D) per slice
+    return _mlp(*w.unbind(1), x, target)
+
+
+def _mlp(
+    w1: torch.Tensor, w2t: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`memory_mlp` on w's two halves w1, w2t (B', Hm, D): unbind once, where w[:, i] would zero-fill
+    a (B', 2, Hm, D) gradient per use in the backward."""
     h = torch.bmm(x, w1.transpose(1, 2))  # (B', N, Hm)
     sig = torch.sigmoid(h)
     a = h * sig
-    s = w.shape[2] ** -0.5
+    s = w1.shape[1] ** -0.5
     y = torch.bmm(a, w2t) * s if target is None else torch.baddbmm(target, a, w2t, beta=-1.0, alpha=s)
     return y, h, sig, a
 
@@ -54,10 +62,45 @@ def memory_mlp_descent(
     Written by hand and differentiable, so second-order terms reach the outer optimiser.
     Returns (B', 2, Hm, D).
     """
+    return _descent(w.select(1, 1), k, h, sig, a, err, coef)
+
+
+def _descent(
+    w2t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, sig: torch.Tensor, a: torch.Tensor, err: torch.Tensor, coef: torch.Tensor
+) -> torch.Tensor:
+    """`memory_mlp_descent` given w's second half w2t (B', Hm, D)."""
     dy = err * coef.unsqueeze(-1)  # (B', n, D), descent sign folded in
-    dh = torch.bmm(dy, w.select(1, 1).transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
+    dh = torch.bmm(dy, w2t.transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
     # Two bmm and a stack of their (B', Hm, D) results: cheaper than stacking the (B', n, .) operands.
     return torch.stack([torch.bmm(dh.transpose(1, 2), k), torch.bmm(a.transpose(1, 2), dy)], 1)
+
+
+class CapNorm(torch.autograd.Function):
+    """step (B', ...) -> step * min(1, c / max(||step||, 1e-12)), ||.|| per row, with a hand-written backward.
+
+    Forward as autograd would compute it; backward, with f the factor and u = ||step||:
+    d step = f g - [capped] c (g . step) / u^3 step, capped where c / max(u, 1e-12) <= 1 and u >= 1e-12
+    (where clamp and clamp_min pass the gradient): three passes over step instead of autograd's dozen ops.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, step: torch.Tensor, c: float) -> torch.Tensor:
+        norm = step.flatten(1).norm(dim=1)  # (B',)
+        raw = c / norm.clamp_min(1e-12)
+        f = raw.clamp(max=1.0)
+        ctx.c = c
+        ctx.save_for_backward(step, norm, raw, f)
+        return step * f.view(-1, *(1,) * (step.dim() - 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: FunctionCtx, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        step, norm, raw, f = ctx.saved_tensors
+        shape = (-1, *(1,) * (step.dim() - 1))
+        dot = (g * step).flatten(1).sum(1)  # (B',)
+        capped = (raw <= 1.0) & (norm >= 1e-12)
+        k = torch.where(capped, -ctx.c * dot / norm.clamp_min(1e-12).pow(3), torch.zeros_like(dot))
+        return torch.addcmul(g * f.view(shape), step, k.view(shape)), None
 
 
 class UnitHeads(torch.autograd.Function):
@@ -70,7 +113,9 @@ class UnitHeads(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, heads: int, full: bool):
+    def forward(
+        ctx: FunctionCtx, q: torch.Tensor, k: torch.Tensor, heads: int, full: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         B, T, C = q.shape
         D = C // heads
         eps = D * torch.finfo(q.dtype).eps
@@ -89,7 +134,9 @@ class UnitHeads(torch.autograd.Function):
         return (yh, yf) if full else yh
 
     @staticmethod
-    def backward(ctx, gh: torch.Tensor, gf: torch.Tensor | None = None):
+    def backward(
+        ctx: FunctionCtx, gh: torch.Tensor, gf: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         yh, *rs = ctx.saved_tensors
         _, B, Hh, T, D = yh.shape
         out = []
@@ -253,14 +300,14 @@ class HopeMemory(nn.Module):
     def write(self, st: dict, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, gates: torch.Tensor) -> dict:
         """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
         n = k.shape[1]
-        err, h, sig, a = memory_mlp(st["w"], k, target=v)  # err = M(k) - v under the old W
+        w1, w2t = st["w"].unbind(1)  # (B', Hm, D) each
+        err, h, sig, a = _mlp(w1, w2t, k, target=v)  # err = M(k) - v under the old W
         coef = theta * (-2.0 / (n * math.sqrt(h.shape[-1])))
-        eta = gates[..., 1].mean(dim=1).view(-1, 1, 1, 1)  # (B', 1, 1, 1)
-        keep = 1 - gates[..., 2].mean(dim=1).view(-1, 1, 1, 1)  # 1 - alpha
-        step = memory_mlp_descent(st["w"], k, h, sig, a, err, coef)  # -G (B', 2, Hm, D)
+        eta, alpha = gates[..., 1:].mean(dim=1).view(-1, 2, 1, 1, 1).unbind(1)  # (B', 1, 1, 1) each
+        keep = 1 - alpha
+        step = _descent(w2t, k, h, sig, a, err, coef)  # -G (B', 2, Hm, D)
         if self.max_step_norm is not None:  # cap ||G|| per (sequence, head): test-time learning cannot run away
-            norm = step.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            step = step * (self.max_step_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+            step = CapNorm.apply(step, self.max_step_norm)
         m = torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
@@ -358,7 +405,7 @@ class HopeMemory(nn.Module):
                     1,
                 )
         # M's 1/sqrt(Hm) folded into the per-channel read-out scale; the head merge rides on the last op.
-        scale = (self.neural_scale * self.w.shape[2] ** -0.5).view(Hh, -1)  # (Hh, D)
+        scale = (self.neural_scale * self.w.shape[1] ** -0.5).view(Hh, -1)  # (Hh, D)
         y = y.permute(0, 2, 1, 3)  # (B, T, Hh, D) view
         if self.slots is None:
             return (y * scale).reshape(B, T, -1)

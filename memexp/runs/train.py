@@ -32,7 +32,7 @@ from memexp.tasks.optim import OptimizerSettings
 _DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
 # Fields of the task config that only change evaluation.
 # Early stopping, like trainer.max_steps, only decides when a run ends.
-_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt"}
+_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
 
 # after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
 AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
@@ -82,6 +82,28 @@ def preset_callbacks(trainer: Callable) -> list[L.Callback]:
     if keywords.get("enable_model_summary") is False:
         callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     return callbacks
+
+
+def _rows(batch: Any) -> int:
+    """Samples in a batch: the first dimension of its first tensor."""
+    tensors = [v for v in (batch.values() if isinstance(batch, Mapping) else batch) if isinstance(v, torch.Tensor)]
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1
+
+
+def _tokens(batch: Any) -> int:
+    """Tokens a batch trains on: the input ids of a language model's batch, else its samples."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("input"), torch.Tensor):
+        return int(batch["input"].numel())
+    return _rows(batch)
+
+
+def throughput_monitor() -> L.Callback:
+    """Lightning's ThroughputMonitor: train/batches_per_sec, samples_per_sec and items_per_sec (tokens) over the
+    last 20 training steps, validation time left out, at each log step (CSV, W&B); also the time validation and
+    the test took (validate/time, test/time)."""
+    from lightning.pytorch.callbacks import ThroughputMonitor
+
+    return ThroughputMonitor(batch_size_fn=_rows, length_fn=_tokens, window_size=20)
 
 
 def _callbacks(callback_configs: Mapping[str, Any] | None, ckpt_dir: Path, selection: dict | None = None) -> list[L.Callback]:
@@ -146,6 +168,7 @@ def train_and_test(
     max_eval_generate_batches: int | None = None,
     early_stop: int | None = None,
     test_ckpt: str = "best",
+    compile_net: bool = False,
     fresh: bool = False,
     ckpt_dir: str | Path | None = None,
     sample_tokens: int = 0,
@@ -172,6 +195,8 @@ def train_and_test(
     datamodule.prepare_data()
     datamodule.setup("fit")
     task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches, early_stop)
+    if compile_net:
+        task.net.compile()
     selection = getattr(task, "selection", None)  # classification: the best validation macro F1 is tested
     task.run_config = cfg | {"names": vars(names)}
 
@@ -194,7 +219,10 @@ def train_and_test(
     stop = SaveOnStop(last)  # SIGTERM / Ctrl-C: last.ckpt at the next step boundary, then exit 143
     trainer_obj: L.Trainer = trainer(
         logger=loggers,
-        callbacks=preset_callbacks(trainer) + _callbacks(callbacks, ckpt_dir, selection) + list(extra_callbacks or []) + [stop],
+        callbacks=preset_callbacks(trainer)
+        + _callbacks(callbacks, ckpt_dir, selection)
+        + list(extra_callbacks or [])
+        + [throughput_monitor(), stop],
         default_root_dir=str(run_dir),
     )
     try:
