@@ -61,7 +61,9 @@ def build_optimizer(module: nn.Module, s: OptimizerSettings) -> torch.optim.Opti
     if s.name == "adamw":
         return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), fused=fused)
     if s.name == "sgd":
-        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, fused=fused)
+        # not fused: torch's fused SGD fails on a momentum step where some parameters got no gradient (HOPE's gated
+        # continuum memory); foreach takes the same kernels' place
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, foreach=fused)
     raise ConfigError(f"optim.name={s.name!r}: expected 'adamw' or 'sgd'")
 
 
