@@ -127,6 +127,8 @@ def prepare_trials(args: argparse.Namespace, out: Path, env: dict) -> None:
         _, err = proc.communicate()
         exit_s = time.monotonic() - sent
         left_manifest = (cache / "manifest.json").exists()
+        # a manifest is written last, under a temporary name: one present after the signal marks a finished preparation
+        complete_manifest = left_manifest and chunk_sums(cache / "manifest.json") == expected
         rerun = subprocess.run(cmd(cache), env=env, capture_output=True, text=True)
         same = rerun.returncode == 0 and chunk_sums(cache / "manifest.json") == expected
         trial = {
@@ -137,11 +139,12 @@ def prepare_trials(args: argparse.Namespace, out: Path, env: dict) -> None:
             "status": proc.returncode,
             "exit_after_s": round(exit_s, 2),
             "manifest_left": left_manifest,
+            "manifest_complete": complete_manifest,
             "rerun_rc": rerun.returncode,
             "chunks_identical": same,
         }
-        stopped_ok = finished_first or not left_manifest
-        if args.signal == "TERM" and not finished_first:
+        stopped_ok = finished_first or not left_manifest or complete_manifest
+        if args.signal == "TERM" and not finished_first and not complete_manifest:
             stopped_ok = stopped_ok and proc.returncode == 143 and exit_s < 10 and "stopped by SIGTERM" in err
         trial["ok"] = bool(same and stopped_ok)
         trials.append(trial)
