@@ -184,5 +184,10 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from memexp.runs.machine import describe, machine_line
+
+    machine = describe()
+    print(machine_line(machine), flush=True)
     result = bench_epoch(args) if args.what == "epoch" else bench_throughput(args)
+    result["machine"] = machine
     print(json.dumps(result, indent=2))

@@ -142,6 +142,10 @@ def main() -> None:
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if not args.job:
+        from memexp.runs.machine import describe, machine_line
+
+        print(machine_line(describe()), flush=True)
     if args.job:
         kind, *rest = args.job
         if kind == "prepare":

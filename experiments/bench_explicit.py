@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -21,23 +20,9 @@ import time
 
 import torch
 
+from memexp.runs.machine import describe, machine_line
+
 VOCAB = 151_669  # the Qwen3 tokenizer's size: the tiny preset's vocabulary
-
-
-def cpu_line() -> str:
-    name = platform.processor()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    a = torch.randn(1024, 1024)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(10):
-        a @ a
-    gflops = 10 * 2 * 1024**3 / (time.perf_counter() - t) / 1e9
-    cap = torch.backends.cpu.get_cpu_capability()
-    return f"CPU: {name}; capability {cap}; fp32 matmul {gflops:.0f} GFLOP/s on {torch.get_num_threads()} thread(s)"
 
 
 def best(fn, rounds: int) -> float:
@@ -191,7 +176,7 @@ def main() -> None:
     if args.rss_child:
         rss_child(*args.rss_child)
         return
-    print(cpu_line(), flush=True)
+    print(f"{machine_line(describe())}; {torch.get_num_threads()} thread(s)", flush=True)
     r = bench_retrieval(args.rounds)
     print(
         f"retrieval, N = 1,048,576: product keys {r['product_us_per_token']:.1f} us/token, all N keys "

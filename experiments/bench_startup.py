@@ -170,7 +170,10 @@ def main() -> None:
     env = os.environ | {"MEMEXP_DATA_DIR": str(data), "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     if args.threads != "auto":
         env["OMP_NUM_THREADS"] = str(args.threads)
-    print(f"CPU: {cpu_model()}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    from memexp.runs.machine import describe, machine_line
+
+    machine = describe()
+    print(f"{machine_line(machine)}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     mem, plain = [], []
     for r in range(args.rounds):
         wall, threads = memexp_wall(work / "memexp", env, args.threads)
@@ -180,7 +183,7 @@ def main() -> None:
     breakdown = phases(work, env, args.threads)
     m, p = statistics.median(mem), statistics.median(plain)
     result = {
-        "cpu": cpu_model(),
+        "machine": machine,
         "memexp_s": mem,
         "plain_s": plain,
         "median_memexp_s": m,
@@ -199,18 +202,6 @@ def main() -> None:
         f"ratio {m / p:.2f} (target <= 2: {'met' if m / p <= 2 else 'NOT met'}); range memexp {min(mem):.2f}-{max(mem):.2f}, "
         f"plain {min(plain):.2f}-{max(plain):.2f}"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

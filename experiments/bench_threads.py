@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/threads.json"))
     args = ap.parse_args()
+    from memexp.runs.machine import describe, machine_line
+
+    machine = describe()
+    print(machine_line(machine), flush=True)
     cores = len(os.sched_getaffinity(0))
     data = Path(os.environ.get("MEMEXP_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"MEMEXP_DATA_DIR": str(data)}
@@ -74,7 +78,9 @@ def main() -> None:
     share = med["busy, auto"] / quiet
     print(f"auto beside a busy process: {share:.2f} of its quiet speed (target >= 0.5: {'met' if share >= 0.5 else 'NOT met'})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cores": cores, "speeds": speeds, "medians": med, "share_auto": share}, indent=2))
+    args.out.write_text(
+        json.dumps({"machine": machine, "cores": cores, "speeds": speeds, "medians": med, "share_auto": share}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -27,21 +27,11 @@ from pathlib import Path
 
 import torch
 
+from memexp.runs.machine import describe, machine_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 NANOGPT = ["experiment=nanogpt_shakespeare"]
-
-
-def matmul_peak(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def plain_loop(task, loader, steps: int, clip: float) -> float:
@@ -128,7 +118,9 @@ def overhead(args) -> dict:
         task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim))
         plain.append(plain_loop(task, dm.train_dataloader(), args.steps, cfg.trainer.gradient_clip_val))
         print(f"round {r}: memexp.run {suite[-1] * 1e3:.1f} ms/step, plain loop {plain[-1] * 1e3:.1f} ms/step", flush=True)
-    peak = matmul_peak()
+    machine = describe()
+    print(machine_line(machine), flush=True)
+    peak = machine["matmul_gflops_1thread"] * 1e9 * torch.get_num_threads()
     net = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim)).net
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     s, p = statistics.median(suite), statistics.median(plain)
@@ -144,6 +136,7 @@ def overhead(args) -> dict:
         "tokens_per_s_suite": tokens_per_step / s,
         "model_flops_per_s": flops,
         "matmul_peak_flops_per_s": peak,
+        "machine": machine,
         "fraction_of_peak": flops / peak,
         "rounds": args.rounds,
         "steps_per_round": args.steps,

@@ -82,13 +82,6 @@ def memexp_run(out: Path, iters: int, threads: int, env: dict, compile_net: bool
     return (b1 - b0) / (t1 - t0), wall
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout")
@@ -98,18 +91,15 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip memexp with task.compile=true")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/vs_nanogpt.json"))
     args = ap.parse_args()
-    import torch
+    from memexp.runs.machine import describe, machine_line
 
     data = Path(os.environ.get("MEMEXP_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MEMEXP_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
     nanogpt = args.nanogpt.resolve()
     prepare_nanogpt(nanogpt, data, env)
     work = (args.out.parent / "vs-nanogpt-work").resolve()
-    print(
-        f"CPU: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "
-        f"load {os.getloadavg()[0]:.2f}",
-        flush=True,
-    )
+    machine = describe()
+    print(f"{machine_line(machine)}; {args.threads} thread(s), load {os.getloadavg()[0]:.2f}", flush=True)
     variants = {"nanogpt": lambda: nanogpt_run(nanogpt, work / "nanogpt", args.iters, env)}
     variants["memexp"] = lambda: memexp_run(work / "memexp", args.iters, args.threads, env, False)
     if not args.no_compile:
@@ -146,7 +136,7 @@ def main() -> None:
         ok = value >= target if op == ">=" else value <= target
         print(f"{label}: {value:.2f} (target {op} {target}: {'met' if ok else 'NOT met'})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": cpu_model(), "threads": args.threads, "runs": results, **summary}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "threads": args.threads, "runs": results, **summary}, indent=2))
 
 
 if __name__ == "__main__":

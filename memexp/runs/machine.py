@@ -1,0 +1,55 @@
+"""What a benchmark ran on: the CPU's model, torch's CPU capability (the vector ISA its kernels dispatch on) and
+the fp32 matmul peak measured now, on one thread, so that speeds from different machines can be read against it."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (platform.processor() where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 5, threads: int = 1) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul on `threads` threads (the thread count is restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
+def describe(peak: bool = True) -> dict:
+    """{"cpu", "capability", "torch", "matmul_gflops_1thread"} of this machine, now."""
+    import torch
+
+    info = {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    if peak:
+        info["matmul_gflops_1thread"] = round(matmul_peak_gflops(), 1)
+    return info
+
+
+def machine_line(info: dict) -> str:
+    peak = info.get("matmul_gflops_1thread")
+    return f"CPU: {info['cpu']} ({info['capability']}, torch {info['torch']})" + (
+        f", fp32 matmul peak {peak} GFLOP/s on one thread" if peak is not None else ""
+    )
