@@ -37,6 +37,7 @@ from torch import nn
 
 from memexp.kernels.hyperlstm_cpp import available_gemm_paths, gemm_path
 from memexp.models.hyperlstm import HyperLSTM
+from memexp.runs.machine import describe, machine_line
 
 TARGET_RATIO = 0.5
 
@@ -115,33 +116,6 @@ def naive_layer(cell, x):
     return torch.stack(outs, 1)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or platform.machine()
-
-
-def matmul_peak_gflops(n=1024, repeats=5):
-    """Best 1-thread fp32 n x n x n matmul rate of a few tries, in GFLOP/s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-        torch.mm(a, b, out=c)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=c)
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * n**3 / best / 1e9
-
-
 def train_step_fn(model, vocab_size):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -200,10 +174,8 @@ def main(argv=None):
     if args.all_paths:
         for p in available_gemm_paths():
             models[f"hyper_cpp_{p}"] = HyperLSTM(V, step_impl=f"cpp_{p}", **kw)
-    peak = matmul_peak_gflops()
-    capability = torch.backends.cpu.get_cpu_capability()
-    print(f"cpu: {cpu_model()}; torch {torch.__version__} capability {capability}")
-    print(f"1-thread fp32 matmul peak (1024^3, measured now): {peak:.1f} GFLOP/s")
+    machine = describe()  # CPU model, torch's capability, 1-thread fp32 matmul peak measured now
+    print(machine_line(machine))
     print(f"hyper_cpp kernel path: {path} (available: {', '.join(available_gemm_paths()) or 'none'})")
     if not uses_cpp:
         print("the C++ loops did not build: hyper_cpp runs the TorchScript fallback")
@@ -260,9 +232,7 @@ def main(argv=None):
     result = {
         "config": vars(args),
         "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "cpu_capability": capability,
-        "matmul_peak_gflops_1thread": peak,
+        "machine": machine,
         "kernel_path": path,
         "results": rows,
         "target_ratio": TARGET_RATIO,

@@ -21,4 +21,8 @@ foreign one. The C++ path is taken for CPU tensors of float32/float64 when the b
 succeeds; otherwise (no compiler: one warning; a GPU; other dtypes) the model runs the
 TorchScript loops, and plain Python where TorchScript is unavailable. Inside the C++ loops,
 at::parallel_for (OpenMP) splits batch rows and GEMM column panels over torch's threads.
+The per-step products of the C++ loops take a GEMM path chosen by torch's CPU capability
+(`hyperlstm_cpp.gemm_path`): "avx512" (packed panels, 64-byte vectors) where torch runs AVX-512
+and the build targets it, else "avx2" (the 32-byte register-blocked GEMM); "blas" (at::mm) and
+each other path can be forced with step_impl="cpp_<path>" (tests run every path the CPU can).
 """

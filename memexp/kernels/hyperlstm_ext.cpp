@@ -601,6 +601,8 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
   T* dzy0 = dzy.data_ptr<T>();
   // scratch of one step, per row: the gate gradients dg (G, H) and dgy (G, N), dtc (H), dtcy (N)
   Tensor scratch = at::empty({B, G * H + G * N + H + N}, opt);
+  T* scratch0 = scratch.data_ptr<T>();
+  const int64_t SW = scratch.size(1);
   T* sums0 = g[4].data_ptr<T>();  // (B, col.total), zeroed by the caller
   for (int64_t t = T_ - 1; t >= 0; --t) {
     T* dhp0 = g[1].data_ptr<T>() + t * B * W;
@@ -626,7 +628,7 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
         std::vector<T> tmp(H);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          T* dg = scratch.data_ptr<T>() + b * scratch.size(1);
+          T* dg = scratch0 + b * SW;
           T* dtc = dg + G * H + G * N;
           T* sums = sums0 + b * col.total;
           cell_backward(dh0 + b * H, dhs0 + b * H, dc0 + b * H, act0 + b * G * H, cp0 + b * H,
@@ -641,19 +643,25 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
           T* dhp = dhp0 + b * W;
           T* da = dd + 2 * G * H;  // the b part of dd is the gradient of the gates' pre-activations itself
           gates_backward((const T*)dg, nr, rstd0 + b * G, H, ln, gm, da);
-          for (int64_t k = 0; k < G; ++k) {
+          for (int64_t k = 0; k < G; ++k) {  // dd's x and h parts, and all three parts into the b_d sums
             T* ddx = dd + k * H;
             T* ddh = dd + (G + k) * H;
+            T* sx = sums + col.b_d + k * H;
+            T* sh = sums + col.b_d + (G + k) * H;
+            T* sb = sums + col.b_d + (2 * G + k) * H;
             #pragma GCC ivdep
             for (int64_t i = 0; i < H; ++i) {
-              ddx[i] = da[k * H + i] * xm[k * H + i];
-              ddh[i] = da[k * H + i] * hm[k * H + i];
-              dxin[k * H + i] = da[k * H + i] * dxh[k * H + i];
-              dhp[k * H + i] = da[k * H + i] * dxh[(G + k) * H + i];
+              const T a = da[k * H + i], vx = a * xm[k * H + i], vh = a * hm[k * H + i];
+              ddx[i] = vx;
+              ddh[i] = vh;
+              sx[i] += vx;
+              sh[i] += vh;
+              sb[i] += a;
+              dxin[k * H + i] = a * dxh[k * H + i];
+              dhp[k * H + i] = a * dxh[(G + k) * H + i];
             }
           }
           add_to(sums + col.shift, (const T*)dg, G * H);
-          add_to(sums + col.b_d, (const T*)dd, P * H);
           if (ln) {
             add_product_to(sums + col.gamma, (const T*)dg, nr, G * H);
             add_product_to(sums + col.ln_c_w, (const T*)dtc, cn0 + b * H, H);
@@ -687,7 +695,7 @@ void backward_impl(const Tensor& d_hs, Tensor& dh, Tensor& dc, Tensor& dhh, Tens
       at::parallel_for(0, B, ROW_GRAIN, [&](int64_t b_begin, int64_t b_end) {
         std::vector<T> tmp(N);  // per thread
         for (int64_t b = b_begin; b < b_end; ++b) {
-          T* dgy = scratch.data_ptr<T>() + b * scratch.size(1) + G * H;
+          T* dgy = scratch0 + b * SW + G * H;
           T* dtcy = dgy + G * N + H;
           T* sums = sums0 + b * col.total;
           cell_backward(dhh0 + b * N, (const T*)nullptr, dhc0 + b * N, acty0 + b * G * N, hcp0 + b * N,

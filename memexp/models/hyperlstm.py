@@ -179,7 +179,9 @@ class HyperLSTMCell(nn.Module):
         if not ln:  # without LN the forget bias rides along with the input term
             hyper_in_bias = hyper_in_bias + self._forget_shift(N).flatten()
         b_in = torch.cat([torch.zeros(GATES * H, device=x.device, dtype=x.dtype), hyper_in_bias])
-        xin = torch.addmm(b_in, x.transpose(0, 1).reshape(T * B, I), w_in).view(T, B, -1)  # time-major
+        x_tb = x.transpose(0, 1).reshape(T * B, I)  # time-major
+        # with LN b_in is zero: mm skips addmm's copy of the broadcast bias into the (T*B, G*H + G*N) result
+        xin = (torch.mm(x_tb, w_in) if ln else torch.addmm(b_in, x_tb, w_in)).view(T, B, -1)
 
         w_h = torch.cat([self.weight_h, self.hyper_weight_x[I:]], dim=1)  # (H, G*H + G*N)
         b_z = torch.cat([self.z_bias, self.z_bias.new_zeros(GATES * self.hyper_embedding_size)])
