@@ -140,7 +140,7 @@ def run(
     if study:
         from memexp.runs.studies import StudyEvaluations, StudySettings
 
-        known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split") if k in study}
+        known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split", "board", "extra_texts", "speed") if k in study}
         after_test = StudyEvaluations(StudySettings(**known))
     from memexp.runs.train import train_and_test
 

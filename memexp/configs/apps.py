@@ -19,6 +19,7 @@ RunConfig = make_config(
         {"callbacks": "default"},
         {"paths": "default"},
         {"experiment": None},
+        {"board": None},
         {"hparams_search": None},
         {"launcher": None},
         {"debug": None},

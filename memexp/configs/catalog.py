@@ -80,5 +80,12 @@ GROUPS: dict[str, dict[str, str]] = {
         "explicit_knowledge": "study: ExplicitLM knowledge questions, empty bank, edits",
         "explicit_sft": "ExplicitLM supervised fine-tuning on conversations JSONL",
         "endef_vs_bigru": "study: ENDEF vs BiGRU on generated news, 6 seeds (-m)",
+        "leaderboard": "every causal LM (board=...) x 3 seeds on the same tests, one table (-m)",
+    },
+    "board": {
+        "transformer": "leaderboard entry: the transformer at nanoGPT's CPU budget (as nanogpt_shakespeare)",
+        "hope": "leaderboard entry: HOPE at that budget (as hope_nanogpt)",
+        "hyperlstm": "leaderboard entry: HyperLSTM, in-order streams (as hyperlstm_shakespeare)",
+        "lstm": "leaderboard entry: the plain LSTM, in-order streams (as lstm_shakespeare)",
     },
 }

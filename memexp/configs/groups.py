@@ -151,6 +151,61 @@ _RECURRENT_BUDGET = dict(
 )
 
 
+_NANOGPT_BUDGET = dict(
+    data=dict(seq_len=64, batch_size=12, tokenizer="char"),
+    optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
+    trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
+)
+
+# The causal language models at nanoGPT's CPU budget on tiny-shakespeare (2000 steps of 12 x 64 characters), each
+# about 0.8-1M parameters: the `experiment` presets nanogpt_shakespeare, hope_nanogpt, hyperlstm_shakespeare and
+# lstm_shakespeare, and the `board` entries of experiment=leaderboard.
+BOARD_ENTRIES: dict[str, dict] = {
+    # nanoGPT's CPU configuration (the quality target): 4 layers, 4 heads, width 128, context 64, no dropout
+    "transformer": dict(
+        defaults=["_self_", {"override /model": "transformer"}, {"override /data": "shakespeare"}],
+        model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, dropout=0.0),
+        **_NANOGPT_BUDGET,
+    ),
+    # HOPE with the transformer's width, depth, heads, MLP multiple, context (one 64-token segment) and optimiser,
+    # so the two compare directly (experiments/hope_vs_transformer.py; docs/hope.md)
+    "hope": dict(
+        defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}],
+        model=dict(
+            dim=128, depth=4, heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0, mem_write=32, cms_frequencies=[1, 4, 16]
+        ),
+        **_NANOGPT_BUDGET,
+    ),
+    # HyperLSTM trained as the paper trains: in-order streams with the state carried across windows (truncated
+    # BPTT). ~0.99M params (H=352, N=128, Z=16); the optimiser settings of experiments/hyperlstm_quality.py
+    "hyperlstm": dict(
+        defaults=["_self_", {"override /model": "hyperlstm"}, {"override /data": "shakespeare"}],
+        model=dict(
+            embedding_size=64,
+            hidden_size=352,
+            depth=1,
+            hyper_num_units=128,
+            hyper_embedding_size=16,
+            use_layer_norm=True,
+            use_recurrent_dropout=False,
+            dropout=0.0,
+        ),
+        **_RECURRENT_BUDGET,
+    ),
+    # The plain LSTM the HyperNetworks paper compares HyperLSTM with, at the same budget, data and optimiser:
+    # ~0.99M params (H=456, E=64), in-order streams with the state carried across windows
+    "lstm": dict(
+        defaults=["_self_", {"override /model": "lstm"}, {"override /data": "shakespeare"}],
+        model=dict(embedding_size=64, hidden_size=456, depth=1, dropout=0.0),
+        **_RECURRENT_BUDGET,
+    ),
+}
+
+
+def _entry(model: str, experiment_name: str) -> dict:
+    return BOARD_ENTRIES[model] | {"experiment_name": experiment_name}
+
+
 def register_groups() -> None:
     model = store(group="model")
     model(TransformerConf, name="transformer")
@@ -214,19 +269,11 @@ def register_groups() -> None:
         name="limit",
     )
 
-    # The nanoGPT CPU configuration for tiny-shakespeare, character level (the quality target).
     experiment = store(group="experiment", package="_global_")
-    experiment(
-        dict(
-            defaults=["_self_", {"override /model": "transformer"}, {"override /data": "shakespeare"}],
-            model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, dropout=0.0),
-            data=dict(seq_len=64, batch_size=12, tokenizer="char"),
-            optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
-            trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
-            experiment_name="nanogpt_shakespeare",
-        ),
-        name="nanogpt_shakespeare",
-    )
+    experiment(_entry("transformer", "nanogpt_shakespeare"), name="nanogpt_shakespeare")
+    board = store(group="board", package="_global_")
+    for name, entry in BOARD_ENTRIES.items():
+        board(entry, name=name)
     # HGD-MemNet on the LCCC toy sample, sized for a laptop CPU (about 5 minutes on 2 cores). The toy
     # sample has 2,887 training pairs: past ~400 steps the model overfits it (validation perplexity rises).
     experiment(
@@ -244,64 +291,9 @@ def register_groups() -> None:
         name="hgd_lccc",
     )
 
-    # HyperLSTM at the same budget (2000 steps of 12 x 64 chars), trained as the paper trains: in-order
-    # streams with the state carried across windows (truncated BPTT). ~0.99M params (H=352, N=128, Z=16);
-    # the optimiser settings of experiments/hyperlstm_quality.py (val 1.560 there, random windows).
-    experiment(
-        dict(
-            defaults=["_self_", {"override /model": "hyperlstm"}, {"override /data": "shakespeare"}],
-            model=dict(
-                embedding_size=64,
-                hidden_size=352,
-                depth=1,
-                hyper_num_units=128,
-                hyper_embedding_size=16,
-                use_layer_norm=True,
-                use_recurrent_dropout=False,
-                dropout=0.0,
-            ),
-            **_RECURRENT_BUDGET,
-            experiment_name="hyperlstm_shakespeare",
-        ),
-        name="hyperlstm_shakespeare",
-    )
-
-    # The plain LSTM the HyperNetworks paper compares HyperLSTM with, at the same budget, data and optimiser as
-    # hyperlstm_shakespeare: ~0.99M params (H=456, E=64), in-order streams with the state carried across windows.
-    experiment(
-        dict(
-            defaults=["_self_", {"override /model": "lstm"}, {"override /data": "shakespeare"}],
-            model=dict(embedding_size=64, hidden_size=456, depth=1, dropout=0.0),
-            **_RECURRENT_BUDGET,
-            experiment_name="lstm_shakespeare",
-        ),
-        name="lstm_shakespeare",
-    )
-
-    # HOPE at the nanoGPT CPU budget: the same width, depth, heads, MLP multiple, context (one
-    # 64-token segment), batch, steps and optimiser as nanogpt_shakespeare, so the two compare
-    # directly (experiments/hope_vs_transformer.py; docs/hope.md).
-    experiment(
-        dict(
-            defaults=["_self_", {"override /model": "hope"}, {"override /data": "shakespeare"}],
-            model=dict(
-                dim=128,
-                depth=4,
-                heads=4,
-                ff_mult=4,
-                max_len=64,
-                seq_len=64,
-                dropout=0.0,
-                mem_write=32,
-                cms_frequencies=[1, 4, 16],
-            ),
-            data=dict(seq_len=64, batch_size=12, tokenizer="char"),
-            optim=dict(lr=1e-3, warmup_steps=100, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99]),
-            trainer=dict(max_steps=2000, val_check_interval=250, gradient_clip_val=1.0),
-            experiment_name="hope_nanogpt",
-        ),
-        name="hope_nanogpt",
-    )
+    experiment(_entry("hyperlstm", "hyperlstm_shakespeare"), name="hyperlstm_shakespeare")
+    experiment(_entry("lstm", "lstm_shakespeare"), name="lstm_shakespeare")
+    experiment(_entry("hope", "hope_nanogpt"), name="hope_nanogpt")
     # The source document's example HOPE config (configs/example.yaml in its terms), at a size a
     # CPU trains in minutes: byte-level tiny-shakespeare, the memory and schedule keys set as
     # the document describes them. Key-by-key mapping: docs/hope.md.

@@ -79,12 +79,30 @@ def _study_preset(name: str, data_group: str, both_models: bool = True, **fields
     return preset | fields
 
 
+# The leaderboard (memexp.evals.leaderboard): each job trains one `board` entry (memexp.configs.groups.BOARD_ENTRIES,
+# which sets model, data, optimiser and budget) at one seed, then measures binned perplexity and the extra texts.
+_LEADERBOARD = dict(
+    study=dict(
+        kind="compare",
+        board=True,
+        lengths=[8, 16, 32, 64],
+        split="test",
+        extra_texts=[],
+        speed=dict(rounds=3, train_steps=20, gen_tokens=200),
+    ),
+    hydra=dict(sweeper=dict(params={"board": "transformer,hope,hyperlstm,lstm", "seed": "0,1,2"})),
+    sample_tokens=0,
+    experiment_name="leaderboard",
+)
+
+
 def register_studies() -> None:
     store(RecallConf, group="data", name="recall")
     store(HOPETinyConf, group="model", name="hope_tiny")
     store(TransformerTinyConf, group="model", name="transformer_tiny")
 
     experiment = store(group="experiment", package="_global_")
+    experiment(_LEADERBOARD, name="leaderboard")
     # HOPE vs the transformer baseline: same data, steps, optimiser; each job evaluates recall
     # by gap (data=recall) or binned perplexity (text data) after its test.
     experiment(

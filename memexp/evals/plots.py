@@ -114,3 +114,19 @@ def plot_continual_heatmap(
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"Continual A->B->C: {metric}")
     return _save(fig, path)
+
+
+def plot_board(rows: list[dict], path: str | Path) -> Path | None:
+    """The leaderboard's models: test bits per character (mean, std over seeds) against training tokens/s."""
+    pts = [(r["model"], r["train_tok_s"]["mean"], r["test/bpc"]) for r in rows if "train_tok_s" in r and "test/bpc" in r]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, speed, bpc in pts:
+        ax.errorbar(speed, bpc["mean"], yerr=bpc["std"], fmt="o", capsize=3)
+        ax.annotate(model, (speed, bpc["mean"]), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("training tokens/s (one thread)")
+    ax.set_ylabel("test bits per character")
+    ax.set_title("Leaderboard: quality against speed")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

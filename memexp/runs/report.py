@@ -71,6 +71,10 @@ def write_reports(
     if binned:
         written["binned_ppl.csv"] = write_binned_csv(binned, out / "binned_ppl.csv")
         written["binned_ppl.png"] = plot_binned_ppl(binned, out / "binned_ppl.png")
+    if any((r.get("study") or {}).get("board") for r in runs):  # experiment=leaderboard
+        from memexp.evals.leaderboard import write_leaderboard
+
+        written |= write_leaderboard(root, runs, out)
     cont = summarize_continual(runs)
     pairs = compare_continual(cont)
     if cont:

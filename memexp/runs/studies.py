@@ -100,6 +100,9 @@ class StudySettings:
     n_samples: int = 256
     split: str = "test"
     extra: dict = field(default_factory=dict)
+    board: bool = False  # a leaderboard job (memexp.evals.leaderboard): marks its results for the board's report
+    extra_texts: Sequence[str] = ()  # text files of other domains: bits per character on each (text data)
+    speed: dict = field(default_factory=dict)  # the report's side-by-side timing: rounds, train_steps, gen_tokens
 
 
 class StudyEvaluations:
@@ -129,7 +132,17 @@ class StudyEvaluations:
             ]
             write_binned_csv(out["binned_ppl"], reports / "binned_ppl.csv")
             images["study/binned_ppl"] = plot_binned_ppl(out["binned_ppl"], reports / "binned_ppl.png")
+        if s.extra_texts and hasattr(datamodule, "tokens"):
+            from memexp.evals.leaderboard import extra_text_bpc
+
+            window = max(s.lengths) if s.lengths else 64
+            out["extra_texts"] = [
+                extra_text_bpc(net, datamodule.spec.tokenizer, p, window, device=task.device) for p in s.extra_texts
+            ]
+        if s.board:
+            out |= {"board": True, "speed": dict(s.speed)}
         summary = {f"study/recall_prob@{r['gap']}": r["recall_prob"] for r in out.get("recall", [])}
+        summary |= {f"study/bpc/{Path(e['path']).name}": e["bpc"] for e in out.get("extra_texts", [])}
         log_to_wandb(
             loggers, {"study/recall": out.get("recall", []), "study/binned_ppl": out.get("binned_ppl", [])}, images, summary
         )

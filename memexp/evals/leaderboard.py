@@ -1,0 +1,284 @@
+"""The leaderboard: every causal language model of a sweep on the same tests, one row per model.
+
+Each job of `python -m memexp.run -m experiment=leaderboard` trains one board entry (`board=transformer|hope|
+hyperlstm|lstm`: memexp.configs.groups.BOARD_ENTRIES, each ~0.8-1M parameters at nanoGPT's CPU budget) at one
+seed, tests it, and after the test measures (memexp.runs.studies.StudyEvaluations) perplexity by context length
+and bits per character on every `study.extra_texts` file (a text of another domain; characters outside the
+model's vocabulary are skipped and counted). The sweep's report then times every model side by side: per round,
+each model in turn (its seed-0 checkpoint) trains `train_steps` steps on a batch of its training shape and
+generates `gen_tokens` tokens, on one thread; the median round is reported. Memory is how far one training
+step raises the resident set's high-water mark, in a fresh process that loaded the checkpoint.
+
+`board_rows` turns runs and speeds into rows of mean, std and n over seeds; `board_markdown` writes the table with
+the best value of each column in bold and where each column comes from; `memexp.evals.plots.plot_board` draws
+bits per character against training tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memexp.evals.aggregate import stats
+
+LN2 = math.log(2)
+
+
+@torch.no_grad()
+def extra_text_bpc(net: torch.nn.Module, tokenizer: Any, path: str | Path, window: int, device: Any = "cpu") -> dict:
+    """Bits per character of `net` on the text file `path`, in non-overlapping windows of `window` characters run
+    from an empty state (characters outside the tokenizer's vocabulary are dropped and counted)."""
+    from memexp.data.text import read_utf8
+    from memexp.evals.binned_ppl import binned_perplexity
+
+    text = read_utf8(Path(path))
+    stoi = getattr(tokenizer, "stoi", None)
+    if stoi is not None:
+        kept = [stoi[c] for c in text if c in stoi]
+        unknown = len(text) - len(kept)
+    else:
+        kept, unknown = tokenizer.encode(text), 0
+    window = min(window, getattr(net, "max_len", None) or window)
+    if len(kept) < window + 1:
+        return {"path": str(path), "chars": len(text), "unknown": unknown, "bpc": float("nan"), "note": "shorter than one window"}
+    (row,) = binned_perplexity(net, torch.tensor(kept), [window], device=device)
+    return {"path": str(path), "chars": len(text), "unknown": unknown, "tokens": row["tokens"], "bpc": row["nll"] / LN2}
+
+
+def _training_batch(datamodule: Any) -> dict:
+    batch = next(iter(datamodule.train_dataloader()))
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _train_steps(task: Any, batch: dict, steps: int) -> float:
+    """Seconds per step of forward + backward + optimiser step on `batch` (the net's own loss)."""
+    import torch.nn.functional as F
+
+    net = task.net
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    x, y = batch["input"], batch["target"]
+
+    def step() -> None:
+        logits, _ = net(x, None)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (kernel builds, allocator)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps
+
+
+def measure_speeds(ckpts: dict[str, str], rounds: int = 3, train_steps: int = 20, gen_tokens: int = 200) -> dict:
+    """Training and generation tokens/s of each model's checkpoint, timed side by side: per round every model in
+    turn, one thread. {model: {"train_tok_s": [per round], "gen_tok_s": [...]}}."""
+    from memexp.configs import load_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loaded = {m: load_checkpoint(p) for m, p in ckpts.items()}
+        batches = {m: _training_batch(run.datamodule) for m, run in loaded.items()}
+        out: dict[str, dict[str, list[float]]] = {m: {"train_tok_s": [], "gen_tok_s": []} for m in ckpts}
+        for _ in range(rounds):
+            for m, run in loaded.items():
+                step_s = _train_steps(run.task, batches[m], train_steps)
+                out[m]["train_tok_s"].append(batches[m]["input"].numel() / step_s)
+                run.task.net.eval()
+                t = time.perf_counter()
+                run.task.generate([0], max_new_tokens=gen_tokens, temperature=1.0, seed=0)
+                out[m]["gen_tok_s"].append(gen_tokens / (time.perf_counter() - t))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def peak_rss_mb(ckpt: str) -> float:
+    """Memory a training step adds to a fresh process that loaded `ckpt` and its data: the resident set's
+    high-water mark over two steps (a warm-up, then the timed one) less the resident set before them, in MB."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "memexp.evals.leaderboard", "peak", str(ckpt)], capture_output=True, text=True, timeout=600
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        return float("nan")
+    return float(json.loads(line)["step_mb"])
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(field)
+
+
+def _peak_main(ckpt: str) -> None:
+    import gc
+
+    from memexp.configs import load_checkpoint
+
+    torch.set_num_threads(1)
+    run = load_checkpoint(ckpt)
+    batch = _training_batch(run.datamodule)
+    gc.collect()
+    try:  # Linux: reset the high-water mark to the current resident set, so the peak is the step's own
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_mb("VmRSS")
+    except OSError:
+        before = float("nan")
+    _train_steps(run.task, batch, 1)
+    try:
+        peak = _status_mb("VmHWM")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "step_mb": peak - before}))
+
+
+# -- the table ---------------------------------------------------------------------------------
+# (key, header, lower is better (None: not a score), format): the columns of leaderboard.md, in order
+def columns(extra_names: list[str], lengths: list[int]) -> list[tuple[str, str, bool | None, str]]:
+    cols = [
+        ("params", "parameters", None, "{:,.0f}"),
+        ("val/loss", "val loss (nats)", True, "{:.3f}"),
+        ("test/loss", "test loss (nats)", True, "{:.3f}"),
+        ("test/bpc", "test bits/char", True, "{:.3f}"),
+    ]
+    cols += [(f"extra/{n}", f"bits/char on {n}", True, "{:.3f}") for n in extra_names]
+    cols += [(f"ppl@{n}", f"ppl, context < {n}", True, "{:.2f}") for n in lengths]
+    cols += [
+        ("train_tok_s", "train tokens/s", False, "{:,.0f}"),
+        ("gen_tok_s", "generate tokens/s", False, "{:,.0f}"),
+        ("peak_rss_mb", "training step memory (MB)", True, "{:,.0f}"),
+    ]
+    return cols
+
+
+def _scalars(run: dict) -> dict[str, float]:
+    m, study = run["metrics"], run.get("study") or {}
+    out = {k: float(m[k]) for k in ("val/loss", "test/loss", "test/bpc") if isinstance(m.get(k), (int, float))}
+    if isinstance(m.get("params/trainable"), (int, float)):
+        out["params"] = float(m["params/trainable"])
+    for e in study.get("extra_texts", []):
+        out[f"extra/{Path(e['path']).name}"] = float(e["bpc"])
+    for b in study.get("binned_ppl", []):
+        out[f"ppl@{b['length']}"] = float(b["ppl_upto"])
+    return out
+
+
+def board_runs(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if (r.get("study") or {}).get("board")]
+
+
+def board_rows(runs: list[dict], speeds: dict, peaks: dict) -> tuple[list[dict], list[str], list[int]]:
+    """(rows: {"model", "seeds", key: stats...}, extra text names, binned lengths) of the board's runs."""
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        by_model[r["names"]["model"]].append(r)
+    extra = sorted({Path(e["path"]).name for r in runs for e in (r.get("study") or {}).get("extra_texts", [])})
+    lengths = sorted({int(b["length"]) for r in runs for b in (r.get("study") or {}).get("binned_ppl", [])})
+    rows = []
+    for model, rs in sorted(by_model.items()):
+        scal = [_scalars(r) for r in rs]
+        row: dict[str, Any] = {"model": model, "seeds": sorted(r["names"]["seed"] for r in rs)}
+        for key in {k for s in scal for k in s}:
+            row[key] = stats([s[key] for s in scal if key in s])
+        for key in ("train_tok_s", "gen_tok_s"):
+            if model in speeds:
+                row[key] = stats([statistics.median(speeds[model][key])]) | {"rounds": speeds[model][key]}
+        if model in peaks:
+            row["peak_rss_mb"] = stats([peaks[model]])
+        rows.append(row)
+    return rows, extra, lengths
+
+
+def _best(rows: list[dict], key: str, lower: bool | None) -> float | None:
+    if lower is None:  # a column that is not a score
+        return None
+    vals = [r[key]["mean"] for r in rows if key in r and r[key]["mean"] == r[key]["mean"]]
+    if len(vals) < 2:
+        return None
+    return min(vals) if lower else max(vals)
+
+
+def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep: str) -> str:
+    cols = columns(extra, lengths)
+    lines = [
+        "# Leaderboard",
+        "",
+        f"Sweep: `{sweep}`. Mean ± std over the seeds (n in the seeds column); the best of each column in bold.",
+        "",
+        "| model | seeds | " + " | ".join(h for _, h, _, _ in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for r in rows:
+        cells = []
+        for key, _, lower, fmt in cols:
+            if key not in r or r[key]["n"] == 0:
+                cells.append("-")
+                continue
+            s = r[key]
+            text = fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s["n"] > 1 and s["std"] > 0 else "")
+            cells.append(f"**{text}**" if s["mean"] == _best(rows, key, lower) else text)
+        lines.append(f"| {r['model']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Columns and where they come from:",
+        "- parameters, val/test loss, test bits/char: each run's `metrics.json` "
+        "(`python -m memexp.run -m experiment=leaderboard`); the test reloads the best validation checkpoint.",
+        "- bits/char on a text: the model on that file (`study.extra_texts=[...]`) in windows of its context from an "
+        "empty state; characters outside its vocabulary skipped.",
+        "- ppl, context < n: perplexity of the test split's targets predicted from fewer than n characters of "
+        "context (`memexp.evals.binned_ppl`).",
+        "- train / generate tokens/s: timed side by side in this report, one thread, median of the rounds "
+        "(`python -m memexp.report dir=<sweep>`).",
+        "- training step memory: how far a training step (batch of the training shape) raises the resident set's "
+        "high-water mark above the resident set before it, in a fresh process that loaded the checkpoint and data.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(root: str | Path, runs: list[dict], out: Path) -> dict[str, Path]:
+    """leaderboard.md, leaderboard.json and leaderboard.png of the board's runs under `root`, into `out`."""
+    from memexp.files import write_json, write_text
+
+    board = board_runs(runs)
+    settings = (board[0].get("study") or {}).get("speed", {}) if board else {}
+    first = {}
+    for r in sorted(board, key=lambda r: r["names"]["seed"]):
+        ckpt = Path(r.get("ckpt_dir") or "") / "last.ckpt"
+        if ckpt.is_file():
+            first.setdefault(r["names"]["model"], str(ckpt))
+    speeds = measure_speeds(first, **settings) if first else {}
+    peaks = {m: peak_rss_mb(p) for m, p in first.items()}
+    rows, extra, lengths = board_rows(board, speeds, peaks)
+    written = {"leaderboard.json": write_json({"rows": rows, "speed_settings": settings}, out / "leaderboard.json")}
+    from memexp.evals.plots import plot_board
+
+    png = plot_board(rows, out / "leaderboard.png")
+    if png:
+        written["leaderboard.png"] = png
+    md = out / "leaderboard.md"
+    write_text(board_markdown(rows, extra, lengths, str(root)), md)
+    written["leaderboard.md"] = md
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "peak":
+        _peak_main(sys.argv[2])
+    else:
+        raise SystemExit("usage: python -m memexp.evals.leaderboard peak CKPT")
