@@ -48,7 +48,15 @@ def report(
             text = full[int(len(full) * 0.95) :]
     _, note = hf_bits_per_char(hf_model, text or "") if hf_model else (None, None)
     used = runs_used_wandb(root)
-    written = write_reports(root, reports_dir, hf_note=note or "Skipped: no hf_model=PATH given.", wandb_log=wandb or used)
+    from memexp.configs.board import measure_board
+
+    written = write_reports(
+        root,
+        reports_dir,
+        hf_note=note or "Skipped: no hf_model=PATH given.",
+        wandb_log=wandb or used,
+        measure_board=measure_board,
+    )
     print(f"aggregated runs under {root}")
     print(
         "logged to W&B (the report run joins the sweep's group)"

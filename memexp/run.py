@@ -57,6 +57,18 @@ def _run_info(tags: list | None, experiment: str) -> dict:
     return info
 
 
+def _parallel_launcher() -> bool:
+    """True inside a multirun whose launcher runs its jobs side by side on this machine (submitit's local launcher,
+    joblib); SLURM jobs get their own cores and the basic launcher runs one job at a time."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    target = str(HydraConfig.get().launcher.get("_target_", ""))
+    return target.endswith(("LocalLauncher", "JoblibLauncher"))
+
+
 def _run_dir(paths: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -94,9 +106,9 @@ def run(
     `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
     are config sections, read by attribute.
     """
-    from memexp.runs.threads import ThreadGovernor, apply_threads, parallel_launcher
+    from memexp.runs.threads import ThreadGovernor, apply_threads
 
-    follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), parallel_launcher())
+    follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), _parallel_launcher())
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     names = _names(seed, experiment_name)
     cfg["run"] = _run_info(tags, names.experiment)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from memexp.errors import ConfigError
 from memexp.models.hope import HOPE, Ramp
-from memexp.models.hope_memory import CapNorm, HopeMemory, UnitHeads, memory_mlp
+from memexp.models.hope_math import CapNorm, ChunkStep, UnitHeads, _descent, _mlp, memory_mlp
+from memexp.models.hope_memory import HopeMemory
 from memexp.models.transformer import Transformer
 from memexp.runs.probes import recall_probe as train_recall
 from memexp.tasks.cms_gate import CMSGradientGate
@@ -177,7 +178,7 @@ def test_unit_heads_equals_rms_norm_values_and_gradients():
         qkv = torch.randn(B, T, 3 * Hh * D, dtype=torch.float64, requires_grad=True)
         q, k, _ = qkv.chunk(3, -1)  # strided slices, as the block passes them
         out = UnitHeads.apply(q, k, Hh, full)
-        yh, yf = out if full else (out, None)
+        yh, yf = torch.stack(out[:2]), torch.stack(out[2:]) if full else None
         ref = [F.rms_norm(x.view(B, T, Hh, D), (D,)) * D**-0.5 for x in (q, k)]  # (B, T, Hh, D)
         torch.testing.assert_close(yh, torch.stack([r.transpose(1, 2) for r in ref]))
         gh = torch.randn_like(yh)
@@ -210,9 +211,69 @@ def test_cap_norm_equals_autograd_capped_and_free_rows():
     torch.testing.assert_close(got, want)
 
 
-def _reference_memory(mem: HopeMemory, u, q, k, v, chunk: int) -> torch.Tensor:
+def test_chunk_step_backward_equals_autograd():
+    """The hand-written backward of a chunk's descent step = autograd through `_mlp` + `_descent`
+    (gradcheck: numerical too), all five inputs, float64."""
+    torch.manual_seed(0)
+    Bp, n, Hm, D = 3, 5, 6, 4
+    w1, w2t = torch.randn(2, Bp, Hm, D, dtype=torch.float64).unbind(0)
+    k = F.normalize(torch.randn(Bp, n, D, dtype=torch.float64), dim=-1)
+    v, coef = torch.randn(Bp, n, D, dtype=torch.float64), -torch.rand(Bp, n, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_(True) for t in (w1, w2t, k, v, coef)]
+    assert torch.autograd.gradcheck(ChunkStep.apply, inputs)
+    out = ChunkStep.apply(*inputs)
+    err, h, sig, a = _mlp(*inputs[:2], inputs[2], target=inputs[3])
+    ref = _descent(inputs[1], inputs[2], h, sig, a, err, inputs[4])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad((out * g).sum(), inputs), torch.autograd.grad((ref * g).sum(), inputs)):
+        torch.testing.assert_close(got, want)
+
+
+def _reference_slot_read(slots, keys, values, filled, q):
+    """SlotMemory.read as it was before the empty-slot shortcuts: dense over all K slots."""
+    sim = torch.bmm(q, keys.transpose(1, 2)) * slots.log_scale.exp()
+    filled = filled.unsqueeze(1)
+    sim = sim.masked_fill(filled == 0, torch.finfo(sim.dtype).min)
+    top, idx = sim.topk(slots.top_k, dim=-1)
+    w = torch.softmax(top, dim=-1) * filled.expand_as(sim).gather(-1, idx)
+    dense = torch.zeros_like(sim, dtype=w.dtype).scatter(-1, idx, w)
+    return torch.bmm(dense, values), dense
+
+
+def _reference_slot_write(slots, st, k, v):
+    """SlotMemory.write as it was before the empty-slot shortcuts (victim by argmin, writes by where)."""
+    B = k.shape[0]
+    with torch.no_grad():
+        r, dense = _reference_slot_read(slots, st["slot_keys"], st["slot_values"], st["slot_filled"], k)
+        surprise = (r - v).pow(2).mean(-1)
+        best_s, best_t = surprise.max(dim=1)
+        filled = st["slot_filled"]
+        usage = slots.usage_decay * st["slot_usage"] + dense.sum(1)
+        victim = usage.masked_fill(filled == 0, -1.0).argmin(dim=1)
+        do_write = (best_s > st["slot_error"]) | (filled.min(dim=1).values == 0)
+        sel = F.one_hot(victim, slots.capacity).bool() & do_write.unsqueeze(1)
+        chunks = st["slot_chunks"] + 1
+        refresh = (chunks % slots.error_update) == 0
+        err_ema = slots.error_decay * st["slot_error"] + (1 - slots.error_decay) * surprise.mean(dim=1)
+        fresh_usage = usage.max(dim=1, keepdim=True).values.expand_as(usage)
+    rows = torch.arange(B)
+    k_best, v_best = k[rows, best_t].unsqueeze(1), v[rows, best_t].unsqueeze(1)
+    sel3 = sel.unsqueeze(-1)
+    return {
+        "slot_keys": torch.where(sel3, k_best, st["slot_keys"]),
+        "slot_values": torch.where(sel3, v_best, st["slot_values"]),
+        "slot_usage": torch.where(sel, fresh_usage, usage),
+        "slot_filled": torch.where(sel, torch.ones_like(filled), filled),
+        "slot_error": torch.where(refresh, err_ema, st["slot_error"]),
+        "slot_chunks": chunks,
+    }
+
+
+def _reference_memory(mem: HopeMemory, u, q, k, v, chunk: int, states: list | None = None) -> torch.Tensor:
     """HopeMemory.forward from a fresh state, written plainly: rms_norm, gradients of the chunk loss by
-    autograd (create_graph, so second-order terms reach the outer gradient), slots as in the module."""
+    autograd (create_graph, so second-order terms reach the outer gradient), slots as the module had them
+    before the empty-slot shortcuts. The state after every chunk is appended to `states`."""
     B, T, C = q.shape
     Hh, D = mem.heads, mem.head_dim
     qu, ku = (F.rms_norm(x.reshape(B, T, Hh, D), (D,)).reshape(B, T, C) * D**-0.5 for x in (q, k))
@@ -225,7 +286,7 @@ def _reference_memory(mem: HopeMemory, u, q, k, v, chunk: int) -> torch.Tensor:
         y = memory_mlp(st["w"], split(qu[:, s:e]))[0]
         out = mem.merge_heads(y) * mem.neural_scale
         if mem.slots is not None:
-            r = mem.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qu[:, s:e] * Hh**-0.5)[0]
+            r = _reference_slot_read(mem.slots, st["slot_keys"], st["slot_values"], st["slot_filled"], qu[:, s:e] * Hh**-0.5)[0]
             out = out + r * mem.slot_scale
         outs.append(out)
         kc, vc, gc = split(ku[:, s:e]), split(v[:, s:e]), split(g[:, s:e])
@@ -239,15 +300,32 @@ def _reference_memory(mem: HopeMemory, u, q, k, v, chunk: int) -> torch.Tensor:
         m = gc[..., 1].mean(1).view(-1, 1, 1, 1) * st["m"] + step
         new = {**st, "m": m, "w": (1 - gc[..., 2].mean(1).view(-1, 1, 1, 1)) * w + m}
         if mem.slots is not None:
-            new.update(mem.slots.write(st, ku[:, s:e] * Hh**-0.5, v[:, s:e]))
+            new.update(_reference_slot_write(mem.slots, st, ku[:, s:e] * Hh**-0.5, v[:, s:e]))
         st = new
+        if states is not None:
+            states.append(st)
     return torch.cat(outs, 1)
 
 
-@pytest.mark.parametrize("capacity, chunk, cap", [(3, 4, 0.05), (0, 4, None), (3, 3, 0.05)])
-def test_memory_forward_and_outer_gradients_equal_plain_autograd(capacity, chunk, cap):
-    """The batched, hand-differentiated memory = the plain per-chunk autograd version, values and
-    every outer gradient (float64), with the step cap active and without it."""
+@pytest.mark.parametrize("fresh", [False, True])
+@pytest.mark.parametrize(
+    "capacity, chunk, cap, T",
+    [
+        (3, 4, 0.05, 11),
+        (0, 4, None, 11),
+        (3, 3, 0.05, 11),
+        (3, 2, 0.05, 11),
+        (3, 4, 0.05, 12),
+        (3, 2, 0.05, 12),
+        (8, 2, None, 12),
+    ],
+)
+def test_memory_forward_and_outer_gradients_equal_plain_autograd(capacity, chunk, cap, T, fresh):
+    """The batched, hand-differentiated memory = the plain per-chunk autograd version, values, state
+    and every outer gradient (float64), with the step cap active and without it; `fresh` (skip zero
+    momentum and empty slots) gives the same, also once the slots are full (capacity 3: chunks 4-6)
+    and with more slots than top_k but fewer filled; T = 11 reads piece by piece (uneven pieces), T = 12
+    in one batch."""
     torch.manual_seed(0)
     mem = memory(dim=8, heads=2, hidden_mult=2, capacity=capacity)
     mem.max_step_norm = cap
@@ -256,12 +334,15 @@ def test_memory_forward_and_outer_gradients_equal_plain_autograd(capacity, chunk
         if mem.slot_scale is not None:
             mem.slot_scale.fill_(1.3)
         mem.gates.weight.normal_(0, 0.3)
-    B, T = 2, 11
+    B = 2
     x = torch.randn(B, T, 4 * 8, dtype=torch.float64, requires_grad=True)
     u, q, k, v = x.chunk(4, -1)
-    out, _ = mem(u, q, k, v, mem.init_state(B, u), chunk, True, 1.0)
-    ref = _reference_memory(mem, u, q, k, v, chunk)
+    out, st = mem(u, q, k, v, mem.init_state(B, u), chunk, True, 1.0, fresh)
+    states = []
+    ref = _reference_memory(mem, u, q, k, v, chunk, states)
     torch.testing.assert_close(out, ref)
+    for key, want in states[-1].items():
+        torch.testing.assert_close(st[key], want.expand_as(st[key]), msg=key)
     g = torch.randn_like(out)
     params = [x, *mem.parameters()]
     got = torch.autograd.grad((out * g).sum(), params, allow_unused=True)
@@ -273,6 +354,28 @@ def test_memory_forward_and_outer_gradients_equal_plain_autograd(capacity, chunk
 
 
 # ----------------------------------------------------------------------------- segments and state
+
+
+@pytest.mark.parametrize("mem_write, T", [(4, 20), (3, 20), (2, 8)])
+def test_fresh_state_shortcuts_equal_the_general_path(mem_write, T):
+    """state=None (the memories skip zero momentum and empty slots in the first segment) = an explicit
+    init_state (the general path): logits, final state and every gradient, float64; two segments and a
+    partial one (T = 20, seq_len 8), uneven chunks (3), slots filling up (capacity 4 < chunks)."""
+    torch.manual_seed(0)
+    m = tiny(mem_write=mem_write).double()
+    idx = torch.randint(0, 32, (2, T))
+    results = []
+    for state in (None, m.init_state(2)):
+        m.zero_grad()
+        logits, st = m(idx, state)
+        (logits * torch.linspace(-1, 1, logits.numel(), dtype=torch.float64).view_as(logits)).sum().backward()
+        results.append((logits, st, [p.grad.clone() for p in m.parameters()]))
+    (la, sa, ga), (lb, sb, gb) = results
+    torch.testing.assert_close(la, lb)
+    for x, y in zip(torch.utils._pytree.tree_leaves(sa), torch.utils._pytree.tree_leaves(sb)):
+        torch.testing.assert_close(x, y)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("mem_write", [3, 4])  # 3: uneven pieces (loop reads); 4: batched reads

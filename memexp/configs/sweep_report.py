@@ -25,7 +25,9 @@ class SweepReport(Callback):
             return
         used_wandb = runs_used_wandb(root)
         try:
-            written = write_reports(root, wandb_log=used_wandb)
+            from memexp.configs.board import measure_board
+
+            written = write_reports(root, wandb_log=used_wandb, measure_board=measure_board)
         except Exception as e:  # the sweep's runs are done and saved; a failed report must not hide that
             print(
                 f"sweep report not written ({type(e).__name__}: {e}); retry: python -m memexp.report dir={root}", file=sys.stderr

@@ -16,14 +16,11 @@ bits per character against training tokens/s.
 
 from __future__ import annotations
 
-import json
 import math
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +52,12 @@ def extra_text_bpc(net: torch.nn.Module, tokenizer: Any, path: str | Path, windo
     return {"path": str(path), "chars": len(text), "unknown": unknown, "tokens": row["tokens"], "bpc": row["nll"] / LN2}
 
 
-def _training_batch(datamodule: Any) -> dict:
+def training_batch(datamodule: Any) -> dict:
     batch = next(iter(datamodule.train_dataloader()))
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-def _train_steps(task: Any, batch: dict, steps: int) -> float:
+def train_step_seconds(task: Any, batch: dict, steps: int) -> float:
     """Seconds per step of forward + backward + optimiser step on `batch` (the net's own loss)."""
     import torch.nn.functional as F
 
@@ -81,71 +78,6 @@ def _train_steps(task: Any, batch: dict, steps: int) -> float:
     for _ in range(steps):
         step()
     return (time.perf_counter() - t) / steps
-
-
-def measure_speeds(ckpts: dict[str, str], rounds: int = 3, train_steps: int = 20, gen_tokens: int = 200) -> dict:
-    """Training and generation tokens/s of each model's checkpoint, timed side by side: per round every model in
-    turn, one thread. {model: {"train_tok_s": [per round], "gen_tok_s": [...]}}."""
-    from memexp.configs import load_checkpoint
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loaded = {m: load_checkpoint(p) for m, p in ckpts.items()}
-        batches = {m: _training_batch(run.datamodule) for m, run in loaded.items()}
-        out: dict[str, dict[str, list[float]]] = {m: {"train_tok_s": [], "gen_tok_s": []} for m in ckpts}
-        for _ in range(rounds):
-            for m, run in loaded.items():
-                step_s = _train_steps(run.task, batches[m], train_steps)
-                out[m]["train_tok_s"].append(batches[m]["input"].numel() / step_s)
-                run.task.net.eval()
-                t = time.perf_counter()
-                run.task.generate([0], max_new_tokens=gen_tokens, temperature=1.0, seed=0)
-                out[m]["gen_tok_s"].append(gen_tokens / (time.perf_counter() - t))
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-def peak_rss_mb(ckpt: str) -> float:
-    """Memory a training step adds to a fresh process that loaded `ckpt` and its data: the resident set's
-    high-water mark over two steps (a warm-up, then the timed one) less the resident set before them, in MB."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "memexp.evals.leaderboard", "peak", str(ckpt)], capture_output=True, text=True, timeout=600
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
-    if proc.returncode != 0 or line is None:
-        return float("nan")
-    return float(json.loads(line)["step_mb"])
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(field)
-
-
-def _peak_main(ckpt: str) -> None:
-    import gc
-
-    from memexp.configs import load_checkpoint
-
-    torch.set_num_threads(1)
-    run = load_checkpoint(ckpt)
-    batch = _training_batch(run.datamodule)
-    gc.collect()
-    try:  # Linux: reset the high-water mark to the current resident set, so the peak is the step's own
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _status_mb("VmRSS")
-    except OSError:
-        before = float("nan")
-    _train_steps(run.task, batch, 1)
-    try:
-        peak = _status_mb("VmHWM")
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak, "step_mb": peak - before}))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -251,8 +183,11 @@ def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(root: str | Path, runs: list[dict], out: Path) -> dict[str, Path]:
-    """leaderboard.md, leaderboard.json and leaderboard.png of the board's runs under `root`, into `out`."""
+def write_leaderboard(root: str | Path, runs: list[dict], out: Path, measure: Callable | None = None) -> dict[str, Path]:
+    """leaderboard.md, leaderboard.json and leaderboard.png of the board's runs under `root`, into `out`.
+
+    measure(checkpoints {model: seed-0 last.ckpt}, settings) -> (speeds, step memory): the side-by-side timing,
+    which needs the checkpoints rebuilt (memexp.configs.board.measure_board); without it those columns stay empty."""
     from memexp.files import write_json, write_text
 
     board = board_runs(runs)
@@ -262,8 +197,7 @@ def write_leaderboard(root: str | Path, runs: list[dict], out: Path) -> dict[str
         ckpt = Path(r.get("ckpt_dir") or "") / "last.ckpt"
         if ckpt.is_file():
             first.setdefault(r["names"]["model"], str(ckpt))
-    speeds = measure_speeds(first, **settings) if first else {}
-    peaks = {m: peak_rss_mb(p) for m, p in first.items()}
+    speeds, peaks = measure(first, settings) if measure and first else ({}, {})
     rows, extra, lengths = board_rows(board, speeds, peaks)
     written = {"leaderboard.json": write_json({"rows": rows, "speed_settings": settings}, out / "leaderboard.json")}
     from memexp.evals.plots import plot_board
@@ -275,10 +209,3 @@ def write_leaderboard(root: str | Path, runs: list[dict], out: Path) -> dict[str
     write_text(board_markdown(rows, extra, lengths, str(root)), md)
     written["leaderboard.md"] = md
     return written
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "peak":
-        _peak_main(sys.argv[2])
-    else:
-        raise SystemExit("usage: python -m memexp.evals.leaderboard peak CKPT")

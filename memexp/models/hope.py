@@ -100,14 +100,17 @@ class HopeBlock(nn.Module):
         y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C), k, v
 
-    def forward(self, x: torch.Tensor, st: dict, chunk: int, seg_end: bool, surprise_scale: float) -> tuple[torch.Tensor, dict]:
-        """x (B, T, C) -> (B, T, C), this layer's new state (attention cache, memory)."""
+    def forward(
+        self, x: torch.Tensor, st: dict, chunk: int, seg_end: bool, surprise_scale: float, fresh: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """x (B, T, C) -> (B, T, C), this layer's new state (attention cache, memory). `fresh`: st is
+        `init_state`'s (the memory then skips work on its zero momentum and empty slots)."""
         u = self.ln_attn(x)  # (B, T, C)
         q, k, v = self.qkv(u).chunk(3, dim=-1)  # each (B, T, C)
         y, ck, cv = self.attend(q, k, v, st)
         new = {"attn_k": ck[:, :, :0] if seg_end else ck, "attn_v": cv[:, :, :0] if seg_end else cv}
         if self.memory is not None:
-            m, new["memory"] = self.memory(u, q, k, v, st["memory"], chunk, seg_end, surprise_scale)
+            m, new["memory"] = self.memory(u, q, k, v, st["memory"], chunk, seg_end, surprise_scale, fresh)
             y = y + m
         x = x + self.resid_dropout(self.proj(y))
         for level in self.cms:
@@ -363,7 +366,8 @@ class HOPE(nn.Module):
                              } per block ]}   ("memory" only in `memory_layers`)
         """
         B, T = idx.shape
-        if state is None:
+        fresh = state is None  # until the first segment's memories are written
+        if fresh:
             state = self.init_state(B)
         layers = state["layers"]
         pos = layers[0]["attn_k"].shape[2]  # tokens of the current segment seen so far
@@ -375,10 +379,11 @@ class HOPE(nn.Module):
             x = self.drop(x)  # (B, take, C)
             new_layers = []
             for block, st in zip(self.blocks, layers):
-                x, st = block(x, st, self.mem_write_now, seg_end, self.surprise_now)
+                x, st = block(x, st, self.mem_write_now, seg_end, self.surprise_now, fresh)
                 new_layers.append(st)
             layers = new_layers
             logits.append(self.head(self.ln_f(x)))  # (B, take, V)
             start += take
             pos = 0 if seg_end else pos + take
+            fresh = False
         return torch.cat(logits, 1), {"layers": layers}

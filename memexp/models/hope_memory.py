@@ -14,143 +14,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import FunctionCtx
 
 from memexp.errors import ConfigError
-
-
-def memory_mlp(
-    w: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """M(x) = silu(x W1^T) W2^T / sqrt(Hm) for fast weights w (B', 2, Hm, D) = [W1, W2^T], x (B', N, D).
-
-    W1 and W2^T share one (Hm, D) layout so an update touches one tensor. Returns y (B', N, D),
-    or y - target when a target is given, plus h = x W1^T, sig = sigmoid(h) and a = silu(h)
-    (B', N, Hm) for the gradient.
-    """
-    return _mlp(*w.unbind(1), x, target)
-
-
-def _mlp(
-    w1: torch.Tensor, w2t: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`memory_mlp` on w's two halves w1, w2t (B', Hm, D): unbind once, where w[:, i] would zero-fill
-    a (B', 2, Hm, D) gradient per use in the backward."""
-    h = torch.bmm(x, w1.transpose(1, 2))  # (B', N, Hm)
-    sig = torch.sigmoid(h)
-    a = h * sig
-    s = w1.shape[1] ** -0.5
-    y = torch.bmm(a, w2t) * s if target is None else torch.baddbmm(target, a, w2t, beta=-1.0, alpha=s)
-    return y, h, sig, a
-
-
-def memory_mlp_descent(
-    w: torch.Tensor,
-    k: torch.Tensor,
-    h: torch.Tensor,
-    sig: torch.Tensor,
-    a: torch.Tensor,
-    err: torch.Tensor,
-    coef: torch.Tensor,
-) -> torch.Tensor:
-    """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
-
-    w (B', 2, Hm, D), k (B', n, D) keys, h, sig, a (B', n, Hm) from `memory_mlp(w, k)`,
-    err (B', n, D) = M(k) - v, coef (B', n) = -2 theta / (n sqrt(Hm)). With s = 1/sqrt(Hm)
-    and dy = 2 s theta err / n:
-        dW2^T = a^T dy,   dW1 = (dy W2 * silu'(h))^T k,   silu'(h) = sig (1 + h - a)
-    Written by hand and differentiable, so second-order terms reach the outer optimiser.
-    Returns (B', 2, Hm, D).
-    """
-    return _descent(w.select(1, 1), k, h, sig, a, err, coef)
-
-
-def _descent(
-    w2t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, sig: torch.Tensor, a: torch.Tensor, err: torch.Tensor, coef: torch.Tensor
-) -> torch.Tensor:
-    """`memory_mlp_descent` given w's second half w2t (B', Hm, D)."""
-    dy = err * coef.unsqueeze(-1)  # (B', n, D), descent sign folded in
-    dh = torch.bmm(dy, w2t.transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
-    # Two bmm and a stack of their (B', Hm, D) results: cheaper than stacking the (B', n, .) operands.
-    return torch.stack([torch.bmm(dh.transpose(1, 2), k), torch.bmm(a.transpose(1, 2), dy)], 1)
-
-
-class CapNorm(torch.autograd.Function):
-    """step (B', ...) -> step * min(1, c / max(||step||, 1e-12)), ||.|| per row, with a hand-written backward.
-
-    Forward as autograd would compute it; backward, with f the factor and u = ||step||:
-    d step = f g - [capped] c (g . step) / u^3 step, capped where c / max(u, 1e-12) <= 1 and u >= 1e-12
-    (where clamp and clamp_min pass the gradient): three passes over step instead of autograd's dozen ops.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, step: torch.Tensor, c: float) -> torch.Tensor:
-        norm = step.flatten(1).norm(dim=1)  # (B',)
-        raw = c / norm.clamp_min(1e-12)
-        f = raw.clamp(max=1.0)
-        ctx.c = c
-        ctx.save_for_backward(step, norm, raw, f)
-        return step * f.view(-1, *(1,) * (step.dim() - 1))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: FunctionCtx, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        step, norm, raw, f = ctx.saved_tensors
-        shape = (-1, *(1,) * (step.dim() - 1))
-        dot = (g * step).flatten(1).sum(1)  # (B',)
-        capped = (raw <= 1.0) & (norm >= 1e-12)
-        k = torch.where(capped, -ctx.c * dot / norm.clamp_min(1e-12).pow(3), torch.zeros_like(dot))
-        return torch.addcmul(g * f.view(shape), step, k.view(shape)), None
-
-
-class UnitHeads(torch.autograd.Function):
-    """q, k (B, T, C) -> their per-head L2-normalised copies, in the layouts the memories read.
-
-    Forward: y = x / sqrt(|x|^2 + D eps) per head slice (= rms_norm(x) / sqrt(D)), written straight into
-    head layout yh (2, B, Hh, T, D) ([q, k]) and, for the slot memory, full width yf (2, B, T, C) scaled
-    by 1/sqrt(Hh). Backward by hand: dx = r (g - y <g, y>) with r = 1/sqrt(|x|^2 + D eps) and
-    g = dyh + dyf / sqrt(Hh): a handful of passes where autograd through rms_norm takes a dozen.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx, q: torch.Tensor, k: torch.Tensor, heads: int, full: bool
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        B, T, C = q.shape
-        D = C // heads
-        eps = D * torch.finfo(q.dtype).eps
-        yh = q.new_empty(2, B, heads, T, D)
-        yf = q.new_empty(2, B, T, C) if full else None
-        rs = []
-        for i, x in enumerate((q, k)):
-            x = x.view(B, T, heads, D)
-            r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().add_(eps).rsqrt_()  # (B, T, Hh, 1)
-            torch.mul(x, r, out=yh[i].permute(0, 2, 1, 3))
-            if full:
-                torch.mul(x, r * heads**-0.5, out=yf[i].view(B, T, heads, D))
-            rs.append(r)
-        ctx.heads, ctx.full = heads, full
-        ctx.save_for_backward(yh, *rs)
-        return (yh, yf) if full else yh
-
-    @staticmethod
-    def backward(
-        ctx: FunctionCtx, gh: torch.Tensor, gf: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        yh, *rs = ctx.saved_tensors
-        _, B, Hh, T, D = yh.shape
-        out = []
-        for i in range(2):
-            y = yh[i].permute(0, 2, 1, 3)  # (B, T, Hh, D) views
-            r = rs[i]
-            if ctx.full:  # g / c with c = 1/sqrt(Hh), built in (B, T, Hh, D) order so dx needs no copy
-                g = torch.add(gf[i].reshape(B, T, Hh, D), gh[i].permute(0, 2, 1, 3), alpha=Hh**0.5)
-                r = r * Hh**-0.5
-            else:
-                g = gh[i].permute(0, 2, 1, 3)
-            dot = (g * y).sum(-1, keepdim=True)  # (B, T, Hh, 1)
-            out.append(torch.addcmul(g, y, dot, value=-1.0).mul_(r).reshape(B, T, Hh * D))
-        return out[0], out[1], None, None
+from memexp.models.hope_math import (
+    CapNorm,
+    ChunkStep,
+    UnitHeads,
+    _descent,
+    _mlp,
+    _mlp_unscaled,
+    _plain_dtypes,
+)
 
 
 class SlotMemory(nn.Module):
@@ -175,47 +49,80 @@ class SlotMemory(nn.Module):
         }
 
     def read(
-        self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor, q: torch.Tensor
+        self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor, q: torch.Tensor, used: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, N, C) unit queries, slots keys / values (B, K, C), filled (B, K)
-        -> read values (B, N, C) and dense read weights (B, N, K)."""
-        sim = torch.bmm(q, keys.transpose(1, 2)) * self.log_scale.exp()  # (B, N, K)
-        filled = filled.unsqueeze(1)  # (B, 1, K)
+        -> read values (B, N, C) and dense read weights (B, N, K') over the first K' slots.
+
+        `used`, when known, says only the first `used` slots can be filled: the read looks at those
+        alone (K' = used; K' = K when None) and mixes min(top_k, used) of them, the same result, since
+        empty slots weigh 0 and add exp(-inf) = 0 to the softmax.
+        """
+        if used is not None and used < keys.shape[1]:
+            if used == 0:  # nothing filled: reads 0, and nothing upstream gets a gradient from it
+                return q.new_zeros(q.shape), q.new_zeros(*q.shape[:-1], 0)
+            keys, values, filled = keys[:, :used], values[:, :used], filled[:, :used]
+        sim = torch.bmm(q, keys.transpose(1, 2)) * self.log_scale.exp()  # (B, N, K')
+        filled = filled.unsqueeze(1)  # (B, 1, K')
         sim = sim.masked_fill(filled == 0, torch.finfo(sim.dtype).min)
-        top, idx = sim.topk(self.top_k, dim=-1)  # (B, N, k)
+        top, idx = sim.topk(min(self.top_k, keys.shape[1]), dim=-1)  # (B, N, k)
         w = torch.softmax(top, dim=-1) * filled.expand_as(sim).gather(-1, idx)  # empty slots weigh 0
         # w may be float32 where sim is bf16 (softmax runs in float32 under autocast): scatter needs one dtype.
-        dense = torch.zeros_like(sim, dtype=w.dtype).scatter(-1, idx, w)  # (B, N, K)
+        dense = torch.zeros_like(sim, dtype=w.dtype).scatter(-1, idx, w)  # (B, N, K')
         return torch.bmm(dense, values), dense
 
-    def write(self, st: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
-        """Absorb one closed chunk: k (unit), v (B, n, C)."""
-        B = k.shape[0]
+    def write(self, st: dict, k: torch.Tensor, v: torch.Tensor, used: int | None = None) -> dict:
+        """Absorb one closed chunk: k (unit), v (B, n, C).
+
+        `used`, when known (a state from `init_state` after `used` < K writes), says exactly the first
+        `used` slots are filled: empty slots go first and the first of them is the least used, so the
+        write lands in slot `used` of every row; the read skips the empty slots. Same result as None.
+        """
+        B, K = k.shape[0], self.capacity
+        known = used is not None and used < K
+        filled = st["slot_filled"]
         with torch.no_grad():  # surprise and usage only pick what to write and where
-            r, dense = self.read(st["slot_keys"], st["slot_values"], st["slot_filled"], k)
-            surprise = (r - v).pow(2).mean(-1)  # (B, n) prediction error of the read
+            if known and used == 0:
+                surprise = v.pow(2).mean(-1)  # (B, n): the read of empty slots is 0
+                usage = self.usage_decay * st["slot_usage"]
+            else:
+                r, dense = self.read(st["slot_keys"], st["slot_values"], filled, k, used)
+                surprise = (r - v).pow(2).mean(-1)  # (B, n) prediction error of the read
+                usage = self.usage_decay * st["slot_usage"]  # (B, K)
+                if dense.shape[-1] < K:
+                    usage[:, : dense.shape[-1]] += dense.sum(1)
+                else:
+                    usage += dense.sum(1)
             best_s, best_t = surprise.max(dim=1)  # (B,)
-            filled = st["slot_filled"]
-            usage = self.usage_decay * st["slot_usage"] + dense.sum(1)  # (B, K)
-            # Empty slots first, then the least-used one.
-            victim = usage.masked_fill(filled == 0, -1.0).argmin(dim=1)  # (B,)
-            do_write = (best_s > st["slot_error"]) | (filled.min(dim=1).values == 0)  # (B,)
-            sel = F.one_hot(victim, self.capacity).bool() & do_write.unsqueeze(1)  # (B, K)
             chunks = st["slot_chunks"] + 1
             refresh = (chunks % self.error_update) == 0
             err_ema = self.error_decay * st["slot_error"] + (1 - self.error_decay) * surprise.mean(dim=1)
             # A fresh slot gets the current top usage so it is not evicted at once.
-            fresh_usage = usage.max(dim=1, keepdim=True).values.expand_as(usage)
+            top_usage = usage.max(dim=1, keepdim=True).values  # (B, 1)
+            if not known:
+                # Empty slots first, then the least-used one.
+                victim = usage.masked_fill(filled == 0, -1.0).argmin(dim=1)  # (B,)
+                do_write = (best_s > st["slot_error"]) | (filled.min(dim=1).values == 0)  # (B,)
+                sel = F.one_hot(victim, self.capacity).bool() & do_write.unsqueeze(1)  # (B, K)
         rows = torch.arange(B, device=k.device)
         k_best, v_best = k[rows, best_t].unsqueeze(1), v[rows, best_t].unsqueeze(1)  # (B, 1, C)
+        new = {"slot_error": torch.where(refresh, err_ema, st["slot_error"]), "slot_chunks": chunks}
+        if known:  # slot `used` of every row: a cat, whose backward is a split, in place of two where
+            cut = lambda x, new_col: torch.cat([x[:, :used], new_col, x[:, used + 1 :]], 1)  # noqa: E731
+            return {
+                "slot_keys": cut(st["slot_keys"], k_best),
+                "slot_values": cut(st["slot_values"], v_best),
+                "slot_usage": cut(usage, top_usage),
+                "slot_filled": cut(filled, torch.ones_like(top_usage)),
+                **new,
+            }
         sel3 = sel.unsqueeze(-1)
         return {
             "slot_keys": torch.where(sel3, k_best, st["slot_keys"]),  # written tensors keep their graph
             "slot_values": torch.where(sel3, v_best, st["slot_values"]),
-            "slot_usage": torch.where(sel, fresh_usage, usage),
+            "slot_usage": torch.where(sel, top_usage.expand_as(usage), usage),
             "slot_filled": torch.where(sel, torch.ones_like(filled), filled),
-            "slot_error": torch.where(refresh, err_ema, st["slot_error"]),
-            "slot_chunks": chunks,
+            **new,
         }
 
 
@@ -297,18 +204,24 @@ class HopeMemory(nn.Module):
         _, N, D = x.shape
         return x.view(-1, self.heads, N, D).transpose(1, 2).reshape(-1, N, self.heads * D)
 
-    def write(self, st: dict, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, gates: torch.Tensor) -> dict:
-        """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3)."""
+    def write(
+        self, st: dict, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, gates: torch.Tensor, m_zero: bool = False
+    ) -> dict:
+        """Absorb one chunk into the neural memory: k, v (B', n, D), theta (B', n), gates (B', n, 3).
+        `m_zero`: the momentum st["m"] is known to be 0 (a state from `init_state`), so S = -G."""
         n = k.shape[1]
         w1, w2t = st["w"].unbind(1)  # (B', Hm, D) each
-        err, h, sig, a = _mlp(w1, w2t, k, target=v)  # err = M(k) - v under the old W
-        coef = theta * (-2.0 / (n * math.sqrt(h.shape[-1])))
+        coef = theta * (-2.0 / (n * math.sqrt(w1.shape[1])))
         eta, alpha = gates[..., 1:].mean(dim=1).view(-1, 2, 1, 1, 1).unbind(1)  # (B', 1, 1, 1) each
         keep = 1 - alpha
-        step = _descent(w2t, k, h, sig, a, err, coef)  # -G (B', 2, Hm, D)
+        if _plain_dtypes(w1, k, v, coef):
+            step = ChunkStep.apply(w1, w2t, k, v, coef)  # -G (B', 2, Hm, D)
+        else:  # mixed dtypes (autocast): autograd through the pieces
+            err, h, sig, a = _mlp(w1, w2t, k, target=v)  # err = M(k) - v under the old W
+            step = _descent(w2t, k, h, sig, a, err, coef)
         if self.max_step_norm is not None:  # cap ||G|| per (sequence, head): test-time learning cannot run away
             step = CapNorm.apply(step, self.max_step_norm)
-        m = torch.addcmul(step, eta, st["m"])  # S = eta S - G
+        m = step if m_zero else torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
     def forward(
@@ -321,23 +234,25 @@ class HopeMemory(nn.Module):
         chunk: int,
         seg_end: bool,
         surprise_scale: float,
+        fresh: bool = False,
     ) -> tuple[torch.Tensor, dict]:
         """New tokens' block input u and attention q, k, v, all (B, T, C) -> memory read (B, T, C), new state.
 
         `chunk` is the chunk size; `seg_end` says the last of these tokens closes a segment,
         which closes the last chunk too even when it is short. Writes run chunk after chunk;
         the reads, which only need each chunk's starting state, then run in one batch.
+        `fresh` says `st` is `init_state`'s (momentum 0, slots empty): the same result, with the work
+        on zero momentum and on empty slots skipped.
         """
         B, T, C = q.shape
         Hh = self.heads
         # q, k unit per head: in head layout (B', T, D) for the neural memory, and full width / sqrt(Hh)
         # (unit vectors, B, T, C) for the slot memory.
         if self.slots is not None:
-            yh, yf = UnitHeads.apply(q, k, Hh, True)
-            qs, ks = yf.unbind(0)
+            qh, kh, qs, ks = UnitHeads.apply(q, k, Hh, True)
         else:
-            yh, qs, ks = UnitHeads.apply(q, k, Hh, False), None, None
-        qh, kh = (t.view(B * Hh, T, -1) for t in yh.unbind(0))
+            (qh, kh), qs, ks = UnitHeads.apply(q, k, Hh, False), None, None
+        qh, kh = qh.view(B * Hh, T, -1), kh.view(B * Hh, T, -1)
         g = torch.sigmoid(self.gates(u))  # (B, T, 3 Hh)
         # Pieces of these tokens that share one memory state: [start, end) and whether the chunk closes.
         pieces, start, P = [], 0, st["pending"].shape[1]
@@ -354,9 +269,11 @@ class HopeMemory(nn.Module):
         # split (not slicing) so the backward is one cat, not a zero-filled (B', T, .) per chunk
         sizes = [e - s for s, e, _ in pieces]
         kh_c, vh_c, gh_c, th_c = (t.split(sizes, 1) for t in (kh, vh, gh, theta))
-        read_states = []
+        read_states, used = [], []
+        n_used = 0 if fresh else None  # slots known filled: exactly the first n_used (None: unknown)
         for i, (start, end, closes) in enumerate(pieces):
             read_states.append(st)
+            used.append(n_used)
             if not closes:  # only the last piece of a call stays open: keep its tokens for the write
                 kvg = torch.cat([self.merge_heads(kh_c[i]), v[:, start:end], g[:, start:end]], -1)  # (B, n, 2C + 3Hh)
                 st = {**st, "pending": torch.cat([pend, kvg], 1)}
@@ -365,21 +282,30 @@ class HopeMemory(nn.Module):
             if i == 0 and pend.shape[1]:
                 kc, vc, gc = torch.cat([pk, kc], 1), torch.cat([pv, vc], 1), torch.cat([pg, gc], 1)
                 tc = torch.cat([surprise_scale * pg[..., 0], tc], 1)
-            new = self.write(st, kc, vc, tc, gc)
+            new = self.write(st, kc, vc, tc, gc, m_zero=fresh and i == 0)
             if self.slots is not None:
                 kc_full, vc_full = ks[:, start:end], v[:, start:end]
                 if i == 0 and pend.shape[1]:
                     kc_full = torch.cat([pend[..., :C] * Hh**-0.5, kc_full], 1)
                     vc_full = torch.cat([pend[..., C : 2 * C], vc_full], 1)
-                new.update(self.slots.write(st, kc_full, vc_full))
+                new.update(self.slots.write(st, kc_full, vc_full, n_used))
+                if n_used is not None:
+                    n_used = min(n_used + 1, self.slots.capacity)
             st = {**new, "pending": pend[:, :0]}
-        return self.read(read_states, pieces, qh, qs), st
+        return self.read(read_states, pieces, qh, qs, used), st
 
     def read(
-        self, states: list[dict], pieces: list[tuple[int, int, bool]], qh: torch.Tensor, qs: torch.Tensor | None
+        self,
+        states: list[dict],
+        pieces: list[tuple[int, int, bool]],
+        qh: torch.Tensor,
+        qs: torch.Tensor | None,
+        used: list[int | None] | None = None,
     ) -> torch.Tensor:
         """Every piece of the queries reads the state it started from: qh (B', T, D) unit per head,
-        qs (B, T, C) the same / sqrt(Hh) for the slots -> (B, T, C)."""
+        qs (B, T, C) the same / sqrt(Hh) for the slots -> (B, T, C). used[i]: the slots known filled
+        in states[i] (the first used[i]; None: unknown), as `SlotMemory.read` takes it."""
+        used = used or [None] * len(states)
         Bh, T, _ = qh.shape
         Hh = self.heads
         B = Bh // Hh
@@ -390,17 +316,14 @@ class HopeMemory(nn.Module):
             w = torch.stack([s["w"] for s in states], 1).flatten(0, 1)  # (B' N, 2, Hm, D)
             y = _mlp_unscaled(w, qh.reshape(Bh * N, n, -1)).view(B, Hh, T, -1)
             if self.slots is not None:
-                keys, values, filled = (
-                    torch.stack([s[f] for s in states], 1).flatten(0, 1) for f in ("slot_keys", "slot_values", "slot_filled")
-                )
-                r = self.slots.read(keys, values, filled, qs.reshape(B * N, n, -1))[0].view(B, T, -1)
+                r = self._read_slots_batched(states, used, qs, n)
         else:
             y = torch.cat([_mlp_unscaled(st["w"], qh[:, s:e]) for st, (s, e, _) in zip(states, pieces)], 1).view(B, Hh, T, -1)
             if self.slots is not None:
                 r = torch.cat(
                     [
-                        self.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qs[:, s:e])[0]
-                        for st, (s, e, _) in zip(states, pieces)
+                        self.slots.read(st["slot_keys"], st["slot_values"], st["slot_filled"], qs[:, s:e], u)[0]
+                        for st, (s, e, _), u in zip(states, pieces, used)
                     ],
                     1,
                 )
@@ -411,11 +334,24 @@ class HopeMemory(nn.Module):
             return (y * scale).reshape(B, T, -1)
         return torch.addcmul((r * self.slot_scale).view(B, T, Hh, -1), y, scale).view(B, T, -1)
 
-
-def _mlp_unscaled(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sqrt(Hm) M(x) = silu(x W1^T) W2^T: w (B', 2, Hm, D), x (B', N, D) -> (B', N, D)."""
-    w1, w2t = w.unbind(1)
-    return torch.bmm(F.silu(torch.bmm(x, w1.transpose(1, 2))), w2t)
+    def _read_slots_batched(self, states: list[dict], used: list[int | None], qs: torch.Tensor, n: int) -> torch.Tensor:
+        """The slot reads of N equal pieces of n queries qs (B, T = N n, C), each from its own state,
+        with the piece index folded into the batch -> (B, T, C). Leading pieces whose slots are known
+        empty read 0 and are left out; when every count is known, only the first max(used) slots are read."""
+        B, T, C = qs.shape
+        z = 0
+        while z < len(states) and used[z] == 0:
+            z += 1
+        if z == len(states):
+            return qs.new_zeros(B, T, C)
+        f = None if any(u is None for u in used[z:]) else max(used[z:])
+        keys, values, filled = (
+            torch.stack([s[name] if f is None else s[name][:, :f] for s in states[z:]], 1).flatten(0, 1)
+            for name in ("slot_keys", "slot_values", "slot_filled")
+        )
+        N = len(states) - z
+        r = self.slots.read(keys, values, filled, qs[:, z * n :].reshape(B * N, n, C), f)[0].view(B, N * n, C)
+        return r if z == 0 else torch.cat([qs.new_zeros(B, z * n, C), r], 1)
 
 
 def _logit(p: float) -> float:

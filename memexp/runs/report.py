@@ -7,6 +7,7 @@ with `wandb_log=True`, logs the tables and plots to one W&B run of job type "rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from memexp.evals.aggregate import (
@@ -32,9 +33,14 @@ def runs_used_wandb(root: str | Path) -> bool:
 
 
 def write_reports(
-    root: str | Path, reports_dir: str | Path | None = None, hf_note: str | None = None, wandb_log: bool = False
+    root: str | Path,
+    reports_dir: str | Path | None = None,
+    hf_note: str | None = None,
+    wandb_log: bool = False,
+    measure_board: Callable | None = None,
 ) -> dict:
-    """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written."""
+    """Aggregate the runs under `root` into `reports_dir` (default <root>/reports); returns the paths written.
+    measure_board: the leaderboard's side-by-side timing (memexp.configs.board.measure_board)."""
     runs = collect_runs(root)
     out = Path(reports_dir) if reports_dir else Path(root) / "reports"
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +80,7 @@ def write_reports(
     if any((r.get("study") or {}).get("board") for r in runs):  # experiment=leaderboard
         from memexp.evals.leaderboard import write_leaderboard
 
-        written |= write_leaderboard(root, runs, out)
+        written |= write_leaderboard(root, runs, out, measure_board)
     cont = summarize_continual(runs)
     pairs = compare_continual(cont)
     if cont:

@@ -92,18 +92,6 @@ def apply_threads(setting: int | str | None, parallel_runs: bool = False, announ
     return setting in (None, "auto") and not parallel_runs and "OMP_NUM_THREADS" not in why
 
 
-def parallel_launcher() -> bool:
-    """True inside a multirun whose launcher runs its jobs side by side on this machine (submitit's local launcher,
-    joblib); SLURM jobs get their own cores and the basic launcher runs one job at a time."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return False
-    target = str(HydraConfig.get().launcher.get("_target_", ""))
-    return target.endswith(("LocalLauncher", "JoblibLauncher"))
-
-
 class ThreadGovernor(L.Callback):
     """Under `trainer.threads=auto`, follows other processes during training: one thread while they keep cores busy,
     the free cores when they leave (checked every `interval_s` seconds of training, at a step boundary)."""
