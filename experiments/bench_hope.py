@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,31 +20,9 @@ import torch.nn.functional as F
 
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
+from memexp.runs.machine import describe, machine_line
 
 TARGET_RATIO = 2.0  # issue 16: a HOPE step may take at most twice the transformer's at equal size
-
-
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (platform.processor() where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def matmul_peak_gflops(n: int = 1024, reps: int = 5) -> float:
-    """Best-of-`reps` fp32 GFLOP/s of an n x n matmul at the current torch thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:
@@ -78,17 +55,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    machine = {
-        "cpu_model": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "matmul_fp32_gflops": round(matmul_peak_gflops(), 1),
-    }
-    print(
-        f"cpu: {machine['cpu_model']} | capability {machine['cpu_capability']} | {machine['threads']} thread(s) | "
-        f"fp32 matmul peak {machine['matmul_fp32_gflops']} GFLOP/s (1024^3, best of 5)",
-        flush=True,
-    )
+    machine = describe() | {"threads": torch.get_num_threads()}
+    print(f"{machine_line(machine)}; {machine['threads']} thread(s)", flush=True)
 
     common = dict(dim=args.dim, depth=args.depth, ff_mult=args.ff_mult)
     models = {

@@ -14,13 +14,14 @@ running: the quiet speed is the reference.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from memexp.runs.machine import logged_train_speed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +36,7 @@ def loop_speed(out: Path, steps: int, threads: str, env: dict) -> tuple[float, s
     if proc.returncode != 0:
         raise SystemExit(f"memexp.run failed: {proc.stderr[-2000:]}")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("threads: ")), "threads: ?")
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        rows = [(float(r["train/batches"]), float(r["train/time"])) for r in csv.DictReader(f) if r.get("train/time")]
-    (b0, t0), (b1, t1) = next((b, s) for b, s in rows if b >= 10), rows[-1]
-    return (b1 - b0) / (t1 - t0), line
+    return logged_train_speed(run_dir / "csv" / "metrics.csv"), line
 
 
 def main() -> None:

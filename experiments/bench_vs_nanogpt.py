@@ -21,7 +21,6 @@ nanoGPT's wall. Results: outputs/bench/vs_nanogpt.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -31,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from memexp.runs.machine import logged_train_speed
 
 REPO = Path(__file__).resolve().parents[1]
 ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
@@ -76,10 +77,7 @@ def memexp_run(out: Path, iters: int, threads: int, env: dict, compile_net: bool
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"memexp.run failed: {proc.stderr[-2000:]}")
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        rows = [(float(r["train/batches"]), float(r["train/time"])) for r in csv.DictReader(f) if r.get("train/time")]
-    (b0, t0), (b1, t1) = next((b, s) for b, s in rows if b >= 10), rows[-1]
-    return (b1 - b0) / (t1 - t0), wall
+    return logged_train_speed(run_dir / "csv" / "metrics.csv"), wall
 
 
 def main() -> None:

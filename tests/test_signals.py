@@ -20,10 +20,9 @@ def _wait_for_steps(metrics_csv, n: int, proc, timeout: float = 120) -> None:
     raise AssertionError(f"no {n} logged steps in {timeout} s")
 
 
-def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_continues(tiny_text, tmp_path):
-    import os
-
-    args = [
+def _long_run_args(tiny_text, tmp_path) -> list[str]:
+    """A tiny text run that logs every step and validates rarely (add trainer.max_steps and hydra.run.dir)."""
+    return [
         "data=text",
         f"data.path={tiny_text}",
         *TINY_MODEL,
@@ -36,6 +35,12 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_cont
         "trainer.limit_test_batches=1",
         f"paths.output_dir={tmp_path}",
     ]
+
+
+def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_continues(tiny_text, tmp_path):
+    import os
+
+    args = _long_run_args(tiny_text, tmp_path)
     env = os.environ | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "memexp.run", *args]
     proc = subprocess.Popen(
@@ -158,19 +163,7 @@ def test_slurm_preemption_saves_last_ckpt_at_a_step_boundary_before_submitit_req
     import json
     import os
 
-    args = [
-        "data=text",
-        f"data.path={tiny_text}",
-        *TINY_MODEL,
-        "logger=csv",
-        "trainer.enable_progress_bar=false",
-        "sample_tokens=0",
-        "trainer.log_every_n_steps=1",
-        "trainer.val_check_interval=1000",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        f"paths.output_dir={tmp_path}",
-    ]
+    args = _long_run_args(tiny_text, tmp_path)
     (tmp_path / "fake_submitit.py").write_text(FAKE_SUBMITIT)
     marker = tmp_path / "requeued.json"
     env = os.environ | {"MEMEXP_DATA_DIR": str(shared_data_dir()), "OMP_NUM_THREADS": "1"}

@@ -53,3 +53,14 @@ def machine_line(info: dict) -> str:
     return f"CPU: {info['cpu']} ({info['capability']}, torch {info['torch']})" + (
         f", fp32 matmul peak {peak} GFLOP/s on one thread" if peak is not None else ""
     )
+
+
+def logged_train_speed(metrics_csv: str | Path, skip: int = 10) -> float:
+    """Training steps per second of a run from its CSV log (Lightning's ThroughputMonitor columns train/batches and
+    train/time, validation time left out), from step `skip` to the last logged step."""
+    import csv
+
+    with open(metrics_csv) as f:
+        rows = [(float(r["train/batches"]), float(r["train/time"])) for r in csv.DictReader(f) if r.get("train/time")]
+    (b0, t0), (b1, t1) = next((b, s) for b, s in rows if b >= skip), rows[-1]
+    return (b1 - b0) / (t1 - t0)
