@@ -16,7 +16,7 @@ Writes <out>/kill_resume.{json,md}.
 
     python experiments/kill_resume.py --prepare [--trials 10] [--seed 0] [--signal KILL|TERM]
 
-stops `memexp.prepare` of a generated 60,000-dialogue LCCC-format file instead, at a moment drawn uniformly over an
+stops `memexp.prepare` of a generated LCCC-format file of --dialogues dialogues (100,000) instead, at a moment drawn uniformly over an
 uninterrupted preparation's wall time (reading, the vocabulary, any chunk write, the manifest), reruns the same
 command, and checks that the chunks it ends with are byte-identical (sha256) to the uninterrupted preparation's,
 that no manifest was left by the stopped one, and for TERM status 143 within 10 s.
@@ -84,7 +84,7 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2e}"
 
 
-def dialogue_source(path: Path, n: int = 60_000) -> None:
+def dialogue_source(path: Path, n: int = 100_000) -> None:
     rng = random.Random(0)
     words = [f"w{i}" for i in range(300)]
     lines = ("\t".join(" ".join(rng.choices(words, k=rng.randint(2, 6))) for _ in range(rng.randint(2, 4))) for _ in range(n))
@@ -98,7 +98,7 @@ def chunk_sums(manifest: Path) -> list[str]:
 
 def prepare_trials(args: argparse.Namespace, out: Path, env: dict) -> None:
     src = out / "dialogues.tsv"
-    dialogue_source(src)
+    dialogue_source(src, args.dialogues)
 
     def cmd(cache: Path) -> list[str]:
         return [
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     ap.add_argument("--out", type=Path, default=Path("outputs/kill_resume"))
     ap.add_argument("--prepare", action="store_true", help="stop memexp.prepare instead of a training run")
+    ap.add_argument("--dialogues", type=int, default=100_000, help="--prepare: dialogues in the generated source")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
