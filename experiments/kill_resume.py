@@ -16,8 +16,8 @@ Writes <out>/kill_resume.{json,md}.
 
     python experiments/kill_resume.py --prepare [--trials 10] [--seed 0] [--signal KILL|TERM]
 
-stops `memexp.prepare` of a generated LCCC-format file of --dialogues dialogues (100,000) instead, at a moment drawn uniformly over an
-uninterrupted preparation's wall time (reading, the vocabulary, any chunk write, the manifest), reruns the same
+stops `memexp.prepare` of a generated LCCC-format file of --dialogues dialogues (100,000) instead, at a moment drawn uniformly
+from its start to when an uninterrupted preparation wrote its manifest (start-up, reading, the vocabulary, the chunk writes), reruns the same
 command, and checks that the chunks it ends with are byte-identical (sha256) to the uninterrupted preparation's,
 that no manifest was left by the stopped one, and for TERM status 143 within 10 s.
 Writes <out>/prepare_resume.{json,md}.
@@ -107,17 +107,25 @@ def prepare_trials(args: argparse.Namespace, out: Path, env: dict) -> None:
         ]  # fmt: skip
 
     t0 = time.monotonic()
-    ref = subprocess.run(cmd(out / "prep-reference"), env=env, capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    ref = subprocess.Popen(cmd(out / "prep-reference"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = None  # until the manifest appears: the preparation's work (the process's exit after it is not drawn from)
+    first_chunk = None
+    while ref.poll() is None:
+        if first_chunk is None and list((out / "prep-reference").glob("*/chunk_*.pt")):
+            first_chunk = time.monotonic() - t0
+        if wall is None and (out / "prep-reference" / "manifest.json").exists():
+            wall = time.monotonic() - t0
+        time.sleep(0.01)
+    wall = wall if wall is not None else time.monotonic() - t0
     if ref.returncode != 0:
-        raise SystemExit(f"the reference preparation failed: {ref.stderr[-2000:]}")
+        raise SystemExit(f"the reference preparation failed: {ref.stderr.read()[-2000:]}")
     expected = chunk_sums(out / "prep-reference" / "manifest.json")
-    print(f"reference preparation: {len(expected)} chunks in {wall:.1f} s", flush=True)
+    print(f"reference preparation: {len(expected)} chunks in {wall:.1f} s, the first at {first_chunk or 0:.1f} s", flush=True)
     rng = random.Random(args.seed)
     trials = []
     for i in range(args.trials):
         cache = out / f"prep-{i}"
-        at = rng.uniform(0.0, wall)
+        at = rng.uniform(first_chunk or 0.0, wall) if args.during_chunks else rng.uniform(0.0, wall)
         proc = subprocess.Popen(cmd(cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(at)
         finished_first = proc.poll() is not None
@@ -175,6 +183,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/kill_resume"))
     ap.add_argument("--prepare", action="store_true", help="stop memexp.prepare instead of a training run")
     ap.add_argument("--dialogues", type=int, default=100_000, help="--prepare: dialogues in the generated source")
+    ap.add_argument(
+        "--during-chunks",
+        action="store_true",
+        help="--prepare: draw the moments while chunks are written (first chunk to manifest)",
+    )
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
