@@ -37,6 +37,20 @@ def _long_run_args(tiny_text, tmp_path) -> list[str]:
     ]
 
 
+def _assert_the_same_command_resumes(args: list[str], env: dict, step: int, max_steps: int, run_dir) -> None:
+    """`memexp.run args` with trainer.max_steps=max_steps finishes and says it resumed from `step`."""
+    again = subprocess.run(
+        [sys.executable, "-m", "memexp.run", *args, f"trainer.max_steps={max_steps}", f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from step {step}" in again.stdout
+
+
 def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_continues(tiny_text, tmp_path):
     import os
 
@@ -65,16 +79,7 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_the_same_command_cont
     assert ck["global_step"] == step >= 5
     assert "Traceback" not in err
     # The same command with a budget a few steps further continues from the saved step.
-    again = subprocess.run(
-        [*cmd, f"trainer.max_steps={step + 3}", f"hydra.run.dir={tmp_path / 'run2'}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resumed from step {step}" in again.stdout
+    _assert_the_same_command_resumes(args, env, step, step + 3, tmp_path / "run2")
 
 
 def _dialogue_source(path, n: int = 60_000) -> None:
@@ -190,13 +195,4 @@ def test_slurm_preemption_saves_last_ckpt_at_a_step_boundary_before_submitit_req
     step = int(line.split(" at step ")[1].split(";")[0])
     assert json.loads(marker.read_text()) == {"signal": int(signal.SIGUSR2), "last_ckpt_steps": [step]}
     assert step >= 5 and "requeueing" in err and "Traceback" not in err
-    again = subprocess.run(
-        [sys.executable, "-m", "memexp.run", *args, f"trainer.max_steps={step + 2}", f"hydra.run.dir={tmp_path / 'run2'}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resumed from step {step}" in again.stdout
+    _assert_the_same_command_resumes(args, env, step, step + 2, tmp_path / "run2")

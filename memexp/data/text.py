@@ -46,6 +46,16 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
+def drop_unknown_chars(tokenizer: object, text: str) -> tuple[str, int]:
+    """`text` without the characters outside a char tokenizer's vocabulary, and how many were dropped (a tokenizer
+    without a char vocabulary takes any text: unchanged, 0)."""
+    known = getattr(tokenizer, "stoi", None)
+    if known is None:
+        return text, 0
+    kept = "".join(c for c in text if c in known)
+    return kept, len(text) - len(kept)
+
+
 def read_jsonl_text(path: Path, field: str = "text", separator: str = "\n\n") -> str:
     """Concatenate the `field` of every JSONL record; names the line of any malformed record."""
     texts = []
@@ -272,10 +282,8 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             self.tokenizer = build_tokenizer(self.tokenizer_name, "".join(p["train"] for p in parts))
         for name, piece in pieces.items():
-            known = getattr(self.tokenizer, "stoi", None)  # a char vocabulary
-            if self.unknown == "skip" and known is not None:
-                kept = "".join(c for c in piece if c in known)
-                self.skipped_chars[name], piece = len(piece) - len(kept), kept
+            if self.unknown == "skip" and getattr(self.tokenizer, "stoi", None) is not None:  # a char vocabulary
+                piece, self.skipped_chars[name] = drop_unknown_chars(self.tokenizer, piece)
             try:
                 ids = self.tokenizer.encode(piece)
             except DataError as e:

@@ -35,16 +35,12 @@ LN2 = math.log(2)
 def extra_text_bpc(net: torch.nn.Module, tokenizer: Any, path: str | Path, window: int, device: Any = "cpu") -> dict:
     """Bits per character of `net` on the text file `path`, in non-overlapping windows of `window` characters run
     from an empty state (characters outside the tokenizer's vocabulary are dropped and counted)."""
-    from memexp.data.text import read_utf8
+    from memexp.data.text import drop_unknown_chars, read_utf8
     from memexp.evals.binned_ppl import binned_perplexity
 
     text = read_utf8(Path(path))
-    stoi = getattr(tokenizer, "stoi", None)
-    if stoi is not None:
-        kept = [stoi[c] for c in text if c in stoi]
-        unknown = len(text) - len(kept)
-    else:
-        kept, unknown = tokenizer.encode(text), 0
+    known, unknown = drop_unknown_chars(tokenizer, text)
+    kept = tokenizer.encode(known)
     window = min(window, getattr(net, "max_len", None) or window)
     if len(kept) < window + 1:
         return {"path": str(path), "chars": len(text), "unknown": unknown, "bpc": float("nan"), "note": "shorter than one window"}

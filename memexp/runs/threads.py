@@ -64,13 +64,25 @@ def busy_cores(samples: int = 9, gap_s: float = 0.01) -> int:
     return int(statistics.median(others))
 
 
+def _omp_threads() -> int | None:
+    """The thread count the user set in OMP_NUM_THREADS, if any."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else None
+
+
+def follows_machine(setting: int | str | None, parallel_runs: bool = False) -> bool:
+    """Whether the count may follow other processes during training (a `ThreadGovernor`): `auto` with no count
+    from the environment, on a machine this run does not share with its own sweep."""
+    return setting in (None, "auto") and _omp_threads() is None and not parallel_runs
+
+
 def plan_threads(setting: int | str | None, parallel_runs: bool = False) -> tuple[int, str]:
     """(threads, why) for `trainer.threads=setting`."""
     cores = usable_cores()
     if setting not in (None, "auto"):
         return int(setting), f"trainer.threads={setting}"
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"])), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    if _omp_threads() is not None:
+        return _omp_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
     if parallel_runs:
         return 1, f"the runs of this sweep share the machine's {cores} cores; trainer.threads=N to change"
     busy = busy_cores()
@@ -80,16 +92,15 @@ def plan_threads(setting: int | str | None, parallel_runs: bool = False) -> tupl
     return n, f"the {cores} cores this process may use; trainer.threads=N to change"
 
 
-def apply_threads(setting: int | str | None, parallel_runs: bool = False, announce: bool = True) -> bool:
-    """Set torch's thread count for this run and say so in one line; True when the count may follow the machine
-    during training (`auto` on a machine of its own: add a `ThreadGovernor`)."""
+def apply_threads(setting: int | str | None, parallel_runs: bool = False) -> bool:
+    """Set torch's thread count for this run and say so in one line; returns `follows_machine` (add a
+    `ThreadGovernor` when True)."""
     import torch
 
     n, why = plan_threads(setting, parallel_runs)
     torch.set_num_threads(n)
-    if announce:
-        print(f"threads: {n} ({why})", flush=True)
-    return setting in (None, "auto") and not parallel_runs and "OMP_NUM_THREADS" not in why
+    print(f"threads: {n} ({why})", flush=True)
+    return follows_machine(setting, parallel_runs)
 
 
 class ThreadGovernor(L.Callback):
@@ -100,6 +111,9 @@ class ThreadGovernor(L.Callback):
         self.interval_s = interval_s
         self._next = 0.0
 
+    def on_train_start(self, trainer: L.Trainer, *args: object) -> None:
+        self._next = time.monotonic() + self.interval_s  # the run's plan (apply_threads) has just counted
+
     def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
         now = time.monotonic()
         if now < self._next:
@@ -107,8 +121,8 @@ class ThreadGovernor(L.Callback):
         self._next = now + self.interval_s
         import torch
 
-        current = torch.get_num_threads()
-        target = max(1, usable_cores() - busy_cores(samples=3, gap_s=0.005))
+        current, cores = torch.get_num_threads(), usable_cores()
+        target = max(1, cores - busy_cores(samples=3, gap_s=0.005))
         if target != current:
             torch.set_num_threads(target)
-            rank_zero_info(f"threads: {current} -> {target} (other processes now keep {usable_cores() - target} cores busy)")
+            rank_zero_info(f"threads: {current} -> {target} (other processes now keep {cores - target} cores busy)")

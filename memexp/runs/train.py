@@ -245,8 +245,7 @@ def train_and_test(
     except SIGTERMException:  # Lightning stopped the fit (or the test) at a step boundary; SaveOnStop saved last.ckpt
         if trainer_obj.is_global_zero and stop.saved_step is not None:
             print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
-        finish_loggers(loggers)
-        stop.hand_over()  # preempted on SLURM: submitit requeues the job now that last.ckpt is saved
+        stop.hand_over()  # preempted on SLURM: submitit requeues the job now that last.ckpt is saved (it exits; `finally` still runs)
         raise SystemExit(EXIT_SIGTERM) from None
     finally:
         finish_loggers(loggers)
