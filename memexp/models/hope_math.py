@@ -37,31 +37,16 @@ def _mlp(
     return y, h, sig, a
 
 
-def memory_mlp_descent(
-    w: torch.Tensor,
-    k: torch.Tensor,
-    h: torch.Tensor,
-    sig: torch.Tensor,
-    a: torch.Tensor,
-    err: torch.Tensor,
-    coef: torch.Tensor,
-) -> torch.Tensor:
-    """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w.
-
-    w (B', 2, Hm, D), k (B', n, D) keys, h, sig, a (B', n, Hm) from `memory_mlp(w, k)`,
-    err (B', n, D) = M(k) - v, coef (B', n) = -2 theta / (n sqrt(Hm)). With s = 1/sqrt(Hm)
-    and dy = 2 s theta err / n:
-        dW2^T = a^T dy,   dW1 = (dy W2 * silu'(h))^T k,   silu'(h) = sig (1 + h - a)
-    Written by hand and differentiable, so second-order terms reach the outer optimiser.
-    Returns (B', 2, Hm, D).
-    """
-    return _descent(w.select(1, 1), k, h, sig, a, err, coef)
-
-
 def _descent(
     w2t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, sig: torch.Tensor, a: torch.Tensor, err: torch.Tensor, coef: torch.Tensor
 ) -> torch.Tensor:
-    """`memory_mlp_descent` given w's second half w2t (B', Hm, D)."""
+    """Minus the gradient of (1/n) sum_t theta_t ||M(k_t) - v_t||^2 with respect to w = [W1, W2^T], given w's
+    second half w2t (B', Hm, D), k (B', n, D) keys, h, sig, a (B', n, Hm) from `memory_mlp(w, k)`,
+    err (B', n, D) = M(k) - v and coef (B', n) = -2 theta / (n sqrt(Hm)). With s = 1/sqrt(Hm)
+    and dy = 2 s theta err / n:
+        dW2^T = a^T dy,   dW1 = (dy W2 * silu'(h))^T k,   silu'(h) = sig (1 + h - a)
+    Written by hand and differentiable, so second-order terms reach the outer optimiser.
+    Returns (B', 2, Hm, D)."""
     dy = err * coef.unsqueeze(-1)  # (B', n, D), descent sign folded in
     dh = torch.bmm(dy, w2t.transpose(1, 2)) * torch.addcmul(sig, sig, h - a)  # (B', n, Hm)
     # Two bmm and a stack of their (B', Hm, D) results: cheaper than stacking the (B', n, .) operands.
