@@ -147,3 +147,17 @@ def test_yaml_presets_are_on_the_search_path():
 def test_the_fsdp_preset_shards_with_bf16_on_gpus():
     trainer = node("trainer", "fsdp")
     assert (trainer.strategy, trainer.accelerator, trainer.precision, trainer.devices) == ("fsdp", "gpu", "bf16-mixed", 2)
+
+
+def test_optimiser_steps_use_torchs_multi_tensor_kernels():
+    """AdamW runs torch's fused kernel and SGD its foreach kernel (dense float parameters); a parameter without a
+    gradient in a step (HOPE's gated continuum memory) does not stop either."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    for name, flag in (("adamw", "fused"), ("sgd", "foreach")):
+        opt = build_optimizer(net, OptimizerSettings(name=name))
+        assert opt.defaults[flag] is True
+        net.zero_grad(set_to_none=True)
+        net[0](torch.randn(2, 3)).sum().backward()  # net[1] gets no gradient
+        before = net[0].weight.detach().clone()
+        opt.step()
+        assert not torch.equal(before, net[0].weight)

@@ -168,3 +168,31 @@ def test_a_debug_run_never_touches_a_real_runs_checkpoints(tiny_text, tmp_path, 
     )
     assert again["resumed_from_step"] == 6 and again["metrics"]["global_step"] == 6
     assert "this run finished at step 6 (trainer.max_steps=6)" in capsys.readouterr().out
+
+
+def test_the_training_speed_columns_count_tokens(tiny_text, tmp_path):
+    """Lightning's ThroughputMonitor logs train/device/{batches,items}_per_sec: tokens per batch is the batch's
+    input size (8 x 32), validation time left out."""
+    import csv
+
+    from conftest import QUIET, TINY_MODEL, run_in_process
+
+    result = run_in_process(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            *TINY_MODEL,
+            *QUIET,
+            "trainer.max_steps=24",
+            "trainer.val_check_interval=12",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.log_every_n_steps=1",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    with open(f"{result['run_dir']}/csv/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/device/batches_per_sec")]
+    assert rows  # a full 20-step window was logged
+    for r in rows:
+        assert float(r["train/device/items_per_sec"]) / float(r["train/device/batches_per_sec"]) == pytest.approx(8 * 32)
