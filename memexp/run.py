@@ -126,6 +126,9 @@ def run(
             run_dir=_run_dir(paths),
             logger=logger,
             tasks=study.get("tasks", ("A", "B", "C")),
+            checkpoint_root=paths.checkpoint_root,
+            fresh=fresh,
+            board=bool(study.get("board")),
         )
         _report(result)
         return _returned(result, optimized_metric)
@@ -152,7 +155,9 @@ def run(
     if study:
         from memexp.runs.studies import StudyEvaluations, StudySettings
 
-        known = {k: study[k] for k in ("gaps", "lengths", "n_samples", "split", "board", "extra_texts", "speed") if k in study}
+        known = {
+            k: study[k] for k in ("gaps", "lengths", "n_samples", "split", "board", "extra_texts", "speed", "span") if k in study
+        }
         after_test = StudyEvaluations(StudySettings(**known))
     from memexp.runs.train import train_and_test
 
@@ -217,7 +222,9 @@ def _report(result: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result["metrics"].items():
-        if k.startswith(("val/", "test/")):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
+        if k.startswith(
+            ("val/", "test/", "continual/")
+        ):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
             table.add_row(k, f"{v:.4f}")
     console.print(table)
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
@@ -225,6 +232,8 @@ def _report(result: dict) -> None:
         print(f"resumed from step {result['resumed_from_step']}")
     if result["ckpt_dir"]:
         print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
+    if result.get("result_file"):
+        print(f"result: {result['result_file']}")
     print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)", flush=True)
     if result["sample"] is not None:
         console.rule("sample")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from hydra_zen import builds, store
 
-from memexp.configs.groups import DATA_SEED
+from memexp.configs.groups import BOARD_ENTRIES, DATA_SEED
 from memexp.data.recall import RecallDataModule
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
@@ -79,8 +79,48 @@ def _study_preset(name: str, data_group: str, both_models: bool = True, **fields
     return preset | fields
 
 
-# The leaderboard (memexp.evals.leaderboard): each job trains one `board` entry (memexp.configs.groups.BOARD_ENTRIES,
-# which sets model, data, optimiser and budget) at one seed, then measures binned perplexity and the extra texts.
+# The leaderboard (memexp.evals.leaderboard): each job trains one `board` entry at one seed. `board=<model>`
+# (memexp.configs.groups.BOARD_ENTRIES: model, data, optimiser and budget) trains on tiny-shakespeare, then measures
+# binned perplexity and the extra texts; `board=<model>_recall` trains the same network on needle recall and scores
+# it at gaps of 1x-16x the board's context; `board=<model>_continual` trains it on three parts of tiny-shakespeare in
+# sequence (A -> B -> C) and measures forgetting.
+BOARD_SPAN = 64  # the board's context: the transformer's max_len, HOPE's attention segment, the recurrent models' window
+BOARD_RECALL_GAPS = [BOARD_SPAN // 2] + [BOARD_SPAN * m for m in (1, 2, 4, 8, 16)]
+_BOARD_RECALL = dict(
+    # every model sees the same sequences (data_seed), whole, in its context: 64 tokens, gaps drawn from [4, 56]
+    data=dict(kind="needle", seq_len=BOARD_SPAN, gap=[4, BOARD_SPAN - 8], n_filler=16, n_keys=8, n_values=8, batch_size=16),
+    trainer=dict(max_steps=600, val_check_interval=300, limit_val_batches=4, limit_test_batches=4, gradient_clip_val=1.0),
+    study=dict(gaps=BOARD_RECALL_GAPS, n_samples=128, span=BOARD_SPAN),
+)
+_BOARD_CONTINUAL = dict(
+    trainer=dict(max_steps=300, val_check_interval=300, limit_val_batches=10, gradient_clip_val=1.0),
+    study=dict(kind="continual", tasks=["A", "B", "C"]),
+)
+
+
+def board_columns() -> dict[str, dict]:
+    """The `board` entries of the recall and continual columns, `<model>_recall` and `<model>_continual`: each board
+    model's network and optimiser at one budget shared by all models."""
+    out = {}
+    for name, entry in BOARD_ENTRIES.items():
+        model_choice = next(d for d in entry["defaults"] if isinstance(d, dict) and "override /model" in d)
+        out[f"{name}_recall"] = dict(
+            defaults=["_self_", model_choice, {"override /data": "recall"}],
+            model=entry["model"],
+            optim=entry["optim"],
+            **_BOARD_RECALL,
+        )
+        out[f"{name}_continual"] = dict(
+            defaults=["_self_", model_choice, {"override /data": "shakespeare"}],
+            model=entry["model"],
+            optim=entry["optim"],
+            data=entry["data"] | dict(n_tasks=3),
+            **_BOARD_CONTINUAL,
+        )
+    return out
+
+
+BOARD_SWEEP = ",".join(n for name in BOARD_ENTRIES for n in (name, f"{name}_recall", f"{name}_continual"))
 _LEADERBOARD = dict(
     study=dict(
         kind="compare",
@@ -90,7 +130,7 @@ _LEADERBOARD = dict(
         extra_texts=[],
         speed=dict(rounds=3, train_steps=20, gen_tokens=200),
     ),
-    hydra=dict(sweeper=dict(params={"board": "transformer,hope,hyperlstm,lstm", "seed": "0,1,2"})),
+    hydra=dict(sweeper=dict(params={"board": BOARD_SWEEP, "seed": "0,1,2"})),
     sample_tokens=0,
     experiment_name="leaderboard",
 )
@@ -103,6 +143,9 @@ def register_studies() -> None:
 
     experiment = store(group="experiment", package="_global_")
     experiment(_LEADERBOARD, name="leaderboard")
+    board = store(group="board", package="_global_")
+    for name, entry in board_columns().items():
+        board(entry, name=name)
     # HOPE vs the transformer baseline: same data, steps, optimiser; each job evaluates recall
     # by gap (data=recall) or binned perplexity (text data) after its test.
     experiment(

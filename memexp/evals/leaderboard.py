@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from memexp.evals.aggregate import stats
+from memexp.evals.aggregate import paired_difference, stats
 
 LN2 = math.log(2)
 
@@ -78,7 +78,9 @@ def train_step_seconds(task: Any, batch: dict, steps: int) -> float:
 
 # -- the table ---------------------------------------------------------------------------------
 # (key, header, lower is better (None: not a score), format): the columns of leaderboard.md, in order
-def columns(extra_names: list[str], lengths: list[int]) -> list[tuple[str, str, bool | None, str]]:
+def columns(
+    extra_names: list[str], lengths: list[int], gaps: list[int] = (), span: int | None = None, continual: bool = False
+) -> list[tuple[str, str, bool | None, str]]:
     cols = [
         ("params", "parameters", None, "{:,.0f}"),
         ("val/loss", "val loss (nats)", True, "{:.3f}"),
@@ -87,6 +89,15 @@ def columns(extra_names: list[str], lengths: list[int]) -> list[tuple[str, str, 
     ]
     cols += [(f"extra/{n}", f"bits/char on {n}", True, "{:.3f}") for n in extra_names]
     cols += [(f"ppl@{n}", f"ppl, context < {n}", True, "{:.2f}") for n in lengths]
+    cols += [
+        (f"recall@{g}", f"recall, gap {g}" + (f" ({g // span}x)" if span and g >= span else ""), False, "{:.3f}") for g in gaps
+    ]
+    if continual:
+        cols += [
+            ("forgetting", "forgetting A->B->C (acc)", True, "{:.4f}"),
+            ("final_acc", "final accuracy A,B,C", False, "{:.3f}"),
+            ("forgetting_vs_transformer", "forgets less than the transformer", None, "{}"),
+        ]
     cols += [
         ("train_tok_s", "train tokens/s", False, "{:,.0f}"),
         ("gen_tok_s", "generate tokens/s", False, "{:,.0f}"),
@@ -104,7 +115,17 @@ def _scalars(run: dict) -> dict[str, float]:
         out[f"extra/{Path(e['path']).name}"] = float(e["bpc"])
     for b in study.get("binned_ppl", []):
         out[f"ppl@{b['length']}"] = float(b["ppl_upto"])
+    for r in study.get("recall", []):
+        out[f"recall@{r['gap']}"] = float(r["recall_prob"])
+    if c := study.get("continual"):
+        out["forgetting"], out["final_acc"] = float(c["avg_forgetting"]), float(c["avg_final_accuracy"])
     return out
+
+
+def run_kind(run: dict) -> str:
+    """Which column a board run fills: "continual", "recall" or "text"."""
+    study = run.get("study") or {}
+    return "continual" if "continual" in study else "recall" if "recall" in study else "text"
 
 
 def board_runs(runs: list[dict]) -> list[dict]:
@@ -112,18 +133,27 @@ def board_runs(runs: list[dict]) -> list[dict]:
 
 
 def board_rows(runs: list[dict], speeds: dict, peaks: dict) -> tuple[list[dict], list[str], list[int]]:
-    """(rows: {"model", "seeds", key: stats...}, extra text names, binned lengths) of the board's runs."""
+    """(rows: {"model", "seeds", key: stats...}, extra text names, binned lengths) of the board's runs (text, recall
+    and continual runs of one model make one row)."""
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         by_model[r["names"]["model"]].append(r)
     extra = sorted({Path(e["path"]).name for r in runs for e in (r.get("study") or {}).get("extra_texts", [])})
     lengths = sorted({int(b["length"]) for r in runs for b in (r.get("study") or {}).get("binned_ppl", [])})
+    forgetting = {
+        m: {r["names"]["seed"]: _scalars(r)["forgetting"] for r in rs if run_kind(r) == "continual"} for m, rs in by_model.items()
+    }
     rows = []
     for model, rs in sorted(by_model.items()):
         scal = [_scalars(r) for r in rs]
-        row: dict[str, Any] = {"model": model, "seeds": sorted(r["names"]["seed"] for r in rs)}
+        row: dict[str, Any] = {"model": model, "seeds": sorted({r["names"]["seed"] for r in rs})}
         for key in {k for s in scal for k in s}:
             row[key] = stats([s[key] for s in scal if key in s])
+        if model != "transformer" and forgetting[model] and forgetting.get("transformer"):
+            # per seed, this model's forgetting minus the transformer's (the same data_seed: the same parts and batches)
+            row["forgetting_vs_transformer"] = paired_difference(forgetting[model], forgetting["transformer"])
+        if spans := {int((r.get("study") or {})["span"]) for r in rs if (r.get("study") or {}).get("span")}:
+            row["span"] = max(spans)
         for key in ("train_tok_s", "gen_tok_s"):
             if model in speeds:
                 row[key] = stats([statistics.median(speeds[model][key])]) | {"rounds": speeds[model][key]}
@@ -142,8 +172,16 @@ def _best(rows: list[dict], key: str, lower: bool | None) -> float | None:
     return min(vals) if lower else max(vals)
 
 
+def _cell(s: dict, key: str, fmt: str) -> str:
+    if key == "forgetting_vs_transformer":  # a paired difference over seeds, not a mean
+        return f"lower at {s['a_lower']} of {s['n']} seeds, sign test p = {s['sign_p']:.2f}"
+    return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s["n"] > 1 and s["std"] > 0 else "")
+
+
 def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep: str) -> str:
-    cols = columns(extra, lengths)
+    gaps = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("recall@")})
+    span = next((r["span"] for r in rows if r.get("span")), None)
+    cols = columns(extra, lengths, gaps, span, continual=any("forgetting" in r for r in rows))
     lines = [
         "# Leaderboard",
         "",
@@ -155,12 +193,14 @@ def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep
     for r in rows:
         cells = []
         for key, _, lower, fmt in cols:
+            if key == "forgetting_vs_transformer" and r["model"] == "transformer" and "forgetting" in r:
+                cells.append("(the reference)")
+                continue
             if key not in r or r[key]["n"] == 0:
                 cells.append("-")
                 continue
-            s = r[key]
-            text = fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s["n"] > 1 and s["std"] > 0 else "")
-            cells.append(f"**{text}**" if s["mean"] == _best(rows, key, lower) else text)
+            text = _cell(r[key], key, fmt)
+            cells.append(f"**{text}**" if r[key]["mean"] == _best(rows, key, lower) else text)
         lines.append(f"| {r['model']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -171,6 +211,14 @@ def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep
         "empty state; characters outside its vocabulary skipped.",
         "- ppl, context < n: perplexity of the test split's targets predicted from fewer than n characters of "
         "context (`memexp.evals.binned_ppl`).",
+        "- recall, gap g: `recall_prob` (the probability given to the stored value) of the network trained on needle "
+        f"recall (`board=<model>_recall`: {span or '?'}-token sequences, gaps 4 to {(span or 64) - 8}, the same for "
+        "every model) when asked g filler tokens after the pair; gaps from 1x the board's context are beyond what the "
+        "transformer and HOPE's attention see (the transformer is given the last max_len tokens); chance 1/8.",
+        "- forgetting A->B->C: the network trained on three consecutive parts of tiny-shakespeare in sequence "
+        "(`board=<model>_continual`), mean over earlier parts of the drop of next-character accuracy from its best to "
+        "the end; final accuracy: the mean over A, B, C after C. Forgets less than the transformer: per seed, this "
+        "model's forgetting below the transformer's, two-sided sign test (`memexp.evals.aggregate.paired_difference`).",
         "- train / generate tokens/s: timed side by side in this report, one thread, median of the rounds "
         "(`python -m memexp.report dir=<sweep>`).",
         "- training step memory: how far a training step (batch of the training shape) raises the resident set's "
@@ -187,9 +235,10 @@ def write_leaderboard(root: str | Path, runs: list[dict], out: Path, measure: Ca
     from memexp.files import write_json, write_text
 
     board = board_runs(runs)
-    settings = (board[0].get("study") or {}).get("speed", {}) if board else {}
+    text = [r for r in board if run_kind(r) == "text"]
+    settings = (text[0].get("study") or {}).get("speed", {}) if text else {}
     first = {}
-    for r in sorted(board, key=lambda r: r["names"]["seed"]):
+    for r in sorted(text, key=lambda r: r["names"]["seed"]):  # the text runs' networks are timed
         ckpt = Path(r.get("ckpt_dir") or "") / "last.ckpt"
         if ckpt.is_file():
             first.setdefault(r["names"]["model"], str(ckpt))

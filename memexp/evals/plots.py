@@ -117,16 +117,41 @@ def plot_continual_heatmap(
 
 
 def plot_board(rows: list[dict], path: str | Path) -> Path | None:
-    """The leaderboard's models: test bits per character (mean, std over seeds) against training tokens/s."""
+    """The leaderboard's models: test bits per character (mean, std over seeds) against training tokens/s, and (when
+    the board has its recall column) recall_prob against the gap, with the board's context and chance marked."""
     pts = [(r["model"], r["train_tok_s"]["mean"], r["test/bpc"]) for r in rows if "train_tok_s" in r and "test/bpc" in r]
-    if not pts:
+    curves = {r["model"]: sorted((int(k.split("@")[1]), v) for k, v in r.items() if k.startswith("recall@")) for r in rows}
+    curves = {m: c for m, c in curves.items() if c}
+    if not pts and not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model, speed, bpc in pts:
-        ax.errorbar(speed, bpc["mean"], yerr=bpc["std"], fmt="o", capsize=3)
-        ax.annotate(model, (speed, bpc["mean"]), textcoords="offset points", xytext=(6, 4))
-    ax.set_xlabel("training tokens/s (one thread)")
-    ax.set_ylabel("test bits per character")
-    ax.set_title("Leaderboard: quality against speed")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2 if pts and curves else 1, figsize=(11 if pts and curves else 6, 4), squeeze=False)
+    axes = list(axes[0])
+    if pts:
+        ax = axes.pop(0)
+        for model, speed, bpc in pts:
+            ax.errorbar(speed, bpc["mean"], yerr=bpc["std"], fmt="o", capsize=3)
+            ax.annotate(model, (speed, bpc["mean"]), textcoords="offset points", xytext=(6, 4))
+        ax.set_xlabel("training tokens/s (one thread)")
+        ax.set_ylabel("test bits per character")
+        ax.set_title("Quality against speed")
+        ax.grid(alpha=0.3)
+    if curves:
+        ax = axes.pop(0)
+        for model, curve in sorted(curves.items()):
+            gaps = [g for g, _ in curve]
+            ax.errorbar(
+                gaps, [v["mean"] for _, v in curve], yerr=[v["std"] for _, v in curve], marker="o", capsize=3, label=model
+            )
+        span = next((r["span"] for r in rows if r.get("span")), None)
+        if span:
+            ax.axvline(span, color="grey", ls=":", label=f"context ({span})")
+        ax.axhline(1 / 8, color="grey", ls="--", label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("gap (filler tokens between the pair and the query)")
+        ax.set_ylabel("recall_prob")
+        ax.set_ylim(0, 1.02)
+        ax.set_title("Long-context recall")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     return _save(fig, path)

@@ -5,6 +5,10 @@ One LightningModule is carried through the stages; each stage is a fresh `Traine
 AdamW moments and warmup/cosine schedule, as `configure_optimizers` builds them): a new task
 arrives like a new training run on the same weights. HOPE's CMS gate keeps its pending sums.
 The matrices and their metrics (forgetting, backward transfer) are `memexp.evals.continual`'s.
+
+A finished study leaves `continual.json` in the run's checkpoint folder (the same folder for the same model, data,
+optimiser, seed and steps per stage); the same command again reads it instead of training (`fresh=true` reruns),
+so a sweep interrupted part-way redoes only what had not finished.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import lightning as L
 
 from memexp.evals.continual import continual_summary
 from memexp.evals.plots import plot_continual_heatmap
+import json
+
 from memexp.files import write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.loggers import finish_loggers, log_to_wandb, make_loggers
-from memexp.runs.train import preset_callbacks
+from memexp.runs.train import checkpoint_dir, preset_callbacks
 from memexp.tasks.optim import OptimizerSettings
 
 
@@ -33,9 +39,26 @@ def run_continual(
     run_dir: str | Path,
     logger: Mapping[str, Callable | None] | None = None,
     tasks: Sequence[str] = ("A", "B", "C"),
+    checkpoint_root: str | Path | None = None,
+    fresh: bool = False,
+    board: bool = False,
 ) -> dict:
-    """Train one model on tasks in sequence (data partial called with task_id=i) and fill the matrices."""
+    """Train one model on tasks in sequence (data partial called with task_id=i) and fill the matrices.
+
+    With `checkpoint_root`, the result is kept in <checkpoint folder>/continual.json and a rerun returns it;
+    `board` marks the result as a leaderboard column."""
     check_pairing(model, data, names)
+    steps = getattr(trainer, "keywords", {}).get("max_steps")
+    done = checkpoint_dir(cfg, names, checkpoint_root) / "continual.json" if checkpoint_root else None
+    if done is not None and fresh:
+        done.unlink(missing_ok=True)
+    if done is not None and done.is_file():
+        kept = json.loads(done.read_text())
+        if kept["study"]["continual"].get("steps_per_stage") == steps:
+            print(f"finished: the continual study of this model, data and seed is in {done} (fresh=true reruns it)")
+            out = kept | {"run_dir": str(run_dir)}
+            write_json(out, Path(run_dir) / "metrics.json")
+            return out
     L.seed_everything(names.seed, workers=True, verbose=False)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,10 +105,14 @@ def run_continual(
         "metrics": {f"continual/{k}": v for k, v in summary.items()},
         "run_dir": str(run_dir),
         "names": vars(names),
-        "study": {"continual": result},
+        "study": {"continual": result} | ({"board": True} if board else {}),
         "ckpt_dir": None,
+        "result_file": str(done) if done is not None else None,
         "sample": None,
         "resumed_from_step": None,
     }
     write_json(out, run_dir / "metrics.json")
+    if done is not None:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, done)
     return out

@@ -103,6 +103,7 @@ class StudySettings:
     board: bool = False  # a leaderboard job (memexp.evals.leaderboard): marks its results for the board's report
     extra_texts: Sequence[str] = ()  # text files of other domains: bits per character on each (text data)
     speed: dict = field(default_factory=dict)  # the report's side-by-side timing: rounds, train_steps, gen_tokens
+    span: int | None = None  # the context the recall gaps are multiples of (the leaderboard's columns)
 
 
 class StudyEvaluations:
@@ -140,7 +141,7 @@ class StudyEvaluations:
                 extra_text_bpc(net, datamodule.spec.tokenizer, p, window, device=task.device) for p in s.extra_texts
             ]
         if s.board:
-            out |= {"board": True, "speed": dict(s.speed)}
+            out |= {"board": True, "speed": dict(s.speed)} | ({"span": int(s.span)} if s.span else {})
         summary = {f"study/recall_prob@{r['gap']}": r["recall_prob"] for r in out.get("recall", [])}
         summary |= {f"study/bpc/{Path(e['path']).name}": e["bpc"] for e in out.get("extra_texts", [])}
         log_to_wandb(
