@@ -13,6 +13,7 @@ so a sweep interrupted part-way redoes only what had not finished.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,8 +21,6 @@ import lightning as L
 
 from memexp.evals.continual import continual_summary
 from memexp.evals.plots import plot_continual_heatmap
-import json
-
 from memexp.files import write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.loggers import finish_loggers, log_to_wandb, make_loggers
