@@ -32,6 +32,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from memexp.data.dialogue.prepare import download_lccc, prepare_dialogues
+from memexp.data.dialogue.readers import hold_out
 from memexp.data.dialogue.stream import DialogueStream, load_manifest
 from memexp.data.dialogue.vocab import DialogueVocab
 from memexp.data.samplers import EpochPosition
@@ -46,6 +47,15 @@ LCCC_TOY = RawFile(
     url="https://raw.githubusercontent.com/thu-coai/CDial-GPT/master/data/toy_data.json",
     description="LCCC toy sample (CDial-GPT data/toy_data.json)",
 )
+# Its 10,000 single-exchange dialogues (one per line, the two utterances separated by a tab): HGD-MemNet's study.
+LCCC_TOY_TRAIN = RawFile(
+    relpath="lccc_toy/toy_train.txt",
+    url="https://raw.githubusercontent.com/thu-coai/CDial-GPT/master/data/toy_train.txt",
+    md5="5eb9bf3d8232ca4f307b3b7d5969583d",
+    size=804_867,
+    description="LCCC sample of 10,000 dialogues (CDial-GPT data/toy_train.txt)",
+)
+KNOWN_FILES = {f.relpath: f for f in (LCCC_TOY, LCCC_TOY_TRAIN)}
 LCCC_BASE_DIR = "lccc_base"  # LCCC-base downloads land in <data_dir>/lccc_base/
 SPLIT_NAMES = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 
@@ -128,6 +138,8 @@ class DialogueDataModule(L.LightningDataModule):
         seed: base seed of the shuffles (the epoch is mixed in).
         num_workers: DataLoader workers per rank.
         data_dir: the data root (raw files and caches); None means $MEMEXP_DATA_DIR or ./data.
+        holdout: for a source file of training dialogues only: its last `holdout` dialogues become the valid
+            (first half) and test (second half) splits (`memexp.data.dialogue.readers.hold_out`); 0: none.
     """
 
     task_kind = "dialogue"
@@ -150,6 +162,7 @@ class DialogueDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         data_dir: str | None = None,
+        holdout: int = 0,
     ):
         super().__init__()
         for field, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("chunk_size", chunk_size)):
@@ -161,7 +174,7 @@ class DialogueDataModule(L.LightningDataModule):
         self.min_freq, self.max_size, self.chunk_size, self.skip_bad = min_freq, max_size, chunk_size, skip_bad
         self.max_history, self.max_context_len, self.max_reply_len = max_history, max_context_len, max_reply_len
         self.batch_size, self.eval_batch_size, self.buffer_size = batch_size, eval_batch_size, buffer_size
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.holdout = seed, num_workers, int(holdout)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else _default_cache_root(self.data_dir) / self._cache_name()
         self._cache_given = cache_dir is not None
@@ -179,7 +192,7 @@ class DialogueDataModule(L.LightningDataModule):
             "max_size": self.max_size,
             "chunk_size": self.chunk_size,
             "skip_bad": self.skip_bad,
-        }
+        } | ({"holdout": self.holdout} if self.holdout else {})
         return f"{name}-{text_digest(json.dumps(settings, sort_keys=True), 'sha1', 8)}"
 
     def _raw_source(self) -> Path:
@@ -193,11 +206,17 @@ class DialogueDataModule(L.LightningDataModule):
                 rel = path.resolve().relative_to(self.data_dir.resolve()).as_posix()
             except ValueError:
                 rel = None
-            if rel == LCCC_TOY.relpath:
-                return fetch(LCCC_TOY, self.data_dir)
+            if rel in KNOWN_FILES:
+                path = fetch(KNOWN_FILES[rel], self.data_dir)
+                return self._split(path)
             raise DataError(
                 f"data.source={path} does not exist; expected an LCCC-format JSON, JSONL or TSV file or a folder of them"
             )
+        return self._split(path)
+
+    def _split(self, path: Path) -> Path:
+        if self.holdout:
+            return hold_out(path, self.cache_dir.with_name(f"{self.cache_dir.name}-split"), self.holdout, self.skip_bad)
         return path
 
     def is_prepared(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Callable, Iterator
@@ -238,3 +239,37 @@ def _read_json_array(cur: JSONCursor, split: str | None) -> Iterator[Record]:
 
 
 READERS: dict[str, Callable[[str | Path], Iterator[Record]]] = {"json": read_json, "jsonl": read_jsonl, "tsv": read_tsv}
+
+
+def hold_out(path: str | Path, out_dir: str | Path, n: int, skip_bad: bool = False) -> Path:
+    """A corpus file with only training dialogues, split into `out_dir`/{train,valid,test}.tsv: its last `n`
+    dialogues are held out (the first half of them to valid, the rest to test), in the file's order.
+    Written under temporary names and renamed; a folder already split from the same file is reused."""
+    from memexp.files import atomic_path, file_digest, write_json
+
+    path, out_dir = Path(path), Path(out_dir)
+    if not path.is_file():
+        raise ConfigError(f"data.holdout={n} needs data.source to be one corpus file; {path} is not a file")
+    done = out_dir / "holdout.json"
+    stamp = {"source": str(path.resolve()), "sha256": file_digest(path), "holdout": n}
+    if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == stamp:
+        return out_dir
+    reader = READERS[detect_format(path)]
+    total = 0
+    for rec in reader(path):
+        if rec.split not in (None, "train"):
+            raise ConfigError(f"data.holdout={n}: {path} already has a {rec.split!r} split; set data.holdout=0")
+        if rec.problem is not None and not skip_bad:
+            raise DataError(f"{path}:{rec.where}: {rec.problem}")
+        total += rec.problem is None and bool(rec.utterances)
+    if total <= n or n < 2:
+        raise ConfigError(f"data.holdout={n}: expected 2 <= holdout < the {total} dialogues of {path}")
+    counts = {"train": total - n, "valid": n // 2, "test": n - n // 2}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = (r for r in reader(path) if r.problem is None and r.utterances)
+    for split in SPLITS:
+        with atomic_path(out_dir / f"{split}.tsv") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for rec in itertools.islice(records, counts[split]):
+                f.write("\t".join(" ".join(u.split()) for u in rec.utterances) + "\n")
+    write_json(stamp, done)
+    return out_dir
