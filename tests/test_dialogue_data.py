@@ -394,3 +394,38 @@ def test_a_read_only_data_root_gets_its_caches_elsewhere(tmp_path, monkeypatch):
         assert _default_cache_root(shared) == tmp_path / "xdg" / "memexp" / "prepared"
     finally:
         shared.chmod(0o755)
+
+
+def test_holdout_splits_the_tail_of_a_training_only_file(tmp_path):
+    """data.holdout: the last n dialogues of a one-split file become valid (first half) and test; the folder is
+    reused for the same file and redone when the file changes; a source that has splits already is refused."""
+    from memexp.data.dialogue.readers import hold_out
+    from memexp.errors import ConfigError
+
+    src = tmp_path / "pairs.txt"
+    src.write_text("".join(f"问 {i}\t答 {i}\n" for i in range(20)), encoding="utf-8")
+    out = hold_out(src, tmp_path / "split", 6)
+    lines = {s: (out / f"{s}.tsv").read_text(encoding="utf-8").splitlines() for s in ("train", "valid", "test")}
+    assert [len(v) for v in lines.values()] == [14, 3, 3]
+    assert lines["train"][-1] == "问 13\t答 13" and lines["valid"] == [f"问 {i}\t答 {i}" for i in (14, 15, 16)]
+    assert lines["test"][-1] == "问 19\t答 19"
+    stamp = (out / "holdout.json").stat().st_mtime_ns
+    assert hold_out(src, out, 6) == out and (out / "holdout.json").stat().st_mtime_ns == stamp  # reused
+    src.write_text("".join(f"问 {i}\t答 {i}\n" for i in range(10)), encoding="utf-8")
+    hold_out(src, out, 6)
+    assert len((out / "train.tsv").read_text(encoding="utf-8").splitlines()) == 4  # a changed file is split again
+    with pytest.raises(ConfigError, match="holdout=10: expected 2 <= holdout < the 10 dialogues"):
+        hold_out(src, tmp_path / "s2", 10)
+    split_json = write_json(tmp_path / "has_splits.json", {"train": [["a", "b"]], "valid": [["c", "d"]]})
+    with pytest.raises(ConfigError, match="already has a 'valid' split"):
+        hold_out(split_json, tmp_path / "s3", 1 + 1)
+
+
+def test_a_datamodule_with_holdout_serves_the_held_out_dialogues(tmp_path):
+    from memexp.data.dialogue.datamodule import DialogueDataModule
+
+    src = tmp_path / "pairs.txt"
+    src.write_text("".join(f"问 {i}\t答 {i}\n" for i in range(40)), encoding="utf-8")
+    dm = DialogueDataModule(source=str(src), holdout=10, data_dir=str(tmp_path), batch_size=4, eval_batch_size=4)
+    counts = {s: v["dialogues"] for s, v in dm.prepare()["manifest"]["splits"].items()}
+    assert counts == {"train": 30, "valid": 5, "test": 5}

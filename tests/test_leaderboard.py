@@ -1,9 +1,12 @@
 """experiment=leaderboard: every board entry trains on debug=fast, and the sweep's report writes a row per model
-with every column filled (losses, bits/char on a generated text of another domain, perplexity by context, tokens/s
-timed side by side, step memory); the table is read from the runs (a changed number in a run changes it)."""
+with every column filled (losses, bits/char on a generated text of another domain, perplexity by context, recall by
+gap, continual forgetting with the sign test against the transformer, tokens/s timed side by side, step memory); the
+table is read from the runs (a changed number in a run changes it); a finished continual run is read back, not
+retrained; the table of claims reads the same runs."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -52,6 +55,21 @@ def test_the_debug_board_fills_every_column_for_every_model(board):
         assert row["train_tok_s"]["mean"] > 0 and row["gen_tok_s"]["mean"] > 0 and row["peak_rss_mb"]["mean"] > 0
         assert 0 < row["extra/other.txt"]["mean"] < 10  # bits per character of a character model
     assert (board / "reports" / "leaderboard.png").stat().st_size > 1000
+    for row in data["rows"]:
+        assert [k for k in row if k.startswith("recall@")] == [f"recall@{g}" for g in (32, 64, 128, 256, 512, 1024)]
+        assert all(0 < row[f"recall@{g}"]["mean"] < 1 for g in (32, 1024)) and row["span"] == 64
+        assert -1 < row["forgetting"]["mean"] < 1 and 0 < row["final_acc"]["mean"] < 1
+        assert (row["model"] == "transformer") == ("forgetting_vs_transformer" not in row)
+    # each column from its own runs: the parameter count is the text network's (the recall network has another vocabulary)
+    from memexp.evals.aggregate import collect_runs
+    from memexp.evals.leaderboard import run_kind
+
+    runs = collect_runs(board)
+    assert sorted(run_kind(r) for r in runs) == sorted(["text", "recall", "continual"] * len(MODELS))
+    for row in data["rows"]:
+        (text,) = [r for r in runs if r["names"]["model"] == row["model"] and run_kind(r) == "text"]
+        assert row["params"]["mean"] == text["metrics"]["params/trainable"]
+        assert row["test/loss"]["mean"] == text["metrics"]["test/loss"]
 
 
 def test_the_table_is_read_from_the_runs(board):
@@ -65,3 +83,43 @@ def test_the_table_is_read_from_the_runs(board):
     rows, extra, lengths = board_rows(runs, {}, {})
     after = board_markdown(rows, extra, lengths, "x")
     assert before != after and "**0.123**" in after  # the new value, now the best of its column
+
+
+def test_a_finished_continual_run_is_read_back_not_retrained(board):
+    from memexp.evals.aggregate import collect_runs
+
+    (before,) = [r for r in collect_runs(board) if r["names"]["model"] == "lstm" and "continual" in (r.get("study") or {})]
+    root = board.parent
+    proc = run_cli(
+        "memexp.run",
+        "experiment=leaderboard",
+        "board=lstm_continual",
+        "debug=fast",
+        "seed=0",
+        "logger=csv",
+        "trainer.threads=1",
+        f"paths.output_dir={root}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished: the continual study of this model, data and seed is in" in proc.stdout
+    assert "Training" not in proc.stdout + proc.stderr  # no stage was trained again
+    again = json.loads(Path(proc.stdout.split("run folder: ")[1].split(" (")[0], "metrics.json").read_text())
+    assert again["study"]["continual"]["accuracy"] == before["study"]["continual"]["accuracy"]
+
+
+def test_the_claims_table_reads_the_board_runs(board):
+    from memexp.evals.aggregate import collect_runs
+    from memexp.evals.claims import claim_rows, claims_markdown
+
+    runs = collect_runs(board)
+    rows = claim_rows(runs)
+    hyper = next(r for r in rows if r["claim"].startswith("HyperLSTM"))
+    forget = next(r for r in rows if r["claim"].startswith("HOPE forgets less"))
+    text = {r["names"]["model"]: r for r in runs if "binned_ppl" in (r.get("study") or {})}
+    assert hyper["difference"]["n"] == 1 and hyper["verdict"] == "inconclusive"  # one seed: the test cannot decide
+    assert hyper["difference"]["mean"] == text["hyperlstm"]["metrics"]["test/bpc"] - text["lstm"]["metrics"]["test/bpc"]
+    assert forget["difference"]["n"] == 1
+    before = claims_markdown(rows, "x")
+    text["lstm"]["metrics"]["test/bpc"] += 1.0
+    assert claims_markdown(claim_rows(runs), "x") != before

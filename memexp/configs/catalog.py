@@ -73,6 +73,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "hyperlstm_shakespeare": "HyperLSTM (~1M params) at the nanoGPT budget, in-order streams",
         "lstm_shakespeare": "the plain LSTM (~1M params) at hyperlstm_shakespeare's budget",
         "hgd_lccc": "HGD-MemNet on the LCCC toy sample (about 5 minutes on 2 cores)",
+        "hgd_thinking": "study: HGD-MemNet with up to 4 thinking steps vs 1, 10,000 LCCC dialogues, 6 seeds (-m)",
         "hope_vs_baseline": "study: HOPE vs transformer, recall by gap (-m: both models)",
         "continual_abc": "study: continual A->B->C recall tasks, forgetting (-m: both models)",
         "continual_text": "study: continual learning on three parts of tiny-shakespeare",
@@ -80,12 +81,18 @@ GROUPS: dict[str, dict[str, str]] = {
         "explicit_knowledge": "study: ExplicitLM knowledge questions, empty bank, edits",
         "explicit_sft": "ExplicitLM supervised fine-tuning on conversations JSONL",
         "endef_vs_bigru": "study: ENDEF vs BiGRU on generated news, 6 seeds (-m)",
-        "leaderboard": "every causal LM (board=...) x 3 seeds on the same tests, one table (-m)",
+        "leaderboard": "every causal LM (board=...) x 3 seeds: text, recall and continual columns, one table (-m)",
     },
     "board": {
         "transformer": "leaderboard entry: the transformer at nanoGPT's CPU budget (as nanogpt_shakespeare)",
         "hope": "leaderboard entry: HOPE at that budget (as hope_nanogpt)",
         "hyperlstm": "leaderboard entry: HyperLSTM, in-order streams (as hyperlstm_shakespeare)",
         "lstm": "leaderboard entry: the plain LSTM, in-order streams (as lstm_shakespeare)",
+        **{
+            f"{m}_{col}": f"leaderboard entry: {m}'s network trained on "
+            + ("needle recall (the recall column)" if col == "recall" else "three text parts in sequence (the continual column)")
+            for m in ("transformer", "hope", "hyperlstm", "lstm")
+            for col in ("recall", "continual")
+        },
     },
 }

@@ -89,11 +89,28 @@ def run_scalars(run: dict) -> dict[str, float]:
     return out
 
 
+def summary_labels(runs: list[dict]) -> dict[int, str]:
+    """id(run) -> its column in the summary: the model, or `model (data)` for a model trained on more than one dataset
+    in the sweep."""
+    datas: dict[str, set] = defaultdict(set)
+    for r in runs:
+        datas[r["names"]["model"]].add(r["names"].get("data"))
+    return {
+        id(r): r["names"]["model"]
+        if len(datas[r["names"]["model"]]) == 1
+        else f"{r['names']['model']} ({r['names'].get('data')})"
+        for r in runs
+    }
+
+
 def summarize(runs: list[dict]) -> dict:
+    """Mean and spread over seeds per model; a model trained on more than one dataset in the sweep (the leaderboard's
+    text and recall columns) is one entry per dataset, `model (data)`."""
+    labels = summary_labels(runs)
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         if "continual" not in (r.get("study") or {}):
-            by_model[r["names"]["model"]].append(run_scalars(r))
+            by_model[labels[id(r)]].append(run_scalars(r))
     summary = {}
     for model, scalars in sorted(by_model.items()):
         keys = sorted({k for s in scalars for k in s})
@@ -160,11 +177,12 @@ def paired_table_rows(pair: dict, direction: str) -> list[str]:
 
 def experiment_markdown(summary: dict, runs: list[dict], hf_note: str | None) -> str:
     models = sorted(summary)
+    labels = summary_labels(runs)
     lines = [
         "# Experiment report",
         "",
         f"{len(runs)} runs: "
-        + ", ".join(f"{m} (seeds {sorted({r['names']['seed'] for r in runs if r['names']['model'] == m})})" for m in models),
+        + ", ".join(f"{m} (seeds {sorted({r['names']['seed'] for r in runs if labels[id(r)] == m})})" for m in models),
         "",
         "Mean ± standard deviation over seeds (ddof=1).",
         "",

@@ -107,7 +107,14 @@ def columns(
 
 
 def _scalars(run: dict) -> dict[str, float]:
-    m, study = run["metrics"], run.get("study") or {}
+    """The columns one run fills: the text run its losses, parameters, extra texts and binned perplexity; the recall
+    run its recall by gap; the continual run its forgetting."""
+    m, study, kind = run["metrics"], run.get("study") or {}, run_kind(run)
+    if kind == "recall":
+        return {f"recall@{r['gap']}": float(r["recall_prob"]) for r in study["recall"]}
+    if kind == "continual":
+        c = study["continual"]
+        return {"forgetting": float(c["avg_forgetting"]), "final_acc": float(c["avg_final_accuracy"])}
     out = {k: float(m[k]) for k in ("val/loss", "test/loss", "test/bpc") if isinstance(m.get(k), (int, float))}
     if isinstance(m.get("params/trainable"), (int, float)):
         out["params"] = float(m["params/trainable"])
@@ -115,10 +122,6 @@ def _scalars(run: dict) -> dict[str, float]:
         out[f"extra/{Path(e['path']).name}"] = float(e["bpc"])
     for b in study.get("binned_ppl", []):
         out[f"ppl@{b['length']}"] = float(b["ppl_upto"])
-    for r in study.get("recall", []):
-        out[f"recall@{r['gap']}"] = float(r["recall_prob"])
-    if c := study.get("continual"):
-        out["forgetting"], out["final_acc"] = float(c["avg_forgetting"]), float(c["avg_final_accuracy"])
     return out
 
 

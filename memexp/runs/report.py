@@ -7,6 +7,7 @@ with `wandb_log=True`, logs the tables and plots to one W&B run of job type "rep
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def write_reports(
             "report/continual_accuracy": continual_matrix,
             "report/classification_comparison": _comparison_rows(pairs_cls),
         }
+        if "leaderboard.json" in written:  # one row per model: the mean over seeds of every column
+            board = json.loads(Path(written["leaderboard.json"]).read_text())["rows"]
+            tables["report/leaderboard"] = [
+                {"model": r["model"]} | {k: v["mean"] for k, v in r.items() if isinstance(v, dict) and "mean" in v} for r in board
+            ]
         experiment = next((r["names"].get("experiment") for r in runs if r.get("names")), None) or "default"
         _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, tables)
     return {k: str(v) for k, v in written.items()}
