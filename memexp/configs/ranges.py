@@ -89,7 +89,7 @@ RULES: list[tuple[str, Range]] = [
         r"|qa_per_batch|index_per_batch|num_tokens|train_windows_per_epoch|steps_per_epoch)",
         Range(1, integer=True, also=(None,)),
     ),
-    (r"data\.(num_workers|min_freq|task_id)", NONNEG_INT),
+    (r"data\.(num_workers|min_freq|task_id|holdout)", NONNEG_INT),
     (r"data\.gap(\.\d+)?", COUNT),
     (r"data\.splits\.\d", FRACTION),
     # generation, chat, evaluation

@@ -14,7 +14,7 @@ before any run:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memexp.evals.aggregate import paired_difference, stats
@@ -45,6 +45,7 @@ class Claim:
     b: Arm
     a_lower: bool  # the claim says a's number is below b's
     command: str
+    also: tuple[tuple[str, Callable[[dict], float | None]], ...] = ()  # other numbers of both arms, shown, not tested
 
 
 def _metric(key: str) -> Callable[[dict], float | None]:
@@ -149,6 +150,11 @@ CLAIMS = [
         b=Arm("1 step", "hgd_thinking", _metric("test/ppl"), setting=("model.max_think", 1)),
         a_lower=True,
         command="python -m memexp.run -m experiment=hgd_thinking",
+        also=(
+            ("BLEU-2", _metric("test/bleu2")),
+            ("distinct-2", _metric("test/distinct2")),
+            ("mean thinking steps", _metric("test/think_steps")),
+        ),
     ),
 ]
 
@@ -196,6 +202,9 @@ def claim_rows(runs: list[dict], claims: list[Claim] = CLAIMS) -> list[dict]:
     for c in claims:
         a, b = arm_values(runs, c.a), arm_values(runs, c.b)
         d = paired_difference(a, b) if a and b else None
+        also = {
+            name: [stats(list(arm_values(runs, replace(arm, value=fn)).values())) for arm in (c.a, c.b)] for name, fn in c.also
+        }
         rows.append(
             {
                 "claim": c.claim,
@@ -210,14 +219,17 @@ def claim_rows(runs: list[dict], claims: list[Claim] = CLAIMS) -> list[dict]:
                 "claimed": f"{c.a.label} {'<' if c.a_lower else '>'} {c.b.label}",
                 "a_lower_claimed": c.a_lower,
                 "verdict": verdict(d, c.a_lower),
+                "also": also,
                 "command": c.command,
             }
         )
     return rows
 
 
-def _num(v: float) -> str:
-    return f"{v:.4f}" if abs(v) < 0.1 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+def _num(v: float, like: float | None = None) -> str:
+    """v with the decimals that suit `like` (default v itself): 4 below 0.1, 3 below 100, else 1."""
+    m = abs(v if like is None else like)
+    return f"{v:.4f}" if m < 0.1 else f"{v:.3f}" if m < 100 else f"{v:.1f}"
 
 
 def claims_markdown(rows: list[dict], root: str) -> str:
@@ -232,9 +244,12 @@ def claims_markdown(rows: list[dict], root: str) -> str:
             test = "-"
         else:
             effect = (
-                f"{r['metric']}: {r['a']} {_num(sa['mean'])} ± {_num(sa['std'])} vs {r['b']} {_num(sb['mean'])} ± "
-                f"{_num(sb['std'])}; difference {d['mean']:+.4g} ± {d['std']:.2g}"
+                f"{r['metric']}: {r['a']} {_num(sa['mean'])} ± {_num(sa['std'], sa['mean'])} vs {r['b']} "
+                f"{_num(sb['mean'])} ± {_num(sb['std'], sb['mean'])}; difference {d['mean']:+.3g} ± {d['std']:.2g}"
             )
+            for name, (x, y) in r["also"].items():
+                if x["n"] and y["n"]:
+                    effect += f"; {name} {_num(x['mean'])} vs {_num(y['mean'])}"
             t = f", paired t p = {d['t_p']:.3g}" if d["t_p"] is not None else ""
             test = (
                 f"sign test, {r['claimed']} at {d['a_lower'] if r['a_lower_claimed'] else d['a_higher']} "

@@ -110,8 +110,9 @@ def write_reports(
         }
         if "leaderboard.json" in written:  # one row per model: the mean over seeds of every column
             board = json.loads(Path(written["leaderboard.json"]).read_text())["rows"]
-            tables["report/leaderboard"] = [
-                {"model": r["model"]} | {k: v["mean"] for k, v in r.items() if isinstance(v, dict) and "mean" in v} for r in board
+            tables["report/leaderboard_table"] = [  # "report/leaderboard" is its figure
+                {"model": r["model"]} | {k: v["mean"] for k, v in sorted(r.items()) if isinstance(v, dict) and "mean" in v}
+                for r in board
             ]
         experiment = next((r["names"].get("experiment") for r in runs if r.get("names")), None) or "default"
         _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, tables)
