@@ -4,14 +4,18 @@ Each job of `python -m memexp.run -m experiment=leaderboard` trains one board en
 hyperlstm|lstm`: memexp.configs.groups.BOARD_ENTRIES, each ~0.8-1M parameters at nanoGPT's CPU budget) at one
 seed, tests it, and after the test measures (memexp.runs.studies.StudyEvaluations) perplexity by context length
 and bits per character on every `study.extra_texts` file (a text of another domain; characters outside the
-model's vocabulary are skipped and counted). The sweep's report then times every model side by side: per round,
+model's vocabulary are skipped and counted). `board=<model>_recall` trains the same network on needle recall and
+scores recall_prob at gaps up to 16x the board's context; `board=<model>_continual` trains it on three parts of
+tiny-shakespeare in sequence and measures forgetting (memexp.configs.studies.board_columns; one budget for all
+models). The sweep's report then times every model's text network side by side: per round,
 each model in turn (its seed-0 checkpoint) trains `train_steps` steps on a batch of its training shape and
 generates `gen_tokens` tokens, on one thread; the median round is reported. Memory is how far one training
 step raises the resident set's high-water mark, in a fresh process that loaded the checkpoint.
 
 `board_rows` turns runs and speeds into rows of mean, std and n over seeds; `board_markdown` writes the table with
-the best value of each column in bold and where each column comes from; `memexp.evals.plots.plot_board` draws
-bits per character against training tokens/s.
+the best value of each column in bold and where each column comes from, and the sign test of each model's
+forgetting against the transformer's; `memexp.evals.plots.plot_board` draws bits per character against training
+tokens/s and the recall curves.
 """
 
 from __future__ import annotations
