@@ -167,6 +167,9 @@ def test_a_debug_run_never_touches_a_real_runs_checkpoints(tiny_text, tmp_path, 
         [*common, "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1.0"], tmp_path
     )
     assert again["resumed_from_step"] == 6 and again["metrics"]["global_step"] == 6
+    # the final weights validated again: the last check's numbers (that check ran at step 6)
+    assert again["metrics"]["val/loss"] == pytest.approx(real["metrics"]["val/loss"], abs=1e-6)
+    assert again["metrics"]["test/loss"] == pytest.approx(real["metrics"]["test/loss"], abs=1e-6)
     assert "this run finished at step 6 (trainer.max_steps=6)" in capsys.readouterr().out
 
 

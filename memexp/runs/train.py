@@ -233,6 +233,10 @@ def train_and_test(
             last, weights_only=False
         )  # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
         fit_metrics = plain_metrics(trainer_obj.callback_metrics)
+        if resume_step is not None and 0 < max_steps <= resume_step and not any(k.startswith("val/") for k in fit_metrics):
+            # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
+            trainer_obj.validate(task, datamodule=datamodule, verbose=False)
+            fit_metrics |= plain_metrics(trainer_obj.callback_metrics)
         tested, tested_step = tested_checkpoint(trainer_obj, test_ckpt)
         trainer_obj.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
         metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
