@@ -160,13 +160,17 @@ CLAIMS = [
 
 
 def _setting(run: dict, key: str) -> object:
-    """A dotted key of the run's composed config (its .hydra/config.yaml); None when absent."""
-    from omegaconf import OmegaConf
+    """A dotted key of the run's composed config (its .hydra/config.yaml, plain YAML here: Hydra stays in configs/);
+    None when absent."""
+    import yaml
 
     path = Path(run["path"]) / ".hydra" / "config.yaml"
     if not path.is_file():
         return None
-    return OmegaConf.select(OmegaConf.load(path), key, default=None)
+    value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def arm_values(runs: list[dict], arm: Arm) -> dict[int, float]:
