@@ -89,6 +89,13 @@ def run_scalars(run: dict) -> dict[str, float]:
     return out
 
 
+def run_kind(run: dict) -> str:
+    """What a run's study measured: "continual" (a task-by-task matrix), "recall" (recall by gap) or "text"
+    (the leaderboard's columns and the claims' arms are told apart by it)."""
+    study = run.get("study") or {}
+    return "continual" if "continual" in study else "recall" if "recall" in study else "text"
+
+
 def summary_labels(runs: list[dict]) -> dict[int, str]:
     """id(run) -> its column in the summary: the model, or `model (data)` for a model trained on more than one dataset
     in the sweep."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memexp.evals.aggregate import paired_difference, stats
+from memexp.evals.aggregate import paired_difference, run_kind, stats
 
 MIN_SEEDS = 6
 ALPHA = 0.05
@@ -69,11 +69,6 @@ def _knowledge(*path: str) -> Callable[[dict], float | None]:
         return v
 
     return read
-
-
-def _kind(r: dict) -> str:
-    study = r.get("study") or {}
-    return "continual" if "continual" in study else "recall" if "recall" in study else "text"
 
 
 CLAIMS = [
@@ -180,7 +175,7 @@ def arm_values(runs: list[dict], arm: Arm) -> dict[int, float]:
         names = r["names"]
         if names.get("experiment") != arm.experiment or (arm.model and names.get("model") != arm.model):
             continue
-        if arm.kind and _kind(r) != arm.kind:
+        if arm.kind and run_kind(r) != arm.kind:
             continue
         if arm.setting and _setting(r, arm.setting[0]) != arm.setting[1]:
             continue

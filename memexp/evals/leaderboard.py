@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from memexp.evals.aggregate import paired_difference, stats
+from memexp.evals.aggregate import paired_difference, run_kind, stats
 
 LN2 = math.log(2)
 
@@ -127,12 +127,6 @@ def _scalars(run: dict) -> dict[str, float]:
     for b in study.get("binned_ppl", []):
         out[f"ppl@{b['length']}"] = float(b["ppl_upto"])
     return out
-
-
-def run_kind(run: dict) -> str:
-    """Which column a board run fills: "continual", "recall" or "text"."""
-    study = run.get("study") or {}
-    return "continual" if "continual" in study else "recall" if "recall" in study else "text"
 
 
 def board_runs(runs: list[dict]) -> list[dict]:

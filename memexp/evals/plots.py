@@ -153,5 +153,4 @@ def plot_board(rows: list[dict], path: str | Path) -> Path | None:
         ax.set_title("Long-context recall")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)

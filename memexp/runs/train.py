@@ -206,7 +206,8 @@ def train_and_test(
     resume_from, resume_step = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     max_steps = getattr(trainer, "keywords", {}).get("max_steps", -1)
-    if resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step:
+    finished = resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step
+    if finished:
         print(
             f"this run finished at step {resume_step} (trainer.max_steps={max_steps}): testing {ckpt_dir} again without "
             f"training; raise trainer.max_steps to continue it, or pass fresh=true to start over",
@@ -233,7 +234,7 @@ def train_and_test(
             last, weights_only=False
         )  # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
         fit_metrics = plain_metrics(trainer_obj.callback_metrics)
-        if resume_step is not None and 0 < max_steps <= resume_step and not any(k.startswith("val/") for k in fit_metrics):
+        if finished and not any(k.startswith("val/") for k in fit_metrics):
             # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
             trainer_obj.validate(task, datamodule=datamodule, verbose=False)
             fit_metrics |= plain_metrics(trainer_obj.callback_metrics)
