@@ -106,10 +106,13 @@ def run(
     `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
     are config sections, read by attribute.
     """
+    from memexp.runs.precision import with_precision
     from memexp.runs.threads import ThreadGovernor, apply_threads
 
-    follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), _parallel_launcher())
+    trainer, precision_line = with_precision(trainer)  # before any work: a precision that cannot run is one line
+    follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), _parallel_launcher(), beside=precision_line)
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
+    cfg["trainer"]["precision"] = trainer.keywords["precision"]  # `auto` as resolved: the run key holds what ran
     names = _names(seed, experiment_name)
     cfg["run"] = _run_info(tags, names.experiment)
     study = dict(study or {})

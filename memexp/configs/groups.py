@@ -100,6 +100,8 @@ _trainer = dict(
 )
 DefaultTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=1)
 CPUTrainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1)
+# bf16 autocast where the CPU computes bf16 natively (AVX512-BF16, AMX), float32 elsewhere (memexp.runs.precision)
+CPUBf16Trainer = builds(Trainer, **_trainer, accelerator="cpu", devices=1, precision="auto")
 GPUTrainer = builds(Trainer, **_trainer, accelerator="gpu", devices=1, precision="bf16-mixed")
 DDPTrainer = builds(Trainer, **_trainer, accelerator="auto", devices=2, strategy="ddp")
 # Sharded parameters, gradients and optimiser state (FSDP) for models that do not fit one GPU; bf16 on GPUs.
@@ -233,6 +235,7 @@ def register_groups() -> None:
     trainer = store(group="trainer")
     trainer(DefaultTrainer, name="default")
     trainer(CPUTrainer, name="cpu")
+    trainer(CPUBf16Trainer, name="cpu_bf16")
     trainer(GPUTrainer, name="gpu")
     trainer(DDPTrainer, name="ddp")
     trainer(ClusterTrainer, name="cluster")

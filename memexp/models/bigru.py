@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from memexp.errors import ConfigError
+from memexp.models.autocast import run_recurrent
 
 
 class MaskedAttentionPool(nn.Module):
@@ -173,7 +174,7 @@ class BiGRUClassifier(nn.Module):
         x = self.embed(ids)  # (B, L, D)
         lengths = mask.sum(-1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = self.rnn(packed)  # padding never enters the GRU
+        h, _ = run_recurrent(self.rnn, packed)  # padding never enters the GRU; float32 under autocast
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])  # (B, L, 2H)
         feature = self.drop(self.norm(self.pool(h, mask)))  # (B, 2H)
         return self.head(feature).squeeze(-1)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from memexp.errors import ConfigError
+from memexp.models.autocast import run_recurrent
 from memexp.models.sampling import sample_next
 
 
@@ -92,7 +93,7 @@ class HistoryEncoder(nn.Module):
         if self.kind == "gru":
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, _ = self.rnn(packed)
+            out, _ = run_recurrent(self.rnn, packed)  # float32 under autocast (memexp.models.autocast)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=Lc)
             return out * mask[..., None]
         if Lc > self.max_positions:
@@ -219,7 +220,7 @@ class HGDMemNet(nn.Module):
         for t in range(1, self.max_think + 1):
             ctx = self.think_attn(h, keys, enc, mask)  # (B, H)
             step = self.step_emb.weight[t - 1].expand(B, -1)
-            h = self.cell(torch.cat([ctx, s, step], dim=-1), h)  # (B, H)
+            h = run_recurrent(self.cell, torch.cat([ctx, s, step], dim=-1), h)  # (B, H)
             logit = self.gate(torch.cat([h, ctx, s], dim=-1)).squeeze(-1)  # (B,)
             # One sigmoid of a logit: exact 0 / 1 at saturation, never a log of it, so no NaN.
             p = torch.sigmoid(logit) if t >= self.min_think else torch.zeros_like(logit)
@@ -267,7 +268,7 @@ class HGDMemNet(nn.Module):
         h_star, steps, ponder = self.think(enc, mask, s)
         Lr = reply_in.shape[1]
         inp = torch.cat([self.drop(self.embed(reply_in)), s[:, None, :].expand(-1, Lr, -1)], dim=-1)  # (B, Lr, E+S)
-        out, _ = self.dec_rnn(inp, self._decoder_state(h_star, s))  # (B, Lr, H)
+        out, _ = run_recurrent(self.dec_rnn, inp, self._decoder_state(h_star, s))  # (B, Lr, H)
         logits = self._logits(out, self.dec_attn.keys(enc), enc, mask, h_star, s)
         return {"logits": logits, "ponder_loss": self.ponder_cost * ponder.mean(), "think_steps": steps}
 
@@ -307,7 +308,7 @@ class HGDMemNet(nn.Module):
         out_ids = []
         for t in range(max_len):
             inp = torch.cat([self.embed(y), s], dim=-1)[:, None, :]  # (B, 1, E+S)
-            out, state = self.dec_rnn(inp, state)  # (B, 1, H)
+            out, state = run_recurrent(self.dec_rnn, inp, state)  # (B, 1, H)
             logits = self._logits(out, keys, enc, mask, h_star, s)[:, 0]  # (B, V)
             if t < min_len:
                 logits[:, eos_id] = float("-inf")

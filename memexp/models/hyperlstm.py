@@ -55,6 +55,7 @@ from memexp.errors import ConfigError, require_positive_ints
 from memexp.kernels.hyperlstm_cpp import _CppScan, _load_cpp_ext, gemm_path
 from memexp.kernels.hyperlstm_fused import GATES, PARTS, LayerState, ScanResult
 from memexp.kernels.hyperlstm_scan import _fused_scan, _fused_scripted_scan, _scan
+from memexp.models.autocast import autocast_off, cast_state
 from memexp.models.renamed import renamed_argument
 
 STEP_IMPLS = ("auto", "cpp", "cpp_avx512", "cpp_avx2", "cpp_blas", "fused_script", "fused", "python")
@@ -165,7 +166,16 @@ class HyperLSTMCell(nn.Module):
         return s
 
     def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
-        """x (B, T, I) -> hidden states (B, T, H) and the final state (h, c, hyper_h, hyper_c)."""
+        """x (B, T, I) -> hidden states (B, T, H) and the final state (h, c, hyper_h, hyper_c).
+
+        Under autocast (bf16-mixed) the layer runs in its parameters' dtype (float32) with autocast off: the C++
+        loops have no bf16 path, and the state would lose its low bits over T steps (memexp.models.autocast)."""
+        with autocast_off(x) as cast:
+            if cast:
+                x, state = x.to(self.weight_x.dtype), cast_state(state, self.weight_x.dtype)
+            return self._layer(x, state)
+
+    def _layer(self, x: Tensor, state: LayerState | None) -> tuple[Tensor, LayerState]:
         B, T, I = x.shape
         H, N = self.hidden_size, self.hyper_num_units
         if state is None:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from memexp.errors import ConfigError, require_positive_ints
+from memexp.models.autocast import run_recurrent
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
 
@@ -63,5 +64,5 @@ class LSTMLM(nn.Module):
     def forward(self, idx: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """idx (B, T) long -> logits (B, T, V) and the state (h, c) after these T tokens."""
         x = self.embedding(idx)  # (B, T, E)
-        y, new_state = self.lstm(x, state)  # (B, T, H)
+        y, new_state = run_recurrent(self.lstm, x, state)  # (B, T, H); float32 under autocast (memexp.models.autocast)
         return self.head(self.drop(y)), new_state  # (B, T, V)

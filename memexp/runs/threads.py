@@ -92,14 +92,14 @@ def plan_threads(setting: int | str | None, parallel_runs: bool = False) -> tupl
     return n, f"the {cores} cores this process may use; trainer.threads=N to change"
 
 
-def apply_threads(setting: int | str | None, parallel_runs: bool = False) -> bool:
-    """Set torch's thread count for this run and say so in one line; returns `follows_machine` (add a
-    `ThreadGovernor` when True)."""
+def apply_threads(setting: int | str | None, parallel_runs: bool = False, beside: str = "") -> bool:
+    """Set torch's thread count for this run and say so in one line (with `beside`, e.g. the precision, after it);
+    returns `follows_machine` (add a `ThreadGovernor` when True)."""
     import torch
 
     n, why = plan_threads(setting, parallel_runs)
     torch.set_num_threads(n)
-    print(f"threads: {n} ({why})", flush=True)
+    print(f"threads: {n} ({why})" + (f"; {beside}" if beside else ""), flush=True)
     return follows_machine(setting, parallel_runs)
 
 

@@ -25,6 +25,7 @@ from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import resume_point
 from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
+from memexp.runs.precision import hold_frozen_in_bf16, run_key_precision
 from memexp.runs.signals import EXIT_SIGTERM, SaveOnStop, stopped_message
 from memexp.tasks.optim import OptimizerSettings
 
@@ -53,13 +54,16 @@ def limited_batches(cfg: Mapping[str, Any]) -> dict:
 
 
 def run_key(cfg: Mapping[str, Any]) -> str:
-    """A short hash of what determines the learned weights: model, data, optimiser, task, seed; and of any batch
+    """A short hash of what determines the learned weights: model, data, optimiser, task, seed, a precision other
+    than float32; and of any batch
     limits or debug preset, so that a smoke run (debug=fast) never resumes or rewrites a real run's checkpoints."""
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
     task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
     payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
     if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
         payload["meta"] = cfg["meta"]
+    if precision := run_key_precision((cfg.get("trainer") or {}).get("precision")):  # float32 keys as before
+        payload["precision"] = precision
     if limits := limited_batches(cfg):
         payload["limits"] = limits
     return text_digest(json.dumps(payload, sort_keys=True, default=str), "sha1", length=8)
@@ -195,6 +199,9 @@ def train_and_test(
     datamodule.prepare_data()
     datamodule.setup("fit")
     task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches, early_stop)
+    precision = getattr(trainer, "keywords", {}).get("precision")
+    if str(precision) == "bf16-mixed" and (held := hold_frozen_in_bf16(task.net)):
+        print(f"frozen in bf16 (bf16-mixed; not trained): {', '.join(held)}", flush=True)
     if compile_net:
         task.net.compile()
     selection = getattr(task, "selection", None)  # classification: the best validation macro F1 is tested
@@ -246,7 +253,10 @@ def train_and_test(
         counts = parameter_counts(task.net)
         metrics |= counts
         log_to_wandb(loggers, {}, summary=counts)
-        study = after_test(task, datamodule, loggers, run_dir, names) if after_test and trainer_obj.is_global_zero else None
+        study = None
+        if after_test and trainer_obj.is_global_zero:
+            with trainer_obj.precision_plugin.forward_context():  # the study evaluates in the run's precision
+                study = after_test(task, datamodule, loggers, run_dir, names)
     except SIGTERMException:  # Lightning stopped the fit (or the test) at a step boundary; SaveOnStop saved last.ckpt
         if trainer_obj.is_global_zero and stop.saved_step is not None:
             print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
@@ -258,7 +268,8 @@ def train_and_test(
     sample = None
     if sample_tokens and trainer_obj.is_global_zero and hasattr(task, "generate"):
         tok = datamodule.spec.tokenizer
-        ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
+        with trainer_obj.precision_plugin.forward_context():  # the sample in the run's precision
+            ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
         sample = sample_prompt + tok.decode(ids)
     result = {
         "metrics": metrics,

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.models.sampling import sample_next
 from memexp.tasks.cms_gate import CMSGradientGate
-from memexp.tasks.optim import OptimizerSettings, configure_optimizers
+from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
 from memexp.tasks.record import run_record
 
 
@@ -149,6 +149,11 @@ class CausalLMTask(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

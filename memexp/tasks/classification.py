@@ -31,7 +31,7 @@ from torchmetrics.classification import (
 
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
-from memexp.tasks.optim import OptimizerSettings, configure_optimizers
+from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
 from memexp.tasks.record import run_record
 
 CLASS_NAMES = ("real", "fake")  # label 0, label 1: the names of the per-class metrics, as the original's
@@ -163,6 +163,11 @@ class ClassificationTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["memexp"] = run_record(self, "classification")

@@ -22,7 +22,7 @@ from torchmetrics.text import BLEUScore
 
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
-from memexp.tasks.optim import OptimizerSettings, configure_optimizers
+from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
 from memexp.tasks.record import run_record
 from memexp.tasks.text_metrics import DistinctN
 
@@ -126,6 +126,11 @@ class DialogueTask(L.LightningModule):
     # -- optimisation and checkpoints ---------------------------------------------------------
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["memexp"] = run_record(self, "dialogue")

@@ -55,9 +55,14 @@ def _fusable(groups: list[dict]) -> bool:
     return bool(params) and all(p.is_floating_point() and not p.is_sparse and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def build_optimizer(module: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, s: OptimizerSettings, scaled_gradients: bool = False) -> torch.optim.Optimizer:
+    """The optimiser over `module`'s trainable parameters. With `scaled_gradients` (fp16 autocast's gradient scaler)
+    AdamW runs its foreach kernels: a fused step unscales inside itself, after the point where clipping must see
+    unscaled gradients, and Lightning refuses that pair."""
     groups = param_groups(module, s.weight_decay)
     fused = _fusable(groups)
+    if s.name == "adamw" and fused and scaled_gradients:
+        return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), foreach=True)
     if s.name == "adamw":
         return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), fused=fused)
     if s.name == "sgd":
@@ -91,7 +96,38 @@ def build_schedule(optimizer: torch.optim.Optimizer, s: OptimizerSettings, total
 def configure_optimizers(task: L.LightningModule) -> dict:
     """Lightning's `configure_optimizers` for a task with `.net` and `.optim` (OptimizerSettings):
     the optimiser over the net, and the schedule over the run's estimated optimiser steps."""
-    optimizer = build_optimizer(task.net, task.optim)
+    scaler = getattr(task.trainer.precision_plugin, "scaler", None) if task._trainer is not None else None
+    optimizer = build_optimizer(task.net, task.optim, scaled_gradients=scaler is not None)
     total = int(task.trainer.estimated_stepping_batches) if task._trainer is not None else 1
     schedule = build_schedule(optimizer, task.optim, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def clip_gradients(task: L.LightningModule, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None) -> None:
+    """Lightning's `configure_gradient_clipping` for every task: `trainer.gradient_clip_val` under every precision.
+
+    - Gradients that no scaler touched (32-true, 64-true, bf16-mixed) are clipped here, before the optimiser step,
+      whatever the optimiser: Lightning's mixed-precision plugin refuses to clip for a fused optimiser even under
+      bf16, where there is nothing to unscale (its check is meant for fp16's scaler), which crashed the GPU preset
+      on its first step. The fused AdamW step stays: 1.15 ms against 4.0 ms foreach on the default transformer
+      (one CPU thread, a 77 ms training step).
+    - FSDP shards the gradients: the root module's `clip_grad_norm_` computes the norm across ranks (Lightning's
+      FSDP plugin refuses norm clipping, as torch's per-rank `clip_grad_norm_` would be wrong there).
+    - fp16's scaled gradients go through Lightning, which unscales them first (the optimiser is then not fused).
+    """
+    if not value:
+        return
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    algorithm = str(algorithm or "norm")
+    if isinstance(task.trainer.strategy, FSDPStrategy) and algorithm == "norm":
+        task.trainer.strategy.model.clip_grad_norm_(value)
+        return
+    if getattr(task.trainer.precision_plugin, "scaler", None) is not None:
+        task.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if algorithm == "norm":
+        torch.nn.utils.clip_grad_norm_(params, value)
+    else:
+        torch.nn.utils.clip_grad_value_(params, value)
