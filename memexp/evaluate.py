@@ -42,8 +42,12 @@ def evaluate_checkpoint(
     out: str | None = None,
     accelerator: str = "auto",
     unknown: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Loss and the task's metrics of `ckpt` on its own splits, or on `data_path` (another file of its kind).
+
+    precision: trainer.precision's values; None evaluates in the precision the checkpoint trained in, so the numbers
+    are the run's own (a bf16-mixed run's test metrics again).
 
     splits: any of "val", "test" (the checkpoint's fractions of the file) and "all" (the whole file, reported as
     all/*). unknown: text only, characters outside the checkpoint's char vocabulary: "error" or "skip".
@@ -52,6 +56,7 @@ def evaluate_checkpoint(
 
     from memexp.configs.rebuild import load_checkpoint
     from memexp.runs.checkpoints import read_checkpoint
+    from memexp.runs.precision import plan_precision
 
     for split in splits:
         if split not in ("val", "test", "all"):
@@ -71,8 +76,17 @@ def evaluate_checkpoint(
         ckpt, data_dir=data_dir, expect_model=model, data_overrides=overrides, data_path=data_path, checkpoint=checkpoint
     )
     dm = loaded.datamodule
+    trained_in = ((checkpoint["memexp"].get("config") or {}).get("trainer") or {}).get("precision")
+    if precision is None:  # the run's own precision where it runs here (a GPU's 16-mixed does not on a CPU)
+        try:
+            precision, _ = plan_precision(trained_in or "32-true", accelerator)
+        except ConfigError:
+            precision = "32-true"
+    else:
+        precision, _ = plan_precision(precision, accelerator)
     trainer = L.Trainer(
         accelerator=accelerator,
+        precision=precision,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -127,11 +141,12 @@ def evaluate(
     n_samples: int = 256,
     reports_dir: str | None = None,
     unknown: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """The Hydra task of `python -m memexp.evaluate` (arguments: `EvaluateConfig`; `model` is read back by `chosen_model`)."""
     if eval == "metrics":
         result = evaluate_checkpoint(
-            ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator, unknown
+            ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator, unknown, precision
         )
         for k, v in result["metrics"].items():
             print(f"{k:12s} {v:.4f}")

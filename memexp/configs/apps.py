@@ -68,6 +68,7 @@ EvaluateConfig = make_config(
     batch_size=None,
     out=None,
     accelerator="auto",
+    precision=None,  # None: the precision the checkpoint trained in (trainer.precision's values)
     eval="metrics",  # metrics | recall | binned_ppl (memexp.evals)
     gap=None,
     gaps=None,

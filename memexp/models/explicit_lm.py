@@ -89,26 +89,28 @@ class MemoryFusion(nn.Module):
         cosine join the candidates.
         """
         B, T, D = h.shape
-        u = self.norm(h)
-        q = self.keys.query(self.queries(u))  # (B, T, K)
+        # Under autocast the projections run in bf16, while norms, cosines, the selection's softmax and the residual
+        # sum stay float32: a cosine scaled by up to 100 in bf16 (8 bits) moves a logit by ~0.4 and flips selections.
+        u = self.norm(h.float())
+        q = self.keys.query(self.queries(u)).float()  # (B, T, K)
         s1, s2 = self.keys.half_scores(q)  # (B, T, R) each
         ids, _ = self.keys.top(s1, s2)  # (B, T, C)
         if content is not None:
             content_ids, content_mem, k = content
-            by_content = F.normalize(q, dim=-1) @ F.normalize(self.project(content_mem), dim=-1).T  # (B, T, M)
+            by_content = F.normalize(q, dim=-1) @ F.normalize(self.project(content_mem).float(), dim=-1).T  # (B, T, M)
             nearest = by_content.topk(min(k, len(content_ids)), dim=-1).indices  # (B, T, k)
             ids = torch.cat([ids, content_ids[nearest]], -1)  # (B, T, C + k)
         C = ids.shape[-1]
         rows = bank[ids.flatten()]  # (B*T*C, L) token ids
         mem = F.embedding_bag(rows, embedding, mode="mean", padding_idx=pad_id).view(B, T, C, D)  # all-pad entry -> 0
-        keys_m = F.normalize(self.project(mem), dim=-1)  # (B, T, C, K)
+        keys_m = F.normalize(self.project(mem).float(), dim=-1)  # (B, T, C, K)
         cs = (F.normalize(q, dim=-1).unsqueeze(-2) * keys_m).sum(-1)  # (B, T, C) cosine
         logits = cs * self.log_scale.clamp(max=math.log(100.0)).exp()
         if self.training:
             w = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True)  # one-hot forward, soft gradient
         else:
-            w = F.one_hot(logits.argmax(-1), C).to(h.dtype)
-        sel = (w.unsqueeze(-1) * mem).sum(-2)  # (B, T, D)
+            w = F.one_hot(logits.argmax(-1), C).to(logits.dtype)
+        sel = (w.unsqueeze(-1) * mem.float()).sum(-2)  # (B, T, D)
         sim = (w * cs).sum(-1, keepdim=True)  # (B, T, 1) similarity of the selected entry
         x = torch.cat([u, self.memory_norm(sel)], -1)  # (B, T, 2D)
         fused = self.down(F.silu(self.gate(x)) * self.up(x))
@@ -118,14 +120,14 @@ class MemoryFusion(nn.Module):
         if self.training or target is not None:
             p = logits.softmax(-1)  # (B, T, C)
             gram = keys_m @ keys_m.transpose(-1, -2)  # (B, T, C, C)
-            off = 1.0 - torch.eye(C, dtype=h.dtype, device=h.device)
+            off = 1.0 - torch.eye(C, dtype=gram.dtype, device=h.device)
             losses["diversity"] = (p.unsqueeze(-1) * p.unsqueeze(-2) * gram * off).sum((-1, -2)).mean()
         if target is not None:
             losses["router"] = self.router_loss(s1, s2, ids, logits, target, position)
         self.last_alpha = alpha.detach()
         if not self.training:  # what this layer read, for tools that show retrieval (memexp.memory search)
             self.last_candidates = (ids.detach(), cs.detach())  # (B, T, C') entry ids and their cosines
-        return h + alpha * fused, losses, chosen
+        return (h + alpha * fused.float()).to(h.dtype), losses, chosen
 
     def router_loss(
         self,
@@ -213,6 +215,8 @@ class ExplicitLM(nn.Module):
                 f"model.memory_layers={memory_layers}: expected distinct layer indices in 0..{len(layers) - 1} (None: all)"
             )
         self.backbone = backbone.requires_grad_(False).eval()
+        self._fingerprint = None
+        self.backbone_fingerprint()  # now, in the weights' own dtype
         self.max_len = config.max_position_embeddings
         self.pad_id = pad_id if pad_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
         self.coefs = {"similarity": similarity_loss_coef, "diversity": diversity_loss_coef, "router": router_loss_coef}
@@ -335,7 +339,13 @@ class ExplicitLM(nn.Module):
             self.content_rows[rows] = True
 
     def backbone_fingerprint(self) -> str:
-        """A cheap digest of the backbone's weights (shapes and the first 4096 values of each tensor)."""
+        """A cheap digest of the backbone's weights (shapes and the first 4096 values of each tensor), taken once when
+        the model is built: the frozen backbone never changes, and a run may hold it in bf16 (bf16-mixed) later."""
+        if self._fingerprint is None:
+            self._fingerprint = self._digest_backbone()
+        return self._fingerprint
+
+    def _digest_backbone(self) -> str:
         h = hashlib.sha1()
         for name, p in self.backbone.state_dict().items():
             h.update(f"{name}{tuple(p.shape)}".encode())
