@@ -56,6 +56,8 @@ def quiet_console() -> None:
     # the throughput monitor (memexp.runs.train.throughput_monitor) counts batches, samples and tokens; FLOPs cannot
     # be counted for every model (HOPE runs autograd inside its forward), so it is not given them
     warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
+    # the run summary counts parameters, not bytes: its size estimate's dtype does not matter to us
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
 
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:

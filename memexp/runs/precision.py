@@ -65,6 +65,8 @@ def native_bf16(flags: set[str] | None = None) -> list[str]:
 
 
 def _canonical(setting: object) -> str:
+    if setting is None:  # Lightning's default
+        return "32-true"
     value = str(setting).strip().lower()
     if value in _REFUSED:
         raise ConfigError(
@@ -128,7 +130,7 @@ def plan_precision(setting: object, accelerator: object, flags: set[str] | None 
         raise ConfigError(
             f"trainer.precision={setting}: fp16 autocast runs on CUDA GPUs only; on a CPU use trainer.precision=bf16-mixed"
         )
-    why = f"trainer.precision={setting}"
+    why = "float32, the default" if setting is None or setting == "32-true" else f"trainer.precision={setting}"
     if precision == "bf16-mixed" and not gpu and not native_bf16(flags):
         why += "; this CPU has no native bf16, so bf16 matmuls are emulated (slower than 32-true)"
     return precision, why
@@ -138,7 +140,7 @@ def with_precision(trainer: Callable, flags: set[str] | None = None) -> tuple[Ca
     """The trainer partial with its precision resolved (`auto` made concrete, Lightning's spelling), and the line
     that says which and why."""
     keywords = getattr(trainer, "keywords", {})
-    precision, why = plan_precision(keywords.get("precision", "32-true"), keywords.get("accelerator", "auto"), flags)
+    precision, why = plan_precision(keywords.get("precision") or "32-true", keywords.get("accelerator", "auto"), flags)
     return functools.partial(trainer, precision=precision), f"precision: {precision} ({why})"
 
 
