@@ -312,3 +312,13 @@ def test_an_unsupported_precision_on_the_command_line_is_one_error_line(setting,
     proc = run_cli("memexp.run", f"trainer.precision={setting}", "debug=fast", f"paths.output_dir={tmp_path}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: trainer.precision={setting}: ")
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_trains_in_float64(model, model_data, tmp_path, request):
+    """trainer.precision=64 (Lightning's double precision) is a trained run for every model, not a dtype clash."""
+    torch.set_num_threads(1)
+    data = [f"data.cache_dir={request.getfixturevalue('lccc_cache')}"] if model == "hgd" else model_data[model]
+    args = [a for a in BF16 if not a.startswith("trainer.precision")]
+    result = run_in_process([*MODELS[model], *data, *args, "trainer.precision=64", "trainer.max_steps=3"], tmp_path)
+    assert result["metrics"]["global_step"] == 3 and math.isfinite(result["metrics"]["test/loss"])

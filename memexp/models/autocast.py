@@ -48,3 +48,8 @@ def run_recurrent(rnn: nn.Module, x: Tensor | PackedSequence, state: object = No
             dtype = next(rnn.parameters()).dtype
             x, state = x.to(dtype), cast_state(state, dtype)
         return rnn(x) if state is None else rnn(x, state)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32 when it is in a half type (autocast's output), else unchanged (float32, float64 runs)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import CheckpointError, ConfigError
+from memexp.models.autocast import at_least_float32
 from memexp.models.product_keys import ProductKeys
 
 
@@ -91,26 +92,26 @@ class MemoryFusion(nn.Module):
         B, T, D = h.shape
         # Under autocast the projections run in bf16, while norms, cosines, the selection's softmax and the residual
         # sum stay float32: a cosine scaled by up to 100 in bf16 (8 bits) moves a logit by ~0.4 and flips selections.
-        u = self.norm(h.float())
-        q = self.keys.query(self.queries(u)).float()  # (B, T, K)
+        u = self.norm(at_least_float32(h))
+        q = at_least_float32(self.keys.query(self.queries(u)))  # (B, T, K)
         s1, s2 = self.keys.half_scores(q)  # (B, T, R) each
         ids, _ = self.keys.top(s1, s2)  # (B, T, C)
         if content is not None:
             content_ids, content_mem, k = content
-            by_content = F.normalize(q, dim=-1) @ F.normalize(self.project(content_mem).float(), dim=-1).T  # (B, T, M)
+            by_content = F.normalize(q, dim=-1) @ F.normalize(at_least_float32(self.project(content_mem)), dim=-1).T  # (B, T, M)
             nearest = by_content.topk(min(k, len(content_ids)), dim=-1).indices  # (B, T, k)
             ids = torch.cat([ids, content_ids[nearest]], -1)  # (B, T, C + k)
         C = ids.shape[-1]
         rows = bank[ids.flatten()]  # (B*T*C, L) token ids
         mem = F.embedding_bag(rows, embedding, mode="mean", padding_idx=pad_id).view(B, T, C, D)  # all-pad entry -> 0
-        keys_m = F.normalize(self.project(mem).float(), dim=-1)  # (B, T, C, K)
+        keys_m = F.normalize(at_least_float32(self.project(mem)), dim=-1)  # (B, T, C, K)
         cs = (F.normalize(q, dim=-1).unsqueeze(-2) * keys_m).sum(-1)  # (B, T, C) cosine
         logits = cs * self.log_scale.clamp(max=math.log(100.0)).exp()
         if self.training:
             w = F.gumbel_softmax(logits, tau=self.gumbel_temperature, hard=True)  # one-hot forward, soft gradient
         else:
             w = F.one_hot(logits.argmax(-1), C).to(logits.dtype)
-        sel = (w.unsqueeze(-1) * mem.float()).sum(-2)  # (B, T, D)
+        sel = (w.unsqueeze(-1) * at_least_float32(mem)).sum(-2)  # (B, T, D)
         sim = (w * cs).sum(-1, keepdim=True)  # (B, T, 1) similarity of the selected entry
         x = torch.cat([u, self.memory_norm(sel)], -1)  # (B, T, 2D)
         fused = self.down(F.silu(self.gate(x)) * self.up(x))
@@ -127,7 +128,7 @@ class MemoryFusion(nn.Module):
         self.last_alpha = alpha.detach()
         if not self.training:  # what this layer read, for tools that show retrieval (memexp.memory search)
             self.last_candidates = (ids.detach(), cs.detach())  # (B, T, C') entry ids and their cosines
-        return (h + alpha * fused.float()).to(h.dtype), losses, chosen
+        return (h + alpha * at_least_float32(fused)).to(h.dtype), losses, chosen
 
     def router_loss(
         self,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import ConfigError
-from memexp.models.autocast import autocast_off
+from memexp.models.autocast import at_least_float32, autocast_off
 
 
 class ProductKeys(nn.Module):
@@ -42,8 +42,10 @@ class ProductKeys(nn.Module):
         """q (..., K) -> scaled cosine of both halves with their R keys, (..., R) each."""
         with autocast_off(q):  # float32 under autocast: bf16 cosines scaled by up to 100 would reorder the top-k
             scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-            q1, q2 = F.normalize(q.float(), dim=-1).chunk(2, dim=-1)  # halves of the unit query: s1 + s2 is its cosine / 2 ...
-            k = F.normalize(self.keys.float(), dim=-1)  # ... with the unit-half key [k1; k2] / sqrt(2)
+            q1, q2 = F.normalize(at_least_float32(q), dim=-1).chunk(
+                2, dim=-1
+            )  # halves of the unit query: s1 + s2 is its cosine / 2 ...
+            k = F.normalize(at_least_float32(self.keys), dim=-1)  # ... with the unit-half key [k1; k2] / sqrt(2)
             return scale * (q1 @ k[0].T), scale * (q2 @ k[1].T)
 
     def top(self, s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
