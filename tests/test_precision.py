@@ -322,3 +322,21 @@ def test_every_model_trains_in_float64(model, model_data, tmp_path, request):
     args = [a for a in BF16 if not a.startswith("trainer.precision")]
     result = run_in_process([*MODELS[model], *data, *args, "trainer.precision=64", "trainer.max_steps=3"], tmp_path)
     assert result["metrics"]["global_step"] == 3 and math.isfinite(result["metrics"]["test/loss"])
+
+
+def test_the_cpu_bf16_preset_says_what_it_chose_in_the_start_line(tiny_text, tmp_path):
+    args = ["trainer=cpu_bf16", "data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, "trainer.max_steps=4"]
+    proc = run_cli(
+        "memexp.run",
+        *args,
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"paths.output_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = next(line for line in proc.stdout.splitlines() if line.startswith("threads: "))
+    expected = "bf16-mixed" if P.native_bf16() else "32-true"
+    assert f"; precision: {expected} (trainer.precision=auto: this CPU " in start
+    saved = torch.load(next(tmp_path.glob("checkpoints/**/last.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["memexp"]["config"]["trainer"]["precision"] == expected  # the run records what ran, not "auto"

@@ -40,7 +40,10 @@ def test_the_thread_setting_is_honoured_in_a_subprocess_run(n, tiny_text, tmp_pa
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert any(line.startswith(f"threads: {n} (trainer.threads={n}); precision: 32-true (float32, the default)") for line in proc.stdout.splitlines())
+    assert any(
+        line.startswith(f"threads: {n} (trainer.threads={n}); precision: 32-true (float32, the default)")
+        for line in proc.stdout.splitlines()
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["threads"] == n
 
 

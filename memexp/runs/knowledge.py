@@ -125,6 +125,7 @@ def run_knowledge_study(
     backbone_settings = BACKBONE_DEFAULTS | dict(settings.get("backbone") or {})
     bb_cfg, bb_model, bb_data = backbone_stage(backbone_settings, probe.world_dir, str(probe.data_dir))
     bb_cfg["seed"] = names.seed
+    bb_cfg["trainer"] = {"precision": (cfg.get("trainer") or {}).get("precision")}  # a bf16 backbone has its own key
     steps = int(backbone_settings["steps"])
     bb_trainer = functools.partial(trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=4, limit_test_batches=4)
     bb_names = RunNames(names.experiment, "qwen3", "knowledge_text", names.seed)
