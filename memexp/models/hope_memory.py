@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.errors import ConfigError
+from memexp.models.autocast import at_least_float32
 from memexp.models.hope_math import (
     CapNorm,
     ChunkStep,
@@ -221,6 +222,8 @@ class HopeMemory(nn.Module):
             step = _descent(w2t, k, h, sig, a, err, coef)
         if self.max_step_norm is not None:  # cap ||G|| per (sequence, head): test-time learning cannot run away
             step = CapNorm.apply(step, self.max_step_norm)
+        # under autocast the inner gradient's matmuls ran in bf16; momentum and weights accumulate in float32 (at least)
+        step, eta, keep = at_least_float32(step), at_least_float32(eta), at_least_float32(keep)
         m = step if m_zero else torch.addcmul(step, eta, st["m"])  # S = eta S - G
         return {**st, "m": m, "w": torch.addcmul(m, keep, st["w"])}  # W = (1 - alpha) W + S
 
