@@ -125,10 +125,14 @@ def run_once(overrides: list[str], out: Path) -> dict:
 
 
 def tokens_per_s(run_dir: str) -> float | None:
-    """The throughput monitor's last training tokens/s (items_per_sec) in the run's CSV."""
+    """Training tokens/s from the throughput monitor's running totals in the run's CSV (train/lengths: tokens,
+    train/time: training seconds, validation left out), from the second logged step (the first warms up) to the last."""
     with open(Path(run_dir) / "csv" / "metrics.csv") as f:
-        values = [float(r["train/items_per_sec"]) for r in csv.DictReader(f) if r.get("train/items_per_sec")]
-    return values[-1] if values else None
+        rows = [(float(r["train/lengths"]), float(r["train/time"])) for r in csv.DictReader(f) if r.get("train/time")]
+    if len(rows) < 3:
+        return None
+    (n0, t0), (n1, t1) = rows[1], rows[-1]
+    return (n1 - n0) / (t1 - t0)
 
 
 def peak_memory_mb(device: str) -> float:
