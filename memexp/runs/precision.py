@@ -140,6 +140,12 @@ def with_precision(trainer: Callable, flags: set[str] | None = None) -> tuple[Ca
     """The trainer partial with its precision resolved (`auto` made concrete, Lightning's spelling), and the line
     that says which and why."""
     keywords = getattr(trainer, "keywords", {})
+    strategy = str(keywords.get("strategy") or "")
+    if strategy.startswith("fsdp") and not _on_gpu(keywords.get("accelerator", "auto")):
+        raise ConfigError(
+            f"trainer.strategy={strategy}: Lightning's FSDP runs on CUDA GPUs only (trainer.accelerator="
+            f"{keywords.get('accelerator')}); on CPUs use trainer=ddp"
+        )
     precision, why = plan_precision(keywords.get("precision") or "32-true", keywords.get("accelerator", "auto"), flags)
     return functools.partial(trainer, precision=precision), f"precision: {precision} ({why})"
 
