@@ -5,6 +5,7 @@ Prints the prompt followed by the generated continuation.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memexp.entry import chosen_model, launch
@@ -30,8 +31,20 @@ def generate_text(
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p={top_p} must be in (0, 1]")
     from memexp.configs.rebuild import load_checkpoint  # here, so that `--help` answers at once
+    from memexp.runs.checkpoints import read_checkpoint
 
-    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model)
+    checkpoint = read_checkpoint(Path(ckpt))
+    kind = checkpoint["memexp"].get("task_kind")
+    if kind in ("dialogue", "classification"):
+        raise ConfigError(
+            f"ckpt={ckpt} holds a {kind} model, which does not continue a text prompt; "
+            + (
+                "talk to it with python -m memexp.chat ckpt=<it>"
+                if kind == "dialogue"
+                else "evaluate it with python -m memexp.evaluate ckpt=<it>"
+            )
+        )
+    loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, checkpoint=checkpoint)
     tok = loaded.datamodule.tokenizer
     ids = loaded.task.generate(tok.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed)
     return prompt + tok.decode(ids)

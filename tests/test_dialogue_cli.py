@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import LCCC_TOY, run_cli
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -84,3 +85,24 @@ def test_evaluate_a_dialogue_file_the_model_never_saw(hgd_run, tmp_path):
     assert manifest.is_file()
     assert math.isfinite(result["metrics"]["all/loss"]) and "all/bleu2" in result["metrics"]
     assert result["unk_tokens"] == 30 and result["tokens"] == 30 * 8
+
+
+def test_generate_from_a_dialogue_checkpoint_points_to_chat(hgd_run):
+    proc = run_cli("memexp.generate", f"ckpt={_last_ckpt(hgd_run)}", "prompt=hello")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not proc.stdout.strip()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: ckpt={_last_ckpt(hgd_run)} holds a dialogue model") and "python -m memexp.chat" in last
+
+
+def test_a_binary_vocabulary_file_is_one_error_line(tmp_path):
+    from memexp.data.dialogue.vocab import DialogueVocab
+    from memexp.errors import DataError
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes(b"\x97\x00\xff binary")
+    with pytest.raises(DataError, match=rf"{vocab}: not UTF-8 text \(byte 0\); expected a WordPiece vocab.txt"):
+        DialogueVocab.from_wordpiece_file(vocab)
+    state = tmp_path / "vocabulary.json"
+    state.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        DialogueVocab.load(state)

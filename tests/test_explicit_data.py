@@ -321,3 +321,10 @@ def test_data_module_splits_spec_and_errors(qwen, qwen_dir, tmp_path):
         ExplicitLMDataModule(format="chat")
     with pytest.raises(ConfigError, match="data.seq_len=0"):
         ExplicitLMDataModule(seq_len=0)
+
+
+def test_an_empty_knowledge_base_is_refused_not_trained_as_padding(qwen, tmp_path):
+    kb = write_json(tmp_path / "kb.json", [])
+    with pytest.raises(DataError, match=rf"{kb}: the knowledge base holds no entries"):
+        build_bank_cache(kb, qwen, 8, 6, tmp_path / "c" / "bank.pt")
+    assert not (tmp_path / "c" / "bank.pt").exists()

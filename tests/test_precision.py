@@ -345,4 +345,6 @@ def test_the_cpu_bf16_preset_says_what_it_chose_in_the_start_line(tiny_text, tmp
 def test_fsdp_on_a_cpu_is_one_error_line(tmp_path):
     proc = run_cli("memexp.run", "trainer=fsdp", "trainer.accelerator=cpu", "debug=fast", f"paths.output_dir={tmp_path}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy=fsdp: Lightning's FSDP runs on CUDA GPUs only")
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy=fsdp: Lightning's FSDP runs on CUDA GPUs only")
+    )

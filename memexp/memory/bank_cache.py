@@ -208,6 +208,8 @@ def build_bank_cache(
             entry |= {"predicate": item.predicate, "object": item.object, "token_count": count, "is_truncated": cut}
             entries.write(("," if i else "") + "\n    " + json.dumps(entry, ensure_ascii=False))
             n_filled = i + 1
+        if n_filled == 0:  # an all-padding bank would train and report as if it held knowledge
+            raise DataError(f"{source}: the knowledge base holds no entries (expected a JSON array of sentences or facts)")
 
         with atomic_path(path) as tmp:
             torch.save(tokens, tmp)

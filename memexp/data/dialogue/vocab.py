@@ -62,8 +62,13 @@ class DialogueVocab:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: vocabulary file not found (expected a WordPiece vocab.txt, one token per line)")
-        with open(path, encoding="utf-8") as f:
-            tokens = [line.rstrip("\r\n") for line in f]
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = [line.rstrip("\r\n") for line in f]
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}: not UTF-8 text (byte {e.start}); expected a WordPiece vocab.txt, one token per line"
+            ) from None
         while tokens and tokens[-1] == "":
             tokens.pop()
         return cls(tokens, cls.WORDPIECE_SPECIALS, kind="wordpiece", source=str(path))
@@ -178,6 +183,8 @@ class DialogueVocab:
             raise DataError(f"{path}: vocabulary.json not found; run the preparation for this folder first") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: vocabulary.json is not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected a vocabulary.json") from None
         return cls.from_state(state)
 
     @property
