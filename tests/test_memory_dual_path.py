@@ -73,3 +73,13 @@ def test_generation_reads_the_prompt_ids_and_facts_come_from_the_text_once_per_u
     assert out["retrieved"] == {layer: int(sel[0, -1]) for layer, sel in sorted(alone.net.last_selection.items())}
     assert len(out["retrieved"]) == len(net.fusions)
     assert dp.statistics()["fact_updates"] == 1
+
+
+def test_a_char_tokenizer_is_refused_with_the_setting_to_change(tmp_path):
+    from memexp.data.tokenizers import CharTokenizer
+    from memexp.errors import ConfigError
+
+    net, tok, dp = setup(tmp_path, frequency=1)
+    chars = CharTokenizer.fit("the capital")
+    with pytest.raises(ConfigError, match=r"trained with a CharTokenizer, whose ids are not its backbone's.*data.tokenizer=qwen"):
+        DualPathInference(net, chars, IdentityExtractor(), dp.updater)

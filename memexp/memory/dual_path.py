@@ -36,6 +36,12 @@ class DualPathInference:
     ):
         if fact_update_frequency < 1:
             raise ConfigError(f"fact_update_frequency={fact_update_frequency}: expected >= 1 (calls per fact update)")
+        if not isinstance(getattr(tokenizer, "pad_id", None), int):  # a char/byte tokenizer: not the backbone's ids
+            raise ConfigError(
+                f"this ExplicitLM was trained with a {type(tokenizer).__name__}, whose ids are not its backbone's; "
+                f"chat and memory writes need the backbone's tokenizer: train it with data.tokenizer=qwen (or the "
+                f"backbone's folder)"
+            )
         self.net, self.tok, self.extractor, self.updater = net, tokenizer, extractor, updater
         self.frequency, self.include_output = fact_update_frequency, include_output
         self.calls = self.facts_written = self.selections = self.updates = 0
