@@ -205,6 +205,13 @@ def test_a_saved_qwen3_folder_loads_as_the_backbone(tmp_path):
     assert torch.equal(again.model.embed_tokens.weight, net.model.embed_tokens.weight)
     with pytest.raises(ConfigError, match="embeds 97 token ids"):
         load_backbone(str(tmp_path), V + 10)
+    weights = next(tmp_path.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ConfigError, match=rf"model.backbone={tmp_path}: its weights could not be loaded"):
+        load_backbone(str(tmp_path), V)
+    weights.unlink()  # a folder with config.json and no weight file
+    with pytest.raises(ConfigError, match=r"has config.json but no weights \(model.safetensors or pytorch_model.bin\)"):
+        load_backbone(str(tmp_path), V)
 
 
 def test_memory_layers_choose_where_the_memory_reads():

@@ -77,7 +77,18 @@ def pretrained_backbone(name: str) -> nn.Module:
             raise ConfigError(
                 f"model.backbone={name}: {config} says model_type={model_type!r}; ExplicitLM is built on Qwen3 (model_type 'qwen3')"
             )
-        return Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32)
+        weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+        if not weights:
+            raise ConfigError(
+                f"model.backbone={name}: {path} has config.json but no weights (model.safetensors or pytorch_model.bin); "
+                f"copy the model's weight files into that folder"
+            )
+        try:
+            return Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except Exception as e:  # the folder's files are at fault (truncated, mismatched; safetensors has its own error type)
+            raise ConfigError(
+                f"model.backbone={name}: its weights could not be loaded ({type(e).__name__}: {e})".splitlines()[0]
+            ) from None
     try:
         return Qwen3ForCausalLM.from_pretrained(name, dtype=torch.float32)
     except OSError as e:
