@@ -285,10 +285,12 @@ def test_each_record_once_across_two_ranks_and_two_workers(qwen, tmp_path):
             '{"conversations": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
             "line 2, turn 1: role 'bot'",
         ),
+        ("sft", '{"conversations": [{"role": "user", "content": "a"}]}', "line 2: the conversation has no assistant turn"),
     ],
 )
 def test_bad_jsonl_names_file_and_line(qwen, tmp_path, fmt, line, match):
-    good = {"text": "ok"} if fmt == "pretrain" else {"conversations": [{"role": "user", "content": "ok"}]}
+    turns = [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "yes"}]
+    good = {"text": "ok"} if fmt == "pretrain" else {"conversations": turns}
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + match):

@@ -68,4 +68,6 @@ def parse_record(path: str | Path, line_no: int, line: str, fmt: str) -> Any:
             raise DataError(f'{path}, line {line_no}, turn {i}: expected {{"role": ..., "content": string}}')
         if turn.get("role") not in ROLES:
             raise DataError(f"{path}, line {line_no}, turn {i}: role {turn.get('role')!r}; expected one of {', '.join(ROLES)}")
+    if not any(t["role"] == "assistant" for t in turns):  # SFT learns the assistant turns only: nothing to learn here
+        raise DataError(f"{path}, line {line_no}: the conversation has no assistant turn, so nothing in it is trained on")
     return [{"role": t["role"], "content": t["content"]} for t in turns]
