@@ -220,10 +220,10 @@ MODELS = {
         "model.query_hidden=32",
         "model.tiny_dim=32",
         "data=explicit_text",
-        "data.seq_len=24",
+        "data.seq_len=16",
         "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "data.eval_records=4",
+        "data.eval_batch_size=8",
+        "data.eval_records=2",
         "data.shuffle_buffer=8",
     ],
 }
@@ -231,8 +231,7 @@ BF16 = [
     "trainer.precision=bf16-mixed",
     "trainer.gradient_clip_val=0.5",  # clipping on, as every preset has it
     "trainer.val_check_interval=8",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
+    "trainer.limit_val_batches=2",  # the test sees the whole test split, as evaluate does
     "trainer.log_every_n_steps=1",
     "task.test_ckpt=last",
     "optim.lr=1e-2",
@@ -249,7 +248,16 @@ def model_data(tiny_text, tmp_path_factory) -> dict[str, list[str]]:
     paragraphs = [p for p in tiny_text.read_text().split("\n\n") if p.strip()][:80]
     (root / "train.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs) + "\n")
     (root / "kb.json").write_text(json.dumps([{"sentence": p.splitlines()[0]} for p in paragraphs[:30]]))
-    explicit = [f"data.path={root / 'train.jsonl'}", f"data.knowledge_path={root / 'kb.json'}", f"data.data_dir={root}"]
+    from memexp.data.knowledge_world import write_word_tokenizer
+
+    # a word tokenizer of these paragraphs: a vocabulary of hundreds, not Qwen's 151,669 (emulated bf16 is slow)
+    write_word_tokenizer(sorted({w for p in paragraphs for w in p.split()}), root / "words")
+    explicit = [
+        f"data.path={root / 'train.jsonl'}",
+        f"data.knowledge_path={root / 'kb.json'}",
+        f"data.data_dir={root}",
+        f"data.tokenizer={root / 'words'}",
+    ]
     news = [f"data.cache_dir={tmp_path_factory.mktemp('news')}"]
     return {
         "explicit_lm": explicit,

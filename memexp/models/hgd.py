@@ -30,12 +30,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from memexp.errors import ConfigError
-from memexp.models.autocast import run_recurrent
+from memexp.models.autocast import at_least_float32, run_recurrent
 from memexp.models.sampling import sample_next
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim where mask is True; rows with no True give all zeros (not NaN)."""
+    scores = at_least_float32(scores)  # float32 under autocast (memexp.models.autocast)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     return F.softmax(scores, dim=-1) * mask
 
@@ -211,7 +212,7 @@ class HGDMemNet(nn.Module):
         """ACT over the dynamic state -> h* (B, H), steps N (B,) float, ponder N + R (B,)."""
         B = enc.shape[0]
         keys = self.think_attn.keys(enc)
-        h = torch.tanh(self.h0(s))  # (B, H)
+        h = at_least_float32(torch.tanh(self.h0(s)))  # (B, H); the halting sums below in float32 under autocast
         h_star = torch.zeros_like(h)
         cum = h.new_zeros(B)  # halting probability spent on the steps so far
         running = torch.ones(B, dtype=torch.bool, device=h.device)
@@ -221,7 +222,7 @@ class HGDMemNet(nn.Module):
             ctx = self.think_attn(h, keys, enc, mask)  # (B, H)
             step = self.step_emb.weight[t - 1].expand(B, -1)
             h = run_recurrent(self.cell, torch.cat([ctx, s, step], dim=-1), h)  # (B, H)
-            logit = self.gate(torch.cat([h, ctx, s], dim=-1)).squeeze(-1)  # (B,)
+            logit = at_least_float32(self.gate(torch.cat([h, ctx, s], dim=-1)).squeeze(-1))  # (B,)
             # One sigmoid of a logit: exact 0 / 1 at saturation, never a log of it, so no NaN.
             p = torch.sigmoid(logit) if t >= self.min_think else torch.zeros_like(logit)
             if t == self.max_think:
