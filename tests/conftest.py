@@ -56,6 +56,21 @@ def tiny_jsonl(tiny_text, tmp_path_factory) -> Path:
 
 
 TINY_MODEL = ["model.dim=32", "model.depth=1", "model.heads=2", "model.max_len=32", "data.seq_len=32", "data.batch_size=8"]
+# A tiny HOPE (one block, one 32-token segment), for the suite's runs of model=hope
+HOPE_TINY = [
+    "model=hope",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.ff_mult=2",
+    "model.max_len=32",
+    "model.seq_len=32",
+    "model.mem_write=16",
+    "model.memory_capacity=8",
+    "model.top_k=2",
+    "data.seq_len=32",
+    "data.batch_size=8",
+]
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0"]
 
 

@@ -10,26 +10,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUIET, run_in_process
+from conftest import HOPE_TINY, QUIET, run_in_process
 
 import memexp.run
 import memexp.runs.train
 from memexp.configs.rebuild import load_checkpoint
 
-HOPE_TINY = [
-    "model=hope",
-    "model.dim=32",
-    "model.depth=1",
-    "model.heads=2",
-    "model.ff_mult=2",
-    "model.max_len=32",
-    "model.seq_len=32",
-    "model.mem_write=16",
-    "model.memory_capacity=8",
-    "model.top_k=2",
-    "data.seq_len=32",
-    "data.batch_size=8",
-]
 SHORT = [
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",

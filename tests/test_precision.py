@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY_HGD, TINY_MODEL, run_cli, run_in_process
+from conftest import HOPE_TINY, QUIET, TINY_HGD, TINY_MODEL, run_cli, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.runs import precision as P
@@ -173,21 +173,7 @@ NEWS_SMALL = [
 ]
 MODELS = {
     "transformer": ["model=transformer", "data=text", *TINY_MODEL],
-    "hope": [
-        "model=hope",
-        "data=text",
-        "model.dim=32",
-        "model.depth=1",
-        "model.heads=2",
-        "model.ff_mult=2",
-        "model.max_len=32",
-        "model.seq_len=32",
-        "model.mem_write=16",
-        "model.memory_capacity=8",
-        "model.top_k=2",
-        "data.seq_len=32",
-        "data.batch_size=8",
-    ],
+    "hope": [*HOPE_TINY, "data=text"],
     "hyperlstm": [
         "model=hyperlstm",
         "data=text",
