@@ -87,10 +87,13 @@ def test_optim_configs_build(name):
 
 @pytest.mark.parametrize("name", entries("trainer"))
 def test_trainer_configs_instantiate(name, tmp_path):
+    from memexp.runs.precision import with_precision
+
     partial = instantiate(node("trainer", name))
     if partial.keywords.get("accelerator") == "gpu" and not torch.cuda.is_available():
         assert partial.keywords["precision"] == "bf16-mixed"
         return
+    partial, _ = with_precision(partial)  # as memexp.run does: `auto` resolved for this machine
     trainer = partial(default_root_dir=str(tmp_path), logger=False, devices=1)
     assert isinstance(trainer, L.Trainer)
 

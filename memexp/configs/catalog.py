@@ -44,6 +44,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "trainer": {
         "default": "Lightning on the best accelerator, one device, 2000 steps",
         "cpu": "the same on the CPU",
+        "cpu_bf16": "the CPU, bf16-mixed where it computes bf16 natively (else float32, said at the start)",
         "gpu": "one GPU, bf16-mixed",
         "ddp": "data parallel over trainer.devices (2)",
         "fsdp": "sharded data parallel over GPUs, bf16-mixed",
