@@ -12,6 +12,7 @@ from conftest import QUIET, run_cli, run_in_process
 
 from memexp.configs import load_checkpoint
 from memexp.data.knowledge_qa import KnowledgeQADataModule
+from memexp.errors import ConfigError
 from memexp.evals.knowledge import knowledge_study
 from memexp.memory.backbone import build_explicit_lm
 
@@ -128,6 +129,31 @@ def test_held_out_facts_fill_the_frozen_entries_and_never_reach_the_backbone_tex
     assert all(f.sentence() in text for f in world.world.facts if not f.held_out)
 
 
+def test_validation_and_test_ask_about_disjoint_held_out_subjects(world):
+    """Model selection on validation never sees a test question: the held-out subjects are split in two."""
+
+    def asked(split):  # (prompt tokens, answer) of every question the split's loader serves
+        rows = set()
+        for batch in world.eval_dataloader(split):
+            for x, pos in zip(batch["input"], batch["memory_position"]):
+                rows.add(tuple(x[: int(pos) + 2].tolist()))
+        return rows
+
+    val, test = asked("val"), asked("test")
+    held = [f for f in world.world.facts if f.held_out]
+    assert len(val) == 24 and len(test) == 24 and not val & test  # 12 held-out subjects: 6 + 6, 4 relations each
+    subjects = {split: {world.world.facts[i].subject for i in world.split_facts(split)} for split in ("val", "test")}
+    assert not subjects["val"] & subjects["test"]
+    assert subjects["val"] | subjects["test"] == {f.subject for f in held}
+    assert len(val | test) == len(held)
+
+
+@pytest.mark.parametrize("val_subjects", [0, 12])
+def test_a_split_that_leaves_validation_or_test_empty_is_refused(val_subjects, tmp_path):
+    with pytest.raises(ConfigError, match=f"data.val_subjects={val_subjects} of data.held_out=12"):
+        KnowledgeQADataModule(n_subjects=60, n_objects=8, knowledge_num=256, val_subjects=val_subjects, data_dir=str(tmp_path))
+
+
 def test_episodic_batches_write_only_updatable_entries_with_the_batch_answer(world):
     batch = next(iter(world.train_dataloader()))
     assert bool((batch["bank_rows"] >= int(256 * 0.2)).all())
@@ -150,14 +176,14 @@ def test_knowledge_measurements_restore_the_bank_and_count_edits(world):
     assert torch.equal(net.memory_bank, world.bank.tokens) and net.memory_enabled
     assert result["edit"]["k"] == 10 and result["chance"] == 1 / 8
     assert result["full_minus_empty"] == pytest.approx(result["full_bank"]["accuracy"] - result["empty_bank"]["accuracy"])
-    assert result["full_bank"]["n"] == 48 and 0 <= result["full_bank"]["hit_rate"] <= 1
+    assert result["full_bank"]["n"] == 24 and 0 <= result["full_bank"]["hit_rate"] <= 1
 
 
 def test_the_knowledge_study_runs_end_to_end(tiny_knowledge_study):
     result = tiny_knowledge_study["result"]  # experiment=explicit_knowledge debug=fast on a tiny world (conftest)
     report = (tiny_knowledge_study["root"] / "runs").glob("**/memory/reports/knowledge_report.md")
     text = next(report).read_text()
-    assert "| full bank |" in text and "| empty bank |" in text and "Editing 10 held-out entries" in text
+    assert "| full bank |" in text and "| empty bank |" in text and "Editing 10 test-subject entries" in text
     assert 0.0 <= result["metrics"]["knowledge/full_bank_acc"] <= 1.0
     assert result["backbone_run"]["ckpt"].endswith("last.ckpt") and result["metrics"]["global_step"] == 20
 

@@ -12,7 +12,9 @@ the fact's entry, as ExplicitLM's router stage trains on the knowledge base itse
 every question's object is drawn anew and written into its (updatable) bank entry first, so the
 answer can only be read from the bank: neither the frozen backbone's knowledge nor the fusion's
 weights can hold it. Validation and test ask the held-out subjects' questions, whose facts sit in
-the frozen entries and were never an answer in training.
+the frozen entries and were never an answer in training. The held-out subjects are split in two:
+validation asks about the first `val_subjects` of them (in bank order), test about the rest, so the
+checkpoint chosen on validation (`task.test_ckpt=best`) is measured on questions it was not chosen on.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class KnowledgeQADataModule(L.LightningDataModule):
         n_subjects, n_relations, n_objects: the world's size (facts = n_subjects * n_relations).
         held_out: subjects whose facts are only in the bank; None fills the frozen entries
             (floor(floor(knowledge_num * freeze_ratio) / n_relations) subjects).
+        val_subjects: how many held-out subjects validation asks about (None: half, rounded down); test asks
+            about the other held-out subjects, so validation and test questions are disjoint.
         world_seed: the world's random seed (subjects, objects, which subjects are held out).
         knowledge_num, knowledge_length, freeze_ratio: the bank's shape and frozen share (the model's).
         qa_per_batch, index_per_batch: question rows and router-only index rows per training batch.
@@ -124,6 +128,7 @@ class KnowledgeQADataModule(L.LightningDataModule):
         n_relations: int = 4,
         n_objects: int = 32,
         held_out: int | None = None,
+        val_subjects: int | None = None,
         world_seed: int = 0,
         knowledge_num: int = 1024,
         knowledge_length: int = 16,
@@ -144,6 +149,12 @@ class KnowledgeQADataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.held_out={self.held_out} subjects have {self.held_out * n_relations} facts, more than the "
                 f"{frozen} frozen entries (knowledge_num * freeze_ratio); lower data.held_out or raise freeze_ratio"
+            )
+        self.val_subjects = self.held_out // 2 if val_subjects is None else int(val_subjects)
+        if not 1 <= self.val_subjects < self.held_out:
+            raise ConfigError(
+                f"data.val_subjects={self.val_subjects} of data.held_out={self.held_out} held-out subjects: expected "
+                "1 <= val_subjects < held_out (validation and test each need held-out subjects of their own)"
             )
         if qa_per_batch < 1 or index_per_batch < 0 or steps_per_epoch < 1:
             raise ConfigError("data.qa_per_batch and data.steps_per_epoch must be >= 1, data.index_per_batch >= 0")
@@ -209,6 +220,13 @@ class KnowledgeQADataModule(L.LightningDataModule):
         self.setup()
         return [i for i, f in enumerate(self.world.facts) if f.held_out == held_out]
 
+    def split_facts(self, split: str) -> list[int]:
+        """The facts whose questions `split` ("val" or "test") asks: held-out subjects, disjoint between the two."""
+        held = self.facts(held_out=True)
+        subjects = list(dict.fromkeys(self.world.facts[i].subject for i in held))  # bank order
+        chosen = set(subjects[: self.val_subjects] if split == "val" else subjects[self.val_subjects :])
+        return [i for i in held if self.world.facts[i].subject in chosen]
+
     def question_batches(self, which: list[int], answers: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Questions about facts `which`, answered with their objects (or `answers`), in evaluation batches."""
         self.setup()
@@ -221,7 +239,7 @@ class KnowledgeQADataModule(L.LightningDataModule):
         return ResumableLoader(EpisodicBatches(self, self.steps_per_epoch), batch_size=None)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        return DataLoader(self.question_batches(self.facts(held_out=True)), batch_size=None)
+        return DataLoader(self.question_batches(self.split_facts(split)), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

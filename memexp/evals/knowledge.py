@@ -1,6 +1,7 @@
 """Does an explicit memory answer knowledge questions? The measurements of the knowledge study.
 
-On the held-out subjects (facts only in frozen bank entries, never an answer in training):
+On the test subjects (held-out subjects whose facts are only in frozen bank entries, never an answer in
+training, and whose questions validation never asked: the checkpoint was chosen on the other held-out subjects):
     accuracy with the full bank, with an empty (all-pad) bank, and of the backbone alone (memory off);
     retrieval hit rate (the entry selected at the answer position is the fact's) on correct and on wrong answers;
     editing: overwrite the object of K bank entries, no training: how many answers follow the edit.
@@ -65,7 +66,7 @@ def summarise(answers: dict) -> dict[str, float]:
 def knowledge_study(net: torch.nn.Module, dm: KnowledgeQADataModule, edits: int = 100, seed: int = 0) -> dict:
     """All measurements of the study on a trained ExplicitLM (its bank is reset to the knowledge base first)."""
     dm.setup()
-    held, known = dm.facts(held_out=True), dm.facts(held_out=False)
+    held, known = dm.split_facts("test"), dm.facts(held_out=False)
     net.load_bank(dm.bank.tokens)  # training rewrote the updatable entries (episodic objects): restore them
     result = {
         "full_bank": summarise(answer_questions(net, dm, held)),
@@ -79,7 +80,7 @@ def knowledge_study(net: torch.nn.Module, dm: KnowledgeQADataModule, edits: int 
     result["backbone_alone"] = summarise(answer_questions(net, dm, held))
     net.memory_enabled = True
 
-    # Editing: a new object for K held-out facts, written into their (frozen) entries by an explicit edit.
+    # Editing: a new object for K test facts, written into their (frozen) entries by an explicit edit.
     rng = random.Random(seed)
     chosen = rng.sample(held, min(edits, len(held)))
     new = []

@@ -53,7 +53,8 @@ def report_markdown(result: dict, names: RunNames) -> str:
     lines = [
         f"# Knowledge study: {names.label}",
         "",
-        f"Held-out subjects: {f['n']} questions whose facts are only in frozen bank entries. "
+        f"Test subjects: {f['n']} questions about held-out subjects whose facts are only in frozen bank entries, "
+        "disjoint from the held-out subjects validation asked about (the checkpoint was chosen there). "
         f"Accuracy picks among the relation's objects (chance {result['chance']:.3f}).",
         "",
         "| condition | accuracy | full-vocabulary accuracy | hit rate | hit rate on correct | hit rate on wrong |",
@@ -67,7 +68,7 @@ def report_markdown(result: dict, names: RunNames) -> str:
     lines += [
         "",
         f"Full bank minus empty bank: **{result['full_minus_empty']:+.3f}**.",
-        f"Editing {ed['k']} held-out entries (a new object, no training): {ed['follow_rate']:.3f} of the answers follow "
+        f"Editing {ed['k']} test-subject entries (a new object, no training): {ed['follow_rate']:.3f} of the answers follow "
         f"the edit, {ed['old_answer_rate']:.3f} still give the old object.",
         f"Training subjects, full bank (knowledge base objects): accuracy {result['train_subjects_full_bank']['accuracy']:.3f}.",
     ]
