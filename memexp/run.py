@@ -116,6 +116,10 @@ def run(
     names = _names(seed, experiment_name)
     cfg["run"] = _run_info(tags, names.experiment)
     study = dict(study or {})
+    if optimized_metric is not None:  # a sweep's metric is checked before any run trains
+        from memexp.runs.build import check_metric_name
+
+        check_metric_name(optimized_metric, data, names.data, study.get("kind"))
     if study.get("kind") == "continual":
         from memexp.runs.continual import run_continual
 

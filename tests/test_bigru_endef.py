@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUIET, compose_run, run_in_process, shared_data_dir
+from test_metric_names import check_names
 from hydra_zen import instantiate
 
 from memexp.data.news import NewsDataModule, generate_corpus, synthetic
@@ -306,6 +307,7 @@ def test_run_early_stops_tests_the_best_checkpoint_and_evaluate_agrees(corpus, t
     ]
     result = run_in_process(overrides, tmp_path / "out")
     m = result["metrics"]
+    check_names(result, "endef")  # optimized_metric is checked against these names before a run
     assert m["val/loss"] < math.log(2) - 0.1  # the loss fell from chance
     assert m["global_step"] < 200  # early stopping ended the run
     best = sorted(Path(result["ckpt_dir"]).glob("best-step=*.ckpt"))

@@ -52,6 +52,50 @@ def check_pairing(model_factory: Callable, data_factory: Callable, names: RunNam
     )
 
 
+# what a study adds to the run's metrics (memexp.runs.continual, memexp.runs.knowledge)
+STUDY_METRICS = {
+    "continual": [
+        f"continual/{k}"
+        for k in ("avg_forgetting", "backward_transfer", "avg_final_accuracy", "avg_loss_forgetting", "avg_final_loss")
+    ],
+    "knowledge": [
+        f"knowledge/{k}"
+        for k in (
+            "full_bank_acc",
+            "empty_bank_acc",
+            "backbone_acc",
+            "full_minus_empty",
+            "edit_follow",
+            "hit_rate_correct",
+            "hit_rate_wrong",
+        )
+    ],
+}
+RUN_METRICS = ["global_step", "tested_step", "params/trainable", "params/frozen"]
+
+
+def metric_names(data_factory: Callable, study_kind: str | None = None) -> list[str]:
+    """The names in a run's `metrics` (what `optimized_metric` may name), known before the run starts."""
+    if study_kind == "continual":  # the study's summary is all its result holds
+        return STUDY_METRICS["continual"]
+    kind = task_kind_of(data_factory)
+    names = TASKS[kind].metric_names() if kind in TASKS else []
+    return names + RUN_METRICS + STUDY_METRICS.get(study_kind or "", [])
+
+
+def check_metric_name(metric: str, data_factory: Callable, data_name: str, study_kind: str | None = None) -> None:
+    """Stop before any work when `optimized_metric` names a metric this run will not log."""
+    known = metric_names(data_factory, study_kind)
+    if metric.startswith(("train/", "lr-")) and study_kind != "continual":
+        return  # training diagnostics depend on the model (auxiliary losses, one learning rate per parameter group)
+    if known and metric not in known:
+        shown = [k for k in known if k.startswith(("val/", "continual/", "knowledge/"))] or known
+        tail = " (or their test/ counterparts)" if any(k.startswith("test/") for k in known) else ""
+        raise ConfigError(
+            f"optimized_metric={metric}: a run on data={data_name} logs no such metric; pick one of {', '.join(shown)}{tail}"
+        )
+
+
 def _takes(factory: Callable, name: str) -> bool:
     try:
         return name in inspect.signature(factory).parameters

@@ -69,6 +69,12 @@ class CausalLMTask(L.LightningModule):
             setattr(self, f"{stage}_metrics", metrics)
             setattr(self, f"{stage}_loss", MeanMetric())
 
+    @staticmethod
+    def metric_names() -> list[str]:
+        """Every metric name a run logs at the end of training and testing (what `optimized_metric` may name)."""
+        evals = [f"{stage}/{m}" for stage in ("val", "test") for m in ("loss", "ppl", "bpc", "acc", "top5", "top10")]
+        return ["train/loss", "train/acc", *evals]
+
     # -- steps --------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """idx (B, T) long, the net's state or None -> logits (B, T, V) and the new state."""

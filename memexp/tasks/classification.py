@@ -102,6 +102,13 @@ class ClassificationTask(L.LightningModule):
             setattr(self, f"{stage}_classes", class_metrics())
             setattr(self, f"{stage}_loss", MeanMetric())
 
+    @staticmethod
+    def metric_names() -> list[str]:
+        """Every metric name a run logs at the end of training and testing (what `optimized_metric` may name)."""
+        per_class = [f"{m}_{c}" for m in ("f1", "precision", "recall") for c in CLASS_NAMES]
+        names = ["loss", *classification_metrics("").keys(), "macro_f1", "precision", "recall", *per_class]
+        return ["train/loss", *(f"{s}/{n}" for s in ("val", "test") for n in names)]
+
     def forward(self, batch: dict) -> dict:
         return self.net(batch)
 

@@ -59,6 +59,12 @@ class DialogueTask(L.LightningModule):
             setattr(self, f"{stage}_distinct1", DistinctN(1))
             setattr(self, f"{stage}_distinct2", DistinctN(2))
 
+    @staticmethod
+    def metric_names() -> list[str]:
+        """Every metric name a run logs at the end of training and testing (what `optimized_metric` may name)."""
+        names = ("loss", "ppl", "think_steps", "bleu2", "bleu4", "distinct1", "distinct2")
+        return ["train/loss", "train/ponder", "train/think_steps", *(f"{s}/{n}" for s in ("val", "test") for n in names)]
+
     # -- steps ------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
         return self.net(batch["context"], batch["context_mask"], batch["reply_in"])

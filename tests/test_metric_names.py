@@ -1,0 +1,55 @@
+"""`optimized_metric` is checked before a run trains, against the names the run's task logs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import QUIET, TINY_MODEL, run_cli
+
+from memexp.configs.search import compose_config
+from memexp.runs.build import metric_names
+
+
+def data_factory(name: str):
+    from hydra_zen import instantiate
+
+    return instantiate(compose_config("memexp_run", [f"data={name}"]).data)
+
+
+def check_names(result: dict, data: str, study: str | None = None) -> None:
+    """Every metric the run logged is a name known before it started (training diagnostics, which depend on the
+    model, aside), and every val/ and test/ name was logged."""
+    known = set(metric_names(data_factory(data), study))
+    logged = {k for k in result["metrics"] if not k.startswith(("train/", "lr-"))}
+    assert logged <= known, sorted(logged - known)
+    evals = {k for k in known if k.startswith(("val/", "test/", "knowledge/"))}
+    assert evals <= logged, sorted(evals - logged)
+
+
+def test_the_knowledge_study_logs_the_names_known_before_it_ran(tiny_knowledge_study):
+    check_names(tiny_knowledge_study["result"], "knowledge_qa", "knowledge")
+
+
+def test_a_dialogue_run_logs_the_names_known_before_it_ran(hgd_run):
+    check_names(hgd_run, "lccc")
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["optimized_metric=val/nosuch"], "optimized_metric=val/nosuch: a run on data=shakespeare logs no such metric"),
+        (["optimized_metric=val_loss"], "pick one of val/loss, val/ppl, val/bpc, val/acc"),
+        (["experiment=continual_abc", "optimized_metric=val/loss"], "pick one of continual/avg_forgetting"),
+    ],
+    ids=["unknown", "lightning-style", "continual-study"],
+)
+def test_an_unknown_optimized_metric_is_one_error_line_before_training(args, named, tmp_path):
+    start = time.time()
+    out = run_cli("memexp.run", *TINY_MODEL, *QUIET, *args, "trainer.max_steps=100000", f"paths.output_dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and named in last, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
+    assert time.time() - start < 120
