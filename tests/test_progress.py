@@ -56,3 +56,28 @@ def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
     for noise in (*noises, "│ lr-", "│ train/"):  # the last two: rows of the final table (val/test only)
         assert noise not in out, f"{noise!r} on the console:\n{out[-3000:]}"
     assert "20/20" in out and "test/loss" in out and "val/loss" in out and "checkpoint:" in out
+
+
+def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
+    """The bar's rate is optimiser steps per second (and tokens per second), as the ThroughputMonitor logs it."""
+    import csv
+
+    from conftest import TINY_MODEL, run_in_process
+
+    seen = {}
+    original = StepProgressBar.on_train_end
+
+    def spy(self, trainer, pl_module):
+        seen["rates"], seen["text"] = self.rate.rates(), self.rate.text()
+        return original(self, trainer, pl_module)
+
+    monkeypatch.setattr(StepProgressBar, "on_train_end", spy)
+    overrides = [*TINY_MODEL, "logger=csv", "sample_tokens=0", "trainer.max_steps=80", "trainer.log_every_n_steps=20"]
+    result = run_in_process([*overrides, "trainer.val_check_interval=40", "trainer.limit_val_batches=2"], tmp_path)
+    rows = list(csv.DictReader(open(next((tmp_path / "runs").glob("**/csv/metrics.csv")))))
+    logged = [float(r["train/device/batches_per_sec"]) for r in rows if r.get("train/device/batches_per_sec")]
+    steps, tokens = seen["rates"]
+    assert result["metrics"]["global_step"] == 80 and logged
+    assert 0.5 < steps / logged[-1] < 2.0, (steps, logged)  # the same window of 20 steps; the machine is shared
+    assert tokens == pytest.approx(steps * 8 * 32, rel=1e-6)  # batch 8 x 32 tokens per step
+    assert seen["text"].endswith("tok/s") and "steps/s" in seen["text"]

@@ -102,7 +102,7 @@ def _tokens(batch: Any) -> int:
 
 
 def throughput_monitor() -> L.Callback:
-    """Lightning's ThroughputMonitor: train/batches_per_sec, samples_per_sec and items_per_sec (tokens) over the
+    """Lightning's ThroughputMonitor: train/device/batches_per_sec, samples_per_sec and items_per_sec (tokens) over the
     last 20 training steps, validation time left out, at each log step (CSV, W&B); also the time validation and
     the test took (validate/time, test/time)."""
     from lightning.pytorch.callbacks import ThroughputMonitor
