@@ -56,8 +56,52 @@ def quiet_console() -> None:
     # the throughput monitor (memexp.runs.train.throughput_monitor) counts batches, samples and tokens; FLOPs cannot
     # be counted for every model (HOPE runs autograd inside its forward), so it is not given them
     warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
+    # a frozen backbone (ExplicitLM's) stays in eval mode by design: memexp.runs.train says so in one line of its own
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning warns of any IterableDataset with a length, whatever the workers: memexp's split their records between
+    # workers (the explicit and dialogue streams) or are drawn in the main process (the knowledge study's batches)
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # the run summary counts parameters, not bytes: its size estimate's dtype does not matter to us
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+
+
+# what Hydra writes into every run folder: a folder holding only these holds nothing a run wrote
+_HYDRA_FILES = {".hydra", "memexp.log"}
+
+
+def drop_empty_run_folder() -> None:
+    """Remove this job's run folder when nothing but Hydra's own files is in it: a run that failed before it wrote
+    anything, or a read-only entry point (generate, evaluate, chat, memory) that wrote nothing there."""
+    import shutil
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    if folder.is_dir() and folder.resolve() != Path.cwd().resolve() and {p.name for p in folder.iterdir()} <= _HYDRA_FILES:
+        logging.shutdown()  # the log file is closed before its folder goes
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # <app>/<day>/<time>: the day's and app's, left empty
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
+def in_app(fn: Callable) -> Callable:
+    """The task function as Hydra runs it: library INFO lines to the log file, and no run folder left empty."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from memexp.console import libraries_to_log
+
+        libraries_to_log()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            drop_empty_run_folder()
+
+    return wrapper
 
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
@@ -71,7 +115,7 @@ def launch(task_function: Callable, config_name: str, folder: str) -> None:
     quiet_console()
     prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
     one_line_errors(check_command_line)(config_name, sys.argv[1:])  # Hydra's composition errors in one line
-    app = zen(one_line_errors(task_function))
+    app = zen(in_app(one_line_errors(task_function)))
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memexp.console import say
 from memexp.entry import chosen_model, launch
 from memexp.errors import ConfigError
 from memexp.files import write_json
@@ -149,13 +150,13 @@ def evaluate(
             ckpt, list(splits), paths.data_dir, chosen_model(), data_path, batch_size, out, accelerator, unknown, precision
         )
         for k, v in result["metrics"].items():
-            print(f"{k:12s} {v:.4f}")
+            say(f"{k:12s} {v:.4f}")
         for split, n in (result.get("skipped_chars") or {}).items():
             if n:
-                print(f"skipped {n} characters outside the checkpoint's vocabulary ({split} part, unknown=skip)")
+                say(f"skipped {n} characters outside the checkpoint's vocabulary ({split} part, unknown=skip)")
         if "unk_tokens" in result:
-            print(f"{result['unk_tokens']:,} of {result['tokens']:,} tokens are outside the checkpoint's vocabulary (<unk>)")
-        print(f"written to {result['out']}")
+            say(f"{result['unk_tokens']:,} of {result['tokens']:,} tokens are outside the checkpoint's vocabulary (<unk>)")
+        say(f"written to {result['out']}")
         return result
     from memexp.configs.rebuild import load_checkpoint
     from memexp.runs.studies import binned_ppl_report, recall_report

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from memexp.console import say, to_log
 from memexp.entry import launch
 
 # Lightning and the models are imported inside the functions, so `--help` answers at once (memexp.help).
@@ -212,7 +213,7 @@ def _returned(result: dict, optimized_metric: str | None) -> dict | float:
         raise ConfigError(
             f"optimized_metric={optimized_metric}: the run logged no such metric; it has {', '.join(sorted(metrics))}"
         )
-    print(f"optimized_metric {optimized_metric} = {metrics[optimized_metric]:.6g}", flush=True)
+    say(f"optimized_metric {optimized_metric} = {metrics[optimized_metric]:.6g}")
     return float(metrics[optimized_metric])
 
 
@@ -234,17 +235,19 @@ def _report(result: dict) -> None:
         ):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
             table.add_row(k, f"{v:.4f}")
     console.print(table)
+    to_log("\n" + "\n".join(f"{k} {v:.6g}" for k, v in result["metrics"].items() if k.startswith(("val/", "test/", "continual/"))))
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
     if result["resumed_from_step"] is not None:
-        print(f"resumed from step {result['resumed_from_step']}")
+        say(f"resumed from step {result['resumed_from_step']}")
     if result["ckpt_dir"]:
-        print(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
+        say(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
     if result.get("result_file"):
-        print(f"result: {result['result_file']}")
-    print(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)", flush=True)
+        say(f"result: {result['result_file']}")
+    say(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)")
     if result["sample"] is not None:
         console.rule("sample")
         console.print(result["sample"], markup=False, highlight=False)
+        to_log("sample:\n" + result["sample"])
 
 
 def main() -> None:

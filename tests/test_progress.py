@@ -33,18 +33,26 @@ def test_the_bar_counts_steps_across_epochs(bar_class, tmp_path):
         assert len([t for t in bar.progress.tasks if "step" in t.description]) == 1  # one bar, not one per epoch
 
 
-def test_the_summary_leaves_out_flops_that_were_not_counted(tmp_path, capsys):
+def test_the_summary_is_one_line_without_flops_that_were_not_counted(tmp_path, capsys):
     from memexp.runs.progress import RunSummary
 
-    trainer = L.Trainer(max_steps=1, callbacks=[RunSummary()], logger=False, enable_checkpointing=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        callbacks=[RunSummary()],
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+    )
     trainer.fit(BoringModel())
     out = capsys.readouterr().out
-    assert "Params" in out and "layer" in out and "Linear" in out
-    assert "FLOPs" not in out
+    assert out.splitlines() == [
+        "model: Linear, 66 trainable and 0 frozen parameters (0.000 MB), 1 modules in train mode, 0 in eval mode"
+    ]
 
 
 def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
-    """The default logger (W&B, offline) and progress bar; what a user sees on the console."""
+    """The default logger (W&B, offline) and progress bar; what a user sees on the console, and what the log holds."""
     from conftest import TINY_MODEL, run_cli
 
     proc = run_cli(
@@ -53,9 +61,41 @@ def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     noises = ("litlogger", "anonymous", "weights_only", "LeafSpec", "FLOPs", "Epoch 0/", "already configured", "v_num")
-    for noise in (*noises, "│ lr-", "│ train/"):  # the last two: rows of the final table (val/test only)
+    lightning = ("GPU available", "TPU available", "Restoring states", "`Trainer.fit` stopped")
+    wandb = ("wandb:", "Run summary", "Run history")
+    for noise in (*noises, *lightning, *wandb, "│ lr-", "│ train/"):  # the last two: rows of the final table
         assert noise not in out, f"{noise!r} on the console:\n{out[-3000:]}"
     assert "20/20" in out and "test/loss" in out and "val/loss" in out and "checkpoint:" in out
+    assert "steps/s" in out and "tok/s" in out and "it/s" not in out
+    # besides the progress bars, the final table and the sample: at most about 15 lines
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    table = [ln for ln in lines if ln[:1] in "┏┃┡│└" or "metrics" in ln]
+    bars = [ln for ln in lines if "━" in ln or ln.startswith(" ")]
+    rest = [ln for ln in lines if ln not in table and ln not in bars]
+    assert len(rest) <= 15, "\n".join(rest)
+    (log,) = (tmp_path / "runs").glob("*/*/memexp.log")  # what the console said, and Lightning's lines
+    text = log.read_text()
+    for line in ("threads: ", "model: Transformer", "W&B: offline run", "checkpoint:", "run folder:", "GPU available"):
+        assert line in text, f"{line!r} not in memexp.log:\n{text}"
+    assert "test/loss" in text
+
+
+def test_a_failed_run_and_read_only_commands_leave_no_run_folder(tmp_path):
+    from conftest import QUIET, TINY_MODEL, run_cli
+
+    failed = run_cli("memexp.run", "model=hgd", f"paths.output_dir={tmp_path}")  # the pairing check fails in the run
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith("error: model=hgd")
+    assert not (tmp_path / "runs").exists(), sorted(tmp_path.rglob("*"))
+    trained = run_cli("memexp.run", "debug=fast", *TINY_MODEL, *QUIET, f"paths.output_dir={tmp_path}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    (ckpt,) = (tmp_path / "checkpoints").glob("*/*/last.ckpt")
+    gen = run_cli("memexp.generate", f"ckpt={ckpt}", "max_new_tokens=5", f"paths.output_dir={tmp_path}")
+    ev = run_cli("memexp.evaluate", f"ckpt={ckpt}", "splits=[test]", f"paths.output_dir={tmp_path}")
+    assert gen.returncode == 0 and ev.returncode == 0, gen.stderr[-2000:] + ev.stderr[-2000:]
+    assert not (tmp_path / "generate").exists() and not (tmp_path / "evaluate").exists()
+    report = run_cli("memexp.evaluate", f"ckpt={ckpt}", "eval=binned_ppl", "lengths=[16,32]", f"paths.output_dir={tmp_path}")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert len(list((tmp_path / "evaluate").glob("*/*/reports/binned_ppl.csv"))) == 1  # it wrote: the folder stays
 
 
 def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):

@@ -121,12 +121,12 @@ def test_mirror_copy_is_verified(tmp_path, data_dir, capsys):
 
     path = fetch(TINY_SHAKESPEARE, tmp_path / "data", mirrors=[data_dir])
     assert path.stat().st_size == 1_115_394
-    (line,) = capsys.readouterr().err.splitlines()  # one line says where the data came from
+    (line,) = capsys.readouterr().out.splitlines()  # one line says where the data came from
     assert (
         line == f"data: copied tinyshakespeare/input.txt from the mirror {data_dir / 'tinyshakespeare' / 'input.txt'} to {path}"
     )
     fetch(TINY_SHAKESPEARE, tmp_path / "data", mirrors=[data_dir])
-    assert capsys.readouterr().err == ""  # already there: nothing to say
+    assert capsys.readouterr().out == ""  # already there: nothing to say
     bad = tmp_path / "bad" / "tinyshakespeare"
     bad.mkdir(parents=True)
     (bad / "input.txt").write_text("not shakespeare")

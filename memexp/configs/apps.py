@@ -173,8 +173,11 @@ ReportConfig = make_config(
 def _hydra_conf(folder: str) -> HydraConf:
     # memexp.run's sweeps report themselves when they end (memexp.configs.sweep_report)
     callbacks = {"sweep_report": builds(SweepReport)} if folder == "runs" else {}
+    from memexp.console import JOB_LOGGING
+
     return HydraConf(
         callbacks=callbacks,
+        job_logging=JOB_LOGGING,
         job=JobConf(name="memexp", chdir=False),
         run=RunDir(dir=f"${{paths.output_dir}}/{folder}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"),
         sweep=SweepDir(dir="${paths.output_dir}/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir="${hydra.job.num}"),

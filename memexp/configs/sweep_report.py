@@ -14,6 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from memexp.console import say
+
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -33,4 +35,4 @@ class SweepReport(Callback):
                 f"sweep report not written ({type(e).__name__}: {e}); retry: python -m memexp.report dir={root}", file=sys.stderr
             )
             return
-        print(f"sweep report: {root / 'reports'} ({', '.join(written)})" + ("; logged to W&B" if used_wandb else ""), flush=True)
+        say(f"sweep report: {root / 'reports'} ({', '.join(written)})" + ("; logged to W&B" if used_wandb else ""))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from memexp.console import say
 from memexp.errors import DataError
 from memexp.files import atomic_path, file_digest
 
@@ -70,7 +70,7 @@ def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None,
         if source is not None:
             shutil.copyfile(source, tmp)
             _verify(tmp, raw, str(source))
-            print(f"data: copied {raw.relpath} from the mirror {source} to {target}", file=sys.stderr, flush=True)
+            say(f"data: copied {raw.relpath} from the mirror {source} to {target}")
             return target
         try:
             with urllib.request.urlopen(raw.url, timeout=timeout) as response, open(tmp, "wb") as out:
@@ -82,5 +82,5 @@ def fetch(raw: RawFile, data_dir: str | Path, mirrors: list[Path] | None = None,
                 f"put the file{size} at {target.resolve()} or set MEMEXP_DATA_DIR to a folder holding {raw.relpath}"
             ) from None
         _verify(tmp, raw, raw.url)
-        print(f"data: downloaded {raw.relpath} from {raw.url} to {target}", file=sys.stderr, flush=True)
+        say(f"data: downloaded {raw.relpath} from {raw.url} to {target}")
     return target

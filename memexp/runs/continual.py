@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning as L
 
+from memexp.console import say
 from memexp.evals.continual import continual_summary
 from memexp.evals.plots import plot_continual_heatmap
 from memexp.files import write_json
@@ -54,7 +55,7 @@ def run_continual(
     if done is not None and done.is_file():
         kept = json.loads(done.read_text())
         if kept["study"]["continual"].get("steps_per_stage") == steps:
-            print(f"finished: the continual study of this model, data and seed is in {done} (fresh=true reruns it)")
+            say(f"finished: the continual study of this model, data and seed is in {done} (fresh=true reruns it)")
             out = kept | {"run_dir": str(run_dir)}
             write_json(out, Path(run_dir) / "metrics.json")
             return out
@@ -78,9 +79,8 @@ def run_continual(
             for j, other in enumerate(modules):
                 res = t.test(task, dataloaders=other.test_dataloader(), verbose=False)[0]
                 acc[i][j], loss[i][j] = float(res["test/acc"]), float(res["test/loss"])
-            print(
+            say(
                 f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)),
-                flush=True,
             )
         summary = continual_summary(acc, loss)
         result = {

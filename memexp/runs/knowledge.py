@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 
+from memexp.console import say
 from memexp.data.text import TextDataModule
 from memexp.evals.knowledge import knowledge_study
 from memexp.files import write_json, write_text
@@ -98,7 +99,7 @@ def knowledge_after_test(edits: int) -> Callable:
         for lg in loggers:
             lg.log_metrics(flat, step=int(task.global_step))
         log_to_wandb(loggers, {}, {}, flat)
-        print(text, flush=True)
+        say(text)
         return {"knowledge": result, "metrics": flat}
 
     return after_test
@@ -144,7 +145,7 @@ def run_knowledge_study(
         fresh=fresh,
     )
     backbone = str((Path(stage1["ckpt_dir"]) / "last.ckpt").resolve())
-    print(f"backbone: {backbone} (val loss {stage1['metrics'].get('val/loss', float('nan')):.3f})", flush=True)
+    say(f"backbone: {backbone} (val loss {stage1['metrics'].get('val/loss', float('nan')):.3f})")
     stage2 = train_and_test(
         cfg | {"model": dict(cfg["model"], backbone=backbone)},
         names,

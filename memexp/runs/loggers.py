@@ -16,6 +16,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from memexp.console import say
 from memexp.runs.build import RunNames
 
 
@@ -64,8 +65,13 @@ def wandb_logger(
 ) -> WandbLogger:
     """A W&B logger: online when logged in, offline otherwise (mode="auto"), or as `mode` says
     ("online", "offline", "disabled"). Offline runs are uploaded later with `wandb sync`."""
+    import wandb
+
     mode = wandb_mode(mode)
     logger = WandbLogger(
+        # W&B's own lines (its banner, the run history and summary at the end) stay out of the console: the run
+        # prints one line of ours (`wandb_line`) and the summary is in the W&B run; W&B still records the console
+        settings=wandb.Settings(silent=True),
         save_dir=save_dir,
         project=project,
         entity=entity,
@@ -131,7 +137,20 @@ def make_loggers(
     if hparams:
         for lg in loggers:
             lg.log_hyperparams(dict(hparams))  # W&B: the config panel (filter and group by model.dim); CSV: hparams.yaml
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and (line := wandb_line(lg, run_dir)):
+            say(line)
     return loggers
+
+
+def wandb_line(logger: WandbLogger, run_dir: Path) -> str | None:
+    """The one console line about a run's W&B run: its page when online, where to sync it from when offline."""
+    run = logger.experiment
+    if getattr(run, "disabled", False) or run.settings.mode == "disabled":
+        return None
+    if run.settings.mode == "offline" or run.settings._offline:
+        return f"W&B: offline run in {Path(run_dir) / 'wandb'} (upload: wandb sync {Path(run_dir) / 'wandb'})"
+    return f"W&B: {run.url}"
 
 
 def finish_loggers(loggers: list[Logger]) -> None:

@@ -22,6 +22,9 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 
+BAR_METRICS = ("train/loss", "val/loss", "val/acc", "val/macro_f1", "val/bleu4")
+
+
 class StepRate:
     """Optimiser steps (and tokens) per second over the last `window` steps, the time validation took left out."""
 
@@ -97,8 +100,8 @@ class _CountsSteps:
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)  # the logger's version id (a W&B run id): not a number to watch
-        return metrics
+        # the numbers to watch while a run trains; the rest is in the CSV, W&B and the final table
+        return {k: v for k, v in metrics.items() if k in BAR_METRICS}
 
 
 class StepProgressBar(_CountsSteps, RichProgressBar):
@@ -185,11 +188,12 @@ class StepTQDMProgressBar(_CountsSteps, TQDMProgressBar):
 
 
 class RunSummary(RichModelSummary):
-    """Lightning's model summary without its FLOPs column and `Total FLOPs: 0` line when nothing was counted.
+    """Lightning's model summary as one console line (the model's class, trainable and frozen parameters, modules
+    in train and eval mode); the table of the task's modules goes to the run's log file.
 
-    Lightning counts FLOPs only by running `example_input_array` through the model under torch's FLOP counter,
-    which HOPE's test-time memory (autograd inside the forward) cannot run under, so no memexp task sets one and
-    every count would read 0. The table is drawn here because Lightning's draws those columns unconditionally.
+    Lightning's table lists the task's metric objects beside the network and, with no FLOPs counted, a FLOPs column
+    of zeros: Lightning counts FLOPs only by running `example_input_array` through the model under torch's FLOP
+    counter, which HOPE's test-time memory (autograd inside the forward) cannot run under, so no memexp task sets one.
     """
 
     @staticmethod
@@ -202,31 +206,22 @@ class RunSummary(RichModelSummary):
         total_flops: int,
         **summarize_kwargs: Any,
     ) -> None:
-        if total_flops:
-            return RichModelSummary.summarize(
-                summary_data,
-                total_parameters,
-                trainable_parameters,
-                model_size,
-                total_training_modes,
-                total_flops,
-                **summarize_kwargs,
-            )
         from lightning.pytorch.utilities.model_summary.model_summary import get_formatted_model_size, get_human_readable_count
-        from rich import get_console
-        from rich.table import Table
 
-        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
-        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
-        for i, (name, _) in enumerate(columns):
-            table.add_column(name, style="dim" if i == 0 else None, justify="right" if name == "Params" else "left")
-        for row in zip(*(values for _, values in columns)):
-            table.add_row(*row)
-        console = get_console()
-        console.print(table)
+        from memexp.console import say, to_log
+
+        columns = dict(summary_data)
+        types = dict(zip(columns.get("Name", []), columns.get("Type", [])))
         frozen = total_parameters - trainable_parameters
-        console.print(
-            f"[bold]Params[/]: {get_human_readable_count(trainable_parameters)} trainable, "
-            f"{get_human_readable_count(frozen)} frozen, {get_formatted_model_size(model_size)} MB\n"
-            f"[bold]Modules[/]: {total_training_modes['train']} in train mode, {total_training_modes['eval']} in eval mode"
+        to_log(
+            "model summary\n"
+            + "\n".join(
+                "  ".join(f"{values[i]:>12}" for _, values in summary_data if values)
+                for i in range(len(summary_data[0][1]) if summary_data else 0)
+            )
+        )
+        say(
+            f"model: {types.get('net') or next(iter(types.values()), '?')}, {get_human_readable_count(trainable_parameters).strip()} trainable and "
+            f"{get_human_readable_count(frozen).strip()} frozen parameters ({get_formatted_model_size(model_size)} MB), "
+            f"{total_training_modes['train']} modules in train mode, {total_training_modes['eval']} in eval mode"
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 
+from memexp.console import say
 from memexp.errors import ConfigError
 from memexp.evals.binned_ppl import binned_perplexity, write_binned_csv
 from memexp.evals.plots import plot_binned_ppl, plot_recall_curve
@@ -49,15 +50,14 @@ def recall_report(
     for g in ([int(gap)] if gap is not None else []) + [int(x) for x in (gaps or []) if gap is None or int(x) != int(gap)]:
         r = recall_at_gap(net, dm, g, n_samples=n_samples) | {"model": loaded.model_name, "seed": loaded.seed}
         rows.append(r)
-        print(
+        say(
             f"gap {g:6d}  recall_prob {r['recall_prob']:.4f}  accuracy {r['accuracy']:.4f}  "
             f"(chance {r['chance']:.3f}; context: {r['context']})",
-            flush=True,
         )
     result = {"ckpt": str(ckpt), "recall": rows}
     if gaps:
         result["out"] = str(write_recall_csv(rows, Path(reports_dir) / "long_context.csv"))
-        print(f"written to {result['out']}")
+        say(f"written to {result['out']}")
     return result
 
 
@@ -77,13 +77,12 @@ def binned_ppl_report(
     rows = binned_perplexity(loaded.task.net, loaded.datamodule.tokens(split), lengths)
     for r in rows:
         r |= {"model": loaded.model_name, "seed": loaded.seed, "split": split}
-        print(
+        say(
             f"positions [{r['lo']:5d}, {r['hi']:5d})  tokens {r['tokens']:7d}  ppl {r['ppl']:.4f}  "
             f"ppl(<{r['hi']}) {r['ppl_upto']:.4f} {r['note']}",
-            flush=True,
         )
     out = write_binned_csv(rows, Path(reports_dir) / "binned_ppl.csv")
-    print(f"written to {out}")
+    say(f"written to {out}")
     return {"ckpt": str(ckpt), "binned_ppl": rows, "out": str(out)}
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from memexp.console import say
+
 
 def usable_cores() -> int:
     try:
@@ -99,7 +101,7 @@ def apply_threads(setting: int | str | None, parallel_runs: bool = False, beside
 
     n, why = plan_threads(setting, parallel_runs)
     torch.set_num_threads(n)
-    print(f"threads: {n} ({why})" + (f"; {beside}" if beside else ""), flush=True)
+    say(f"threads: {n} ({why})" + (f"; {beside}" if beside else ""))
     return follows_machine(setting, parallel_runs)
 
 

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from memexp.console import say
 from memexp.files import text_digest, write_json
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import resume_point
@@ -157,6 +158,19 @@ def parameter_counts(net: torch.nn.Module) -> dict[str, float]:
     return {"params/trainable": float(trainable), "params/frozen": float(frozen)}
 
 
+def frozen_summary(net: torch.nn.Module) -> str | None:
+    """One line about the parts of a network that stay frozen in eval mode while the rest trains (ExplicitLM's
+    backbone), or None when every module trains."""
+    frozen = [name for name, m in net.named_children() if not m.training]
+    if not frozen:
+        return None
+    modules = sum(1 for m in net.modules() if not m.training)
+    params = sum(p.numel() for name in frozen for p in getattr(net, name).parameters())
+    return (
+        f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
+    )
+
+
 def train_and_test(
     cfg: dict,
     names: RunNames,
@@ -201,7 +215,9 @@ def train_and_test(
     task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches, early_stop)
     precision = getattr(trainer, "keywords", {}).get("precision")
     if str(precision) == "bf16-mixed" and (held := hold_frozen_in_bf16(task.net)):
-        print(f"frozen in bf16 (bf16-mixed; not trained): {', '.join(held)}", flush=True)
+        say(f"frozen in bf16 (bf16-mixed; not trained): {', '.join(held)}")
+    if frozen := frozen_summary(task.net):
+        say(frozen)
     if compile_net:
         task.net.compile()
     selection = getattr(task, "selection", None)  # classification: the best validation macro F1 is tested
@@ -215,10 +231,9 @@ def train_and_test(
     max_steps = getattr(trainer, "keywords", {}).get("max_steps", -1)
     finished = resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step
     if finished:
-        print(
+        say(
             f"this run finished at step {resume_step} (trainer.max_steps={max_steps}): testing {ckpt_dir} again without "
             f"training; raise trainer.max_steps to continue it, or pass fresh=true to start over",
-            flush=True,
         )
 
     hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
