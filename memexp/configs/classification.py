@@ -51,8 +51,6 @@ ENDEF_VS_BIGRU = dict(
         val_check_interval=1.0,
         check_val_every_n_epoch=1,
         log_every_n_steps=10,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     ),
     task=dict(early_stop=3),
     sample_tokens=0,
