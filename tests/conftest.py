@@ -91,7 +91,7 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_knowledge_study(tmp_path_factory) -> dict:
-    """The ExplicitLM knowledge study on 60 subjects, 20 backbone steps, debug=fast (about 10 s), run once per
+    """The ExplicitLM knowledge study on 60 subjects, debug=fast (20 steps per stage: about 10 s), run once per
     session for the tests that need a trained ExplicitLM checkpoint (chat, the memory CLI):
     {"result": memexp.run's result, "root": its output folder, "ckpt": the ExplicitLM last.ckpt, "data_dir": the data root}."""
     import torch
@@ -106,7 +106,6 @@ def tiny_knowledge_study(tmp_path_factory) -> dict:
             "data.n_subjects=60",
             "data.n_objects=8",
             "model.knowledge_num=256",
-            "study.backbone.steps=20",
             "study.edits=10",
             *QUIET,
         ],

@@ -64,3 +64,33 @@ def test_non_editable_install_keeps_its_presets(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(target), where
     cfg = job_config(run_cli("memexp.run", "experiment=quick_byte", "--cfg", "job", cwd=away, env=env))
     assert cfg["model"]["dim"] == 96
+
+
+def _presets() -> list[list[str]]:
+    from memexp.configs.catalog import GROUPS as CATALOG
+
+    boards = [["experiment=leaderboard", f"board={b}"] for b in CATALOG["board"]]
+    return [[f"experiment={e}"] for e in CATALOG["experiment"] if e != "leaderboard"] + boards + [["experiment=quick_byte"]]
+
+
+@pytest.mark.parametrize("preset", _presets(), ids=lambda p: "-".join(a.split("=")[1] for a in p))
+def test_every_preset_honours_debug_fast_with_a_checkpoint_folder_of_its_own(preset, tmp_path):
+    """debug=fast cuts every preset to 20 steps and 2 evaluation batches, and files its checkpoints apart (the
+    knowledge study's backbone stage: tests/test_explicit_runs.py)."""
+    from conftest import compose_run
+    from omegaconf import OmegaConf
+
+    from memexp.runs.build import RunNames
+    from memexp.runs.train import checkpoint_dir
+
+    folders = {}
+    for debug in ([], ["debug=fast"]):
+        cfg = compose_run([*preset, *debug], tmp_path)
+        if debug:
+            t = cfg.trainer
+            assert (t.max_steps, t.limit_val_batches, t.limit_test_batches) == (20, 2, 2), OmegaConf.to_yaml(t)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain["run"] = {"choices": {"debug": "fast"} if debug else {}}  # what memexp.run reads from Hydra's choices
+        names = RunNames(cfg.experiment_name, "model", "data", 0)
+        folders[bool(debug)] = checkpoint_dir(plain, names, tmp_path)
+    assert "-debug-fast-" in folders[True].name and "-debug-" not in folders[False].name

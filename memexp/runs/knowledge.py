@@ -24,7 +24,8 @@ from memexp.files import write_json, write_text
 from memexp.models.qwen3 import Qwen3LM
 from memexp.runs.build import RunNames
 from memexp.runs.loggers import log_to_wandb
-from memexp.runs.train import train_and_test
+from memexp.runs.precision import with_keywords
+from memexp.runs.train import limited_batches, train_and_test
 from memexp.tasks.optim import OptimizerSettings
 
 BACKBONE_DEFAULTS = dict(dim=128, depth=2, heads=4, kv_heads=2, ff_mult=2, steps=600, lr=3e-3, batch_size=32, seq_len=32)
@@ -127,9 +128,17 @@ def run_knowledge_study(
     backbone_settings = BACKBONE_DEFAULTS | dict(settings.get("backbone") or {})
     bb_cfg, bb_model, bb_data = backbone_stage(backbone_settings, probe.world_dir, str(probe.data_dir))
     bb_cfg["seed"] = names.seed
-    bb_cfg["trainer"] = {"precision": (cfg.get("trainer") or {}).get("precision")}  # a bf16 backbone has its own key
-    steps = int(backbone_settings["steps"])
-    bb_trainer = functools.partial(trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=4, limit_test_batches=4)
+    run_trainer = cfg.get("trainer") or {}
+    bb_cfg["trainer"] = {"precision": run_trainer.get("precision")}  # a bf16 backbone has its own key
+    steps, evals = int(backbone_settings["steps"]), 4
+    if limits := limited_batches(cfg):  # a smoke run (debug=fast, batch limits) cuts the backbone stage the same way
+        steps = min(steps, int(run_trainer.get("max_steps") or steps))
+        evals = min(evals, int(run_trainer.get("limit_val_batches") or evals))
+        bb_cfg["run"] = {"choices": {"debug": limits["debug"]}} if "debug" in limits else {}  # its folder's name
+        bb_cfg["trainer"] |= {"max_steps": steps, "limit_val_batches": evals, "limit_test_batches": evals}
+    bb_trainer = with_keywords(
+        trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=evals, limit_test_batches=evals
+    )
     bb_names = RunNames(names.experiment, "qwen3", "knowledge_text", names.seed)
     stage1 = train_and_test(
         bb_cfg,

@@ -147,18 +147,18 @@ def with_precision(trainer: Callable, flags: set[str] | None = None) -> tuple[Ca
             f"{keywords.get('accelerator')}); on CPUs use trainer=ddp"
         )
     precision, why = plan_precision(keywords.get("precision") or "32-true", keywords.get("accelerator", "auto"), flags)
-    return _with_keyword(trainer, "precision", precision), f"precision: {precision} ({why})"
+    return with_keywords(trainer, precision=precision), f"precision: {precision} ({why})"
 
 
-def _with_keyword(fn: Callable, key: str, value: object) -> Callable:
-    """A copy of the partial `fn` (of its own class: Hydra's partials authorise their target when called) with one
-    keyword set; callers read the preset's other keywords (callbacks, max_steps), which a partial of the partial
+def with_keywords(fn: Callable, **values: object) -> Callable:
+    """A copy of the partial `fn` (of its own class: Hydra's partials authorise their target when called) with
+    keywords set; callers read the preset's other keywords (callbacks, max_steps), which a partial of the partial
     would hide. A plain callable gets a functools.partial."""
     if not isinstance(fn, functools.partial):
-        return functools.partial(fn, **{key: value})
+        return functools.partial(fn, **values)
     cls, fargs, (func, args, keywords, namespace) = fn.__reduce__()
     copy = cls(*fargs)
-    copy.__setstate__((func, args, {**(keywords or {}), key: value}, namespace))
+    copy.__setstate__((func, args, {**(keywords or {}), **values}, namespace))
     return copy
 
 

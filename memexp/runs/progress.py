@@ -113,6 +113,10 @@ class StepProgressBar(_CountsSteps, RichProgressBar):
         columns = super().configure_columns(trainer)
         return [*columns[:-1], _RateColumn(style=self.theme.processing_speed)]  # Lightning's last column: it/s
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rate = StepRate()  # a study's stages share the preset's bar: each fit counts its own steps
+        super().on_train_start(trainer, pl_module)
+
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rate.pause()
         super().on_validation_start(trainer, pl_module)
@@ -155,6 +159,10 @@ class StepTQDMProgressBar(_CountsSteps, TQDMProgressBar):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rate = StepRate()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rate = StepRate()  # a study's stages share the preset's bar: each fit counts its own steps
+        super().on_train_start(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rate.pause()
