@@ -33,7 +33,7 @@ def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[fl
 def _save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")  # a legend placed outside the axes is kept in the image
     plt.close(fig)
     return Path(path)
 
@@ -71,28 +71,59 @@ def plot_binned_ppl(rows: list[dict], path: str | Path) -> Path:
     for i, m in enumerate(models):
         vals = [np.mean(data[m][L]) if L in data[m] else np.nan for L in lengths]
         ax.bar(np.arange(len(lengths)) + i * width, vals, width, label=m)
-    ax.set_xticks(np.arange(len(lengths)) + width * (len(models) - 1) / 2, [f"<{L}" for L in lengths])
+    ax.set_xticks(np.arange(len(lengths)) + width * (len(models) - 1) / 2, [f"<{L:g}" for L in lengths])
     ax.set_xlabel("context length bin (token position)")
     ax.set_ylabel("perplexity")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the axes: never over a bar
     ax.set_title("Perplexity by context length")
     return _save(fig, path)
 
 
+def _dataset_of(label: str) -> tuple[str, str]:
+    """`model (data)` (a model trained on several datasets in one sweep) -> (data, model); else ("", label)."""
+    if label.endswith(")") and " (" in label:
+        model, data = label[:-1].rsplit(" (", 1)
+        return data, model
+    return "", label
+
+
 def plot_compare_metrics(
-    summary: dict, path: str | Path, keys: Sequence[str] = ("val/loss", "val/ppl", "val/top5", "val/top10")
+    summary: dict,
+    path: str | Path,
+    keys: Sequence[str] = ("val/loss", "val/ppl", "val/acc", "val/top5"),
+    title: str = "Validation metrics by model",
 ) -> Path:
-    """summary: {model: {metric: {"mean", "std"}}} -> one panel per metric, a bar per model."""
-    keys = [k for k in keys if any(k in m for m in summary.values())] or sorted({k for m in summary.values() for k in m})[:4]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3.5), squeeze=False)
-    models = sorted(summary)
-    for ax, k in zip(axes[0], keys):
-        means = [summary[m].get(k, {}).get("mean", np.nan) for m in models]
-        stds = [summary[m].get(k, {}).get("std", 0.0) for m in models]
-        ax.bar(models, means, yerr=stds, color=[f"C{i}" for i in range(len(models))], capsize=4)
-        ax.set_title(k)
-        ax.tick_params(axis="x", rotation=20)
-    fig.suptitle("HOPE vs baseline (mean ± std over seeds)")
+    """summary: {model or `model (data)`: {metric: {"mean", "std"}}} -> one row of panels per dataset (text and recall
+    runs are never on one axis), one panel per metric, a horizontal bar per model (names on the y axis: no overlap)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(summary):
+        groups[_dataset_of(label)[0]].append(label)
+    rows = []
+    for data, labels in sorted(groups.items()):
+        present = [k for k in keys if any(k in summary[m] for m in labels)]
+        present = present or sorted({k for m in labels for k in summary[m] if k.startswith("val/")})[:4]
+        if present:
+            rows.append((data, labels, present))
+    ncols = max((len(r[2]) for r in rows), default=1)
+    height = sum(0.6 + 0.35 * len(r[1]) for r in rows) or 2.0
+    fig, axes = plt.subplots(max(len(rows), 1), ncols, figsize=(3.4 * ncols, height + 0.8), squeeze=False)
+    for r, (data, labels, present) in enumerate(rows):
+        names = [_dataset_of(m)[1] for m in labels]
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(present):
+                ax.axis("off")
+                continue
+            k = present[c]
+            means = [summary[m].get(k, {}).get("mean", np.nan) for m in labels]
+            stds = [summary[m].get(k, {}).get("std", 0.0) for m in labels]
+            y = np.arange(len(labels))
+            ax.barh(y, means, xerr=stds, color=[f"C{i}" for i in range(len(labels))], capsize=3)
+            ax.set_yticks(y, names if c == 0 else [""] * len(names))
+            ax.invert_yaxis()
+            ax.set_title(f"{k}" + (f" ({data})" if data else ""), fontsize=9)
+            ax.tick_params(axis="both", labelsize=8)
+    fig.suptitle(f"{title} (mean ± std over seeds)")
     return _save(fig, path)
 
 
