@@ -16,11 +16,10 @@ def figures(monkeypatch):
 
     def keep(fig, path):
         kept.append(fig)
-        out = save(fig, path)  # laid out and written as a report writes it
-        fig.canvas.draw()
-        return out
+        return save(fig, path)  # laid out and written as a report writes it
 
     monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots.plt, "close", lambda fig: None)  # open until the test has read it
     return kept
 
 
