@@ -106,6 +106,7 @@ def in_app(fn: Callable) -> Callable:
 
 def launch(task_function: Callable, config_name: str, folder: str) -> None:
     """Run `task_function` as a Hydra app on the stored config `config_name` (`--help`: memexp.help, fast)."""
+    from memexp.configs import snapshot
     from memexp.configs.overrides import check_command_line
     from memexp.configs.search import prepare_app
     from memexp.help import answer_help
@@ -113,8 +114,18 @@ def launch(task_function: Callable, config_name: str, folder: str) -> None:
     answer_help(config_name)
     graceful_signals()
     quiet_console()
-    prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
-    one_line_errors(check_command_line)(config_name, sys.argv[1:])  # Hydra's composition errors in one line
+    check = one_line_errors(check_command_line)  # Hydra's composition errors in one line
+    saved = snapshot.load_snapshot(config_name)  # the store as this app fills it, without importing Lightning
+    if saved is not None:
+        try:
+            check(config_name, sys.argv[1:])
+        finally:
+            snapshot.restore(saved)
+        prepare_app(config_name, folder)  # presets from ./conf/local, ./conf, memexp/conf (memexp.configs.search)
+    else:  # the first command line of these sources: fill the store, keep its snapshot for the next ones
+        prepare_app(config_name, folder)
+        snapshot.save_snapshot(config_name)
+        check(config_name, sys.argv[1:])
     app = zen(in_app(one_line_errors(task_function)))
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 
