@@ -235,7 +235,9 @@ def _report(result: dict) -> None:
         ):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
             table.add_row(k, f"{v:.4f}")
     console.print(table)
-    to_log("\n" + "\n".join(f"{k} {v:.6g}" for k, v in result["metrics"].items() if k.startswith(("val/", "test/", "continual/"))))
+    to_log(
+        "\n" + "\n".join(f"{k} {v:.6g}" for k, v in result["metrics"].items() if k.startswith(("val/", "test/", "continual/")))
+    )
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
     if result["resumed_from_step"] is not None:
         say(f"resumed from step {result['resumed_from_step']}")

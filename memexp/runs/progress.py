@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar, TQDMP
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-
 BAR_METRICS = ("train/loss", "val/loss", "val/acc", "val/macro_f1", "val/bleu4")
 
 

@@ -166,9 +166,7 @@ def frozen_summary(net: torch.nn.Module) -> str | None:
         return None
     modules = sum(1 for m in net.modules() if not m.training)
     params = sum(p.numel() for name in frozen for p in getattr(net, name).parameters())
-    return (
-        f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
-    )
+    return f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
 
 
 def train_and_test(
