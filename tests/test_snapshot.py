@@ -4,7 +4,7 @@ exactly what the real store composes."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
+from conftest import QUIET, TINY_MODEL, run_cli
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
@@ -81,3 +81,6 @@ def test_a_typo_is_answered_without_importing_lightning(typo, tmp_path):
     imported = [line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")]
     assert imported and not any(m.split(".")[0] in ("lightning", "torch") for m in imported), "imported the training stack"
     assert len(list((tmp_path / "memexp" / "store").glob("memexp_run-*.json"))) == 1
+    # a command line checked against the snapshot then runs on the real store (Hydra's plugins' schemas included)
+    ok = run_cli("memexp.run", *TINY_MODEL, *QUIET, "debug=fast", "trainer.max_steps=2", f"paths.output_dir={tmp_path}", env=env)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]

@@ -163,11 +163,32 @@ def load_snapshot(config_name: str) -> dict | None:
 
     primary.node.hydra.searchpath = [p.as_uri() for p in preset_dirs()]  # this working directory's presets
     saved, cs.repo = cs.repo, repo
+    _from_snapshot.clear()
+    _from_snapshot.update(e["path"] for e in data["entries"])
     return saved
 
 
+_from_snapshot: set[str] = set()  # the entries the loaded snapshot put in the store
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value}
+    return out
+
+
 def restore(saved: dict) -> None:
-    """Hydra's ConfigStore as it was before `load_snapshot`."""
+    """Hydra's ConfigStore as it was before `load_snapshot`, plus what was stored meanwhile by others than the snapshot:
+    Hydra registers its plugins' schemas (hydra/sweeper/basic, ...) once per process, when it first composes."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().repo = saved
+    cs = ConfigStore.instance()
+    added = {p: node for p, node in _leaves(cs.repo).items() if p not in _from_snapshot}
+    for path, node in added.items():
+        *folders, leaf = path.split("/")
+        tree = saved
+        for f in folders:
+            tree = tree.setdefault(f, {})
+        tree.setdefault(leaf, node)
+    cs.repo = saved
