@@ -85,6 +85,8 @@ def test_a_failed_run_and_read_only_commands_leave_no_run_folder(tmp_path):
 
     failed = run_cli("memexp.run", "model=hgd", f"paths.output_dir={tmp_path}")  # the pairing check fails in the run
     assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith("error: model=hgd")
+    typo = run_cli("memexp.run", "model.dimm=3", f"paths.output_dir={tmp_path}")  # composition fails before Hydra runs
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1].startswith("error: model.dimm")
     assert not (tmp_path / "runs").exists(), sorted(tmp_path.rglob("*"))
     trained = run_cli("memexp.run", "debug=fast", *TINY_MODEL, *QUIET, f"paths.output_dir={tmp_path}")
     assert trained.returncode == 0, trained.stderr[-2000:]
