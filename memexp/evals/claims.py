@@ -107,8 +107,8 @@ CLAIMS = [
     Claim(
         claim="An explicit token memory answers knowledge questions a frozen backbone cannot",
         source="ExplicitLM",
-        setting="generated world of facts, frozen tiny Qwen3 pretrained on its sentences, held-out questions; "
-        "the same trained model with its bank full vs emptied",
+        setting="generated world of facts, frozen tiny Qwen3 pretrained on its sentences, questions about held-out "
+        "subjects that validation (checkpoint choice) never asked; the same trained model with its bank full vs emptied",
         metric="held-out accuracy",
         a=Arm("full bank", "explicit_knowledge", _knowledge("full_bank", "accuracy")),
         b=Arm("empty bank", "explicit_knowledge", _knowledge("empty_bank", "accuracy")),
@@ -118,7 +118,8 @@ CLAIMS = [
     Claim(
         claim="The explicit memory follows edits of its entries",
         source="ExplicitLM",
-        setting="100 held-out bank entries rewritten to a new object; questions asked again",
+        setting="100 bank entries of the test subjects (held out, never asked in validation) rewritten to a new "
+        "object; questions asked again",
         metric="answers giving the new vs the old object",
         a=Arm("new object", "explicit_knowledge", _knowledge("edit", "follow_rate")),
         b=Arm("old object", "explicit_knowledge", _knowledge("edit", "old_answer_rate")),
