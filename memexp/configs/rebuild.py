@@ -14,6 +14,7 @@ from hydra_zen import instantiate
 from memexp.errors import CheckpointError
 from memexp.memory.bank_file import read_bank_file
 from memexp.memory.runtime import ExplicitMemory, knowledge_sources
+from memexp.models.protocols import ExplicitBank
 from memexp.runs.checkpoints import LoadedRun
 from memexp.runs.checkpoints import load_checkpoint as _load_with
 
@@ -57,8 +58,8 @@ def load_memory(
     if saved is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"bank file {path} belongs to checkpoint {checkpoint}, which is not there any more")
     run = load_checkpoint(checkpoint, data_dir=data_dir)
-    net = getattr(run.task, "net", None)
-    if not hasattr(net, "memory_bank"):
+    net = run.task.net
+    if not isinstance(net, ExplicitBank):
         raise CheckpointError(
             f"checkpoint {checkpoint} holds a {run.model_name} model; an explicit memory needs model=explicit_lm"
         )

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from memexp.data.spec import IGNORE_INDEX
 from memexp.data.text import TiledWindows
 from memexp.files import write_csv
+from memexp.models.protocols import context_limit
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def binned_perplexity(
     """tokens (N,) of one split -> one row per bin: {length, lo, hi, tokens, nll, ppl, ppl_upto, note}."""
     lengths = sorted(int(n) for n in lengths)
     L = lengths[-1]
-    max_len = getattr(net, "max_len", None)
+    max_len = context_limit(net)
     window = min(L, max_len) if max_len else L
     was_training = net.training
     net.eval()

@@ -17,6 +17,7 @@ import torch
 
 from memexp.data.knowledge_qa import KnowledgeQADataModule
 from memexp.memory.bank_cache import encode_entry
+from memexp.models.protocols import ExplicitBank
 
 
 @torch.no_grad()
@@ -38,7 +39,7 @@ def answer_questions(net: torch.nn.Module, dm: KnowledgeQADataModule, which: lis
             ids = pool_ids[f.relation]
             out["correct"].append(bool(ids[last[n, ids].argmax()] == gold[n]))
         out["correct_vocab"] += (last.argmax(-1) == gold).tolist()
-        selections = getattr(net, "last_selection", {}) if getattr(net, "memory_enabled", False) else {}
+        selections = net.last_selection if isinstance(net, ExplicitBank) and net.memory_enabled else {}
         if selections:
             picked = torch.stack([s[rows, pos] for _, s in sorted(selections.items())])  # (layers, n)
             hits = picked == batch["memory_target"]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from memexp.evals.aggregate import paired_difference, run_kind, stats
+from memexp.models.protocols import context_limit
 
 LN2 = math.log(2)
 
@@ -45,7 +46,7 @@ def extra_text_bpc(net: torch.nn.Module, tokenizer: Any, path: str | Path, windo
     text = read_utf8(Path(path))
     known, unknown = drop_unknown_chars(tokenizer, text)
     kept = tokenizer.encode(known)
-    window = min(window, getattr(net, "max_len", None) or window)
+    window = min(window, context_limit(net) or window)
     if len(kept) < window + 1:
         return {"path": str(path), "chars": len(text), "unknown": unknown, "bpc": float("nan"), "note": "shorter than one window"}
     (row,) = binned_perplexity(net, torch.tensor(kept), [window], device=device)

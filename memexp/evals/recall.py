@@ -23,6 +23,7 @@ from torch import nn
 
 from memexp.data.spec import IGNORE_INDEX
 from memexp.files import write_csv
+from memexp.models.protocols import context_limit
 
 if TYPE_CHECKING:
     from memexp.data.recall import RecallDataModule
@@ -42,7 +43,7 @@ def recall_at_gap(
     was_training = net.training
     net.eval()
     g = torch.Generator().manual_seed(seed + gap)
-    max_len = getattr(net, "max_len", None)
+    max_len = context_limit(net)
     prob_sum, hits, count, seen_len, full_len = 0.0, 0, 0, None, None
     for start in range(0, n_samples, batch_size):
         b = data.batch(min(batch_size, n_samples - start), gap=gap, generator=g)

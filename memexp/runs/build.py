@@ -16,7 +16,9 @@ import lightning as L
 
 from memexp.data.spec import KIND_DESCRIPTIONS, DataSpec
 from memexp.errors import ConfigError
+from memexp.models.protocols import CausalLM, ExplicitBank, context_limit, missing_members
 from memexp.tasks import TASKS
+from memexp.tasks.explicit import ExplicitMemoryTask
 from memexp.tasks.optim import OptimizerSettings
 
 
@@ -134,20 +136,26 @@ def build_task(
         model_kwargs["pad_id"] = spec.pad_id
     model_kwargs |= pretrained_pieces(model_factory)
     net = model_factory(**model_kwargs)
-    if spec.memory is not None and hasattr(net, "load_bank"):  # an explicit memory filled from the data's knowledge
+    if spec.task_kind == "causal_lm" and not isinstance(net, CausalLM):
+        missing = missing_members(net, CausalLM)
+        raise ConfigError(
+            f"{type(net).__name__} does not implement memexp.models.protocols.CausalLM (missing: {', '.join(missing)}); "
+            "a causal LM declares task_kind, max_len and carries_state and has forward(idx, state) -> (logits, state)"
+        )
+    if spec.memory is not None and isinstance(net, ExplicitBank):  # an explicit memory filled from the data's knowledge
         net.load_bank(spec.memory.tokens)
-    max_len = getattr(net, "max_len", None)
+    max_len = context_limit(net)
     if max_len is not None and spec.seq_len is not None and spec.seq_len > max_len:
         raise ConfigError(
             f"data.seq_len={spec.seq_len} is longer than model.max_len={max_len}; raise model.max_len or lower data.seq_len"
         )
-    task_cls = TASKS[spec.task_kind]
+    task_cls = ExplicitMemoryTask if isinstance(net, ExplicitBank) else TASKS[spec.task_kind]
     kwargs: dict[str, Any] = {}
     if spec.task_kind == "causal_lm":
         ordered = getattr(spec, "ordered_windows", False)
         if carry_state == "auto":
-            carry_state = bool(getattr(net, "carries_state", False) and ordered)
-        elif carry_state and not getattr(net, "carries_state", False):
+            carry_state = bool(net.carries_state and ordered)
+        elif carry_state and not net.carries_state:
             raise ConfigError(f"task.carry_state=true needs a model that carries state; {type(net).__name__} does not")
         elif carry_state and not ordered:
             raise ConfigError("task.carry_state=true needs in-order windows; set data.windows=stream")

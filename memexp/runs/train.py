@@ -161,11 +161,11 @@ def parameter_counts(net: torch.nn.Module) -> dict[str, float]:
 def frozen_summary(net: torch.nn.Module) -> str | None:
     """One line about the parts of a network that stay frozen in eval mode while the rest trains (ExplicitLM's
     backbone), or None when every module trains."""
-    frozen = [name for name, m in net.named_children() if not m.training]
+    frozen = {name: m for name, m in net.named_children() if not m.training}
     if not frozen:
         return None
     modules = sum(1 for m in net.modules() if not m.training)
-    params = sum(p.numel() for name in frozen for p in getattr(net, name).parameters())
+    params = sum(p.numel() for m in frozen.values() for p in m.parameters())
     return f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
 
 

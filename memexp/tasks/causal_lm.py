@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from memexp.data.spec import IGNORE_INDEX, DataSpec
+from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
 from memexp.models.sampling import sample_next
 from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
@@ -53,7 +54,7 @@ class CausalLMTask(L.LightningModule):
         self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
         # Models that learn at several frequencies (HOPE's continuum memory) name which parameters
         # the optimiser may move at which period; the gate holds their gradients in between.
-        schedule = net.cms_update_schedule() if hasattr(net, "cms_update_schedule") else None
+        schedule = net.cms_update_schedule() if isinstance(net, MultiRateCMS) else None
         self.cms_gate = CMSGradientGate(schedule) if schedule else None
         V = spec.vocab_size
         self.train_acc = MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX)
@@ -86,38 +87,31 @@ class CausalLMTask(L.LightningModule):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        if hasattr(self.net, "set_training_step"):  # schedules that ramp with the optimiser step
+        if isinstance(self.net, StepScheduled):  # schedules that ramp with the optimiser step
             self.net.set_training_step(self.global_step)
-
-    def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
-        if (
-            getattr(self, "_episodic", None) is not None
-        ):  # checkpoints and evaluation see the knowledge bank, not the last episode
-            rows, saved = self._episodic
-            self.net.memory_bank[rows] = saved
-            self._episodic = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.cms_gate is not None:
             self.cms_gate.apply(self.global_step)
 
     def _extra_inputs(self, batch: dict) -> dict:
-        """Batch entries a model asks for besides the tokens (`net.batch_inputs`, e.g. ExplicitLM's router targets)."""
-        return {k: batch[k] for k in getattr(self.net, "batch_inputs", ()) if k in batch}
+        """Batch entries the model reads besides the tokens (none here; memexp.tasks.explicit passes its router's)."""
+        return {}
+
+    def _before_forward(self, batch: dict) -> None:
+        """What a training batch does to the model before it is read (nothing here; memexp.tasks.explicit writes
+        its episode into the bank)."""
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["input"], batch["target"]
-        if "bank_rows" in batch:  # episodic memory training: the batch rewrites bank entries before it is read
-            rows = batch["bank_rows"]
-            self._episodic = (rows, self.net.memory_bank[rows].clone())  # put back after the step (the knowledge bank)
-            self.net.write_entries(rows, batch["bank_tokens"])
+        self._before_forward(batch)
         if "stream_start" in batch and bool(batch["stream_start"]):
             self._train_state = None  # the streams start again (a new epoch): no state to carry in
         logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
         loss = self._loss(logits, y)
-        for name, value in (self.net.auxiliary_losses() if hasattr(self.net, "auxiliary_losses") else {}).items():
+        for name, value in (self.net.auxiliary_losses() if isinstance(self.net, AuxiliaryLosses) else {}).items():
             self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False)
             loss = loss + value
         self.train_acc(logits.detach().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -196,7 +190,7 @@ class CausalLMTask(L.LightningModule):
         self.eval()
         device = self.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        max_len = getattr(self.net, "max_len", None)
+        max_len = context_limit(self.net)
         tokens = list(prompt) or [0]
         context = tokens[-max_len:] if max_len else tokens
         logits, state = self.net(torch.tensor([context], device=device), None)
