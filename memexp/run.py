@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from memexp.tasks.optim import OptimizerSettings
 
 
-def _names(seed: int, experiment_name: str) -> RunNames:
+def _names(seed: int, experiment_name: str | None) -> RunNames:
     from hydra.core.hydra_config import HydraConfig
 
     from memexp.runs.build import RunNames
@@ -91,7 +91,7 @@ def run(
     seed: int,
     fresh: bool,
     ckpt_dir: str | None,
-    experiment_name: str,
+    experiment_name: str | None,
     sample_tokens: int,
     sample_prompt: str,
     study: DictConfig | None = None,

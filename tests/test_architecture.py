@@ -19,6 +19,7 @@ LAYERS = {
     "memexp.errors": 0,
     "memexp.files": 0,
     "memexp.stopping": 0,
+    "memexp.console": 0,  # the console lines of every layer (logging only)
     "memexp.kernels": 1,
     "memexp.models": 2,
     "memexp.data": 3,
@@ -197,3 +198,22 @@ def test_every_file_is_read_in_one_sitting(path):
     n = text.count("\n")
     marker = WHOLE_MARKER if path.suffix == ".py" else WHOLE_MARKER.replace("#", "//")
     assert n <= MAX_LINES or marker in text, f"{path.relative_to(PACKAGE)} has {n} lines (> {MAX_LINES})"
+
+
+def folder_of(module: str) -> str | None:
+    """memexp.data.explicit.stream -> memexp.data (the folder under memexp/ a module lives in; None for a file
+    directly in memexp/)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else None
+
+
+def test_no_two_folders_import_each_other():
+    """Within a layer folders may use each other, in one direction only (data/ and memory/ did both ways)."""
+    graph, _ = import_graph()
+    folders: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        for b in targets:
+            fa, fb = folder_of(a), folder_of(b)
+            if fa and fb and fa != fb:
+                folders.setdefault(fa, set()).add(fb)
+    assert cycles(folders) == []

@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from memexp.data.explicit import ExplicitLMDataModule
+from memexp.data.explicit.bank_cache import build_bank_cache, encode_entry, load_bank_cache, read_knowledge
 from memexp.data.explicit.stream import JSONLStream
 from memexp.data.spec import IGNORE_INDEX
 from memexp.data.tokenizers import build_tokenizer, tokenizer_from_state
 from memexp.errors import ConfigError, DataError
-from memexp.memory.bank_cache import build_bank_cache, encode_entry, load_bank_cache, read_knowledge
 
 SENTENCE = "今天天气很好，我们去公园散步吧。"
 
@@ -198,7 +198,7 @@ def test_read_knowledge_stops_at_limit(tmp_path):
 
 MILLION_ROWS = """
 import resource, sys
-from memexp.memory.bank_cache import build_bank_cache
+from memexp.data.explicit.bank_cache import build_bank_cache
 
 class Words:  # a stand-in tokenizer: one id per word; the memory measured is the bank's, not a vocabulary's
     name, vocab_size, pad_id = "words", 1000, 0

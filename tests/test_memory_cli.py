@@ -13,9 +13,9 @@ import torch
 from conftest import run_cli
 
 from memexp.configs.rebuild import load_checkpoint, load_memory
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.entry import one_line_errors
 from memexp.files import file_digest
-from memexp.memory.bank_cache import encode_entry
 from memexp.memory.bank_file import load_bank_file
 from memexp.memory_cli import memory_command
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.data.hf_tokenizer import HFTokenizer
 from memexp.data.knowledge_world import write_word_tokenizer
 from memexp.errors import ConfigError
-from memexp.memory.bank_cache import encode_entry
 from memexp.memory.updates import STRATEGIES, BankUpdater
 
 WORDS = [f"w{i}" for i in range(200)]

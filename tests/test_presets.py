@@ -40,6 +40,16 @@ def test_user_presets_override_shipped_ones_in_lookup_order(tmp_path):
     assert job_config(run_cli("memexp.run", "experiment=shared", "--cfg", "job", cwd=tmp_path, env=env))["model"]["dim"] == 16
 
 
+def test_a_user_preset_without_experiment_name_files_its_runs_under_its_own_name(tmp_path):
+    from conftest import QUIET, TINY_MODEL
+
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(USER_PRESET.format(dim=32))
+    out = run_cli("memexp.run", "experiment=mine", *TINY_MODEL, *QUIET, "debug=fast", "trainer.max_steps=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "outputs" / "checkpoints").iterdir()] == ["mine"]
+
+
 def test_non_editable_install_keeps_its_presets(tmp_path):
     target = tmp_path / "site"
     build = subprocess.run(
@@ -91,6 +101,6 @@ def test_every_preset_honours_debug_fast_with_a_checkpoint_folder_of_its_own(pre
             assert (t.max_steps, t.limit_val_batches, t.limit_test_batches) == (20, 2, 2), OmegaConf.to_yaml(t)
         plain = OmegaConf.to_container(cfg, resolve=True)
         plain["run"] = {"choices": {"debug": "fast"} if debug else {}}  # what memexp.run reads from Hydra's choices
-        names = RunNames(cfg.experiment_name, "model", "data", 0)
+        names = RunNames(cfg.experiment_name or "preset", "model", "data", 0)
         folders[bool(debug)] = checkpoint_dir(plain, names, tmp_path)
     assert "-debug-fast-" in folders[True].name and "-debug-" not in folders[False].name

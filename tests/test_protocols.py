@@ -57,5 +57,7 @@ def test_a_causal_lm_data_refuses_a_network_that_is_no_causal_lm(tmp_path):
             return idx, state
 
     spec = DataSpec(task_kind="causal_lm", vocab_size=10, tokenizer=None, pad_id=None, seq_len=8)
-    with pytest.raises(ConfigError, match=r"NoState does not implement memexp.models.protocols.CausalLM \(missing: max_len, carries_state\)"):
+    with pytest.raises(
+        ConfigError, match=r"NoState does not implement memexp.models.protocols.CausalLM \(missing: max_len, carries_state\)"
+    ):
         build_task(lambda **kw: NoState(), spec, OptimizerSettings())

@@ -10,12 +10,12 @@ import torch
 from conftest import QUIET, run_in_process
 
 from memexp.configs.rebuild import load_checkpoint, load_memory
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.data.hf_tokenizer import HFTokenizer
 from memexp.data.knowledge_world import write_word_tokenizer
 from memexp.errors import CheckpointError, DataError
 from memexp.evals.write_read import write_then_read
 from memexp.memory.backbone import build_explicit_lm
-from memexp.memory.bank_cache import encode_entry
 from memexp.memory.bank_file import load_bank_file
 from memexp.memory.facts import IdentityExtractor
 from memexp.memory.updates import BankUpdater

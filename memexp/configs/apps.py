@@ -41,12 +41,12 @@ RunConfig = make_config(
     data_seed="${seed}",
     fresh=False,
     ckpt_dir=None,
-    experiment_name="default",
+    experiment_name=None,  # None: the experiment preset chosen (a user preset files under its own name), else "default"
     sample_tokens=300,
     sample_prompt="\n",
     # Studies (memexp.configs.studies): evaluations after the test, or a continual A->B->C driver.
     study=None,
-    # First-order Reptile outer loop on held-out validation batches (memexp.evals.meta).
+    # First-order Reptile outer loop on held-out validation batches (memexp.tasks.meta).
     meta=make_config(use=False, inner_steps=5, outer_steps=1, outer_frequency=50, inner_lr=1e-2, outer_lr=0.5),
     # W&B tags of the run (with logger.wandb.tags), e.g. tags=[baseline,ablation]; also in every logger's hyperparameters
     tags=[],

@@ -60,7 +60,7 @@ _recall_data = dict(kind="needle", seq_len=72, gap=[4, 64], n_filler=16, n_keys=
 _study_trainer = dict(max_steps=600, val_check_interval=200, limit_val_batches=2, limit_test_batches=4, log_every_n_steps=20)
 _continual = dict(
     trainer=dict(_study_trainer, max_steps=300, val_check_interval=300),
-    study=dict(kind="continual", tasks=["A", "B", "C"], n_samples=256),
+    study=dict(kind="continual", tasks=["A", "B", "C"]),
 )
 
 
@@ -123,7 +123,6 @@ def board_columns() -> dict[str, dict]:
 BOARD_SWEEP = ",".join(n for name in BOARD_ENTRIES for n in (name, f"{name}_recall", f"{name}_continual"))
 _LEADERBOARD = dict(
     study=dict(
-        kind="compare",
         board=True,
         lengths=[8, 16, 32, 64],
         split="test",
@@ -152,7 +151,7 @@ def register_studies() -> None:
         _study_preset(
             "hope_vs_baseline",
             "recall",
-            study=dict(kind="compare", gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
+            study=dict(gaps=[16, 32, 64, 128, 256], lengths=[16, 32, 64], n_samples=256),
         ),
         name="hope_vs_baseline",
     )
@@ -183,7 +182,7 @@ def register_studies() -> None:
             "recall",
             both_models=False,
             meta=dict(use=True),
-            study=dict(kind="compare", gaps=[16, 32, 64], n_samples=256),
+            study=dict(gaps=[16, 32, 64], n_samples=256),
         ),
         name="meta_recall",
     )

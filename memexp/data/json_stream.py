@@ -3,7 +3,7 @@
 The stdlib json module can neither stream a huge array element by element (without holding it
 in memory) nor say on which line a bad element starts; `JSONCursor` does both around json's own
 value decoder. Used for LCCC dialogue files (`data/dialogue/readers.py`) and for knowledge
-bases of explicit memory (`memory/bank_cache.py`), which run to hundreds of megabytes.
+bases of explicit memory (`data/explicit/bank_cache.py`), which run to hundreds of megabytes.
 """
 
 from __future__ import annotations

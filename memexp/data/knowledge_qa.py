@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from memexp.data.dialogue.datamodule import _default_cache_root
+from memexp.data.explicit.bank_cache import BankCache, build_bank_cache, encode_entry
 from memexp.data.knowledge_world import Fact, World, make_world, read_world, write_world
 from memexp.data.samplers import ResumableLoader
 from memexp.data.sources import default_data_dir
@@ -33,7 +34,6 @@ from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.data.tokenizers import HFTokenizer, tokenizer_from_state
 from memexp.errors import ConfigError
 from memexp.files import text_digest
-from memexp.memory.bank_cache import BankCache, build_bank_cache, encode_entry
 
 
 class QuestionRows:

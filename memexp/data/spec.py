@@ -28,7 +28,7 @@ class DataSpec:
     seq_len: tokens per training window (causal LM), None when variable.
     num_classes: label count for classification, else None.
     ordered_windows: training batches continue each other row by row (state may be carried).
-    memory: the explicit memory bank the data provides (a `memexp.memory.bank_cache.BankCache`), None when it has none.
+    memory: the explicit memory bank the data provides (a `memexp.data.explicit.bank_cache.BankCache`), None when it has none.
     """
 
     task_kind: str

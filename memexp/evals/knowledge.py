@@ -15,8 +15,8 @@ import random
 
 import torch
 
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.data.knowledge_qa import KnowledgeQADataModule
-from memexp.memory.bank_cache import encode_entry
 from memexp.models.protocols import ExplicitBank
 
 

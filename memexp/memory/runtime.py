@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.errors import ConfigError
-from memexp.memory.bank_cache import encode_entry
 from memexp.memory.bank_file import BankState, apply_bank, bank_state
 from memexp.memory.updates import BankUpdater, EntryChange
 
@@ -200,7 +199,3 @@ class ExplicitMemory:
 
     def save(self, path: str | Path) -> Path:
         return self.state().save(path)
-
-
-def change_dict(change: EntryChange) -> dict:
-    return asdict(change)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from memexp.data.explicit.bank_cache import encode_entry
 from memexp.errors import ConfigError
-from memexp.memory.bank_cache import encode_entry
 
 STRATEGIES = ("fifo", "lru", "random", "similarity", "importance")
 

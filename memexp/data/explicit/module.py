@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from memexp.data.explicit.bank_cache import BankCache, build_bank_cache
 from memexp.data.explicit.records import FORMATS, check_not_empty, numbered_lines
 from memexp.data.explicit.stream import JSONLStream
 from memexp.data.samplers import ResumableLoader
@@ -15,7 +16,6 @@ from memexp.data.sources import default_data_dir
 from memexp.data.spec import DataSpec
 from memexp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_state
 from memexp.errors import ConfigError, DataError
-from memexp.memory.bank_cache import BankCache, build_bank_cache
 
 
 class ExplicitLMDataModule(L.LightningDataModule):

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from memexp.data.explicit.knowledge import KnowledgeItem, read_knowledge
 from memexp.data.json_stream import JSONCursor
 from memexp.errors import ConfigError, DataError
 from memexp.files import atomic_path, file_digest, text_digest
-from memexp.memory.knowledge import KnowledgeItem, read_knowledge
 
 __all__ = ["BankCache", "KnowledgeItem", "build_bank_cache", "encode_entry", "load_bank_cache", "read_knowledge"]
 
