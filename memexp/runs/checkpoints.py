@@ -12,6 +12,7 @@ this layer, as DESIGN.md asks, and lets a test pass any builder.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from memexp.errors import CheckpointError, ConfigError
 from memexp.files import atomic_path
 from memexp.memory.bank_file import BankState
 from memexp.runs.build import build_task
+from memexp.runs.keys import changed_defaults
 from memexp.tasks.optim import OptimizerSettings
 
 Builder = Callable[[dict], Any]  # a saved config section (with `_target_`) -> the object it describes
@@ -60,11 +62,23 @@ def checked_resume(last: Path, cfg: dict, ck: dict | None = None) -> int:
     """The step to resume from, after checking that the checkpoint holds this run's model."""
     ck = read_checkpoint(last) if ck is None else ck
     saved = (ck["memexp"].get("config") or {}).get("model")
-    if saved is not None and saved != cfg.get("model"):
-        raise CheckpointError(
-            f"checkpoint {last} was trained with another model config than this run's; pass fresh=true to start over "
-            f"or ckpt_dir=<another folder>"
-        )
+    if isinstance(saved, dict) and isinstance(cfg.get("model"), dict):
+        changed, other = changed_defaults(saved, cfg["model"])
+        if other:
+            k, (was, now) = next(iter(other.items()))
+            raise CheckpointError(
+                f"checkpoint {last} was trained with another model config than this run's (model.{k}: {was!r} there, "
+                f"{now!r} here); pass fresh=true to start over or ckpt_dir=<another folder>"
+            )
+        if changed:  # an upgrade changed a default this run leaves alone: the model is not the one saved
+            said = ", ".join(f"model.{k} was {was!r}, is {now!r} now" for k, (was, now) in changed.items())
+            keep = " ".join(f"model.{k}={json.dumps(was)}" for k, (was, _) in changed.items())
+            print(
+                f"warning: {last}: a default changed since this run was saved ({said}); it goes on with the new "
+                f"value; to keep the saved one, run again with {keep}",
+                file=sys.stderr,
+                flush=True,
+            )
     return int(ck.get("global_step", 0))
 
 

@@ -9,7 +9,6 @@ scripts call it directly.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -22,19 +21,14 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from memexp.console import say
-from memexp.files import text_digest, write_json
+from memexp.files import write_json
+from memexp.runs import keys
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import resume_point
 from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
-from memexp.runs.precision import hold_frozen_in_bf16, run_key_precision
+from memexp.runs.precision import hold_frozen_in_bf16
 from memexp.runs.signals import EXIT_SIGTERM, SaveOnStop, stopped_message
 from memexp.tasks.optim import OptimizerSettings
-
-# Fields of the data config that do not change what is learned (left out of the run key).
-_DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
-# Fields of the task config that only change evaluation.
-# Early stopping, like trainer.max_steps, only decides when a run ends.
-_TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
 
 # after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
 AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
@@ -55,26 +49,18 @@ def limited_batches(cfg: Mapping[str, Any]) -> dict:
 
 
 def run_key(cfg: Mapping[str, Any]) -> str:
-    """A short hash of what determines the learned weights: model, data, optimiser, task, seed, a precision other
-    than float32; and of any batch
-    limits or debug preset, so that a smoke run (debug=fast) never resumes or rewrites a real run's checkpoints."""
-    data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in _DATA_FIELDS_NOT_IN_KEY}
-    task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in _TASK_FIELDS_NOT_IN_KEY}
-    payload = {k: cfg.get(k) for k in ("model", "optim", "seed")} | {"data": data, "task": task}
-    if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
-        payload["meta"] = cfg["meta"]
-    if precision := run_key_precision((cfg.get("trainer") or {}).get("precision")):  # float32 keys as before
-        payload["precision"] = precision
-    if limits := limited_batches(cfg):
-        payload["limits"] = limits
-    return text_digest(json.dumps(payload, sort_keys=True, default=str), "sha1", length=8)
+    """The run key of `cfg` (memexp.runs.keys), batch limits and debug preset included."""
+    return keys.run_key(cfg, limited_batches(cfg))
 
 
 def checkpoint_dir(cfg: Mapping[str, Any], names: RunNames, root: str | Path) -> Path:
     """outputs/checkpoints/<experiment>/<model>-<data>-seed<seed>[-debug-<preset>]-<key>: the same command, the same
-    folder; a debug preset's runs are named for it."""
+    folder; a debug preset's runs are named for it. A folder named by the previous key scheme is resumed there."""
     debug = limited_batches(cfg).get("debug")
-    return Path(root) / names.experiment / f"{names.label}{f'-debug-{debug}' if debug else ''}-{run_key(cfg)}"
+    stem = Path(root) / names.experiment / f"{names.label}{f'-debug-{debug}' if debug else ''}"
+    folder = stem.with_name(f"{stem.name}-{run_key(cfg)}")
+    legacy = stem.with_name(f"{stem.name}-{keys.legacy_run_key(cfg, limited_batches(cfg))}")
+    return legacy if not folder.exists() and legacy.exists() else folder
 
 
 def preset_callbacks(trainer: Callable) -> list[L.Callback]:
