@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, compose_run, run_in_process, shared_data_dir
+from helpers import QUIET, check_names, compose_run, run_in_process, shared_data_dir
 from hydra_zen import instantiate
-from test_metric_names import check_names
 
 from memexp.data.news import NewsDataModule, generate_corpus, synthetic
 from memexp.data.news.batches import augment, replace_span

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY_MODEL, run_cli, wandb_records
+from helpers import QUIET, TINY_MODEL, run_cli, wandb_records
 
 RUN = ["debug=fast", *TINY_MODEL, *QUIET, "trainer.max_steps=8", "trainer.val_check_interval=4"]
 

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 import torch
-from conftest import QUIET, TINY_MODEL, run_in_process
+from helpers import QUIET, TINY_MODEL, run_in_process
 
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "trainer.log_every_n_steps=1", "trainer.threads=1"]  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, compose_run
+from helpers import REPO, compose_run
 from hydra_zen import instantiate, store
 
 import memexp.configs

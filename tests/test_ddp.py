@@ -6,7 +6,7 @@ Lightning starts the second rank by re-running the command line, so this goes th
 import json
 from pathlib import Path
 
-from conftest import QUIET, TINY_MODEL, run_cli
+from helpers import QUIET, TINY_MODEL, run_cli
 
 COMMON = [
     *TINY_MODEL,
@@ -44,7 +44,7 @@ def test_ddp_two_processes_match_one(tiny_text, tmp_path):
 def test_the_dialogue_stream_under_two_process_ddp(lccc_cache, tmp_path):
     """Two gloo processes over the LCCC toy sample: validation reads every pair exactly once across the ranks;
     training gives both ranks the same number of batches and no pair twice within an epoch."""
-    from conftest import HGD_STEPS, REPO, TINY_HGD
+    from helpers import HGD_STEPS, REPO, TINY_HGD
 
     from memexp.data.dialogue import DialogueDataModule
 

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import LCCC_TOY, run_cli
+from helpers import LCCC_TOY, run_cli
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data_dir
+from helpers import shared_data_dir
 from torch.utils.data import DataLoader
 
 import memexp.data.dialogue.prepare as prep

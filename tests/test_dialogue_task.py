@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import compose_run
+from helpers import compose_run
 from torch import nn
 
 from memexp.data.dialogue import DialogueDataModule, DialogueStream, DialogueVocab

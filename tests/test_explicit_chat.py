@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import recording_extractor, run_cli
+from helpers import recording_extractor, run_cli
 
 from memexp.chat import check_bank_target, converse, open_explicit_session
 from memexp.data.hf_tokenizer import HFTokenizer

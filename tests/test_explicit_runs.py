@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import QUIET, run_cli, run_in_process
+from helpers import QUIET, run_cli, run_in_process
 
 from memexp.configs import load_checkpoint
 from memexp.data.knowledge_qa import KnowledgeQADataModule
@@ -195,7 +195,7 @@ def test_the_knowledge_study_runs_end_to_end(tiny_knowledge_study):
 def test_a_resumed_explicit_run_draws_the_batches_the_uninterrupted_run_drew(stop, explicit_files, tmp_path, monkeypatch):
     """The JSONL stream has no length: a run resumed mid-epoch drops the batches already drawn, and one resumed at
     the end of an epoch (10 batches of 4 from 40 training records) goes on with the next epoch."""
-    from test_seeds import record_batches
+    from helpers import record_batches
 
     from memexp.tasks.causal_lm import CausalLMTask
 

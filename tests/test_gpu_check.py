@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, shared_data_dir
+from helpers import REPO, shared_data_dir
 
 
 def test_the_gpu_check_runs_on_the_cpu_and_compares_with_the_fp32_run(tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_data_dir
+from helpers import shared_data_dir
 
 from memexp.errors import ConfigError
 from memexp.models.hgd import HGDMemNet

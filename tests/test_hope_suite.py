@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HOPE_TINY, QUIET, run_in_process
+from helpers import HOPE_TINY, QUIET, run_in_process
 
 import memexp.run
 import memexp.runs.train

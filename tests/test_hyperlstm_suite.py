@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET, run_in_process
+from helpers import QUIET, run_in_process
 
 from memexp.tasks.causal_lm import CausalLMTask
 

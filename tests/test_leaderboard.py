@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from memexp.evals.leaderboard import board_markdown, board_rows
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET, run_in_process
+from helpers import QUIET, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.models.lstm import LSTMLM

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from memexp.configs.rebuild import load_checkpoint, load_memory
 from memexp.data.explicit.bank_cache import encode_entry

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import recording_extractor
+from helpers import recording_extractor
 
 from memexp.data.hf_tokenizer import HFTokenizer
 from memexp.data.knowledge_world import write_word_tokenizer

@@ -5,26 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import QUIET, TINY_MODEL, run_cli
-
-from memexp.configs.search import compose_config
-from memexp.runs.build import metric_names
-
-
-def data_factory(name: str):
-    from hydra_zen import instantiate
-
-    return instantiate(compose_config("memexp_run", [f"data={name}"]).data)
-
-
-def check_names(result: dict, data: str, study: str | None = None) -> None:
-    """Every metric the run logged is a name known before it started (training diagnostics, which depend on the
-    model, aside), and every val/ and test/ name was logged."""
-    known = set(metric_names(data_factory(data), study))
-    logged = {k for k in result["metrics"] if not k.startswith(("train/", "lr-"))}
-    assert logged <= known, sorted(logged - known)
-    evals = {k for k in known if k.startswith(("val/", "test/", "knowledge/"))}
-    assert evals <= logged, sorted(evals - logged)
+from helpers import QUIET, TINY_MODEL, check_names, run_cli
 
 
 def test_the_knowledge_study_logs_the_names_known_before_it_ran(tiny_knowledge_study):

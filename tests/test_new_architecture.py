@@ -5,7 +5,7 @@ and its checkpoint loads back with `memexp.configs.load_checkpoint`."""
 from __future__ import annotations
 
 import torch
-from conftest import QUIET, run_in_process
+from helpers import QUIET, run_in_process
 from hydra_zen import builds, store
 from torch import nn
 
@@ -71,7 +71,7 @@ def test_a_user_adds_a_model_and_a_dataset_without_editing_memexp(tiny_text, tmp
     import json
     import math
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     (tmp_path / "my_models.py").write_text(
         "import torch\nfrom torch import nn\n\n\n"

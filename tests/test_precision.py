@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HOPE_TINY, QUIET, TINY_HGD, TINY_MODEL, run_cli, run_in_process
+from helpers import HOPE_TINY, QUIET, TINY_HGD, TINY_MODEL, run_cli, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.runs import precision as P

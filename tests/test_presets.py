@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 USER_PRESET = "# @package _global_\ndefaults:\n  - override /model: transformer\nmodel:\n  dim: {dim}\n"
 
@@ -41,7 +41,7 @@ def test_user_presets_override_shipped_ones_in_lookup_order(tmp_path):
 
 
 def test_a_user_preset_without_experiment_name_files_its_runs_under_its_own_name(tmp_path):
-    from conftest import QUIET, TINY_MODEL
+    from helpers import QUIET, TINY_MODEL
 
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
     (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(USER_PRESET.format(dim=32))
@@ -87,7 +87,7 @@ def _presets() -> list[list[str]]:
 def test_every_preset_honours_debug_fast_with_a_checkpoint_folder_of_its_own(preset, tmp_path):
     """debug=fast cuts every preset to 20 steps and 2 evaluation batches, and files its checkpoints apart (the
     knowledge study's backbone stage: tests/test_explicit_runs.py)."""
-    from conftest import compose_run
+    from helpers import compose_run
     from omegaconf import OmegaConf
 
     from memexp.runs.build import RunNames

@@ -53,7 +53,7 @@ def test_the_summary_is_one_line_without_flops_that_were_not_counted(tmp_path, c
 
 def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
     """The default logger (W&B, offline) and progress bar; what a user sees on the console, and what the log holds."""
-    from conftest import TINY_MODEL, run_cli
+    from helpers import TINY_MODEL, run_cli
 
     proc = run_cli(
         "memexp.run", "debug=fast", *TINY_MODEL, "sample_tokens=10", f"paths.output_dir={tmp_path}", cwd=tmp_path, timeout=300
@@ -81,7 +81,7 @@ def test_a_default_run_prints_its_run_and_no_noise(tmp_path):
 
 
 def test_a_failed_run_and_read_only_commands_leave_no_run_folder(tmp_path):
-    from conftest import QUIET, TINY_MODEL, run_cli
+    from helpers import QUIET, TINY_MODEL, run_cli
 
     failed = run_cli("memexp.run", "model=hgd", f"paths.output_dir={tmp_path}")  # the pairing check fails in the run
     assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith("error: model=hgd")
@@ -104,7 +104,7 @@ def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
     """The bar's rate is optimiser steps per second (and tokens per second), as the ThroughputMonitor logs it."""
     import csv
 
-    from conftest import TINY_MODEL, run_in_process
+    from helpers import TINY_MODEL, run_in_process
 
     seen = {}
     original = StepProgressBar.on_train_end

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import compose_run
+from helpers import compose_run
 from hydra_zen import instantiate
 
 from memexp.configs.catalog import GROUPS

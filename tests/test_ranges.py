@@ -1,7 +1,7 @@
 """Numeric settings out of range stop before any work with one sentence naming the field and the range."""
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from omegaconf import OmegaConf
 
 from memexp.configs.catalog import GROUPS

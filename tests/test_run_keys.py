@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import QUIET, run_in_process
+from helpers import QUIET, run_in_process
 from hydra_zen import builds, store
 
 from memexp.runs.keys import legacy_run_key, run_key

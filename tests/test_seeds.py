@@ -5,28 +5,11 @@ import csv
 
 import pytest
 import torch
-from conftest import QUIET, TINY_MODEL, compose_run, run_in_process
+from helpers import QUIET, TINY_MODEL, compose_run, record_batches, run_in_process
 
 from memexp.tasks.causal_lm import CausalLMTask
 
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
-
-
-def record_batches(monkeypatch, task_cls, key: str) -> list[list[torch.Tensor]]:
-    """The training batches' `key` each run's task received, in order (one list per run: per task object)."""
-    runs: list[list[torch.Tensor]] = []
-    tasks: list = []
-    step = task_cls.training_step
-
-    def recording(self, batch, batch_idx):
-        if not tasks or tasks[-1] is not self:
-            tasks.append(self)
-            runs.append([])
-        runs[-1].append(batch[key].clone())
-        return step(self, batch, batch_idx)
-
-    monkeypatch.setattr(task_cls, "training_step", recording)
-    return runs
 
 
 @pytest.fixture
@@ -150,7 +133,7 @@ def test_a_resumed_run_draws_the_batches_the_uninterrupted_run_drew(data, stop, 
 
 
 def test_a_resumed_dialogue_run_draws_the_batches_the_uninterrupted_run_drew(lccc_cache, tmp_path, monkeypatch):
-    from conftest import TINY_HGD
+    from helpers import TINY_HGD
 
     from memexp.tasks.dialogue import DialogueTask
 

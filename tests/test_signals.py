@@ -7,7 +7,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO, TINY_MODEL, shared_data_dir
+from helpers import REPO, TINY_MODEL, shared_data_dir
 
 
 def _wait_for_steps(metrics_csv, n: int, proc, timeout: float = 120) -> None:

@@ -4,7 +4,7 @@ exactly what the real store composes."""
 from __future__ import annotations
 
 import pytest
-from conftest import QUIET, TINY_MODEL, run_cli
+from helpers import QUIET, TINY_MODEL, run_cli
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, run_cli, run_in_process
+from helpers import QUIET, run_cli, run_in_process
 
 from memexp.data.recall import RecallDataModule
 from memexp.errors import ConfigError

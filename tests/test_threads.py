@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUIET, REPO, TINY_MODEL, shared_data_dir
+from helpers import QUIET, REPO, TINY_MODEL, shared_data_dir
 
 from memexp.runs import threads
 
@@ -71,7 +71,7 @@ def test_auto_follows_omp_num_threads_and_parallel_sweeps_take_one(monkeypatch):
 
 
 def test_a_thread_count_below_one_is_one_error_line():
-    from conftest import run_cli
+    from helpers import run_cli
 
     proc = run_cli("memexp.run", "trainer.threads=0")
     assert proc.returncode == 2

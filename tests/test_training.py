@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import QUIET, TINY_MODEL, run_cli, run_in_process
+from helpers import QUIET, TINY_MODEL, run_cli, run_in_process
 
 from memexp.errors import CheckpointError, ConfigError
 
@@ -178,7 +178,7 @@ def test_the_training_speed_columns_count_tokens(tiny_text, tmp_path):
     input size (8 x 32), validation time left out."""
     import csv
 
-    from conftest import QUIET, TINY_MODEL, run_in_process
+    from helpers import QUIET, TINY_MODEL, run_in_process
 
     result = run_in_process(
         [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import QUIET, run_in_process
+from helpers import QUIET, run_in_process
 
 from memexp.configs.rebuild import load_checkpoint, load_memory
 from memexp.data.explicit.bank_cache import encode_entry
