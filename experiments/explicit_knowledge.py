@@ -74,10 +74,13 @@ def table(results: dict[int, dict], walls: dict[int, float]) -> str:
         "|---|---|" + "---|" * len(seeds),
     ]
     for name, get in ROWS:
-        values = [get(results[s]) for s in seeds]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        values = [float(get(results[s])) for s in seeds]
+        known = [v for v in values if v == v]  # a hit rate on no answers (none wrong, none right) is NaN: left out
+        mean = statistics.mean(known) if known else float("nan")
+        spread = statistics.stdev(known) if len(known) > 1 else 0.0
+        left_out = f" (of {len(known)} seeds)" if len(known) < len(values) else ""
         lines.append(
-            f"| {name} | {statistics.mean(values):.3f} ± {spread:.3f} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+            f"| {name} | {mean:.3f} ± {spread:.3f}{left_out} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
         )
     if walls:
         lines += [
