@@ -88,7 +88,23 @@ class _RateColumn(ProgressColumn):
 
 
 class _CountsSteps:
-    """What both bars share: a run bounded by max_steps is counted in optimiser steps, to max_steps."""
+    """What both bars share: a run bounded by max_steps is counted in optimiser steps, to max_steps, at a StepRate."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rate = StepRate()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rate = StepRate()  # a study's stages share the preset's bar: each fit counts its own steps
+        super().on_train_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rate.pause()
+        super().on_validation_start(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.rate.resume()
 
     def _by_steps(self) -> bool:
         return self.trainer.max_steps is not None and self.trainer.max_steps > 0
@@ -104,25 +120,9 @@ class _CountsSteps:
 
 
 class StepProgressBar(_CountsSteps, RichProgressBar):
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.rate = StepRate()
-
     def configure_columns(self, trainer: L.Trainer) -> list:
         columns = super().configure_columns(trainer)
         return [*columns[:-1], _RateColumn(style=self.theme.processing_speed)]  # Lightning's last column: it/s
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rate = StepRate()  # a study's stages share the preset's bar: each fit counts its own steps
-        super().on_train_start(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rate.pause()
-        super().on_validation_start(trainer, pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self.rate.resume()
 
     def _get_train_description(self, current_epoch: int) -> str:
         if not self._by_steps():
@@ -154,22 +154,6 @@ class StepProgressBar(_CountsSteps, RichProgressBar):
 class StepTQDMProgressBar(_CountsSteps, TQDMProgressBar):
     """The plain bar (trainer=cluster) in optimiser steps: `step: 340/2000`, refreshed every `refresh_rate` steps,
     its rate in steps/s (tqdm's own, over the steps since the bar started) and tok/s in the postfix."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.rate = StepRate()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rate = StepRate()  # a study's stages share the preset's bar: each fit counts its own steps
-        super().on_train_start(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rate.pause()
-        super().on_validation_start(trainer, pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self.rate.resume()
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if self._by_steps() and trainer.current_epoch > 0 and self.train_progress_bar is not None:
