@@ -79,9 +79,7 @@ def table(results: dict[int, dict], walls: dict[int, float]) -> str:
         mean = statistics.mean(known) if known else float("nan")
         spread = statistics.stdev(known) if len(known) > 1 else 0.0
         left_out = f" (of {len(known)} seeds)" if len(known) < len(values) else ""
-        lines.append(
-            f"| {name} | {mean:.3f} ± {spread:.3f}{left_out} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
-        )
+        lines.append(f"| {name} | {mean:.3f} ± {spread:.3f}{left_out} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     if walls:
         lines += [
             "",
