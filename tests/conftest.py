@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -82,3 +83,23 @@ def hgd_run(lccc_cache, tmp_path_factory) -> dict:
     torch.set_num_threads(1)  # the test machine is shared; these tensors are tiny
     out = tmp_path_factory.mktemp("hgd_run")
     return run_in_process([*TINY_HGD, f"data.cache_dir={lccc_cache}", *QUIET, *HGD_STEPS], out)
+
+
+# A test is `slow` when it runs memexp (in-process or as a command) or needs a fixture that trained something:
+# `pytest -m "not slow"` is the quick suite, CI runs everything. The rule is read from the test's source, so a new
+# test is classified without anyone remembering to mark it.
+TRAINED = {"tiny_knowledge_study", "hgd_run", "board", "carried_run", "explicit_run", "study", "study_model"}
+TRAINED |= {"study_sweep", "trained", "prepared", "model_data", "lccc_cache"}
+RUNS = ("run_cli(", "run_in_process(", "subprocess.run(")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs memexp or needs a trained fixture (deselect: -m 'not slow')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fn = getattr(item, "function", None)
+        source = inspect.getsource(fn) if fn is not None else ""
+        if set(getattr(item, "fixturenames", ())) & TRAINED or any(r in source for r in RUNS):
+            item.add_marker(pytest.mark.slow)
