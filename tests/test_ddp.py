@@ -34,7 +34,8 @@ def test_ddp_two_processes_match_one(tiny_text, tmp_path):
         "memexp.run", *data, *COMMON, "trainer=ddp", "trainer.devices=2", "data.batch_size=4", f"paths.output_dir={tmp_path}/two"
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "distributed_backend=gloo" in two.stderr + two.stdout
+    (log,) = (tmp_path / "two").glob("runs/*/*/memexp.log")  # Lightning's lines are in the run's log, not the console
+    assert "distributed_backend=gloo" in log.read_text() and "distributed_backend" not in two.stdout + two.stderr
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert a["global_step"] == b["global_step"] == 40
     assert a["val/loss"] < 3.6 and b["val/loss"] < 3.6  # both learned (uniform is ln 66 = 4.19)
