@@ -20,7 +20,11 @@ from memexp.evals.recall import recall_at_gap
 
 
 class BlindModel(torch.nn.Module):
-    """Cannot see the key: the same logits everywhere (uniform over the values)."""
+    """Cannot see the key: the same logits everywhere (uniform over the values). A CausalLM (memexp.models.protocols)."""
+
+    task_kind = "causal_lm"
+    carries_state = False
+    max_len = None
 
     def __init__(self, dm: RecallDataModule):
         super().__init__()
