@@ -56,10 +56,11 @@ def run_key(cfg: Mapping[str, Any]) -> str:
 def checkpoint_dir(cfg: Mapping[str, Any], names: RunNames, root: str | Path) -> Path:
     """outputs/checkpoints/<experiment>/<model>-<data>-seed<seed>[-debug-<preset>]-<key>: the same command, the same
     folder; a debug preset's runs are named for it. A folder named by the previous key scheme is resumed there."""
-    debug = limited_batches(cfg).get("debug")
+    limits = limited_batches(cfg)
+    debug = limits.get("debug")
     stem = Path(root) / names.experiment / f"{names.label}{f'-debug-{debug}' if debug else ''}"
-    folder = stem.with_name(f"{stem.name}-{run_key(cfg)}")
-    legacy = stem.with_name(f"{stem.name}-{keys.legacy_run_key(cfg, limited_batches(cfg))}")
+    folder = stem.with_name(f"{stem.name}-{keys.run_key(cfg, limits)}")
+    legacy = stem.with_name(f"{stem.name}-{keys.legacy_run_key(cfg, limits)}")
     return legacy if not folder.exists() and legacy.exists() else folder
 
 
