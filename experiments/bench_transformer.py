@@ -64,7 +64,7 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
     from lightning.pytorch.callbacks import Timer
 
     from memexp.configs.search import compose_config
-    from memexp.runs import RunNames, train_and_test
+    from memexp.runs import RunNames, RunSpec, train_and_test
 
     cfg = compose_config(
         "memexp_run",
@@ -86,17 +86,19 @@ def suite_run(overrides: list[str], out: Path, steps: int) -> float:
     callbacks["timer"] = timer
     callbacks["checkpoint"] = None  # the final save is outside the timed loop; no periodic saves here
     train_and_test(
-        OmegaConf.to_container(cfg, resolve=True),
-        RunNames(experiment="bench", model="transformer", data="shakespeare"),
-        model=instantiate(cfg.model),
-        data=instantiate(cfg.data),
-        optim=instantiate(cfg.optim),
-        trainer=instantiate(cfg.trainer),
-        run_dir=out / "run",
-        checkpoint_root=out / "ckpt",
-        logger=instantiate(cfg.logger),
-        callbacks=callbacks,
-        fresh=True,
+        RunSpec(
+            cfg=OmegaConf.to_container(cfg, resolve=True),
+            names=RunNames(experiment="bench", model="transformer", data="shakespeare"),
+            model=instantiate(cfg.model),
+            data=instantiate(cfg.data),
+            optim=instantiate(cfg.optim),
+            trainer=instantiate(cfg.trainer),
+            run_dir=out / "run",
+            checkpoint_root=out / "ckpt",
+            logger=instantiate(cfg.logger),
+            callbacks=callbacks,
+            fresh=True,
+        )
     )
     return timer.time_elapsed("train") / steps
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 import warnings
@@ -126,7 +127,9 @@ def launch(task_function: Callable, config_name: str, folder: str) -> None:
         prepare_app(config_name, folder)
         snapshot.save_snapshot(config_name)
         check(config_name, sys.argv[1:])
-    app = zen(in_app(one_line_errors(task_function)))
+    # a task function that takes **fields gets every config field (memexp.run's `run(zen_cfg, **pieces)`)
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(task_function).parameters.values())
+    app = zen(in_app(one_line_errors(task_function)), unpack_kwargs=takes_all)
     app.hydra_main(config_name=config_name, config_path=None, version_base="1.3")
 
 

@@ -7,7 +7,7 @@ Running the same command again resumes from the checkpoint's last.ckpt; fresh=tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +18,8 @@ from memexp.entry import launch
 
 # Lightning and the models are imported inside the functions, so `--help` answers at once (memexp.help).
 if TYPE_CHECKING:
-    import lightning as L
-    from lightning.pytorch.loggers import Logger
-    from torch import nn
-
     from memexp.runs.build import RunNames
-    from memexp.tasks.optim import OptimizerSettings
+    from memexp.runs.spec import RunResult, RunSpec
 
 
 def _names(seed: int, experiment_name: str | None) -> RunNames:
@@ -78,135 +74,77 @@ def _run_dir(paths: DictConfig) -> Path:
     return Path(paths.output_dir) / "runs" / "manual"
 
 
-def run(
-    zen_cfg: DictConfig,
-    model: Callable[..., nn.Module],
-    data: Callable[..., L.LightningDataModule],
-    optim: OptimizerSettings,
-    trainer: Callable[..., L.Trainer],
-    logger: Mapping[str, Callable[..., Logger] | None] | None,
-    callbacks: Mapping[str, Any] | None,
-    paths: DictConfig,
-    task: DictConfig,
-    seed: int,
-    fresh: bool,
-    ckpt_dir: str | None,
-    experiment_name: str | None,
-    sample_tokens: int,
-    sample_prompt: str,
-    study: DictConfig | None = None,
-    meta: DictConfig | None = None,
-    tags: list | None = None,
-    optimized_metric: str | None = None,
-) -> dict | float:
-    """The Hydra task of `python -m memexp.run` (arguments: `RunConfig`, built by hydra-zen's `zen`).
+def _extra_callbacks(follow_machine: bool, meta: DictConfig | None) -> list:
+    from memexp.runs.threads import ThreadGovernor
 
-    Returns the run's result, or with `optimized_metric` that metric as a float (what a sweeper optimises).
+    extra: list = [ThreadGovernor()] if follow_machine else []
+    if meta is not None and meta.use:  # first-order Reptile outer loop (memexp.tasks.meta)
+        from memexp.tasks.meta import ReptileOuterLoop
 
-    `model`, `data` and `trainer` are partials the run completes (vocab_size, data_dir, callbacks);
-    `logger` and `callbacks` map names to partials or callbacks; `paths`, `task`, `study` and `meta`
-    are config sections, read by attribute.
-    """
+        extra.append(ReptileOuterLoop(meta.inner_steps, meta.outer_steps, meta.outer_frequency, meta.inner_lr, meta.outer_lr))
+    return extra
+
+
+def run_spec(zen_cfg: DictConfig, pieces: Mapping[str, Any]) -> RunSpec:
+    """The run's `RunSpec` from its config (`zen_cfg`) and its fields as hydra-zen instantiated them (`pieces`).
+    A precision that cannot run, an unknown study setting or an `optimized_metric` the run will not log stop here,
+    before anything trains."""
+    from memexp.runs.build import check_metric_name
     from memexp.runs.precision import with_precision
-    from memexp.runs.threads import ThreadGovernor, apply_threads
+    from memexp.runs.spec import RunSpec, SampleSettings, study_from_section
+    from memexp.runs.threads import apply_threads
 
-    trainer, precision_line = with_precision(trainer)  # before any work: a precision that cannot run is one line
+    trainer, precision_line = with_precision(pieces["trainer"])
     follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), _parallel_launcher(), beside=precision_line)
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     cfg["trainer"]["precision"] = trainer.keywords["precision"]  # `auto` as resolved: the run key holds what ran
-    names = _names(seed, experiment_name)
-    cfg["run"] = _run_info(tags, names.experiment)
-    study = dict(study or {})
-    if optimized_metric is not None:  # a sweep's metric is checked before any run trains
-        from memexp.runs.build import check_metric_name
-
-        check_metric_name(optimized_metric, data, names.data, study.get("kind"))
-    if study.get("kind") == "continual":
-        from memexp.runs.continual import run_continual
-
-        result = run_continual(
-            cfg,
-            names,
-            model=model,
-            data=data,
-            optim=optim,
-            trainer=trainer,
-            run_dir=_run_dir(paths),
-            logger=logger,
-            tasks=study.get("tasks", ("A", "B", "C")),
-            checkpoint_root=paths.checkpoint_root,
-            fresh=fresh,
-            board=bool(study.get("board")),
-        )
-        _report(result)
-        return _returned(result, optimized_metric)
-    if study.get("kind") == "knowledge":
-        from memexp.runs.knowledge import run_knowledge_study
-
-        result = run_knowledge_study(
-            cfg,
-            names,
-            model=model,
-            data=data,
-            optim=optim,
-            trainer=trainer,
-            run_dir=_run_dir(paths),
-            checkpoint_root=paths.checkpoint_root,
-            logger=logger,
-            callbacks=callbacks,
-            settings=study,
-            fresh=fresh,
-        )
-        _report(result)
-        return _returned(result, optimized_metric)
-    after_test = None
-    if study:
-        from memexp.runs.studies import StudyEvaluations, StudySettings
-
-        known = {
-            k: study[k] for k in ("gaps", "lengths", "n_samples", "split", "board", "extra_texts", "speed", "span") if k in study
-        }
-        after_test = StudyEvaluations(StudySettings(**known))
-    from memexp.runs.train import train_and_test
-
-    extra_callbacks: list = [ThreadGovernor()] if follow_machine else []
-    if meta is not None and meta.use:
-        from memexp.tasks.meta import ReptileOuterLoop
-
-        extra_callbacks.append(
-            ReptileOuterLoop(meta.inner_steps, meta.outer_steps, meta.outer_frequency, meta.inner_lr, meta.outer_lr)
-        )
-    result = train_and_test(
-        cfg,
-        names,
-        model=model,
-        data=data,
-        optim=optim,
+    names = _names(zen_cfg.seed, zen_cfg.experiment_name)
+    cfg["run"] = _run_info(pieces.get("tags"), names.experiment)
+    section = dict(cfg.get("study") or {})
+    study = study_from_section(section)
+    if zen_cfg.optimized_metric is not None:
+        check_metric_name(zen_cfg.optimized_metric, pieces["data"], names.data, section.get("kind"))
+    paths = pieces["paths"]
+    return RunSpec(
+        cfg=cfg,
+        names=names,
+        model=pieces["model"],
+        data=pieces["data"],
+        optim=pieces["optim"],
         trainer=trainer,
         run_dir=_run_dir(paths),
         checkpoint_root=paths.checkpoint_root,
-        logger=logger,
-        callbacks=callbacks,
-        carry_state=task.carry_state,
-        max_eval_generate_batches=task.max_eval_generate_batches,
-        early_stop=getattr(task, "early_stop", None),
-        test_ckpt=getattr(task, "test_ckpt", "best"),
-        compile_net=bool(getattr(task, "compile", False)),
-        fresh=fresh,
-        ckpt_dir=ckpt_dir,
-        sample_tokens=sample_tokens,
-        sample_prompt=sample_prompt,
-        after_test=after_test,
-        extra_callbacks=extra_callbacks,
+        logger=pieces.get("logger"),
+        callbacks=pieces.get("callbacks"),
+        task=dict(cfg["task"]),
+        study=study,
+        fresh=bool(zen_cfg.fresh),
+        ckpt_dir=zen_cfg.ckpt_dir,
+        sample=SampleSettings(int(zen_cfg.sample_tokens), str(zen_cfg.sample_prompt)),
+        extra_callbacks=_extra_callbacks(follow_machine, pieces.get("meta")),
     )
+
+
+def run(zen_cfg: DictConfig, **pieces: Any) -> dict | float:
+    """The Hydra task of `python -m memexp.run` (its config: `RunConfig`; hydra-zen's `zen` passes each field,
+    those with a `_target_` instantiated: `model`, `data` and `trainer` are partials the run completes, `logger` and
+    `callbacks` map names to partials or callbacks).
+
+    Builds the `RunSpec`, hands it to the driver its study names (memexp.runs.drivers), prints the result, and
+    returns it as a dict, or with `optimized_metric` that metric as a float (what a sweeper optimises).
+    """
+    from memexp.runs.drivers import drive
+
+    spec = run_spec(zen_cfg, pieces)
+    result = drive(spec)
     _report(result)
-    return _returned(result, optimized_metric)
+    return _returned(result, zen_cfg.optimized_metric)
 
 
-def _returned(result: dict, optimized_metric: str | None) -> dict | float:
+def _returned(result: RunResult, optimized_metric: str | None) -> dict | float:
     if optimized_metric is None:
-        return result
-    metrics = result["metrics"]
+        return result.as_dict()
+    metrics = result.metrics
     if optimized_metric not in metrics:
         from memexp.errors import ConfigError
 
@@ -217,7 +155,7 @@ def _returned(result: dict, optimized_metric: str | None) -> dict | float:
     return float(metrics[optimized_metric])
 
 
-def _report(result: dict) -> None:
+def _report(result: RunResult) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:
@@ -229,27 +167,25 @@ def _report(result: dict) -> None:
     table = Table(title="validation and test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in result["metrics"].items():
+    for k, v in result.metrics.items():
         if k.startswith(
             ("val/", "test/", "continual/")
         ):  # the rest (train/*, lr, step, parameter counts) is in metrics.json, CSV, W&B
             table.add_row(k, f"{v:.4f}")
     console.print(table)
-    to_log(
-        "\n" + "\n".join(f"{k} {v:.6g}" for k, v in result["metrics"].items() if k.startswith(("val/", "test/", "continual/")))
-    )
+    to_log("\n" + "\n".join(f"{k} {v:.6g}" for k, v in result.metrics.items() if k.startswith(("val/", "test/", "continual/"))))
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
-    if result["resumed_from_step"] is not None:
-        say(f"resumed from step {result['resumed_from_step']}")
-    if result["ckpt_dir"]:
-        say(f"checkpoint: {result['ckpt_dir']}/last.ckpt")
-    if result.get("result_file"):
-        say(f"result: {result['result_file']}")
-    say(f"run folder: {result['run_dir']} (metrics.json, csv/metrics.csv)")
-    if result["sample"] is not None:
+    if result.resumed_from_step is not None:
+        say(f"resumed from step {result.resumed_from_step}")
+    if result.ckpt_dir:
+        say(f"checkpoint: {result.ckpt_dir}/last.ckpt")
+    if result.result_file:
+        say(f"result: {result.result_file}")
+    say(f"run folder: {result.run_dir} (metrics.json, csv/metrics.csv)")
+    if result.sample is not None:
         console.rule("sample")
-        console.print(result["sample"], markup=False, highlight=False)
-        to_log("sample:\n" + result["sample"])
+        console.print(result.sample, markup=False, highlight=False)
+        to_log("sample:\n" + result.sample)
 
 
 def main() -> None:

@@ -136,7 +136,7 @@ def test_experiment_presets_compose_and_build(name, debug, data_dir, tmp_path):
             sft.write_text("\n".join(json.dumps({"conversations": turns}) for _ in range(3)) + "\n")
             extra |= {"path": str(sft), "eval_records": 1}
     dm = instantiate(cfg.data)(data_dir=str(root), **extra)
-    task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim), cfg.task.carry_state)
+    task = build_task(instantiate(cfg.model), dm.spec, instantiate(cfg.optim), cfg.task)
     batch = next(iter(dm.train_dataloader()))
     assert task.training_step(batch, 0).isfinite()
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from memexp.data.dialogue import DialogueDataModule, DialogueStream, DialogueVocab
 from memexp.data.spec import DataSpec
-from memexp.tasks.dialogue import DialogueTask
+from memexp.tasks.dialogue import DialogueSettings, DialogueTask
 from memexp.tasks.text_metrics import DistinctN
 
 
@@ -81,7 +81,7 @@ def test_bleu_of_identical_replies_is_one_and_distinct_counts_replies():
         "reply_out": reply_out,
     }
     spec = DataSpec(task_kind="dialogue", vocab_size=vocab.vocab_size, tokenizer=vocab, pad_id=vocab.pad_id)
-    task = DialogueTask(EchoNet(vocab.vocab_size, reply_out), spec, max_eval_generate_batches=1)
+    task = DialogueTask(EchoNet(vocab.vocab_size, reply_out), spec, settings=DialogueSettings(max_eval_generate_batches=1))
     task.validation_step(batch, 0)
     task.validation_step(batch, 1)  # past max_eval_generate_batches: loss only
     assert float(task.val_bleu2.compute()) == pytest.approx(1.0)

@@ -7,6 +7,7 @@ from hydra.conf import HydraConf, JobConf, RunDir, SweepDir
 from hydra_zen import MISSING, builds, make_config, store
 
 from memexp.configs.sweep_report import SweepReport
+from memexp.tasks import task_section_defaults
 
 RunConfig = make_config(
     hydra_defaults=[
@@ -31,11 +32,8 @@ RunConfig = make_config(
     logger=None,
     callbacks=None,
     paths=None,
-    # carry_state: causal LM only; max_eval_generate_batches: dialogue only (BLEU/distinct decoding);
-    # early_stop: classification only (validations without a better macro F1 before stopping).
-    # test_ckpt: best (the best validation by the checkpoint's monitor; the final weights without one) or last.
-    # compile: torch.compile the model's network (not the LightningModule); the first steps pay the compile.
-    task=make_config(carry_state="auto", max_eval_generate_batches=4, early_stop=5, test_ckpt="best", compile=False),
+    # each task's settings (memexp.tasks: CausalLMSettings, DialogueSettings, ClassificationSettings, TaskSettings)
+    task=make_config(**task_section_defaults()),
     seed=0,
     # the data's seed (synthetic data, shuffles, training windows); set it to keep the data fixed across model seeds
     data_seed="${seed}",

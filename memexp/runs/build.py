@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,15 +122,11 @@ def build_task(
     model_factory: Callable,
     spec: DataSpec,
     optim: OptimizerSettings,
-    carry_state: bool | str = "auto",
-    max_eval_generate_batches: int | None = None,
-    early_stop: int | None = None,
+    task_section: Mapping[str, Any] | None = None,
+    strict: bool = True,
 ) -> L.LightningModule:
-    """The LightningModule for this model on this data.
-
-    carry_state: causal LM only (see CausalLMTask). max_eval_generate_batches: dialogue only
-    (see DialogueTask); early_stop: classification only (see ClassificationTask); None keeps the task's default.
-    """
+    """The LightningModule for this model on this data, with the task's settings read from the run config's `task`
+    section (`memexp.tasks.base.BaseTask.settings_from`, `strict` as there; None: the task's defaults)."""
     model_kwargs: dict[str, Any] = {"vocab_size": spec.vocab_size}
     if spec.pad_id is not None and _takes(model_factory, "pad_id"):
         model_kwargs["pad_id"] = spec.pad_id
@@ -150,20 +146,4 @@ def build_task(
             f"data.seq_len={spec.seq_len} is longer than model.max_len={max_len}; raise model.max_len or lower data.seq_len"
         )
     task_cls = ExplicitMemoryTask if isinstance(net, ExplicitBank) else TASKS[spec.task_kind]
-    kwargs: dict[str, Any] = {}
-    if spec.task_kind == "causal_lm":
-        ordered = getattr(spec, "ordered_windows", False)
-        if carry_state == "auto":
-            carry_state = bool(net.carries_state and ordered)
-        elif carry_state and not net.carries_state:
-            raise ConfigError(f"task.carry_state=true needs a model that carries state; {type(net).__name__} does not")
-        elif carry_state and not ordered:
-            raise ConfigError("task.carry_state=true needs in-order windows; set data.windows=stream")
-        kwargs["carry_state"] = bool(carry_state)
-    elif carry_state not in ("auto", False):
-        raise ConfigError(f"task.carry_state={carry_state} applies to causal LM runs only; this is a {spec.task_kind} run")
-    if spec.task_kind == "dialogue" and max_eval_generate_batches is not None:
-        kwargs["max_eval_generate_batches"] = int(max_eval_generate_batches)
-    if spec.task_kind == "classification" and early_stop is not None:
-        kwargs["early_stop"] = int(early_stop)
-    return task_cls(net, spec, optim=optim, **kwargs)
+    return task_cls.create(net, spec, optim, task_cls.settings_from(task_section, strict))

@@ -177,14 +177,9 @@ def load_checkpoint(
     datamodule.restore_tokenizer(meta["tokenizer"])
     optim = build(cfg["optim"]) if cfg.get("optim") else OptimizerSettings()
     model_factory = build(cfg["model"])
-    task_cfg = cfg.get("task") or {}
-    task = build_task(
-        model_factory,
-        datamodule.spec,
-        optim,
-        carry_state=False,
-        max_eval_generate_batches=task_cfg.get("max_eval_generate_batches"),
-    )
+    # the run's task settings, less what only training reads (an evaluation carries no state between batches)
+    section = dict(cfg.get("task") or {}) | {"carry_state": False}
+    task = build_task(model_factory, datamodule.spec, optim, section, strict=False)
     try:
         task.load_state_dict(ck["state_dict"])
     except RuntimeError as e:

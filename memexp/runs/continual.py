@@ -14,7 +14,7 @@ so a sweep interrupted part-way redoes only what had not finished.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -23,75 +23,68 @@ from memexp.console import say
 from memexp.evals.continual import continual_summary
 from memexp.evals.plots import plot_continual_heatmap
 from memexp.files import write_json
-from memexp.runs.build import RunNames, build_task, check_pairing
+from memexp.runs.build import build_task, check_pairing
 from memexp.runs.loggers import finish_loggers, log_to_wandb, make_loggers
+from memexp.runs.spec import ContinualStudy, RunResult, RunSpec
 from memexp.runs.train import checkpoint_dir, preset_callbacks
-from memexp.tasks.optim import OptimizerSettings
 
 
-def run_continual(
-    cfg: dict,
-    names: RunNames,
-    model: Callable,
-    data: Callable,
-    optim: OptimizerSettings,
-    trainer: Callable,
-    run_dir: str | Path,
-    logger: Mapping[str, Callable | None] | None = None,
-    tasks: Sequence[str] = ("A", "B", "C"),
-    checkpoint_root: str | Path | None = None,
-    fresh: bool = False,
-    board: bool = False,
-) -> dict:
-    """Train one model on tasks in sequence (data partial called with task_id=i) and fill the matrices.
-
-    With `checkpoint_root`, the result is kept in <checkpoint folder>/continual.json and a rerun returns it;
-    `board` marks the result as a leaderboard column."""
-    check_pairing(model, data, names)
-    steps = getattr(trainer, "keywords", {}).get("max_steps")
-    done = checkpoint_dir(cfg, names, checkpoint_root) / "continual.json" if checkpoint_root else None
-    if done is not None and fresh:
+def _finished(spec: RunSpec, done: Path | None, steps: int | None) -> RunResult | None:
+    """The kept result of this study when it finished before at the same steps per stage (fresh=true drops it)."""
+    if done is not None and spec.fresh:
         done.unlink(missing_ok=True)
-    if done is not None and done.is_file():
-        kept = json.loads(done.read_text())
-        if kept["study"]["continual"].get("steps_per_stage") == steps:
-            say(f"finished: the continual study of this model, data and seed is in {done} (fresh=true reruns it)")
-            out = kept | {"run_dir": str(run_dir)}
-            write_json(out, Path(run_dir) / "metrics.json")
-            return out
-    L.seed_everything(names.seed, workers=True, verbose=False)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    modules = [data(task_id=i) for i in range(len(tasks))]
-    task = build_task(model, modules[0].spec, optim, carry_state=False)
-    task.run_config = cfg | {"names": vars(names)}
-    loggers = make_loggers(
-        logger, run_dir, names, cfg | {"names": vars(names), "study": {"kind": "continual", "tasks": list(tasks)}}
-    )
-    callbacks = preset_callbacks(trainer)
+    if done is None or not done.is_file():
+        return None
+    kept = json.loads(done.read_text())
+    if kept["study"]["continual"].get("steps_per_stage") != steps:
+        return None
+    say(f"finished: the continual study of this model, data and seed is in {done} (fresh=true reruns it)")
+    result = RunResult.from_dict(kept | {"run_dir": str(spec.run_dir)})
+    write_json(result.as_dict(), spec.run_dir / "metrics.json")
+    return result
+
+
+def _stages(spec: RunSpec, task: L.LightningModule, modules: list, tasks: Sequence[str], loggers: list) -> tuple[list, list, int]:
+    """Fit each stage in turn and test on every task after it: (accuracy matrix, loss matrix, steps per stage)."""
+    callbacks = preset_callbacks(spec.trainer)
     T = len(tasks)
     acc = [[0.0] * T for _ in range(T)]
     loss = [[0.0] * T for _ in range(T)]
+    steps = 0
+    for i, dm in enumerate(modules):
+        t = spec.trainer(logger=loggers, callbacks=callbacks, default_root_dir=str(spec.run_dir), enable_checkpointing=False)
+        t.fit(task, datamodule=dm)
+        steps = int(t.max_steps)
+        for j, other in enumerate(modules):
+            res = t.test(task, dataloaders=other.test_dataloader(), verbose=False)[0]
+            acc[i][j], loss[i][j] = float(res["test/acc"]), float(res["test/loss"])
+        say(f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)))
+    return acc, loss, steps
+
+
+def run_continual(spec: RunSpec) -> RunResult:
+    """The continual driver: train one model on tasks in sequence (the data partial called with task_id=i) and fill
+    the matrices. With a checkpoint root the result is kept in <checkpoint folder>/continual.json and a rerun
+    returns it; the study's `board` marks the result as a leaderboard column."""
+    study = spec.study if isinstance(spec.study, ContinualStudy) else ContinualStudy()
+    tasks, names = list(study.tasks), spec.names
+    check_pairing(spec.model, spec.data, names)
+    steps = getattr(spec.trainer, "keywords", {}).get("max_steps")
+    done = checkpoint_dir(spec.cfg, names, spec.checkpoint_root) / "continual.json" if spec.checkpoint_root else None
+    if (kept := _finished(spec, done, steps)) is not None:
+        return kept
+    L.seed_everything(names.seed, workers=True, verbose=False)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    modules = [spec.data(task_id=i) for i in range(len(tasks))]
+    task = build_task(spec.model, modules[0].spec, spec.optim, {"carry_state": False})
+    task.run_config = spec.cfg | {"names": vars(names)}
+    hparams = spec.cfg | {"names": vars(names), "study": {"kind": "continual", "tasks": tasks}}
+    loggers = make_loggers(spec.logger, spec.run_dir, names, hparams)
     try:
-        for i, dm in enumerate(modules):
-            t = trainer(logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
-            t.fit(task, datamodule=dm)
-            for j, other in enumerate(modules):
-                res = t.test(task, dataloaders=other.test_dataloader(), verbose=False)[0]
-                acc[i][j], loss[i][j] = float(res["test/acc"]), float(res["test/loss"])
-            say(
-                f"after {tasks[i]}: " + "  ".join(f"{tasks[j]} acc {acc[i][j]:.3f} loss {loss[i][j]:.3f}" for j in range(T)),
-            )
+        acc, loss, steps_per_stage = _stages(spec, task, modules, tasks, loggers)
         summary = continual_summary(acc, loss)
-        result = {
-            "tasks": list(tasks),
-            "accuracy": acc,
-            "loss": loss,
-            **summary,
-            "steps_per_stage": int(t.max_steps),
-            "optimizer": "restarted each stage",
-        }
-        png = plot_continual_heatmap({names.model: acc}, list(tasks), run_dir / "reports" / "continual_heatmap.png")
+        png = plot_continual_heatmap({names.model: acc}, tasks, spec.run_dir / "reports" / "continual_heatmap.png")
+        T = len(tasks)
         rows = [
             {"after": tasks[i], "task": tasks[j], "accuracy": acc[i][j], "loss": loss[i][j]} for i in range(T) for j in range(T)
         ]
@@ -100,18 +93,17 @@ def run_continual(
         )
     finally:
         finish_loggers(loggers)
-    out = {
-        "metrics": {f"continual/{k}": v for k, v in summary.items()},
-        "run_dir": str(run_dir),
-        "names": vars(names),
-        "study": {"continual": result} | ({"board": True} if board else {}),
-        "ckpt_dir": None,
-        "result_file": str(done) if done is not None else None,
-        "sample": None,
-        "resumed_from_step": None,
-    }
-    write_json(out, run_dir / "metrics.json")
+    matrices = {"tasks": tasks, "accuracy": acc, "loss": loss, **summary}
+    matrices |= {"steps_per_stage": steps_per_stage, "optimizer": "restarted each stage"}
+    result = RunResult(
+        metrics={f"continual/{k}": v for k, v in summary.items()},
+        run_dir=str(spec.run_dir),
+        names=vars(names),
+        study={"continual": matrices} | ({"board": True} if study.board else {}),
+        result_file=str(done) if done is not None else None,
+    )
+    write_json(result.as_dict(), spec.run_dir / "metrics.json")
     if done is not None:
         done.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, done)
-    return out
+        write_json(result.as_dict(), done)
+    return result

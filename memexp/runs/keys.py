@@ -18,12 +18,12 @@ from typing import Any
 
 from memexp.files import text_digest
 from memexp.runs.precision import run_key_precision
+from memexp.tasks import task_fields_not_in_key
 
 # Fields of the data config that do not change what is learned (left out of the run key).
 DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
-# Fields of the task config that only change evaluation; early stopping, like trainer.max_steps, only decides when
-# a run ends.
-TASK_FIELDS_NOT_IN_KEY = {"max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+# Fields of the task config that only change evaluation or when a run ends (each task marks them: memexp.tasks.base).
+TASK_FIELDS_NOT_IN_KEY = task_fields_not_in_key()
 _HYDRA_FLAGS = {"_partial_", "_convert_", "_recursive_"}
 
 

@@ -19,12 +19,14 @@ import lightning as L
 
 from memexp.console import say
 from memexp.data.text import TextDataModule
+from memexp.errors import ConfigError
 from memexp.evals.knowledge import knowledge_study
 from memexp.files import write_json, write_text
 from memexp.models.qwen3 import Qwen3LM
 from memexp.runs.build import RunNames
 from memexp.runs.loggers import log_to_wandb
 from memexp.runs.precision import with_keywords
+from memexp.runs.spec import KnowledgeStudy, RunResult, RunSpec
 from memexp.runs.train import limited_batches, train_and_test
 from memexp.tasks.optim import OptimizerSettings
 
@@ -106,70 +108,57 @@ def knowledge_after_test(edits: int) -> Callable:
     return after_test
 
 
-def run_knowledge_study(
-    cfg: dict,
-    names: RunNames,
-    model: Callable,
-    data: Callable,
-    optim: OptimizerSettings,
-    trainer: Callable,
-    run_dir: str | Path,
-    checkpoint_root: str | Path,
-    logger: Mapping[str, Callable | None] | None = None,
-    callbacks: Mapping[str, Any] | None = None,
-    settings: Mapping[str, Any] | None = None,
-    fresh: bool = False,
-) -> dict:
-    """Stage 1 (backbone), stage 2 (memory), then the measurements; returns stage 2's result with both."""
-    settings = dict(settings or {})
-    run_dir = Path(run_dir)
-    probe = data()
-    probe.prepare_data()  # writes the world (sentences, knowledge base, tokenizer) once
-    backbone_settings = BACKBONE_DEFAULTS | dict(settings.get("backbone") or {})
-    bb_cfg, bb_model, bb_data = backbone_stage(backbone_settings, probe.world_dir, str(probe.data_dir))
-    bb_cfg["seed"] = names.seed
-    run_trainer = cfg.get("trainer") or {}
+def _backbone_spec(spec: RunSpec, study: KnowledgeStudy, world_dir: Path, data_dir: str) -> RunSpec:
+    """Stage 1's run: a small Qwen3 on the world's text, cut like the run when the run is a smoke run."""
+    if unknown := sorted(set(study.backbone) - set(BACKBONE_DEFAULTS)):
+        raise ConfigError(f"study.backbone.{unknown[0]}: no such setting; expected {', '.join(BACKBONE_DEFAULTS)}")
+    settings = BACKBONE_DEFAULTS | dict(study.backbone)
+    bb_cfg, bb_model, bb_data = backbone_stage(settings, world_dir, data_dir)
+    bb_cfg["seed"] = spec.names.seed
+    run_trainer = spec.cfg.get("trainer") or {}
     bb_cfg["trainer"] = {"precision": run_trainer.get("precision")}  # a bf16 backbone has its own key
-    steps, evals = int(backbone_settings["steps"]), 4
-    if limits := limited_batches(cfg):  # a smoke run (debug=fast, batch limits) cuts the backbone stage the same way
+    steps, evals = int(settings["steps"]), 4
+    if limits := limited_batches(spec.cfg):  # a smoke run (debug=fast, batch limits) cuts the backbone stage the same way
         steps = min(steps, int(run_trainer.get("max_steps") or steps))
         evals = min(evals, int(run_trainer.get("limit_val_batches") or evals))
         bb_cfg["run"] = {"choices": {"debug": limits["debug"]}} if "debug" in limits else {}  # its folder's name
         bb_cfg["trainer"] |= {"max_steps": steps, "limit_val_batches": evals, "limit_test_batches": evals}
-    bb_trainer = with_keywords(
-        trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=evals, limit_test_batches=evals
+    lr = bb_cfg["optim"]["lr"]
+    return RunSpec(
+        cfg=bb_cfg,
+        names=RunNames(spec.names.experiment, "qwen3", "knowledge_text", spec.names.seed),
+        model=bb_model,
+        data=bb_data,
+        optim=OptimizerSettings(lr=lr, warmup_steps=50, min_lr=lr / 10),
+        trainer=with_keywords(
+            spec.trainer, max_steps=steps, val_check_interval=steps, limit_val_batches=evals, limit_test_batches=evals
+        ),
+        run_dir=spec.run_dir / "backbone",
+        checkpoint_root=spec.checkpoint_root,
+        logger=spec.logger,
+        callbacks=spec.callbacks,
+        fresh=spec.fresh,
     )
-    bb_names = RunNames(names.experiment, "qwen3", "knowledge_text", names.seed)
-    stage1 = train_and_test(
-        bb_cfg,
-        bb_names,
-        bb_model,
-        bb_data,
-        OptimizerSettings(lr=bb_cfg["optim"]["lr"], warmup_steps=50, min_lr=bb_cfg["optim"]["lr"] / 10),
-        bb_trainer,
-        run_dir / "backbone",
-        checkpoint_root,
-        logger=logger,
-        callbacks=callbacks,
-        fresh=fresh,
-    )
-    backbone = str((Path(stage1["ckpt_dir"]) / "last.ckpt").resolve())
-    say(f"backbone: {backbone} (val loss {stage1['metrics'].get('val/loss', float('nan')):.3f})")
+
+
+def run_knowledge_study(spec: RunSpec) -> RunResult:
+    """The knowledge driver: stage 1 (backbone), stage 2 (memory), then the measurements; returns stage 2's result
+    with both."""
+    study = spec.study if isinstance(spec.study, KnowledgeStudy) else KnowledgeStudy()
+    probe = spec.data()
+    probe.prepare_data()  # writes the world (sentences, knowledge base, tokenizer) once
+    stage1 = train_and_test(_backbone_spec(spec, study, probe.world_dir, str(probe.data_dir)))
+    backbone = str((Path(stage1.ckpt_dir) / "last.ckpt").resolve())
+    say(f"backbone: {backbone} (val loss {stage1.metrics.get('val/loss', float('nan')):.3f})")
     stage2 = train_and_test(
-        cfg | {"model": dict(cfg["model"], backbone=backbone)},
-        names,
-        functools.partial(model, backbone=backbone),
-        data,
-        optim,
-        trainer,
-        run_dir / "memory",
-        checkpoint_root,
-        logger=logger,
-        callbacks=callbacks,
-        fresh=fresh,
-        after_test=knowledge_after_test(int(settings.get("edits", 100))),
+        spec.replace(
+            cfg=spec.cfg | {"model": dict(spec.cfg["model"], backbone=backbone)},
+            model=functools.partial(spec.model, backbone=backbone),
+            run_dir=spec.run_dir / "memory",
+            after_test=knowledge_after_test(int(study.edits)),
+        )
     )
-    stage2["metrics"] |= stage2.get("study", {}).get("metrics", {})
-    stage2["backbone_run"] = {"ckpt": backbone, "metrics": stage1["metrics"]}
-    write_json(stage2, run_dir / "metrics.json")
+    stage2.metrics |= (stage2.study or {}).get("metrics", {})
+    stage2.backbone_run = {"ckpt": backbone, "metrics": stage1.metrics}
+    write_json(stage2.as_dict(), spec.run_dir / "metrics.json")
     return stage2

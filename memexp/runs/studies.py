@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 
@@ -103,6 +104,7 @@ class StudySettings:
     extra_texts: Sequence[str] = ()  # text files of other domains: bits per character on each (text data)
     speed: dict = field(default_factory=dict)  # the report's side-by-side timing: rounds, train_steps, gen_tokens
     span: int | None = None  # the context the recall gaps are multiples of (the leaderboard's columns)
+    driver: ClassVar[str] = "train"  # evaluations after the test of one training run (memexp.runs.drivers)
 
 
 class StudyEvaluations:

@@ -1,10 +1,9 @@
 """Train and test one run: the body of `python -m memexp.run`.
 
-`train_and_test` builds the data, checks that the model fits it, builds the task, fits with a
-stable checkpoint folder (so the same command resumes from `last.ckpt`), tests, samples, and
-returns the metrics (also written to `<run_dir>/metrics.json`). It takes the run's pieces as
-already-built factories (partials from the config store), never a Hydra config: tests and
-scripts call it directly.
+`train_and_test` (the train driver) builds the data, checks that the model fits it, builds the task, fits with a
+stable checkpoint folder (so the same command resumes from `last.ckpt`), tests, samples, and returns a `RunResult`
+(also written to `<run_dir>/metrics.json`). It takes a `RunSpec` (memexp.runs.spec) whose pieces are already-built
+factories (partials from the config store), never a Hydra config: tests and scripts call it directly.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,7 @@ from memexp.runs.checkpoints import resume_point
 from memexp.runs.loggers import finish_loggers, git_commit, log_to_wandb, make_loggers
 from memexp.runs.precision import hold_frozen_in_bf16
 from memexp.runs.signals import EXIT_SIGTERM, SaveOnStop, stopped_message
-from memexp.tasks.optim import OptimizerSettings
-
-# after_test(task, datamodule, loggers, run_dir, names) -> extra results stored under "study"
-AfterTest = Callable[[L.LightningModule, L.LightningDataModule, list, Path, RunNames], dict]
+from memexp.runs.spec import RunResult, RunSpec
 
 
 def limited_batches(cfg: Mapping[str, Any]) -> dict:
@@ -123,10 +120,6 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> tuple[str | None, int]:
     """(the checkpoint to test, its step): with "best" the best by the monitored metric (when a monitor is
     set and a validation saved one), else the final weights (None: what the trainer holds)."""
-    if test_ckpt not in ("best", "last"):
-        from memexp.errors import ConfigError
-
-        raise ConfigError(f"task.test_ckpt={test_ckpt!r}: expected 'best' or 'last'")
     best = _best_checkpoint(trainer) if test_ckpt == "best" else None
     if best is None:
         return None, trainer.global_step
@@ -156,107 +149,116 @@ def frozen_summary(net: torch.nn.Module) -> str | None:
     return f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
 
 
-def train_and_test(
-    cfg: dict,
-    names: RunNames,
-    model: Callable,
-    data: Callable,
-    optim: OptimizerSettings,
-    trainer: Callable,
-    run_dir: str | Path,
-    checkpoint_root: str | Path,
-    logger: Mapping[str, Callable | None] | None = None,
-    callbacks: Mapping[str, Any] | None = None,
-    carry_state: bool | str = "auto",
-    max_eval_generate_batches: int | None = None,
-    early_stop: int | None = None,
-    test_ckpt: str = "best",
-    compile_net: bool = False,
-    fresh: bool = False,
-    ckpt_dir: str | Path | None = None,
-    sample_tokens: int = 0,
-    sample_prompt: str = "\n",
-    after_test: AfterTest | None = None,
-    extra_callbacks: list[L.Callback] | None = None,
-) -> dict:
-    """Fit, test, sample; returns {"metrics": {...}, "ckpt_dir": ..., "sample": ..., "resumed_from_step": ...}.
+@dataclass
+class _Prepared:
+    """A run ready to fit: its data, task, checkpoint folder, where it resumes from, and whether it already finished."""
 
-    after_test(task, datamodule, loggers, run_dir, names) -> dict runs after the test, while the
-    loggers are still open (studies log their tables there); its result is stored as "study".
-    extra_callbacks are added to the trainer (e.g. the meta-learning outer loop).
-    test_ckpt: "best" tests the best checkpoint by the monitored metric (a classification task's selection
-    metric, else the checkpoint callback's monitor; the final weights when none is set), "last" the final
-    weights. The tested step is in the metrics as `tested_step`; evaluations after the test see those weights.
-    """
-    check_pairing(model, data, names)
+    datamodule: L.LightningDataModule
+    task: L.LightningModule
+    ckpt_dir: Path
+    resume_from: Path | None
+    resume_step: int | None
+    finished: bool
+
+
+def _prepare(spec: RunSpec) -> _Prepared:
+    """Seed, build the data and the task (precision and compile as the run says), and find the checkpoint to resume."""
+    cfg, names = spec.cfg, spec.names
+    check_pairing(spec.model, spec.data, names)
     L.seed_everything(names.seed, workers=True, verbose=False)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg, names, checkpoint_root)
-
-    datamodule = data()
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = spec.ckpt_dir or checkpoint_dir(cfg, names, spec.checkpoint_root)
+    datamodule = spec.data()
     datamodule.prepare_data()
     datamodule.setup("fit")
-    task = build_task(model, datamodule.spec, optim, carry_state, max_eval_generate_batches, early_stop)
-    precision = getattr(trainer, "keywords", {}).get("precision")
+    task = build_task(spec.model, datamodule.spec, spec.optim, spec.task)
+    precision = getattr(spec.trainer, "keywords", {}).get("precision")
     if str(precision) == "bf16-mixed" and (held := hold_frozen_in_bf16(task.net)):
         say(f"frozen in bf16 (bf16-mixed; not trained): {', '.join(held)}")
     if frozen := frozen_summary(task.net):
         say(frozen)
-    if compile_net:
+    if task.settings.compile:
         task.net.compile()
-    selection = getattr(task, "selection", None)  # classification: the best validation macro F1 is tested
     task.run_config = cfg | {"names": vars(names)}
-
-    last = ckpt_dir / "last.ckpt"
-    if fresh and ckpt_dir.exists():
+    if spec.fresh and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     resume_from, resume_step = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    max_steps = getattr(trainer, "keywords", {}).get("max_steps", -1)
+    max_steps = getattr(spec.trainer, "keywords", {}).get("max_steps", -1)
     finished = resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step
     if finished:
         say(
             f"this run finished at step {resume_step} (trainer.max_steps={max_steps}): testing {ckpt_dir} again without "
             f"training; raise trainer.max_steps to continue it, or pass fresh=true to start over",
         )
+    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished)
 
-    hparams = cfg | {"names": vars(names), "ckpt_dir": str(ckpt_dir)}
-    hparams["run"] = dict(cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
-    loggers = make_loggers(logger, run_dir, names, hparams)
+
+def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers: list) -> tuple[dict, dict | None]:
+    """Fit (or resume), save last.ckpt, test the chosen checkpoint; (metrics, the study's result or None)."""
+    task, datamodule = run.task, run.datamodule
+    resume = str(run.resume_from) if run.resume_from else None
+    trainer_obj.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    if trainer_obj.interrupted:
+        raise KeyboardInterrupt
+    # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
+    trainer_obj.save_checkpoint(run.ckpt_dir / "last.ckpt", weights_only=False)
+    fit_metrics = plain_metrics(trainer_obj.callback_metrics)
+    if run.finished and not any(k.startswith("val/") for k in fit_metrics):
+        # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
+        trainer_obj.validate(task, datamodule=datamodule, verbose=False)
+        fit_metrics |= plain_metrics(trainer_obj.callback_metrics)
+    tested, tested_step = tested_checkpoint(trainer_obj, task.settings.test_ckpt)
+    trainer_obj.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+    metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
+    metrics["global_step"] = float(trainer_obj.global_step)
+    metrics["tested_step"] = float(tested_step)
+    counts = parameter_counts(task.net)
+    metrics |= counts
+    log_to_wandb(loggers, {}, summary=counts)
+    study = None
+    if spec.after_test and trainer_obj.is_global_zero:
+        with trainer_obj.precision_plugin.forward_context():  # the study evaluates in the run's precision
+            study = spec.after_test(task, datamodule, loggers, spec.run_dir, spec.names)
+    return metrics, study
+
+
+def _sample(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer) -> str | None:
+    """The text sample at the end of a run (a task that generates, on rank 0), in the run's precision."""
+    if not spec.sample.tokens or not trainer_obj.is_global_zero or not hasattr(run.task, "generate"):
+        return None
+    tok, prompt = run.datamodule.spec.tokenizer, spec.sample.prompt
+    with trainer_obj.precision_plugin.forward_context():
+        ids = run.task.generate(tok.encode(prompt), max_new_tokens=spec.sample.tokens, temperature=0.8, seed=spec.names.seed)
+    return prompt + tok.decode(ids)
+
+
+def train_and_test(spec: RunSpec) -> RunResult:
+    """The train driver: fit, test, sample; the result is also written to `<run_dir>/metrics.json`.
+
+    `spec.after_test(task, datamodule, loggers, run_dir, names) -> dict` runs after the test, while the loggers are
+    still open (studies log their tables there); its result is stored as `study`. The task's `test_ckpt` picks the
+    tested checkpoint: "best" by the monitored metric (a classification task's selection metric, else the checkpoint
+    callback's monitor; the final weights when none is set), "last" the final weights. The tested step is in the
+    metrics as `tested_step`; evaluations after the test see those weights.
+    """
+    run = _prepare(spec)
+    last = run.ckpt_dir / "last.ckpt"
+    hparams = spec.cfg | {"names": vars(spec.names), "ckpt_dir": str(run.ckpt_dir)}
+    hparams["run"] = dict(spec.cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
+    loggers = make_loggers(spec.logger, spec.run_dir, spec.names, hparams)
     stop = SaveOnStop(last)  # SIGTERM / Ctrl-C: last.ckpt at the next step boundary, then exit 143
-    trainer_obj: L.Trainer = trainer(
+    selection = getattr(run.task, "selection", None)  # classification: the best validation macro F1 is tested
+    trainer_obj: L.Trainer = spec.trainer(
         logger=loggers,
-        callbacks=preset_callbacks(trainer)
-        + _callbacks(callbacks, ckpt_dir, selection)
-        + list(extra_callbacks or [])
+        callbacks=preset_callbacks(spec.trainer)
+        + _callbacks(spec.callbacks, run.ckpt_dir, selection)
+        + list(spec.extra_callbacks)
         + [throughput_monitor(), stop],
-        default_root_dir=str(run_dir),
+        default_root_dir=str(spec.run_dir),
     )
     try:
-        trainer_obj.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
-        if trainer_obj.interrupted:
-            raise KeyboardInterrupt
-        trainer_obj.save_checkpoint(
-            last, weights_only=False
-        )  # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
-        fit_metrics = plain_metrics(trainer_obj.callback_metrics)
-        if finished and not any(k.startswith("val/") for k in fit_metrics):
-            # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
-            trainer_obj.validate(task, datamodule=datamodule, verbose=False)
-            fit_metrics |= plain_metrics(trainer_obj.callback_metrics)
-        tested, tested_step = tested_checkpoint(trainer_obj, test_ckpt)
-        trainer_obj.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
-        metrics = fit_metrics | plain_metrics(trainer_obj.callback_metrics)
-        metrics["global_step"] = float(trainer_obj.global_step)
-        metrics["tested_step"] = float(tested_step)
-        counts = parameter_counts(task.net)
-        metrics |= counts
-        log_to_wandb(loggers, {}, summary=counts)
-        study = None
-        if after_test and trainer_obj.is_global_zero:
-            with trainer_obj.precision_plugin.forward_context():  # the study evaluates in the run's precision
-                study = after_test(task, datamodule, loggers, run_dir, names)
+        metrics, study = _fit_and_test(spec, run, trainer_obj, loggers)
     except SIGTERMException:  # Lightning stopped the fit (or the test) at a step boundary; SaveOnStop saved last.ckpt
         if trainer_obj.is_global_zero and stop.saved_step is not None:
             print(stopped_message(last, stop.saved_step), file=sys.stderr, flush=True)
@@ -264,24 +266,16 @@ def train_and_test(
         raise SystemExit(EXIT_SIGTERM) from None
     finally:
         finish_loggers(loggers)
-
-    sample = None
-    if sample_tokens and trainer_obj.is_global_zero and hasattr(task, "generate"):
-        tok = datamodule.spec.tokenizer
-        with trainer_obj.precision_plugin.forward_context():  # the sample in the run's precision
-            ids = task.generate(tok.encode(sample_prompt), max_new_tokens=sample_tokens, temperature=0.8, seed=names.seed)
-        sample = sample_prompt + tok.decode(ids)
-    result = {
-        "metrics": metrics,
-        "ckpt_dir": str(ckpt_dir),
-        "sample": sample,
-        "resumed_from_step": resume_step,
-        "run_dir": str(run_dir),
-        "names": vars(names),
-        "threads": torch.get_num_threads(),  # at the end (trainer.threads=auto may have followed the machine)
-    }
-    if study is not None:
-        result["study"] = study
+    result = RunResult(
+        metrics=metrics,
+        run_dir=str(spec.run_dir),
+        names=vars(spec.names),
+        ckpt_dir=str(run.ckpt_dir),
+        sample=_sample(spec, run, trainer_obj),
+        resumed_from_step=run.resume_step,
+        threads=torch.get_num_threads(),  # at the end (trainer.threads=auto may have followed the machine)
+        study=study,
+    )
     if trainer_obj.is_global_zero:
-        write_json(result, run_dir / "metrics.json")
+        write_json(result.as_dict(), spec.run_dir / "metrics.json")
     return result

@@ -9,10 +9,11 @@ Batches: dict(input=(B, T) long, target=(B, T) long with -100 where nothing is p
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,11 +22,12 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from memexp.data.spec import IGNORE_INDEX, DataSpec
+from memexp.errors import ConfigError
 from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
 from memexp.models.sampling import sample_next
+from memexp.tasks.base import BaseTask, TaskSettings
 from memexp.tasks.cms_gate import CMSGradientGate
-from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
-from memexp.tasks.record import run_record
+from memexp.tasks.optim import OptimizerSettings
 
 
 def _detach(state: Any) -> Any:
@@ -33,25 +35,38 @@ def _detach(state: Any) -> Any:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
 
 
-class CausalLMTask(L.LightningModule):
+@dataclass(frozen=True)
+class CausalLMSettings(TaskSettings):
+    """carry_state: carry the model's state from one training batch to the next (truncated BPTT); needs a model
+    with `carries_state` and data with in-order stream windows. "auto": when both hold."""
+
+    carry_state: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.carry_state not in ("auto", True, False):
+            raise ConfigError(f"task.carry_state={self.carry_state!r}: expected auto, true or false")
+
+
+class CausalLMTask(BaseTask):
     """Next-token prediction with any `memexp.models` causal LM.
 
     Args:
         net: the model; `net(idx, state) -> (logits, state)`.
         spec: what the data provides (vocabulary, tokenizer, window length).
         optim: optimiser and schedule settings.
-        carry_state: carry the model's state from one training batch to the next (truncated
-            BPTT); needs a model with `carries_state` and data with in-order stream windows.
+        settings: `CausalLMSettings`, its `carry_state` resolved (true or false; `create` resolves "auto").
     """
 
-    def __init__(self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, carry_state: bool = False):
-        super().__init__()
-        self.net = net
-        self.spec = spec
-        self.optim = optim or OptimizerSettings()
-        self.carry_state = carry_state
+    task_kind = "causal_lm"
+    Settings = CausalLMSettings
+
+    def __init__(
+        self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, settings: CausalLMSettings | None = None
+    ):
+        super().__init__(net, spec, optim, settings or CausalLMSettings(carry_state=False))
+        self.carry_state = bool(self.settings.carry_state)
         self._train_state = None
-        self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
         # Models that learn at several frequencies (HOPE's continuum memory) name which parameters
         # the optimiser may move at which period; the gate holds their gradients in between.
         schedule = net.cms_update_schedule() if isinstance(net, MultiRateCMS) else None
@@ -75,6 +90,20 @@ class CausalLMTask(L.LightningModule):
         """Every metric name a run logs at the end of training and testing (what `optimized_metric` may name)."""
         evals = [f"{stage}/{m}" for stage in ("val", "test") for m in ("loss", "ppl", "bpc", "acc", "top5", "top10")]
         return ["train/loss", "train/acc", *evals]
+
+    @classmethod
+    def create(cls, net: nn.Module, spec: DataSpec, optim: OptimizerSettings, settings: CausalLMSettings) -> CausalLMTask:
+        """carry_state "auto" carries when the model carries state and the windows are in order; true with a model
+        or data that cannot is an error."""
+        ordered = spec.ordered_windows
+        carry = settings.carry_state
+        if carry == "auto":
+            carry = bool(net.carries_state and ordered)
+        elif carry and not net.carries_state:
+            raise ConfigError(f"task.carry_state=true needs a model that carries state; {type(net).__name__} does not")
+        elif carry and not ordered:
+            raise ConfigError("task.carry_state=true needs in-order windows; set data.windows=stream")
+        return cls(net, spec, optim=optim, settings=dataclasses.replace(settings, carry_state=bool(carry)))
 
     # -- steps --------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
@@ -119,7 +148,7 @@ class CausalLMTask(L.LightningModule):
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         x, y = batch["input"], batch["target"]
         logits, _ = self.net(x, None)
         n_tokens = (y != IGNORE_INDEX).sum()
@@ -134,30 +163,9 @@ class CausalLMTask(L.LightningModule):
         getattr(self, f"{stage}_loss").reset()
         getattr(self, f"{stage}_metrics").reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    # -- optimisation -------------------------------------------------------------------
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self)
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
-
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["memexp"] = run_record(self, "causal_lm")
+        super().on_save_checkpoint(checkpoint)
         if self.cms_gate is not None:
             checkpoint["memexp"]["cms_gate"] = self.cms_gate.state_dict()
         if self.carry_state and self._train_state is not None:  # the carried TBPTT state: a resume continues it

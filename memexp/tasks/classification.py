@@ -15,6 +15,8 @@ training); label 1 is the positive class (fake news), 0 the negative (real).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,8 @@ from torchmetrics.classification import (
 
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
-from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
-from memexp.tasks.record import run_record
+from memexp.tasks.base import BaseTask, TaskSettings, evaluation_only
+from memexp.tasks.optim import OptimizerSettings
 
 CLASS_NAMES = ("real", "fake")  # label 0, label 1: the names of the per-class metrics, as the original's
 
@@ -75,28 +77,43 @@ def flatten_class_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[
     return out
 
 
-class ClassificationTask(L.LightningModule):
+@dataclass(frozen=True)
+class ClassificationSettings(TaskSettings):
+    """early_stop: validations without a new best macro F1 before training stops (0: never)."""
+
+    early_stop: int = evaluation_only(5)  # like trainer.max_steps, it only decides when a run ends
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.early_stop, int) or self.early_stop < 0:
+            raise ConfigError(f"task.early_stop={self.early_stop} must be >= 0 (0 turns early stopping off)")
+
+
+class ClassificationTask(BaseTask):
     """Binary classification of documents with any net that returns a logit per document.
 
     Args:
         net: the model (see the module docstring).
         spec: what the data provides (vocabulary, two classes).
         optim: optimiser and schedule settings.
-        early_stop: validations without a new best macro F1 before training stops (0: never).
+        settings: `ClassificationSettings`.
     """
 
+    task_kind = "classification"
+    Settings = ClassificationSettings
     selection = {"monitor": "val/macro_f1", "mode": "max"}  # the checkpoint the test reloads
 
-    def __init__(self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, early_stop: int = 5):
-        super().__init__()
+    def __init__(
+        self,
+        net: nn.Module,
+        spec: DataSpec,
+        optim: OptimizerSettings | None = None,
+        settings: ClassificationSettings | None = None,
+    ):
         if spec.num_classes not in (None, 2):
             raise ConfigError(f"a classification task here is binary; the data has {spec.num_classes} classes")
-        if early_stop < 0:
-            raise ConfigError(f"task.early_stop={early_stop} must be >= 0 (0 turns early stopping off)")
-        self.net, self.spec = net, spec
-        self.optim = optim or OptimizerSettings()
-        self.early_stop = early_stop
-        self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
+        super().__init__(net, spec, optim, settings)
+        self.early_stop = self.settings.early_stop
         for stage in ("val", "test"):
             setattr(self, f"{stage}_scores", classification_metrics(f"{stage}/"))
             setattr(self, f"{stage}_classes", class_metrics())
@@ -127,7 +144,7 @@ class ClassificationTask(L.LightningModule):
         self.log("train/loss", main, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         logits = self(batch)["logits"].float()
         y = batch["label"]
         getattr(self, f"{stage}_loss").update(self.bce(logits, y), weight=len(y))
@@ -142,18 +159,6 @@ class ClassificationTask(L.LightningModule):
         for name in ("loss", "scores", "classes"):
             getattr(self, f"{stage}_{name}").reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     @torch.no_grad()
     def predict_proba(self, batch: dict) -> torch.Tensor:
         """P(label 1) per document (B,), with the net in eval mode (ENDEF: the content logit alone)."""
@@ -167,14 +172,3 @@ class ClassificationTask(L.LightningModule):
         if not self.early_stop:
             return []
         return [EarlyStopping(monitor=self.selection["monitor"], mode=self.selection["mode"], patience=self.early_stop)]
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self)
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["memexp"] = run_record(self, "classification")

@@ -13,7 +13,8 @@ reply_in) -> {"logits" (B, Lr, V), "ponder_loss" (), "think_steps" (B,)}` and
 
 from __future__ import annotations
 
-import lightning as L
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,33 +23,42 @@ from torchmetrics.text import BLEUScore
 
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
-from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
-from memexp.tasks.record import run_record
+from memexp.tasks.base import BaseTask, TaskSettings, evaluation_only
+from memexp.tasks.optim import OptimizerSettings
 from memexp.tasks.text_metrics import DistinctN
 
 
-class DialogueTask(L.LightningModule):
+@dataclass(frozen=True)
+class DialogueSettings(TaskSettings):
+    """max_eval_generate_batches: evaluation batches (per validation/test run) whose replies are decoded greedily
+    for BLEU and distinct-n; decoding is the slow part, 0 turns it off."""
+
+    max_eval_generate_batches: int = evaluation_only(4)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.max_eval_generate_batches, int) or self.max_eval_generate_batches < 0:
+            raise ConfigError(f"task.max_eval_generate_batches={self.max_eval_generate_batches} must be >= 0")
+
+
+class DialogueTask(BaseTask):
     """Reply generation given the dialogue history.
 
     Args:
         net: the model (see the module docstring).
         spec: what the data provides (vocabulary with pad/sos/eos ids).
         optim: optimiser and schedule settings.
-        max_eval_generate_batches: evaluation batches (per validation/test run) whose replies
-            are decoded greedily for BLEU and distinct-n; decoding is the slow part, 0 turns it off.
+        settings: `DialogueSettings`.
     """
 
+    task_kind = "dialogue"
+    Settings = DialogueSettings
+
     def __init__(
-        self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, max_eval_generate_batches: int = 4
+        self, net: nn.Module, spec: DataSpec, optim: OptimizerSettings | None = None, settings: DialogueSettings | None = None
     ):
-        super().__init__()
-        if max_eval_generate_batches < 0:
-            raise ConfigError(f"task.max_eval_generate_batches={max_eval_generate_batches} must be >= 0")
-        self.net = net
-        self.spec = spec
-        self.optim = optim or OptimizerSettings()
-        self.max_eval_generate_batches = max_eval_generate_batches
-        self.run_config: dict | None = None  # the composed run config, saved with every checkpoint
+        super().__init__(net, spec, optim, settings)
+        self.max_eval_generate_batches = self.settings.max_eval_generate_batches
         vocab = spec.tokenizer
         self.pad_id, self.sos_id, self.eos_id = vocab.pad_id, vocab.sos_id, vocab.eos_id
         for stage in ("val", "test"):
@@ -116,30 +126,6 @@ class DialogueTask(L.LightningModule):
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         for name in ("loss", "think", "bleu2", "bleu4", "distinct1", "distinct2"):
             getattr(self, f"{stage}_{name}").reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    # -- optimisation and checkpoints ---------------------------------------------------------
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self)
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["memexp"] = run_record(self, "dialogue")
 
     # -- decoding ---------------------------------------------------------------------------
     def _until_eos(self, ids: list[int]) -> list[int]:

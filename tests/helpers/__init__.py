@@ -56,7 +56,7 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
 
     from memexp.run import run
 
-    return zen(run)(compose_run(overrides, output_dir))
+    return zen(run, unpack_kwargs=True)(compose_run(overrides, output_dir))
 
 
 CLI_OUTPUTS = Path(tempfile.mkdtemp(prefix="memexp-test-outputs-"))
