@@ -18,12 +18,15 @@ from typing import Any
 
 from memexp.files import text_digest
 from memexp.runs.precision import run_key_precision
-from memexp.tasks import task_fields_not_in_key
+from memexp.tasks import task_fields_not_in_key, task_section_defaults
 
 # Fields of the data config that do not change what is learned (left out of the run key).
 DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}
 # Fields of the task config that only change evaluation or when a run ends (each task marks them: memexp.tasks.base).
 TASK_FIELDS_NOT_IN_KEY = task_fields_not_in_key()
+# The task settings keyed whatever their value: the ones the keys knew before task settings were pruned of their
+# defaults (so existing folders keep their keys); a task setting added later is keyed only away from its default.
+TASK_FIELDS_KEYED_WHOLE = {"carry_state"}
 _HYDRA_FLAGS = {"_partial_", "_convert_", "_recursive_"}
 
 
@@ -66,9 +69,17 @@ def weights_section(section: Mapping[str, Any] | None) -> Any:
     return {k: v for k, v in section.items() if k not in _HYDRA_FLAGS and not (k in defaults and _at_default(v, defaults[k]))}
 
 
-def _payload(cfg: Mapping[str, Any], section: Callable[[Any], Any], limits: dict) -> dict:
+def _task_payload(task: Mapping[str, Any], legacy: bool) -> dict:
+    defaults = task_section_defaults()
+    kept = {k: v for k, v in task.items() if k not in TASK_FIELDS_NOT_IN_KEY}
+    if legacy:  # the previous scheme knew no other task setting
+        return {k: v for k, v in kept.items() if k in TASK_FIELDS_KEYED_WHOLE}
+    return {k: v for k, v in kept.items() if k in TASK_FIELDS_KEYED_WHOLE or not (k in defaults and _at_default(v, defaults[k]))}
+
+
+def _payload(cfg: Mapping[str, Any], section: Callable[[Any], Any], limits: dict, legacy: bool = False) -> dict:
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in DATA_FIELDS_NOT_IN_KEY}
-    task = {k: v for k, v in (cfg.get("task") or {}).items() if k not in TASK_FIELDS_NOT_IN_KEY}
+    task = _task_payload(cfg.get("task") or {}, legacy)
     payload = {"model": section(cfg.get("model")), "optim": section(cfg.get("optim")), "seed": cfg.get("seed")}
     payload |= {"data": section(data), "task": task}
     if (cfg.get("meta") or {}).get("use"):  # the meta-learning outer loop changes the weights too
@@ -89,7 +100,7 @@ def run_key(cfg: Mapping[str, Any], limits: dict | None = None) -> str:
 
 def legacy_run_key(cfg: Mapping[str, Any], limits: dict | None = None) -> str:
     """The key of the previous scheme (whole sections), to find the folders it named."""
-    return text_digest(_canonical(_payload(cfg, lambda s: s, limits or {})), "sha1", length=8)
+    return text_digest(_canonical(_payload(cfg, lambda s: s, limits or {}, legacy=True)), "sha1", length=8)
 
 
 def changed_defaults(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[dict, dict]:
