@@ -41,11 +41,14 @@ class CausalLMSettings(TaskSettings):
     with `carries_state` and data with in-order stream windows. "auto": when both hold."""
 
     carry_state: bool | str = "auto"
+    label_smoothing: float = 0.0  # of the training loss (torch's cross_entropy); evaluation scores the plain loss
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.carry_state not in ("auto", True, False):
             raise ConfigError(f"task.carry_state={self.carry_state!r}: expected auto, true or false")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"task.label_smoothing={self.label_smoothing}: expected 0 <= label_smoothing < 1")
 
 
 class CausalLMTask(BaseTask):
@@ -110,10 +113,11 @@ class CausalLMTask(BaseTask):
         """idx (B, T) long, the net's state or None -> logits (B, T, V) and the new state."""
         return self.net(idx, state)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         if not bool((target != IGNORE_INDEX).any()):  # nothing to predict (a router-only batch): no NaN
             return logits.sum() * 0.0
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat, target.reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if isinstance(self.net, StepScheduled):  # schedules that ramp with the optimiser step
@@ -139,7 +143,7 @@ class CausalLMTask(BaseTask):
         logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
-        loss = self._loss(logits, y)
+        loss = self._loss(logits, y, self.settings.label_smoothing)
         for name, value in (self.net.auxiliary_losses() if isinstance(self.net, AuxiliaryLosses) else {}).items():
             self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False)
             loss = loss + value
