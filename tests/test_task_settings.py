@@ -27,7 +27,7 @@ def test_the_task_section_is_every_tasks_settings_with_their_defaults(tmp_path):
     for task in TASKS.values():
         expected |= {f.name: f.default for f in dataclasses.fields(task.Settings)}
     assert section == expected == task_section_defaults()
-    assert set(section) == {"carry_state", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+    assert set(section) == {"carry_state", "label_smoothing", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
 
 
 def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
@@ -77,7 +77,7 @@ def test_the_checkpoint_holds_the_tasks_settings_whole(tiny_text, tmp_path):
     steps = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
     result = run_in_process(["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, *steps, "task.test_ckpt=last"], tmp_path)
     ck = torch.load(f"{result['ckpt_dir']}/last.ckpt", map_location="cpu", weights_only=True)
-    assert ck["memexp"]["task_settings"] == {"test_ckpt": "last", "compile": False, "carry_state": False}
+    assert ck["memexp"]["task_settings"] == {"test_ckpt": "last", "compile": False, "carry_state": False, "label_smoothing": 0.0}
 
 
 def test_the_study_section_becomes_one_typed_study():
@@ -104,3 +104,30 @@ def test_a_run_result_round_trips_through_its_json():
     d = result.as_dict()
     assert "study" not in d and "result_file" not in d and d["sample"] is None and d["threads"] == 2
     assert RunResult.from_dict(d | {"unknown": 1}) == result
+
+
+def test_a_setting_added_in_one_file_reaches_the_config_the_key_and_the_loss(tmp_path):
+    from memexp.data.spec import DataSpec
+    from memexp.models.transformer import Transformer
+    from memexp.runs.train import run_key
+    from memexp.tasks.causal_lm import CausalLMTask
+
+    cfg = compose_run([], tmp_path)
+    assert cfg.task.label_smoothing == 0.0  # in the config from its field alone
+    plain = compose_run([], tmp_path)
+    smoothed = compose_run(["task.label_smoothing=0.1"], tmp_path)
+    from omegaconf import OmegaConf
+
+    key = lambda c: run_key(OmegaConf.to_container(c, resolve=True))  # noqa: E731
+    assert key(plain) != key(smoothed)  # it changes the weights: keyed away from its default
+    torch.manual_seed(0)
+    net = Transformer(11, dim=16, depth=1, heads=2, max_len=8)
+    spec = DataSpec(task_kind="causal_lm", vocab_size=11, tokenizer=None)
+    batch = {"input": torch.randint(0, 11, (2, 8)), "target": torch.randint(0, 11, (2, 8))}
+    losses = [
+        CausalLMTask(net, spec, settings=CausalLMSettings(carry_state=False, label_smoothing=ls)).training_step(batch, 0)
+        for ls in (0.0, 0.1)
+    ]
+    assert not torch.isclose(losses[0], losses[1])
+    with pytest.raises(ConfigError, match="task.label_smoothing=1.0: expected 0 <= label_smoothing < 1"):
+        CausalLMSettings(label_smoothing=1.0)
