@@ -125,7 +125,10 @@ def load_all(results_dir: Path = RESULTS_DIR) -> list[dict]:
 
 def _table(columns: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(c, "cell").replace("|", "\\|") if "\\|" not in str(c) else str(c) for c in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(_cell(c, "cell").replace("|", "\\|") if "\\|" not in str(c) else str(c) for c in row) + " |"
+        for row in rows
+    ]
     return lines
 
 
@@ -294,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in ((PAGE, page), (README, readme)) if not p.is_file() or p.read_text(encoding="utf-8") != text]
     if args.check:
         for p in stale:
-            print(f"{p.relative_to(REPO)} differs from what docs/results/*.json renders: run python experiments/render_results.py")
+            print(
+                f"{p.relative_to(REPO)} differs from what docs/results/*.json renders: run python experiments/render_results.py"
+            )
         return 1 if stale else 0
     for p, text in ((PAGE, page), (README, readme)):
         if p in stale:
