@@ -67,7 +67,7 @@ def test_a_new_model_needs_one_class_and_one_store_entry(tiny_text, tmp_path):
 
 
 def test_a_user_adds_a_model_and_a_dataset_without_editing_memexp(tiny_text, tmp_path):
-    """The README's walkthrough: a module of your own and two YAML presets in ./conf, nothing in memexp."""
+    """The walkthrough in docs/configuration.md: a module of your own and two YAML presets in ./conf, nothing in memexp."""
     import json
     import math
 
