@@ -12,7 +12,8 @@ from torch import nn
 
 from memexp.data.dialogue import DialogueDataModule, DialogueStream, DialogueVocab
 from memexp.data.spec import DataSpec
-from memexp.tasks.dialogue import DialogueSettings, DialogueTask
+from memexp.tasks.dialogue import DialogueTask
+from memexp.tasks.settings import DialogueSettings
 from memexp.tasks.text_metrics import DistinctN
 
 

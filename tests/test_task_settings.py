@@ -15,9 +15,9 @@ from memexp.runs.keys import TASK_FIELDS_NOT_IN_KEY
 from memexp.runs.spec import ContinualStudy, KnowledgeStudy, RunResult, study_from_section
 from memexp.runs.studies import StudySettings
 from memexp.tasks import TASKS, TaskSettings, task_section_defaults
-from memexp.tasks.causal_lm import CausalLMSettings
-from memexp.tasks.classification import ClassificationSettings, ClassificationTask
-from memexp.tasks.dialogue import DialogueSettings, DialogueTask
+from memexp.tasks.classification import ClassificationTask
+from memexp.tasks.dialogue import DialogueTask
+from memexp.tasks.settings import CausalLMSettings, ClassificationSettings, DialogueSettings
 
 
 def test_the_task_section_is_every_tasks_settings_with_their_defaults(tmp_path):

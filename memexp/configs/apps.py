@@ -7,7 +7,7 @@ from hydra.conf import HydraConf, JobConf, RunDir, SweepDir
 from hydra_zen import MISSING, builds, make_config, store
 
 from memexp.configs.sweep_report import SweepReport
-from memexp.tasks import task_section_defaults
+from memexp.tasks.settings import task_section_defaults
 
 RunConfig = make_config(
     hydra_defaults=[

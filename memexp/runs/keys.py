@@ -18,7 +18,7 @@ from typing import Any
 
 from memexp.files import text_digest
 from memexp.runs.precision import run_key_precision
-from memexp.tasks import task_fields_not_in_key, task_section_defaults
+from memexp.tasks.settings import task_fields_not_in_key, task_section_defaults
 
 # Fields of the data config that do not change what is learned (left out of the run key).
 DATA_FIELDS_NOT_IN_KEY = {"data_dir", "num_workers", "pin_memory", "eval_batch_size", "cache_dir"}

@@ -4,17 +4,13 @@
 validation and test batches to `_eval_step` / `_eval_epoch_end`, builds the optimiser and schedule
 (`memexp.tasks.optim`) and writes the run record into each checkpoint (`memexp.tasks.record`), its settings whole.
 
-Each task declares its settings as one frozen dataclass (`Settings`, a subclass of `TaskSettings`), validated in
-`__post_init__`. The run config's `task` section is the union of every task's fields (memexp.configs.apps), the run
-key leaves out the fields marked `in_key=False` (memexp.runs.keys), and `settings_from` picks a task's own fields
-from the section. So a new task setting is one field in its task's file.
+Each task declares its settings as one frozen dataclass (`Settings`, in memexp.tasks.settings, which imports no
+torch), and `settings_from` picks a task's own fields from the run config's `task` section.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -25,37 +21,7 @@ from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
 from memexp.tasks.optim import OptimizerSettings, clip_gradients, configure_optimizers
 from memexp.tasks.record import run_record
-
-
-def evaluation_only(default: Any) -> Any:
-    """A settings field that does not change the weights (left out of the run key)."""
-    return field(default=default, metadata={"in_key": False})
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """The settings every task has.
-
-    test_ckpt: "best" tests the best checkpoint by the monitored metric (the final weights when none is monitored),
-        "last" the final weights.
-    compile: torch.compile the network (not the LightningModule); the first steps pay the compile.
-    """
-
-    test_ckpt: str = evaluation_only("best")
-    compile: bool = evaluation_only(False)
-
-    def __post_init__(self) -> None:
-        if self.test_ckpt not in ("best", "last"):
-            raise ConfigError(f"task.test_ckpt={self.test_ckpt!r}: expected 'best' or 'last'")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"task.compile={self.compile!r}: expected true or false")
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def settings_fields(cls: type[TaskSettings]) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+from memexp.tasks.settings import SETTINGS, TaskSettings, settings_fields
 
 
 class BaseTask(L.LightningModule):
@@ -81,19 +47,18 @@ class BaseTask(L.LightningModule):
         """This task's settings from a run config's `task` section. Strict (a run about to train): a setting of
         another task kind set away from its default is an error (it would do nothing here), and so is an unknown
         name; not strict (a saved run's config): the task's own fields are read, the rest left."""
-        from memexp.tasks import TASKS
-
         section = dict(section or {})
         own = settings_fields(cls.Settings)
         for name, value in section.items():
             if name in own or not strict:
                 continue
-            owners = [t for t in TASKS.values() if name in settings_fields(t.Settings)]
+            owners = {kind: s for kind, s in SETTINGS.items() if name in settings_fields(s)}
             if not owners:
                 raise ConfigError(f"task.{name}: no task has such a setting")
-            if value != owners[0].Settings.__dataclass_fields__[name].default:
-                kinds = " or ".join(t.task_kind for t in owners)
-                raise ConfigError(f"task.{name}={value} applies to {kinds} runs only; this is a {cls.task_kind} run")
+            if value != next(iter(owners.values())).__dataclass_fields__[name].default:
+                raise ConfigError(
+                    f"task.{name}={value} applies to {' or '.join(owners)} runs only; this is a {cls.task_kind} run"
+                )
         return cls.Settings(**{k: v for k, v in section.items() if k in own})
 
     @classmethod

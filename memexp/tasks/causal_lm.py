@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,30 +24,15 @@ from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
 from memexp.models.sampling import sample_next
-from memexp.tasks.base import BaseTask, TaskSettings
+from memexp.tasks.base import BaseTask
 from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.tasks.optim import OptimizerSettings
+from memexp.tasks.settings import CausalLMSettings
 
 
 def _detach(state: Any) -> Any:
     """The model state (a nest of tuples / lists / dicts of tensors, or None) cut from the graph."""
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
-
-
-@dataclass(frozen=True)
-class CausalLMSettings(TaskSettings):
-    """carry_state: carry the model's state from one training batch to the next (truncated BPTT); needs a model
-    with `carries_state` and data with in-order stream windows. "auto": when both hold."""
-
-    carry_state: bool | str = "auto"
-    label_smoothing: float = 0.0  # of the training loss (torch's cross_entropy); evaluation scores the plain loss
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.carry_state not in ("auto", True, False):
-            raise ConfigError(f"task.carry_state={self.carry_state!r}: expected auto, true or false")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"task.label_smoothing={self.label_smoothing}: expected 0 <= label_smoothing < 1")
 
 
 class CausalLMTask(BaseTask):

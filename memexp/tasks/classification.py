@@ -15,8 +15,6 @@ training); label 1 is the positive class (fake news), 0 the negative (real).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -33,8 +31,9 @@ from torchmetrics.classification import (
 
 from memexp.data.spec import DataSpec
 from memexp.errors import ConfigError
-from memexp.tasks.base import BaseTask, TaskSettings, evaluation_only
+from memexp.tasks.base import BaseTask
 from memexp.tasks.optim import OptimizerSettings
+from memexp.tasks.settings import ClassificationSettings
 
 CLASS_NAMES = ("real", "fake")  # label 0, label 1: the names of the per-class metrics, as the original's
 
@@ -75,18 +74,6 @@ def flatten_class_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[
             base = name.removesuffix("_cls")
             out |= {f"{prefix}{base}_{c}": v[i] for i, c in enumerate(CLASS_NAMES)}
     return out
-
-
-@dataclass(frozen=True)
-class ClassificationSettings(TaskSettings):
-    """early_stop: validations without a new best macro F1 before training stops (0: never)."""
-
-    early_stop: int = evaluation_only(5)  # like trainer.max_steps, it only decides when a run ends
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.early_stop, int) or self.early_stop < 0:
-            raise ConfigError(f"task.early_stop={self.early_stop} must be >= 0 (0 turns early stopping off)")
 
 
 class ClassificationTask(BaseTask):

@@ -13,8 +13,6 @@ reply_in) -> {"logits" (B, Lr, V), "ponder_loss" (), "think_steps" (B,)}` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,23 +20,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore
 
 from memexp.data.spec import DataSpec
-from memexp.errors import ConfigError
-from memexp.tasks.base import BaseTask, TaskSettings, evaluation_only
+from memexp.tasks.base import BaseTask
 from memexp.tasks.optim import OptimizerSettings
+from memexp.tasks.settings import DialogueSettings
 from memexp.tasks.text_metrics import DistinctN
-
-
-@dataclass(frozen=True)
-class DialogueSettings(TaskSettings):
-    """max_eval_generate_batches: evaluation batches (per validation/test run) whose replies are decoded greedily
-    for BLEU and distinct-n; decoding is the slow part, 0 turns it off."""
-
-    max_eval_generate_batches: int = evaluation_only(4)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.max_eval_generate_batches, int) or self.max_eval_generate_batches < 0:
-            raise ConfigError(f"task.max_eval_generate_batches={self.max_eval_generate_batches} must be >= 0")
 
 
 class DialogueTask(BaseTask):
