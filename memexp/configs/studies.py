@@ -10,6 +10,9 @@ Kept apart from groups.py so the studies can grow without touching the core grou
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from hydra_zen import builds, store
 
 from memexp.configs.groups import BOARD_ENTRIES, DATA_SEED
@@ -187,6 +190,11 @@ def register_studies() -> None:
         name="meta_recall",
     )
 
+    _register_model_claims(experiment)
+
+
+def _register_model_claims(experiment: Callable[..., Any]) -> None:
+    """The studies of one model's own claims: HGD-MemNet's thinking steps, ExplicitLM's knowledge study and SFT."""
     # HGD-MemNet's design claim: gated thinking steps (up to 4) against the same network held to one step, on the
     # 10,000-dialogue LCCC sample (its last 1,000 held out: 500 validation, 500 test), 6 seeds each:
     #   python -m memexp.run -m experiment=hgd_thinking          # 12 runs; reply perplexity, BLEU, distinct
