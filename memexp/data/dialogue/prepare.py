@@ -181,17 +181,10 @@ def prepare_dialogues(
         dvocab = DialogueVocab.load(vocab_path)
 
     # Pass 2: encode and write chunks, resuming after the last recorded chunk.
-    chunk_pass = _ChunkPass(out_dir, sources, splits, chunk_size, skip_bad, dvocab, state, progress_path)
-    chunk_pass.run(progress)
+    writers = _write_chunks(out_dir, sources, splits, chunk_size, skip_bad, dvocab, state, progress_path, progress)
 
-    manifest = _manifest(
-        fingerprint,
-        sources,
-        chunk_size,
-        skip_bad,
-        dvocab,
-        {s: {**state["splits"][s], "chunks": chunk_pass.writers[s].records} for s in splits},
-    )
+    split_states = {s: {**state["splits"][s], "chunks": writers[s].records} for s in splits}
+    manifest = _manifest(fingerprint, sources, chunk_size, skip_bad, dvocab, split_states)
     _write_json_atomic(manifest_path, manifest)  # last: from here on the folder counts as finished
     progress_path.unlink(missing_ok=True)
     return manifest
@@ -273,47 +266,37 @@ def _start_state(
     return state
 
 
-class _ChunkPass:
-    """Pass 2: encode the dialogues and write the chunks, recording progress after each chunk in `state`."""
+def _write_chunks(
+    out_dir: Path,
+    sources: Sources,
+    splits: tuple[str, ...],
+    chunk_size: int,
+    skip_bad: bool,
+    dvocab: DialogueVocab,
+    state: dict,
+    progress_path: Path,
+    progress: bool | None,
+) -> dict[str, ChunkWriter]:
+    """Pass 2: encode the dialogues and write the chunks, recording in progress.json after each chunk; the writers."""
+    writers = {s: ChunkWriter(out_dir / s, chunk_size, state["splits"][s]["chunks"]) for s in splits}
+    bar = _Progress(progress, "writing chunks")
 
-    def __init__(
-        self,
-        out_dir: Path,
-        sources: Sources,
-        splits: tuple[str, ...],
-        chunk_size: int,
-        skip_bad: bool,
-        dvocab: DialogueVocab,
-        state: dict,
-        progress_path: Path,
-    ):
-        self.sources, self.splits, self.skip_bad, self.dvocab = sources, splits, skip_bad, dvocab
-        self.state, self.progress_path = state, progress_path
-        self.writers = {s: ChunkWriter(out_dir / s, chunk_size, state["splits"][s]["chunks"]) for s in splits}
+    def checkpoint(src: int, consumed: int) -> None:
+        state["consumed"][src] = consumed
+        for s in splits:
+            state["splits"][s]["chunks"] = writers[s].records
+        _write_json_atomic(progress_path, state)
 
-    def checkpoint(self, src: int, consumed: int) -> None:
-        self.state["consumed"][src] = consumed
-        for s in self.splits:
-            self.state["splits"][s]["chunks"] = self.writers[s].records
-        _write_json_atomic(self.progress_path, self.state)
+    def close_split(split: str, src: int, consumed: int) -> None:
+        writers[split].flush()
+        state["splits"][split]["finished"] = True
+        state["open_split"] = None
+        checkpoint(src, consumed)
 
-    def close_split(self, split: str, src: int, consumed: int) -> None:
-        self.writers[split].flush()
-        self.state["splits"][split]["finished"] = True
-        self.state["open_split"] = None
-        self.checkpoint(src, consumed)
-
-    def run(self, progress: bool | None) -> None:
-        bar = _Progress(progress, "writing chunks")
-        for src_i in range(len(self.sources)):
-            if self.state["consumed"][src_i] >= 0:  # < 0: this source was read to the end
-                self._read_source(src_i, bar)
-        bar.close()
-
-    def _read_source(self, src_i: int, bar: _Progress) -> None:
-        state, writers = self.state, self.writers
-        src_path, src_split, src_fmt = self.sources[src_i]
+    for src_i, (src_path, src_split, src_fmt) in enumerate(sources):
         skip = state["consumed"][src_i]
+        if skip < 0:
+            continue  # this source was read to the end
         consumed = 0
         for consumed, rec in enumerate(READERS[src_fmt](src_path), start=1):
             if consumed <= skip:
@@ -321,46 +304,47 @@ class _ChunkPass:
             split = src_split or rec.split or "train"
             if split != state["open_split"]:
                 if state["open_split"] is not None:
-                    self.close_split(state["open_split"], src_i, consumed - 1)
+                    close_split(state["open_split"], src_i, consumed - 1)
                 if split in writers:
                     if state["splits"][split]["finished"]:
                         raise DataError(f"{src_path}:{rec.line}: split {split!r} was already written from an earlier source")
                     state["open_split"] = split
             if split not in writers:
                 continue
-            ids = self._encode(split, rec, src_path)
+            ids = _encode(rec, state["splits"][split], dvocab, skip_bad, src_path)
             if ids is None:
                 continue
             if writers[split].add(ids) is not None:
-                self.checkpoint(src_i, consumed)
+                checkpoint(src_i, consumed)
             bar.advance()
         if state["open_split"] is not None:
-            self.close_split(state["open_split"], src_i, consumed)
+            close_split(state["open_split"], src_i, consumed)
         state["consumed"][src_i] = -1  # read to the end
-        _write_json_atomic(self.progress_path, state)
+        _write_json_atomic(progress_path, state)
+    bar.close()
+    return writers
 
-    def _encode(self, split: str, rec: Record, src_path: Path) -> list[list[int]] | None:
-        """The record's utterances as token ids, counted in its split; None when it is skipped (bad, empty, one utterance)."""
-        counters = self.state["splits"][split]
-        if rec.problem is not None:
-            if not self.skip_bad:
-                raise DataError(f"{src_path}:{rec.where}: {rec.problem}")
-            counters["skipped_bad"] += 1
-            return None
-        if not rec.utterances:
-            counters["skipped_empty"] += 1
-            return None
-        if len(rec.utterances) == 1:
-            counters["skipped_single"] = counters.get("skipped_single", 0) + 1  # .get: a preparation begun before
-            return None
-        ids = [self.dvocab.encode(u) for u in rec.utterances]
-        unk = self.dvocab.unk_id
-        counters["dialogues"] += 1
-        counters["utterances"] += len(ids)
-        counters["tokens"] += sum(map(len, ids))
-        counters["unk_tokens"] = counters.get("unk_tokens", 0) + sum(u.count(unk) for u in ids)
-        counters["pairs"] += len(ids) - 1
-        return ids
+
+def _encode(rec: Record, counters: dict, dvocab: DialogueVocab, skip_bad: bool, src_path: Path) -> list[list[int]] | None:
+    """The record's utterances as ids, counted in its split's `counters`; None when it is skipped (bad, empty, one utterance)."""
+    if rec.problem is not None:
+        if not skip_bad:
+            raise DataError(f"{src_path}:{rec.where}: {rec.problem}")
+        counters["skipped_bad"] += 1
+        return None
+    if not rec.utterances:
+        counters["skipped_empty"] += 1
+        return None
+    if len(rec.utterances) == 1:
+        counters["skipped_single"] = counters.get("skipped_single", 0) + 1  # .get: a preparation begun before
+        return None
+    ids = [dvocab.encode(u) for u in rec.utterances]
+    counters["dialogues"] += 1
+    counters["utterances"] += len(ids)
+    counters["tokens"] += sum(map(len, ids))
+    counters["unk_tokens"] = counters.get("unk_tokens", 0) + sum(u.count(dvocab.unk_id) for u in ids)
+    counters["pairs"] += len(ids) - 1
+    return ids
 
 
 def _manifest(
