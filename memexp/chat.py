@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -37,10 +38,18 @@ if TYPE_CHECKING:
 
     from memexp.data.dialogue.vocab import DialogueVocab
     from memexp.memory.conversation import ExplicitConversation
+    from memexp.models.sampling import Sampling
     from memexp.tasks.dialogue import DialogueTask
 
 _CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"
 _SPACE_NEXT_TO_CJK = re.compile(rf"(?<={_CJK}) +| +(?={_CJK})")
+
+
+def chat_sampling() -> Sampling:
+    """The replies' sampling when none is given (ChatConfig's defaults): temperature 0.8, top_p 0.9, seed 0."""
+    from memexp.models.sampling import Sampling
+
+    return Sampling(temperature=0.8, top_p=0.9, seed=0)
 
 
 def detokenize(text: str) -> str:
@@ -56,11 +65,7 @@ class ChatSession:
         task: DialogueTask,
         vocab: DialogueVocab,
         max_len: int = 32,
-        temperature: float = 0.8,
-        top_k: int = 0,
-        top_p: float = 0.9,
-        greedy: bool = False,
-        seed: int | None = 0,
+        sampling: Sampling | None = None,
         history: int = 4,
         max_context_len: int | None = None,
     ):
@@ -68,11 +73,9 @@ class ChatSession:
             raise ConfigError(f"history={history} must be >= 1 (utterances kept as context)")
         if max_len < 1:
             raise ConfigError(f"max_len={max_len} must be >= 1")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"top_p={top_p} must be in (0, 1]")
         self.task, self.vocab = task, vocab
-        self.max_len, self.temperature, self.top_k, self.top_p, self.greedy = max_len, temperature, top_k, top_p, greedy
-        self.seed, self.history, self.max_context_len = seed, history, max_context_len
+        self.max_len, self.sampling = max_len, sampling if sampling is not None else chat_sampling()
+        self.history, self.max_context_len = history, max_context_len
         self.turns: list[list[int]] = []  # utterances so far, user and model alternating
 
     def reset(self) -> None:
@@ -84,17 +87,10 @@ class ChatSession:
     def respond(self, text: str) -> str:
         """Add the user's line to the history, reply, add the reply; returns the reply's text."""
         self.turns.append(self.vocab.encode(self.vocab.segment(text)))
-        seed = None if self.seed is None else self.seed + len(self.turns)  # reproducible, yet not the same draw every turn
-        ids = self.task.reply(
-            self.context(),
-            max_len=self.max_len,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            greedy=self.greedy,
-            seed=seed,
-            max_context_len=self.max_context_len,
-        )
+        sampling = self.sampling
+        if sampling.seed is not None:  # reproducible, yet not the same draw every turn
+            sampling = replace(sampling, seed=sampling.seed + len(self.turns))
+        ids = self.task.reply(self.context(), max_len=self.max_len, sampling=sampling, max_context_len=self.max_context_len)
         self.turns.append(ids)
         return detokenize(self.vocab.decode(ids))
 
@@ -104,11 +100,7 @@ def open_session(
     data_dir: str | None = None,
     model: str | None = None,
     max_len: int | None = None,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 0.9,
-    greedy: bool = False,
-    seed: int | None = 0,
+    sampling: Sampling | None = None,
     history: int | None = None,
 ) -> ChatSession:
     from memexp.configs.rebuild import load_checkpoint
@@ -125,11 +117,7 @@ def open_session(
         loaded.task,
         dm.tokenizer,
         max_len=max_len or dm.max_reply_len,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        seed=seed,
+        sampling=sampling,
         history=history or dm.max_history,
         max_context_len=dm.max_context_len,
     )
@@ -156,11 +144,7 @@ def open_explicit_session(
     data_dir: str | None = None,
     model: str | None = None,
     max_len: int | None = None,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 0.9,
-    greedy: bool = False,
-    seed: int | None = 0,
+    sampling: Sampling | None = None,
     history: int | None = None,
     extractor: str = "identity",
     fact_extractor: Mapping | None = None,
@@ -170,7 +154,8 @@ def open_explicit_session(
     include_output: bool = False,
     system: str | None = None,
 ) -> ExplicitConversation:
-    """A dual-path conversation with the ExplicitLM of `ckpt` (a checkpoint or a bank file)."""
+    """A dual-path conversation with the ExplicitLM of `ckpt` (a checkpoint or a bank file); sampling None:
+    `chat_sampling()`, whose seed also seeds the bank's updater."""
     from memexp.configs.rebuild import load_memory
     from memexp.memory.conversation import ExplicitConversation
     from memexp.memory.facts import make_extractor
@@ -178,7 +163,9 @@ def open_explicit_session(
     if model not in (None, "explicit_lm"):
         raise CheckpointError(f"checkpoint {ckpt} holds a model=explicit_lm model, not model={model}")
     facts = make_extractor(extractor, **dict(fact_extractor or {}))  # before the model: its errors come first
-    _, memory = load_memory(ckpt, data_dir, update_strategy, similarity_threshold, seed or 0)
+    if sampling is None:
+        sampling = chat_sampling()
+    _, memory = load_memory(ckpt, data_dir, update_strategy, similarity_threshold, sampling.seed or 0)
     window = memory.net.max_len
     return ExplicitConversation(
         memory,
@@ -186,11 +173,7 @@ def open_explicit_session(
         fact_update_frequency=fact_update_frequency,
         include_output=include_output,
         max_new_tokens=max_len or min(64, window // 2),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        seed=seed,
+        sampling=sampling,
         history=history,
         system=system,
     )
@@ -335,11 +318,14 @@ def chat(
     system: str | None = None,
 ) -> int:
     """The Hydra task of `python -m memexp.chat` (arguments: `ChatConfig`; `model` is read back by `chosen_model`)."""
+    from memexp.models.sampling import Sampling
+
     ckpt, interactive = str(ckpt), sys.stdin.isatty()
+    sampling = Sampling.from_settings(temperature, top_k, top_p, greedy, seed)
     if not holds_explicit_memory(ckpt):
         if save_bank is not None or system is not None:
             raise ConfigError("save_bank and system are options of an ExplicitLM chat; this checkpoint is no explicit_lm")
-        session = open_session(ckpt, paths.data_dir, chosen_model(), max_len, temperature, top_k, top_p, greedy, seed, history)
+        session = open_session(ckpt, paths.data_dir, chosen_model(), max_len, sampling, history)
         if interactive:
             print("chat with the model: /reset forgets the history, /quit leaves", file=sys.stderr)
         return converse(session, _terminal_lines() if interactive else piped_lines(sys.stdin.buffer), interactive, verbose)
@@ -350,11 +336,7 @@ def chat(
         paths.data_dir,
         chosen_model(),
         max_len=max_len,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        seed=seed,
+        sampling=sampling,
         history=history,
         extractor=extractor,
         fact_extractor=_plain(fact_extractor or {}),

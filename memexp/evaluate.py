@@ -57,13 +57,8 @@ def evaluate_checkpoint(
 
     from memexp.configs.rebuild import load_checkpoint
     from memexp.runs.checkpoints import read_checkpoint
-    from memexp.runs.precision import plan_precision
 
-    for split in splits:
-        if split not in ("val", "test", "all"):
-            raise ConfigError(f"splits: {split!r} is not a split; expected 'val', 'test' and/or 'all' (the whole file)")
-    if "all" in splits and len(splits) > 1:
-        raise ConfigError(f"splits={list(splits)}: 'all' (the whole file) goes alone")
+    _check_splits(splits)
     overrides: dict = {}
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
@@ -78,16 +73,9 @@ def evaluate_checkpoint(
     )
     dm = loaded.datamodule
     trained_in = ((checkpoint["memexp"].get("config") or {}).get("trainer") or {}).get("precision")
-    if precision is None:  # the run's own precision where it runs here (a GPU's 16-mixed does not on a CPU)
-        try:
-            precision, _ = plan_precision(trained_in or "32-true", accelerator)
-        except ConfigError:
-            precision = "32-true"
-    else:
-        precision, _ = plan_precision(precision, accelerator)
     trainer = L.Trainer(
         accelerator=accelerator,
-        precision=precision,
+        precision=_precision(precision, trained_in, accelerator),
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -104,16 +92,44 @@ def evaluate_checkpoint(
     result = {"ckpt": str(ckpt), "global_step": int(loaded.checkpoint.get("global_step", 0)), "metrics": metrics}
     if data_path is not None:
         result["data_path"] = str(data_path)
-    if getattr(dm, "skipped_chars", None):
-        result["skipped_chars"] = dict(dm.skipped_chars)
-    if dialogue and data_path is not None:  # words of the other file the checkpoint's vocabulary lacks
-        from memexp.data.dialogue.stream import load_manifest
-
-        totals = load_manifest(dm.cache_dir)["totals"]
-        result["unk_tokens"], result["tokens"] = int(totals.get("unk_tokens", 0)), int(totals["tokens"])
+    result |= _unknown_counts(dm, dialogue and data_path is not None)
     out_path = write_json(result, Path(out) if out else Path(ckpt).with_suffix(".eval.json"))
     result["out"] = str(out_path)
     return result
+
+
+def _check_splits(splits: Sequence[str]) -> None:
+    for split in splits:
+        if split not in ("val", "test", "all"):
+            raise ConfigError(f"splits: {split!r} is not a split; expected 'val', 'test' and/or 'all' (the whole file)")
+    if "all" in splits and len(splits) > 1:
+        raise ConfigError(f"splits={list(splits)}: 'all' (the whole file) goes alone")
+
+
+def _precision(precision: str | None, trained_in: str | None, accelerator: str) -> str:
+    """The precision to evaluate in: the one asked for, else the run's own where it runs here (a GPU's 16-mixed
+    does not on a CPU), else 32-true."""
+    from memexp.runs.precision import plan_precision
+
+    if precision is not None:
+        return plan_precision(precision, accelerator)[0]
+    try:
+        return plan_precision(trained_in or "32-true", accelerator)[0]
+    except ConfigError:
+        return "32-true"
+
+
+def _unknown_counts(dm: object, other_dialogue_file: bool) -> dict:
+    """What the checkpoint's vocabulary lacks: characters skipped (text), or <unk> words of another dialogue file."""
+    counts: dict = {}
+    if getattr(dm, "skipped_chars", None):
+        counts["skipped_chars"] = dict(dm.skipped_chars)
+    if other_dialogue_file:  # words of the other file the checkpoint's vocabulary lacks
+        from memexp.data.dialogue.stream import load_manifest
+
+        totals = load_manifest(dm.cache_dir)["totals"]
+        counts["unk_tokens"], counts["tokens"] = int(totals.get("unk_tokens", 0)), int(totals["tokens"])
+    return counts
 
 
 def _reports_dir(reports_dir: str | None) -> Path:

@@ -14,23 +14,22 @@ from memexp.errors import ConfigError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from memexp.models.sampling import Sampling
+
 
 def generate_text(
     ckpt: str,
     prompt: str,
     max_new_tokens: int = 300,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    sampling: Sampling | None = None,
     data_dir: str | None = None,
     model: str | None = None,
 ) -> str:
+    """`prompt` and its continuation by the model of `ckpt`; sampling None: temperature 0.8, seed 0."""
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top_p={top_p} must be in (0, 1]")
     from memexp.configs.rebuild import load_checkpoint  # here, so that `--help` answers at once
+    from memexp.models.sampling import Sampling
     from memexp.runs.checkpoints import read_checkpoint
 
     checkpoint = read_checkpoint(Path(ckpt))
@@ -46,7 +45,9 @@ def generate_text(
         )
     loaded = load_checkpoint(ckpt, data_dir=data_dir, expect_model=model, checkpoint=checkpoint)
     tok = loaded.datamodule.tokenizer
-    ids = loaded.task.generate(tok.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed)
+    if sampling is None:
+        sampling = Sampling(temperature=0.8, seed=0)
+    ids = loaded.task.generate(tok.encode(prompt), max_new_tokens, sampling)
     return prompt + tok.decode(ids)
 
 
@@ -62,7 +63,10 @@ def generate(
     paths: DictConfig,
 ) -> str:
     """The Hydra task of `python -m memexp.generate` (arguments: `GenerateConfig`; `model` is read back by `chosen_model`)."""
-    text = generate_text(str(ckpt), str(prompt), max_new_tokens, temperature, top_k, top_p, seed, paths.data_dir, chosen_model())
+    from memexp.models.sampling import Sampling
+
+    sampling = Sampling.from_settings(temperature, top_k, top_p, seed=seed)
+    text = generate_text(str(ckpt), str(prompt), max_new_tokens, sampling, paths.data_dir, chosen_model())
     print(text)
     return text
 

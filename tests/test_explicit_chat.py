@@ -21,6 +21,9 @@ from memexp.memory.backbone import build_explicit_lm
 from memexp.memory.bank_file import load_bank_file
 from memexp.memory.conversation import ExplicitConversation
 from memexp.memory.runtime import ExplicitMemory
+from memexp.models.sampling import Sampling
+
+GREEDY_SEED0 = Sampling(greedy=True, seed=0)  # the sessions' seed (0) also seeds the bank's updater
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +80,16 @@ def test_piped_chat_writes_each_turns_facts_and_saves_the_bank(study, tmp_path):
     assert saved.checkpoint == str(study["ckpt"].resolve()) and int(saved.usage["clock"]) > 0
 
     # the saved bank opens the next chat: the facts are there, still marked "chat"
-    session = open_explicit_session(str(bank_path), str(study["data_dir"]), greedy=True)
+    session = open_explicit_session(str(bank_path), str(study["data_dir"]), sampling=GREEDY_SEED0)
     assert [session.memory.sources[i] for i in chat] == ["chat"] * 3
     assert sorted(session.memory.text(i) for i in chat) == sorted([f1, f2, f3])
 
 
 def test_facts_are_written_every_second_turn_and_memory_shows_the_last_read_and_write(study):
     f1, f2, f3 = new_facts(study["world"], 3)
-    session = open_explicit_session(str(study["ckpt"]), str(study["data_dir"]), greedy=True, fact_update_frequency=2, max_len=8)
+    session = open_explicit_session(
+        str(study["ckpt"]), str(study["data_dir"]), sampling=GREEDY_SEED0, fact_update_frequency=2, max_len=8
+    )
     net = session.memory.net
     before = net.memory_bank.clone()
     out, err = io.StringIO(), io.StringIO()
@@ -126,7 +131,7 @@ def test_llmlingua_is_called_once_per_dual_path_update(study, data_dir, tmp_path
     session = open_explicit_session(
         str(study["ckpt"]),
         str(study["data_dir"]),
-        greedy=True,
+        sampling=GREEDY_SEED0,
         max_len=4,
         extractor="llmlingua",
         fact_extractor={"model": str(folder), "rate": 0.5, "force_tokens": None, "chunk_end_tokens": None},
@@ -169,7 +174,9 @@ def tiny_conversation(tmp_path, template: bool, **kw) -> tuple[ExplicitConversat
         tok.hf.chat_template = TEMPLATE
     torch.manual_seed(0)
     net = build_explicit_lm(len(tok.hf), pad_id=tok.pad_id, knowledge_num=16, knowledge_length=8, num_candidates=2)
-    conv = ExplicitConversation(ExplicitMemory(net, tok, tmp_path / "none.ckpt"), recording_extractor(), greedy=True, **kw)
+    conv = ExplicitConversation(
+        ExplicitMemory(net, tok, tmp_path / "none.ckpt"), recording_extractor(), sampling=GREEDY_SEED0, **kw
+    )
     prompts = []
     generate = conv.dual.generate
     conv.dual.generate = lambda text, **a: prompts.append(a["prompt_ids"]) or generate(text, **a)

@@ -12,7 +12,7 @@ from helpers import shared_data_dir
 
 from memexp.errors import ConfigError
 from memexp.models.hgd import HGDMemNet
-from memexp.models.sampling import filter_logits, sample_next
+from memexp.models.sampling import GREEDY, Sampling, filter_logits, sample_next
 
 torch.set_num_threads(1)  # shared test machine; these tensors are tiny
 
@@ -144,12 +144,12 @@ def test_generation_respects_max_len_and_pads_after_eos():
     context, mask, _ = random_batch()
     with torch.no_grad():
         m.out_bias[EOS] = -1e4
-    out = m.generate(context, mask, max_len=9, sos_id=SOS, eos_id=EOS, greedy=True)
+    out = m.generate(context, mask, max_len=9, sos_id=SOS, eos_id=EOS, sampling=GREEDY)
     assert out.shape == (6, 9) and not bool((out == EOS).any())
     with torch.no_grad():
         m.out_bias[EOS] = 2.0  # some rows end early: everything after their EOS is padding
-    g = torch.Generator().manual_seed(1)
-    out = m.generate(context, mask, max_len=12, sos_id=SOS, eos_id=EOS, temperature=1.5, top_k=10, top_p=0.9, generator=g)
+    sampling = Sampling(temperature=1.5, top_k=10, top_p=0.9, seed=1)
+    out = m.generate(context, mask, max_len=12, sos_id=SOS, eos_id=EOS, sampling=sampling)
     assert out.shape[1] <= 12
     for row in out.tolist():
         if EOS in row:
@@ -199,22 +199,22 @@ def test_loss_falls_on_toy_dialogues(tmp_path):
 
 def test_filter_logits_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
-    k2 = filter_logits(logits, top_k=2)
+    k2 = filter_logits(logits, Sampling(top_k=2))
     assert torch.isfinite(k2).tolist() == [[True, True, False, False, False]]
-    p = filter_logits(logits, top_p=0.8)  # 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is kept too
+    p = filter_logits(logits, Sampling(top_p=0.8))  # 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is kept too
     assert torch.isfinite(p).tolist() == [[True, True, True, False, False]]
-    assert torch.isfinite(filter_logits(logits, top_p=0.01)).sum() == 1  # the best token always stays
-    assert torch.equal(filter_logits(logits), logits)
+    assert torch.isfinite(filter_logits(logits, Sampling(top_p=0.01))).sum() == 1  # the best token always stays
+    assert torch.equal(filter_logits(logits, Sampling()), logits)
     with pytest.raises(ConfigError, match="top_p"):
-        filter_logits(logits, top_p=0.0)
+        Sampling(top_p=0.0)
 
 
 def test_sample_next_greedy_temperature_and_distribution():
     logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
-    assert sample_next(logits, greedy=True).tolist() == [1, 0]
-    assert sample_next(logits, temperature=0).tolist() == [1, 0]
+    assert sample_next(logits, GREEDY).tolist() == [1, 0]
+    assert sample_next(logits, Sampling.from_settings(temperature=0)).tolist() == [1, 0]
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_next(logits, temperature=1.0, top_k=2, generator=g) for _ in range(4000)])
+    draws = torch.stack([sample_next(logits, Sampling(temperature=1.0, top_k=2), g) for _ in range(4000)])
     assert not bool((draws[:, 0] == 0).any())  # filtered out by top_k=2
     freq = (draws[:, 0] == 1).float().mean().item()
     assert freq == pytest.approx(torch.softmax(torch.tensor([3.0, 1.0]), 0)[0].item(), abs=0.03)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import QUIET, run_in_process
 
+from memexp.models.sampling import Sampling
 from memexp.tasks.causal_lm import CausalLMTask
 
 TINY = [
@@ -111,18 +112,18 @@ def test_generate_feeds_the_prime_once_and_is_greedy_at_temperature_zero(carried
         return forward(idx, state)
 
     task.net.forward = counting
-    out = task.generate(prime, max_new_tokens=12, temperature=0.0, seed=1)
+    out = task.generate(prime, max_new_tokens=12, sampling=Sampling(greedy=True, seed=1))
     # the prime once, from a fresh state; then one token per call on the carried state
     assert fed[0] == (len(prime), False)
     assert all(call == (1, True) for call in fed[1:]) and len(fed) == 1 + 12
     assert sum(n for n, _ in fed) == len(prime) + 12
     task.net.forward = forward
-    assert task.generate(prime, max_new_tokens=12, temperature=0.0, seed=2) == out  # deterministic
+    assert task.generate(prime, max_new_tokens=12, sampling=Sampling(greedy=True, seed=2)) == out  # deterministic
     # greedy: each token is the argmax after re-reading the whole sequence from a fresh state
     with torch.no_grad():
         logits, _ = task.net(torch.tensor([prime + out[:-1]]))
     assert logits[0, len(prime) - 1 :].argmax(-1).tolist() == out
-    text = generate_text(_checkpoint(result), "ROMEO:\nWhat", max_new_tokens=12, temperature=0.0)
+    text = generate_text(_checkpoint(result), "ROMEO:\nWhat", max_new_tokens=12, sampling=Sampling(greedy=True, seed=0))
     assert text == "ROMEO:\nWhat" + tok.decode(out)
 
 

@@ -88,14 +88,15 @@ def test_an_out_of_range_setting_on_the_command_line_is_one_error_line(tmp_path)
 def test_sampling_refuses_a_negative_temperature_and_a_top_p_above_one():
     import torch
 
-    from memexp.models.sampling import sample_next
+    from memexp.models.sampling import Sampling, sample_next
 
     logits = torch.randn(2, 10)
-    assert torch.equal(sample_next(logits, temperature=0.0), logits.argmax(-1))  # 0 is greedy, as documented
-    with pytest.raises(ConfigError, match=r"temperature=-0.5 must be >= 0"):
-        sample_next(logits, temperature=-0.5)
-    with pytest.raises(ConfigError, match=r"top_p=1.5 must be in \(0, 1\]"):
-        sample_next(logits, temperature=1.0, top_p=1.5)
+    # 0 is greedy on the command line, as documented
+    assert torch.equal(sample_next(logits, Sampling.from_settings(temperature=0.0)), logits.argmax(-1))
+    with pytest.raises(ConfigError, match=r"temperature=-0.5: expected temperature > 0"):
+        Sampling.from_settings(temperature=-0.5)
+    with pytest.raises(ConfigError, match=r"top_p=1.5: expected 0 < top_p <= 1"):
+        Sampling.from_settings(temperature=1.0, top_p=1.5)
 
 
 def test_chat_stdin_with_invalid_utf8_names_the_line():

@@ -4,6 +4,7 @@ import torch
 from memexp.data.spec import DataSpec
 from memexp.data.tokenizers import CharTokenizer
 from memexp.errors import ConfigError
+from memexp.models.sampling import GREEDY, Sampling
 from memexp.models.transformer import Transformer
 from memexp.runs.build import build_task
 from memexp.tasks.causal_lm import CausalLMTask
@@ -62,17 +63,17 @@ def _task():
 
 def test_generation_length_and_determinism():
     task = _task()
-    a = task.generate([1, 2, 3], max_new_tokens=40, temperature=1.0, seed=3)
-    b = task.generate([1, 2, 3], max_new_tokens=40, temperature=1.0, seed=3)
+    a = task.generate([1, 2, 3], max_new_tokens=40, sampling=Sampling(temperature=1.0, seed=3))
+    b = task.generate([1, 2, 3], max_new_tokens=40, sampling=Sampling(temperature=1.0, seed=3))
     assert len(a) == 40 and a == b  # 40 > max_len - 3: the window slid and generation went on
-    greedy = task.generate([1, 2, 3], max_new_tokens=10, temperature=0.0)
-    assert greedy == task.generate([1, 2, 3], max_new_tokens=10, temperature=0.0, seed=99)
+    greedy = task.generate([1, 2, 3], max_new_tokens=10, sampling=GREEDY)
+    assert greedy == task.generate([1, 2, 3], max_new_tokens=10, sampling=Sampling(greedy=True, seed=99))
 
 
 def test_generation_matches_full_recomputation():
     """Greedy decoding with the KV cache picks the argmax of a full forward pass at every step."""
     task = _task()
-    out = task.generate([4, 5], max_new_tokens=6, temperature=0.0)
+    out = task.generate([4, 5], max_new_tokens=6, sampling=GREEDY)
     seq = [4, 5]
     for tok in out:
         logits, _ = task.net(torch.tensor([seq]))
@@ -84,8 +85,8 @@ def test_top_k_and_top_p_filter():
     from memexp.models.sampling import filter_logits
 
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
-    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, Sampling(top_k=2))).tolist() == [[False, False, True, True]]
     p = logits.softmax(-1)[0]  # 0.64, 0.24, 0.09, 0.03
     assert p[0] < 0.8 < p[0] + p[1]
-    assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(filter_logits(logits, Sampling(top_p=0.8))).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, Sampling(top_p=0.5))).tolist() == [[False, True, True, True]]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from memexp.evals.leaderboard import train_step_seconds, training_batch
+from memexp.models.sampling import Sampling
 
 
 def measure_board(ckpts: dict[str, str], settings: dict) -> tuple[dict, dict]:
@@ -39,7 +40,7 @@ def measure_speeds(ckpts: dict[str, str], rounds: int = 3, train_steps: int = 20
                 out[m]["train_tok_s"].append(batches[m]["input"].numel() / step_s)
                 run.task.net.eval()
                 t = time.perf_counter()
-                run.task.generate([0], max_new_tokens=gen_tokens, temperature=1.0, seed=0)
+                run.task.generate([0], max_new_tokens=gen_tokens, sampling=Sampling(temperature=1.0, seed=0))
                 out[m]["gen_tok_s"].append(gen_tokens / (time.perf_counter() - t))
     finally:
         torch.set_num_threads(threads)

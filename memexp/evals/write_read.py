@@ -73,58 +73,91 @@ def write_then_read(
             net, dm.tokenizer, strategy, similarity_space, similarity_threshold=similarity_threshold, seed=seed
         )
         dual = DualPathInference(net, dm.tokenizer, extractor, updater)
-        earlier_unwritten = _accuracy(net, dm, earlier)
-        written_earlier = _state(dual, dm, earlier, facts_per_turn)
-        for _ in range(uses):
-            earlier_before = _accuracy(net, dm, earlier)
-        new_before = _accuracy(net, dm, new)
-        written_new = _state(dual, dm, new, facts_per_turn)
-        new_after = _accuracy(net, dm, new)
-        earlier_after = _accuracy(net, dm, earlier)
-        others_after = _accuracy(net, dm, others)
-        net.content_candidates = 0  # the same bank read by product keys alone (the original's addressing)
-        new_after_keys_only = _accuracy(net, dm, new)
-        net.content_candidates = saved_k
-        fixed = rng.sample(earlier, min(n_corrections, len(earlier)))
-        objects = [
-            rng.choice([o for o in dm.world.pools[dm.world.facts[i].relation] if o != dm.world.facts[i].object]) for i in fixed
-        ]
-        said = [dm.world.facts[i].sentence(o) for i, o in zip(fixed, objects)]
-        stale = {dm.world.facts[i].sentence() for i in fixed}
-        for k in range(0, len(said), facts_per_turn):
-            dual.generate(" ".join(said[k : k + facts_per_turn]), max_new_tokens=1)
-        follow = summarise(answer_questions(net, dm, fixed, objects))["accuracy"]
-        bank_text = {dm.tokenizer.decode([t for t in row if t != net.pad_id]) for row in net.memory_bank.tolist()}
-        stale_left = len(stale & bank_text)
-        statistics = dual.statistics()
+        read = _write_and_read(net, dm, dual, earlier, new, others, facts_per_turn, uses)
+        read["others_before"] = others_before
+        read["fixed"], read["correction_follow"], read["stale_left"] = _corrections(
+            net, dm, dual, rng, earlier, n_corrections, facts_per_turn
+        )
+        read["statistics"] = dual.statistics()
     finally:
         net.content_candidates = saved_k
         net.selection_listener = None
         net.memory_bank.copy_(saved_bank)
         net.content_rows.copy_(saved_content)
-    earlier_entries = {c["index"] for c in written_earlier}
-    new_entries = [c["index"] for c in written_new]
-    frozen = net.freeze_mask
-    changes = written_earlier + written_new
+    return _result(net.freeze_mask, {"strategy": strategy, "seed": seed, "n_new": n_new, "n_earlier": n_earlier}, read)
+
+
+def _result(frozen: torch.Tensor, settings: dict, r: dict) -> dict:
+    """The row of one run: its settings, then what `_write_and_read` and `_corrections` measured."""
+    earlier_entries = {c["index"] for c in r["written_earlier"]}
+    new_entries = [c["index"] for c in r["written_new"]]
+    changes = r["written_earlier"] + r["written_new"]
     return {
-        "strategy": strategy,
-        "seed": seed,
-        "n_new": n_new,
-        "n_earlier": n_earlier,
+        **settings,
         "facts_written": len(changes),
         "landed_updatable": sum(not bool(frozen[c["index"]]) for c in changes) / max(len(changes), 1),
-        "new_before": new_before,
-        "new_after": new_after,
-        "new_gain": new_after - new_before,
-        "new_after_keys_only": new_after_keys_only,
-        "earlier_unwritten": earlier_unwritten,
-        "earlier_before": earlier_before,
-        "earlier_after": earlier_after,
+        "new_before": r["new_before"],
+        "new_after": r["new_after"],
+        "new_gain": r["new_after"] - r["new_before"],
+        "new_after_keys_only": r["new_after_keys_only"],
+        "earlier_unwritten": r["earlier_unwritten"],
+        "earlier_before": r["earlier_before"],
+        "earlier_after": r["earlier_after"],
         "earlier_displaced": len(earlier_entries.intersection(new_entries)),
-        "others_before": others_before,
-        "others_after": others_after,
-        "corrections": len(fixed),
-        "correction_follow": follow,
-        "stale_left": stale_left,
-        "statistics": statistics,
+        "others_before": r["others_before"],
+        "others_after": r["others_after"],
+        "corrections": len(r["fixed"]),
+        "correction_follow": r["correction_follow"],
+        "stale_left": r["stale_left"],
+        "statistics": r["statistics"],
     }
+
+
+def _write_and_read(
+    net: torch.nn.Module,
+    dm: KnowledgeQADataModule,
+    dual: DualPathInference,
+    earlier: list[int],
+    new: list[int],
+    others: list[int],
+    facts_per_turn: int,
+    uses: int,
+) -> dict:
+    """Steps 2 and 3 of the protocol: the accuracies around the writes, and the changes each write made."""
+    r: dict = {"earlier_unwritten": _accuracy(net, dm, earlier)}
+    r["written_earlier"] = _state(dual, dm, earlier, facts_per_turn)
+    for _ in range(uses):
+        r["earlier_before"] = _accuracy(net, dm, earlier)
+    r["new_before"] = _accuracy(net, dm, new)
+    r["written_new"] = _state(dual, dm, new, facts_per_turn)
+    r["new_after"] = _accuracy(net, dm, new)
+    r["earlier_after"] = _accuracy(net, dm, earlier)
+    r["others_after"] = _accuracy(net, dm, others)
+    saved_k = net.content_candidates
+    net.content_candidates = 0  # the same bank read by product keys alone (the original's addressing)
+    r["new_after_keys_only"] = _accuracy(net, dm, new)
+    net.content_candidates = saved_k
+    return r
+
+
+def _corrections(
+    net: torch.nn.Module,
+    dm: KnowledgeQADataModule,
+    dual: DualPathInference,
+    rng: random.Random,
+    earlier: list[int],
+    n_corrections: int,
+    facts_per_turn: int,
+) -> tuple[list[int], float, int]:
+    """Step 4: restate earlier facts with another object; (the facts, how often the answer follows, stale versions left)."""
+    fixed = rng.sample(earlier, min(n_corrections, len(earlier)))
+    objects = [
+        rng.choice([o for o in dm.world.pools[dm.world.facts[i].relation] if o != dm.world.facts[i].object]) for i in fixed
+    ]
+    said = [dm.world.facts[i].sentence(o) for i, o in zip(fixed, objects)]
+    stale = {dm.world.facts[i].sentence() for i in fixed}
+    for k in range(0, len(said), facts_per_turn):
+        dual.generate(" ".join(said[k : k + facts_per_turn]), max_new_tokens=1)
+    follow = summarise(answer_questions(net, dm, fixed, objects))["accuracy"]
+    bank_text = {dm.tokenizer.decode([t for t in row if t != net.pad_id]) for row in net.memory_bank.tolist()}
+    return fixed, follow, len(stale & bank_text)

@@ -177,6 +177,7 @@ class _FusedScan(torch.autograd.Function):
     def backward(
         ctx: Any, d_hs: Tensor | None, dh: Tensor | None, dc: Tensor | None, dhh: Tensor | None, dhc: Tensor | None
     ) -> tuple[Tensor | None, ...]:
+        # One function on purpose: a hand-written backward that mirrors the forward step by step, in the same order.
         xm, mask, w_h, w_hyper_h, w_z, w_d, gamma, ln_c_w, hyper_gamma, hyper_ln_c_w = ctx.saved_tensors
         _, bwd = _get_loops(ctx.script)
         (hs, cs, hhs, hcs), saved = ctx.states, ctx.saved

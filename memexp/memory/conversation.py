@@ -20,6 +20,7 @@ import torch
 from memexp.errors import ConfigError
 from memexp.memory.dual_path import DualPathInference
 from memexp.memory.runtime import ExplicitMemory
+from memexp.models.sampling import Sampling
 
 
 def has_chat_template(tokenizer: object) -> bool:
@@ -32,7 +33,7 @@ class ExplicitConversation:
     """The turns of one conversation with `memory`'s model, and the dual path that writes its facts.
 
     extractor: `memexp.memory.facts` (identity, llmlingua). max_new_tokens: the most tokens of a reply.
-    temperature 0 or greedy: the most likely token each step; else sampling (top_k 0: off) seeded by
+    sampling: greedy, the most likely token each step; else sampling (top_k 0: off) seeded by its
     `seed` plus the turn number (None: unseeded). history: the most utterances kept in the prompt (None:
     all that fit). system: a system prompt leading every prompt.
     """
@@ -44,11 +45,7 @@ class ExplicitConversation:
         fact_update_frequency: int = 1,
         include_output: bool = False,
         max_new_tokens: int = 32,
-        temperature: float = 0.8,
-        top_k: int = 0,
-        top_p: float = 0.9,
-        greedy: bool = False,
-        seed: int | None = 0,
+        sampling: Sampling = Sampling(temperature=0.8, top_p=0.9, seed=0),
         history: int | None = None,
         system: str | None = None,
         source: str = "chat",
@@ -58,14 +55,9 @@ class ExplicitConversation:
             raise ConfigError(f"max_len={max_new_tokens}: a reply needs 1..{window - 1} tokens (the backbone reads {window})")
         if history is not None and history < 1:
             raise ConfigError(f"history={history} must be >= 1 (utterances kept in the prompt)")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"top_p={top_p} must be in (0, 1]")
-        if temperature < 0 or top_k < 0:
-            raise ConfigError(f"temperature={temperature}, top_k={top_k}: expected values >= 0")
         self.memory, self.source = memory, source
         self.dual = DualPathInference(memory.net, memory.tok, extractor, memory.updater, fact_update_frequency, include_output)
-        self.max_new_tokens, self.top_k, self.top_p, self.seed = max_new_tokens, top_k, top_p, seed
-        self.temperature = 0.0 if greedy else temperature
+        self.max_new_tokens, self.sampling = max_new_tokens, sampling
         self.history, self.system = history, system
         self.templated = has_chat_template(memory.tok)
         self.messages: list[dict[str, str]] = []  # user and assistant turns, alternating
@@ -108,16 +100,9 @@ class ExplicitConversation:
         self.messages.append({"role": "user", "content": text})
         ids = self.prompt_ids()
         with torch.random.fork_rng(devices=[]):  # the turn's seed, without moving the caller's random state
-            if self.seed is not None:
-                torch.manual_seed(self.seed + len(self.messages))
-            out = self.dual.generate(
-                text,
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                prompt_ids=ids,
-            )
+            if self.sampling.seed is not None:
+                torch.manual_seed(self.sampling.seed + len(self.messages))
+            out = self.dual.generate(text, max_new_tokens=self.max_new_tokens, sampling=self.sampling, prompt_ids=ids)
         for change in out["changes"]:
             self.memory.sources[change["index"]] = self.source
         reply = out["text"].strip()

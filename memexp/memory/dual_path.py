@@ -15,6 +15,7 @@ import torch
 
 from memexp.errors import ConfigError
 from memexp.memory.updates import BankUpdater
+from memexp.models.sampling import GREEDY, Sampling
 
 
 class DualPathInference:
@@ -62,13 +63,12 @@ class DualPathInference:
         self,
         text: str,
         max_new_tokens: int = 50,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
+        sampling: Sampling = GREEDY,
         prompt_ids: Sequence[int] | None = None,
     ) -> dict:
         """Continue `prompt_ids` (None: `text` encoded); every `fact_update_frequency`-th call, write the facts
-        of `text` (and of the reply, with include_output) into the bank. temperature 0: greedy.
+        of `text` (and of the reply, with include_output) into the bank. sampling.seed is not read: the
+        backbone's generate draws from torch's global generator, which the caller seeds (ExplicitConversation).
 
         Returns {"text": the reply (up to the end token), "facts": facts written this call, "changes":
         [{index, old, new}], "retrieved": {layer: the entry selected at the prompt's last token}}.
@@ -78,10 +78,10 @@ class DualPathInference:
             raise ConfigError("the prompt has no tokens")
         self.net.eval()
         prompt = torch.tensor([ids])
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
-            if temperature > 0
-            else {"do_sample": False}
+        how = (
+            {"do_sample": False}
+            if sampling.greedy
+            else {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
         )
         eos = getattr(self.tok, "eos_id", None)
         self._retrieved = {}
@@ -92,7 +92,7 @@ class DualPathInference:
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tok.pad_id,
                 eos_token_id=eos,
-                **sampling,
+                **how,
             )
             retrieved = self._retrieved
         finally:

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from memexp.errors import ConfigError
 from memexp.models.autocast import at_least_float32, run_recurrent
-from memexp.models.sampling import sample_next
+from memexp.models.sampling import Sampling, sample_next
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -281,14 +281,11 @@ class HGDMemNet(nn.Module):
         max_len: int,
         sos_id: int,
         eos_id: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
+        sampling: Sampling = Sampling(),
         min_len: int = 0,
     ) -> torch.Tensor:
-        """Replies (B, L), L <= max_len: tokens up to and including EOS, then pad_id.
+        """Replies (B, L), L <= max_len: tokens up to and including EOS, then pad_id; each token chosen as
+        `sampling` says (its seed makes one generator for the whole batch).
 
         Stops when every row has emitted EOS or after max_len tokens; EOS is not chosen
         before `min_len` tokens (e.g. 1: never an empty reply). Call .eval() first
@@ -306,6 +303,7 @@ class HGDMemNet(nn.Module):
         B = context.shape[0]
         y = torch.full((B,), sos_id, dtype=torch.long, device=context.device)
         done = torch.zeros(B, dtype=torch.bool, device=context.device)
+        generator = sampling.generator(context.device)
         out_ids = []
         for t in range(max_len):
             inp = torch.cat([self.embed(y), s], dim=-1)[:, None, :]  # (B, 1, E+S)
@@ -313,7 +311,7 @@ class HGDMemNet(nn.Module):
             logits = self._logits(out, keys, enc, mask, h_star, s)[:, 0]  # (B, V)
             if t < min_len:
                 logits[:, eos_id] = float("-inf")
-            y = sample_next(logits, temperature, top_k, top_p, greedy=greedy, generator=generator)
+            y = sample_next(logits, sampling, generator)
             y = y.masked_fill(done, self.pad_id)
             out_ids.append(y)
             done = done | (y == eos_id)

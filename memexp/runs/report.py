@@ -48,20 +48,7 @@ def write_reports(
     written: dict[str, Path] = {}
     summary = summarize(runs)
     if summary:
-        written["metrics.json"] = write_json(
-            {
-                "models": summary,
-                "runs": [
-                    {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
-                    for r in runs
-                    if "continual" not in (r.get("study") or {})
-                ],
-            },
-            out / "metrics.json",
-        )
-        report_text = experiment_markdown(summary, runs, hf_note)
-        written["experiment_report.md"] = out / "experiment_report.md"  # written last, with the files it comes with
-        written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
+        report_text = _write_summary(summary, runs, hf_note, out, written)
     classified = [r for r in runs if "test/macro_f1" in r["metrics"]]
     pairs_cls: list[dict] = []
     if classified:  # classifiers: paired comparison of models over seeds on test macro F1, AUC, spAUC
@@ -85,38 +72,68 @@ def write_reports(
     cont = summarize_continual(runs)
     pairs = compare_continual(cont)
     if cont:
-        written["continual_metrics.json"] = write_json({"models": cont, "comparisons": pairs}, out / "continual_metrics.json")
-        md = out / "continual_report.md"
-        write_text(continual_markdown(cont, pairs), md)
-        written["continual_report.md"] = md
-        tasks = next(iter(cont.values()))["tasks"]
-        written["continual_heatmap.png"] = plot_continual_heatmap(
-            {m: c["accuracy_mean"] for m, c in cont.items()}, tasks, out / "continual_heatmap.png"
-        )
+        _write_continual(cont, pairs, out, written)
     if summary:
         others = ", ".join(name for name in written if name != "experiment_report.md")
         write_text(report_text + f"\nWritten with this report (in {out}): {others}.\n", written["experiment_report.md"])
     if wandb_log:
-        continual_matrix = [
-            {"model": m, "trained_through": c["tasks"][i], "evaluated_on": c["tasks"][j], "accuracy": acc}
-            for m, c in cont.items()
-            for i, row in enumerate(c["accuracy_mean"])
-            for j, acc in enumerate(row)
-        ]
-        tables = {
-            "report/continual_comparison": _comparison_rows(pairs),
-            "report/continual_accuracy": continual_matrix,
-            "report/classification_comparison": _comparison_rows(pairs_cls),
-        }
-        if "leaderboard.json" in written:  # one row per model: the mean over seeds of every column
-            board = json.loads(Path(written["leaderboard.json"]).read_text())["rows"]
-            tables["report/leaderboard_table"] = [  # "report/leaderboard" is its figure
-                {"model": r["model"]} | {k: v["mean"] for k, v in sorted(r.items()) if isinstance(v, dict) and "mean" in v}
-                for r in board
-            ]
+        tables = _wandb_tables(cont, pairs, pairs_cls, written)
         experiment = next((r["names"].get("experiment") for r in runs if r.get("names")), None) or "default"
         _log_report_to_wandb(sweep_group(experiment, root), out, written, summary, recall, binned, tables)
     return {k: str(v) for k, v in written.items()}
+
+
+def _write_summary(summary: dict, runs: list[dict], hf_note: str | None, out: Path, written: dict[str, Path]) -> str:
+    """metrics.json and the comparison plot; returns the report's text (experiment_report.md is written last)."""
+    written["metrics.json"] = write_json(
+        {
+            "models": summary,
+            "runs": [
+                {"model": r["names"]["model"], "seed": r["names"]["seed"], "run_dir": r["path"], "metrics": run_scalars(r)}
+                for r in runs
+                if "continual" not in (r.get("study") or {})
+            ],
+        },
+        out / "metrics.json",
+    )
+    report_text = experiment_markdown(summary, runs, hf_note)
+    written["experiment_report.md"] = out / "experiment_report.md"  # written last, with the files it comes with
+    written["compare_metrics.png"] = plot_compare_metrics(summary, out / "compare_metrics.png")
+    return report_text
+
+
+def _write_continual(cont: dict, pairs: list[dict], out: Path, written: dict[str, Path]) -> None:
+    """The continual-learning study's metrics, report and accuracy heatmap."""
+    written["continual_metrics.json"] = write_json({"models": cont, "comparisons": pairs}, out / "continual_metrics.json")
+    md = out / "continual_report.md"
+    write_text(continual_markdown(cont, pairs), md)
+    written["continual_report.md"] = md
+    tasks = next(iter(cont.values()))["tasks"]
+    written["continual_heatmap.png"] = plot_continual_heatmap(
+        {m: c["accuracy_mean"] for m, c in cont.items()}, tasks, out / "continual_heatmap.png"
+    )
+
+
+def _wandb_tables(cont: dict, pairs: list[dict], pairs_cls: list[dict], written: dict[str, Path]) -> dict[str, list[dict]]:
+    """The report's tables for W&B besides the summary, recall and binned perplexity."""
+    continual_matrix = [
+        {"model": m, "trained_through": c["tasks"][i], "evaluated_on": c["tasks"][j], "accuracy": acc}
+        for m, c in cont.items()
+        for i, row in enumerate(c["accuracy_mean"])
+        for j, acc in enumerate(row)
+    ]
+    tables = {
+        "report/continual_comparison": _comparison_rows(pairs),
+        "report/continual_accuracy": continual_matrix,
+        "report/classification_comparison": _comparison_rows(pairs_cls),
+    }
+    if "leaderboard.json" in written:  # one row per model: the mean over seeds of every column
+        board = json.loads(Path(written["leaderboard.json"]).read_text())["rows"]
+        tables["report/leaderboard_table"] = [  # "report/leaderboard" is its figure
+            {"model": r["model"]} | {k: v["mean"] for k, v in sorted(r.items()) if isinstance(v, dict) and "mean" in v}
+            for r in board
+        ]
+    return tables
 
 
 def _comparison_rows(pairs: list[dict]) -> list[dict]:

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from memexp.console import say
 from memexp.files import write_json
+from memexp.models.sampling import Sampling
 from memexp.runs import keys
 from memexp.runs.build import RunNames, build_task, check_pairing
 from memexp.runs.checkpoints import resume_point
@@ -229,7 +230,8 @@ def _sample(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer) -> str | None
         return None
     tok, prompt = run.datamodule.spec.tokenizer, spec.sample.prompt
     with trainer_obj.precision_plugin.forward_context():
-        ids = run.task.generate(tok.encode(prompt), max_new_tokens=spec.sample.tokens, temperature=0.8, seed=spec.names.seed)
+        sampling = Sampling(temperature=0.8, seed=spec.names.seed)
+        ids = run.task.generate(tok.encode(prompt), max_new_tokens=spec.sample.tokens, sampling=sampling)
     return prompt + tok.decode(ids)
 
 

@@ -23,8 +23,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
+<<<<<<< HEAD
 from memexp.models.sampling import sample_next
 from memexp.tasks.base import BaseTask
+=======
+from memexp.models.sampling import Sampling, sample_next
+>>>>>>> seams-b
 from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.tasks.optim import OptimizerSettings
 from memexp.tasks.settings import CausalLMSettings
@@ -172,12 +176,9 @@ class CausalLMTask(BaseTask):
         self,
         prompt: list[int],
         max_new_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        sampling: Sampling = Sampling(),
     ) -> list[int]:
-        """Continue `prompt` (token ids, fed exactly once) by `max_new_tokens` sampled tokens.
+        """Continue `prompt` (token ids, fed exactly once) by `max_new_tokens` tokens chosen as `sampling` says.
 
         Models with a bounded context (`max_len`) slide it: when the cache is full the last
         max_len - 1 tokens are fed again and generation continues.
@@ -185,7 +186,7 @@ class CausalLMTask(BaseTask):
         was_training = self.training
         self.eval()
         device = self.device
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        generator = sampling.generator(device)
         max_len = context_limit(self.net)
         tokens = list(prompt) or [0]
         context = tokens[-max_len:] if max_len else tokens
@@ -193,7 +194,7 @@ class CausalLMTask(BaseTask):
         fed = len(context)
         out = []
         for _ in range(max_new_tokens):
-            nxt = int(sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator=generator))
+            nxt = int(sample_next(logits[:, -1].float(), sampling, generator))
             out.append(nxt)
             tokens.append(nxt)
             if max_len and fed >= max_len:

@@ -8,7 +8,7 @@ torchmetrics), the optimiser and schedule, and decoding for chat.
 Batches: dict(context (B, Lc), context_mask (B, Lc), reply_in (B, Lr), reply_out (B, Lr)),
 see `memexp.data.dialogue.collate_dialogues`. The net: `net(context, context_mask,
 reply_in) -> {"logits" (B, Lr, V), "ponder_loss" (), "think_steps" (B,)}` and
-`net.generate(context, context_mask, max_len, sos_id, eos_id, ...) -> (B, L)`.
+`net.generate(context, context_mask, max_len, sos_id, eos_id, sampling, min_len) -> (B, L)`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore
 
 from memexp.data.spec import DataSpec
+from memexp.models.sampling import GREEDY, Sampling
 from memexp.tasks.base import BaseTask
 from memexp.tasks.optim import OptimizerSettings
 from memexp.tasks.settings import DialogueSettings
@@ -88,7 +89,7 @@ class DialogueTask(BaseTask):
                 max_len=target.shape[1],
                 sos_id=self.sos_id,
                 eos_id=self.eos_id,
-                greedy=True,
+                sampling=GREEDY,
             )
             replies = [self._until_eos(row) for row in ids.tolist()]
             refs = [self._until_eos(row) for row in target.tolist()]
@@ -128,11 +129,7 @@ class DialogueTask(BaseTask):
         self,
         context_ids_list: list[list[int]],
         max_len: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        seed: int | None = None,
+        sampling: Sampling = Sampling(),
         max_context_len: int | None = None,
         min_len: int = 1,
     ) -> list[int]:
@@ -150,7 +147,6 @@ class DialogueTask(BaseTask):
         was_training = self.training
         self.eval()
         device = self.device
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         ids = torch.tensor([context], device=device)
         ids = self.net.generate(
             ids,
@@ -158,11 +154,7 @@ class DialogueTask(BaseTask):
             max_len=max_len,
             sos_id=self.sos_id,
             eos_id=self.eos_id,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            generator=generator,
+            sampling=sampling,
             min_len=min(min_len, max_len),
         )
         self.train(was_training)
@@ -172,12 +164,7 @@ class DialogueTask(BaseTask):
         self,
         prompt: list[int],
         max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        sampling: Sampling = Sampling(),
     ) -> list[int]:
         """The reply to `prompt` taken as a one-utterance history (the run's end-of-training sample)."""
-        return self.reply(
-            [list(prompt)], max_len=max(1, max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-        )
+        return self.reply([list(prompt)], max_len=max(1, max_new_tokens), sampling=sampling)

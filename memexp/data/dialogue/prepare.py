@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from memexp.data.dialogue.chunks import ChunkWriter
-from memexp.data.dialogue.readers import LCCC_FILE, READERS, SPLITS, resolve_sources
+from memexp.data.dialogue.readers import LCCC_FILE, READERS, SPLITS, Record, resolve_sources
 from memexp.data.dialogue.vocab import DialogueVocab
 from memexp.errors import ConfigError, DataError
 from memexp.files import atomic_path, file_digest, text_digest, write_json
@@ -156,6 +156,41 @@ def prepare_dialogues(
     one it verifies the chunks already written and continues, with an identical result.
     """
     splits = tuple(splits)
+    _check_settings(splits, min_freq, max_size, chunk_size)
+    out_dir = Path(out_dir)
+    sources = resolve_sources(source, fmt)
+    for _, _, f in sources:
+        if f not in READERS:
+            raise ConfigError(f"fmt={f!r}: expected one of {sorted(READERS)}")
+    given_vocab, vocab_desc = _vocab_choice(vocab, min_freq, max_size)
+    fingerprint = _fingerprint(sources, vocab_desc, chunk_size, skip_bad, splits)
+
+    manifest_path, progress_path, vocab_path = out_dir / "manifest.json", out_dir / "progress.json", out_dir / "vocabulary.json"
+    finished = _finished_manifest(manifest_path, fingerprint)
+    if finished is not None:
+        return finished
+    state = _resumable_state(out_dir, progress_path, vocab_path, fingerprint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if state is None:
+        dvocab = given_vocab
+        if dvocab is None:
+            dvocab = DialogueVocab.build(_count_train_tokens(sources, skip_bad, progress), min_freq=min_freq, max_size=max_size)
+        state = _start_state(fingerprint, dvocab, len(sources), splits, vocab_path, progress_path)
+    else:
+        dvocab = DialogueVocab.load(vocab_path)
+
+    # Pass 2: encode and write chunks, resuming after the last recorded chunk.
+    writers = _write_chunks(out_dir, sources, splits, chunk_size, skip_bad, dvocab, state, progress_path, progress)
+
+    split_states = {s: {**state["splits"][s], "chunks": writers[s].records} for s in splits}
+    manifest = _manifest(fingerprint, sources, chunk_size, skip_bad, dvocab, split_states)
+    _write_json_atomic(manifest_path, manifest)  # last: from here on the folder counts as finished
+    progress_path.unlink(missing_ok=True)
+    return manifest
+
+
+def _check_settings(splits: tuple[str, ...], min_freq: int, max_size: int | None, chunk_size: int) -> None:
     for s in splits:
         if s not in SPLITS:
             raise ConfigError(f"splits: {s!r} is not one of {SPLITS}")
@@ -165,31 +200,35 @@ def prepare_dialogues(
         raise ConfigError(f"data.max_size={max_size} must leave room for the 4 special tokens and at least one word")
     if chunk_size < 1:
         raise ConfigError(f"data.chunk_size={chunk_size} must be a positive number of dialogues per chunk")
-    out_dir = Path(out_dir)
-    sources = resolve_sources(source, fmt)
-    for _, _, f in sources:
-        if f not in READERS:
-            raise ConfigError(f"fmt={f!r}: expected one of {sorted(READERS)}")
 
+
+def _vocab_choice(
+    vocab: str | Path | DialogueVocab | None, min_freq: int, max_size: int | None
+) -> tuple[DialogueVocab | None, dict]:
+    """The given vocabulary (None: build one from the training split) and its description for the fingerprint."""
     if isinstance(vocab, DialogueVocab):
-        given_vocab, vocab_desc = vocab, {"given": vocab.checksum}
-    elif vocab is None or vocab == "build":
-        given_vocab, vocab_desc = None, {"build": True, "min_freq": min_freq, "max_size": max_size}
-    else:
-        given_vocab = DialogueVocab.from_wordpiece_file(vocab)
-        vocab_desc = {"wordpiece": file_digest(vocab)}
-    fingerprint = _fingerprint(sources, vocab_desc, chunk_size, skip_bad, splits)
+        return vocab, {"given": vocab.checksum}
+    if vocab is None or vocab == "build":
+        return None, {"build": True, "min_freq": min_freq, "max_size": max_size}
+    return DialogueVocab.from_wordpiece_file(vocab), {"wordpiece": file_digest(vocab)}
 
-    manifest_path, progress_path, vocab_path = out_dir / "manifest.json", out_dir / "progress.json", out_dir / "vocabulary.json"
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            manifest = {}
-        if manifest.get("fingerprint") == fingerprint:
-            return manifest
-        manifest_path.unlink()  # a different preparation: this folder is no longer finished
 
+def _finished_manifest(manifest_path: Path, fingerprint: str) -> dict | None:
+    """The manifest of a folder already finished by this preparation; a different one's is removed."""
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        manifest = {}
+    if manifest.get("fingerprint") == fingerprint:
+        return manifest
+    manifest_path.unlink()  # a different preparation: this folder is no longer finished
+    return None
+
+
+def _resumable_state(out_dir: Path, progress_path: Path, vocab_path: Path, fingerprint: str) -> dict | None:
+    """The progress of an interrupted run of this preparation, or None after clearing what an earlier one left."""
     state = None
     if progress_path.exists():
         try:
@@ -208,26 +247,37 @@ def prepare_dialogues(
         if (out_dir / split).is_dir():
             for p in (out_dir / split).glob("*.tmp"):  # a chunk cut off while being written
                 p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return state
 
-    if state is None:
-        if given_vocab is None:
-            dvocab = DialogueVocab.build(_count_train_tokens(sources, skip_bad, progress), min_freq=min_freq, max_size=max_size)
-        else:
-            dvocab = given_vocab
-        _write_json_atomic(vocab_path, dvocab.state_dict())
-        state = {
-            "fingerprint": fingerprint,
-            "vocab_sha256": dvocab.checksum,
-            "consumed": [0] * len(sources),
-            "open_split": None,
-            "splits": {s: _empty_split_state() for s in splits},
-        }
-        _write_json_atomic(progress_path, state)
-    else:
-        dvocab = DialogueVocab.load(vocab_path)
 
-    # Pass 2: encode and write chunks, resuming after the last recorded chunk.
+def _start_state(
+    fingerprint: str, dvocab: DialogueVocab, n_sources: int, splits: tuple[str, ...], vocab_path: Path, progress_path: Path
+) -> dict:
+    """A fresh preparation: its vocabulary and its empty progress, both written."""
+    _write_json_atomic(vocab_path, dvocab.state_dict())
+    state = {
+        "fingerprint": fingerprint,
+        "vocab_sha256": dvocab.checksum,
+        "consumed": [0] * n_sources,
+        "open_split": None,
+        "splits": {s: _empty_split_state() for s in splits},
+    }
+    _write_json_atomic(progress_path, state)
+    return state
+
+
+def _write_chunks(
+    out_dir: Path,
+    sources: Sources,
+    splits: tuple[str, ...],
+    chunk_size: int,
+    skip_bad: bool,
+    dvocab: DialogueVocab,
+    state: dict,
+    progress_path: Path,
+    progress: bool | None,
+) -> dict[str, ChunkWriter]:
+    """Pass 2: encode the dialogues and write the chunks, recording in progress.json after each chunk; the writers."""
     writers = {s: ChunkWriter(out_dir / s, chunk_size, state["splits"][s]["chunks"]) for s in splits}
     bar = _Progress(progress, "writing chunks")
 
@@ -243,16 +293,15 @@ def prepare_dialogues(
         state["open_split"] = None
         checkpoint(src, consumed)
 
-    encode, unk = dvocab.encode, dvocab.unk_id
-    for src_i, (src_path, _, _) in enumerate(sources):
+    for src_i, (src_path, src_split, src_fmt) in enumerate(sources):
         skip = state["consumed"][src_i]
         if skip < 0:
             continue  # this source was read to the end
         consumed = 0
-        for consumed, rec in enumerate(READERS[sources[src_i][2]](src_path), start=1):
+        for consumed, rec in enumerate(READERS[src_fmt](src_path), start=1):
             if consumed <= skip:
                 continue
-            split = sources[src_i][1] or rec.split or "train"
+            split = src_split or rec.split or "train"
             if split != state["open_split"]:
                 if state["open_split"] is not None:
                     close_split(state["open_split"], src_i, consumed - 1)
@@ -262,24 +311,9 @@ def prepare_dialogues(
                     state["open_split"] = split
             if split not in writers:
                 continue
-            counters = state["splits"][split]
-            if rec.problem is not None:
-                if not skip_bad:
-                    raise DataError(f"{src_path}:{rec.where}: {rec.problem}")
-                counters["skipped_bad"] += 1
+            ids = _encode(rec, state["splits"][split], dvocab, skip_bad, src_path)
+            if ids is None:
                 continue
-            if not rec.utterances:
-                counters["skipped_empty"] += 1
-                continue
-            if len(rec.utterances) == 1:
-                counters["skipped_single"] = counters.get("skipped_single", 0) + 1  # .get: a preparation begun before
-                continue
-            ids = [encode(u) for u in rec.utterances]
-            counters["dialogues"] += 1
-            counters["utterances"] += len(ids)
-            counters["tokens"] += sum(map(len, ids))
-            counters["unk_tokens"] = counters.get("unk_tokens", 0) + sum(u.count(unk) for u in ids)
-            counters["pairs"] += len(ids) - 1
             if writers[split].add(ids) is not None:
                 checkpoint(src_i, consumed)
             bar.advance()
@@ -288,18 +322,29 @@ def prepare_dialogues(
         state["consumed"][src_i] = -1  # read to the end
         _write_json_atomic(progress_path, state)
     bar.close()
+    return writers
 
-    manifest = _manifest(
-        fingerprint,
-        sources,
-        chunk_size,
-        skip_bad,
-        dvocab,
-        {s: {**state["splits"][s], "chunks": writers[s].records} for s in splits},
-    )
-    _write_json_atomic(manifest_path, manifest)  # last: from here on the folder counts as finished
-    progress_path.unlink(missing_ok=True)
-    return manifest
+
+def _encode(rec: Record, counters: dict, dvocab: DialogueVocab, skip_bad: bool, src_path: Path) -> list[list[int]] | None:
+    """The record's utterances as ids, counted in its split's `counters`; None when it is skipped (bad, empty, one utterance)."""
+    if rec.problem is not None:
+        if not skip_bad:
+            raise DataError(f"{src_path}:{rec.where}: {rec.problem}")
+        counters["skipped_bad"] += 1
+        return None
+    if not rec.utterances:
+        counters["skipped_empty"] += 1
+        return None
+    if len(rec.utterances) == 1:
+        counters["skipped_single"] = counters.get("skipped_single", 0) + 1  # .get: a preparation begun before
+        return None
+    ids = [dvocab.encode(u) for u in rec.utterances]
+    counters["dialogues"] += 1
+    counters["utterances"] += len(ids)
+    counters["tokens"] += sum(map(len, ids))
+    counters["unk_tokens"] = counters.get("unk_tokens", 0) + sum(u.count(dvocab.unk_id) for u in ids)
+    counters["pairs"] += len(ids) - 1
+    return ids
 
 
 def _manifest(
