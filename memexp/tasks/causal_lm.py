@@ -23,12 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
-<<<<<<< HEAD
-from memexp.models.sampling import sample_next
-from memexp.tasks.base import BaseTask
-=======
 from memexp.models.sampling import Sampling, sample_next
->>>>>>> seams-b
+from memexp.tasks.base import BaseTask
 from memexp.tasks.cms_gate import CMSGradientGate
 from memexp.tasks.optim import OptimizerSettings
 from memexp.tasks.settings import CausalLMSettings
