@@ -93,17 +93,20 @@ def run_spec(zen_cfg: DictConfig, pieces: Mapping[str, Any]) -> RunSpec:
     from memexp.runs.precision import with_precision
     from memexp.runs.spec import RunSpec, SampleSettings, study_from_section
     from memexp.runs.threads import apply_threads
+    from memexp.tasks.settings import check_task_section
 
+    task = OmegaConf.to_container(zen_cfg.task, resolve=True)
+    check_task_section(task)  # the settings and the study are checked before the run says anything
+    study = study_from_section(OmegaConf.to_container(zen_cfg.study, resolve=True) if zen_cfg.study else None)
     trainer, precision_line = with_precision(pieces["trainer"])
     follow_machine = apply_threads(zen_cfg.trainer.get("threads", "auto"), _parallel_launcher(), beside=precision_line)
     cfg = OmegaConf.to_container(zen_cfg, resolve=True)
     cfg["trainer"]["precision"] = trainer.keywords["precision"]  # `auto` as resolved: the run key holds what ran
     names = _names(zen_cfg.seed, zen_cfg.experiment_name)
     cfg["run"] = _run_info(pieces.get("tags"), names.experiment)
-    section = dict(cfg.get("study") or {})
-    study = study_from_section(section)
     if zen_cfg.optimized_metric is not None:
-        check_metric_name(zen_cfg.optimized_metric, pieces["data"], names.data, section.get("kind"))
+        kind = (cfg.get("study") or {}).get("kind")
+        check_metric_name(zen_cfg.optimized_metric, pieces["data"], names.data, kind)
     paths = pieces["paths"]
     return RunSpec(
         cfg=cfg,
@@ -116,7 +119,7 @@ def run_spec(zen_cfg: DictConfig, pieces: Mapping[str, Any]) -> RunSpec:
         checkpoint_root=paths.checkpoint_root,
         logger=pieces.get("logger"),
         callbacks=pieces.get("callbacks"),
-        task=dict(cfg["task"]),
+        task=task,
         study=study,
         fresh=bool(zen_cfg.fresh),
         ckpt_dir=zen_cfg.ckpt_dir,

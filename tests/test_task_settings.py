@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import QUIET, TINY_MODEL, compose_run, run_in_process
+from helpers import QUIET, TINY_MODEL, compose_run, run_cli, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.runs.keys import TASK_FIELDS_NOT_IN_KEY
@@ -131,3 +131,18 @@ def test_a_setting_added_in_one_file_reaches_the_config_the_key_and_the_loss(tmp
     assert not torch.isclose(losses[0], losses[1])
     with pytest.raises(ConfigError, match="task.label_smoothing=1.0: expected 0 <= label_smoothing < 1"):
         CausalLMSettings(label_smoothing=1.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("task.test_ckpt=worst", "error: task.test_ckpt='worst': expected 'best' or 'last'"),
+        ("task.label_smoothing=2", "error: task.label_smoothing=2: expected 0 <= label_smoothing < 1"),
+        ("+task.patience=3", "error: task.patience: no task has such a setting"),
+        ("+study.gapz=3", "error: study.gapz: no study has such a setting"),
+    ],
+)
+def test_a_bad_task_or_study_setting_is_the_only_line_a_run_prints(override, message, tmp_path):
+    proc = run_cli("memexp.run", override, f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip() == message

@@ -108,3 +108,13 @@ def task_fields_not_in_key() -> set[str]:
     return {
         f.name for cls in (TaskSettings, *SETTINGS.values()) for f in dataclasses.fields(cls) if f.metadata.get("in_key") is False
     }
+
+
+def check_task_section(section: dict[str, Any]) -> None:
+    """Check every value of a run config's `task` section before any work (each task's settings check their own
+    fields); which fields apply to this run is checked when its task is built (`BaseTask.settings_from`)."""
+    known = set(task_section_defaults())
+    if unknown := sorted(set(section) - known):
+        raise ConfigError(f"task.{unknown[0]}: no task has such a setting")
+    for cls in SETTINGS.values():
+        cls(**{k: v for k, v in section.items() if k in settings_fields(cls)})
