@@ -106,7 +106,7 @@ def test_streaming_two_halves_equals_one_call():
     second, state = net(idx[:, 19:], state)
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=0, atol=1e-10)
     for got, want in zip(state, state_full):
-        for a, b in zip(got, want):  # S and the three conv caches
+        for a, b in zip(got, want):  # S and the conv cache
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memexp.errors import ConfigError, require_positive_ints
-from memexp.models.autocast import autocast_off
+from memexp.models.autocast import at_least_float32, autocast_off
 
-# per layer: (S (B, H, K, Dv), conv caches of q, k, v: the last conv_size - 1 pre-conv inputs, each (B, conv_size - 1, width))
-LayerState = tuple[Tensor, Tensor, Tensor, Tensor]
+# per layer: (S (B, H, K, Dv), the conv cache: the last conv_size - 1 pre-conv inputs of q, k and v side by side,
+# (B, conv_size - 1, 2 H K + H Dv), channels in the order q, k, v)
+LayerState = tuple[Tensor, Tensor]
 GDNState = list[LayerState]
 
 
@@ -36,14 +37,16 @@ def gated_delta_rule_recurrent(
     beta (B, H, T) in (0, 1), state (B, H, K, Dv) or None (zeros) -> o (B, H, T, Dv), final state (B, H, K, Dv)."""
     B, H, T, K = k.shape
     S = k.new_zeros(B, H, K, v.shape[-1]) if state is None else state.to(k.dtype)
+    decay, beta = g.exp()[..., None, None], beta[..., None, None]  # (B, H, T, 1, 1)
+    q, k, v = q.unsqueeze(-2), k.unsqueeze(-2), v.unsqueeze(-2)  # (B, H, T, 1, .): rows
     outs = []
     for t in range(T):
-        kt, vt, bt = k[:, :, t], v[:, :, t], beta[:, :, t, None]  # (B, H, K), (B, H, Dv), (B, H, 1)
-        S = S * g[:, :, t, None, None].exp()  # decay
-        u = bt * (vt - torch.einsum("bhkv,bhk->bhv", S, kt))  # the delta rule's correction of the value read at k
-        S = S + kt.unsqueeze(-1) * u.unsqueeze(-2)  # + k u^T
-        outs.append(torch.einsum("bhkv,bhk->bhv", S, q[:, :, t]))
-    return torch.stack(outs, dim=2), S
+        kt = k[:, :, t]  # (B, H, 1, K)
+        S = S * decay[:, :, t]
+        u = beta[:, :, t] * (v[:, :, t] - kt @ S)  # (B, H, 1, Dv): the delta rule's correction of the value read at k
+        S = S + kt.transpose(-1, -2) @ u  # + k u^T
+        outs.append(q[:, :, t] @ S)  # (B, H, 1, Dv)
+    return (outs[0] if T == 1 else torch.cat(outs, dim=2)), S
 
 
 def _chunk_terms(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
@@ -104,13 +107,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        xf = at_least_float32(x)
+        return F.rms_norm(xf, xf.shape[-1:], self.weight.to(xf.dtype), self.eps).to(x.dtype)
 
 
 class ShortConv(nn.Module):
-    """Causal depthwise Conv1d over time (no bias) followed by SiLU, continuing from a cache of the last
-    kernel - 1 inputs: x (B, T, W), cache (B, kernel - 1, W) or None (zeros) -> (B, T, W), new cache."""
+    """Causal depthwise convolution over time (no bias) followed by SiLU, continuing from a cache of the last
+    kernel - 1 inputs: x (B, T, W), cache (B, kernel - 1, W) or None (zeros) -> (B, T, W), new cache.
+
+    The weight is an nn.Conv1d's (W, 1, kernel), initialised as torch initialises it; the product is computed as a
+    sum of `kernel` shifted elementwise products (on a CPU that is several times faster than a depthwise Conv1d,
+    forward and backward, and needs no transposes)."""
 
     def __init__(self, width: int, kernel: int):
         super().__init__()
@@ -122,7 +129,13 @@ class ShortConv(nn.Module):
         if cache is None:
             cache = x.new_zeros(B, self.kernel - 1, W)
         full = torch.cat([cache.to(x.dtype), x], dim=1)  # (B, kernel - 1 + T, W)
-        y = self.conv(full.transpose(1, 2)).transpose(1, 2)  # (B, T, W)
+        w = self.conv.weight.squeeze(1).t().to(x.dtype)  # (kernel, W): tap j multiplies the input kernel - 1 - j back
+        if T == 1:  # a generation step: one weighted sum
+            y = (full * w).sum(1, keepdim=True)
+        else:
+            y = full[:, :T] * w[0]
+            for j in range(1, self.kernel):
+                y = y + full[:, j : j + T] * w[j]
         return F.silu(y), full[:, full.shape[1] - (self.kernel - 1) :]
 
 
@@ -135,14 +148,12 @@ class GatedDeltaNetLayer(nn.Module):
         super().__init__()
         self.heads, self.head_k, self.head_v, self.chunk_size = heads, dim // heads, expand_v * (dim // heads), chunk_size
         key_dim, value_dim = heads * self.head_k, heads * self.head_v
-        self.q_proj = nn.Linear(dim, key_dim, bias=False)
-        self.k_proj = nn.Linear(dim, key_dim, bias=False)
-        self.v_proj = nn.Linear(dim, value_dim, bias=False)
-        self.a_proj = nn.Linear(dim, heads, bias=False)
-        self.b_proj = nn.Linear(dim, heads, bias=False)
-        self.g_proj = nn.Linear(dim, value_dim, bias=False)
+        # q, k, v, the output gate, a (the decay's input) and beta's logit from one matrix (FLA keeps six
+        # projections; one matmul computes the same six products): widths in this order
+        self.widths = [key_dim, key_dim, value_dim, value_dim, heads, heads]
+        self.in_proj = nn.Linear(dim, sum(self.widths), bias=False)
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
-        self.q_conv, self.k_conv, self.v_conv = (ShortConv(w, conv_size) for w in (key_dim, key_dim, value_dim))
+        self.conv = ShortConv(2 * key_dim + value_dim, conv_size)  # one depthwise conv over q, k, v's channels
         self.o_norm = RMSNorm(self.head_v, eps=1e-5)
         # Mamba-2's decay parameters (as FLA's GatedDeltaNet): A ~ U(0, 16), dt log-uniform in [1e-3, 0.1]
         # (floored at 1e-4) and dt_bias = softplus^-1(dt)
@@ -155,12 +166,12 @@ class GatedDeltaNetLayer(nn.Module):
         return x.view(B, T, self.heads, d).transpose(1, 2)  # (B, H, T, d)
 
     def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
-        S, cq, ck, cv = (None,) * 4 if state is None else state
-        q, cq = self.q_conv(self.q_proj(x), cq)
-        k, ck = self.k_conv(self.k_proj(x), ck)
-        v, cv = self.v_conv(self.v_proj(x), cv)
-        beta = torch.sigmoid(self.b_proj(x)).transpose(1, 2)  # (B, H, T)
-        g = (-self.A_log.exp() * F.softplus(self.a_proj(x) + self.dt_bias)).transpose(1, 2)  # (B, H, T), <= 0
+        S, cache = (None, None) if state is None else state
+        qkv, gate, a, b = self.in_proj(x).split([sum(self.widths[:3]), *self.widths[3:]], dim=-1)
+        qkv, cache = self.conv(qkv, cache)
+        q, k, v = qkv.split(self.widths[:3], dim=-1)
+        beta = torch.sigmoid(b).transpose(1, 2)  # (B, H, T)
+        g = (-self.A_log.exp() * F.softplus(a + self.dt_bias)).transpose(1, 2)  # (B, H, T), <= 0
         q, k, v = self._heads(q, self.head_k), self._heads(k, self.head_k), self._heads(v, self.head_v)
         with autocast_off(x):  # the core in at least float32 (bf16 would lose the state's low bits step by step)
             dtype = torch.promote_types(v.dtype, torch.float32)
@@ -172,9 +183,9 @@ class GatedDeltaNetLayer(nn.Module):
             else:
                 o, S = gated_delta_rule_chunked(q, k, v, g, beta, self.chunk_size, S)
         o = self.o_norm(o.transpose(1, 2)).to(x.dtype)  # (B, T, H, Dv)
-        gate = F.silu(self.g_proj(x)).view_as(o)
+        gate = F.silu(gate).view_as(o)
         y = self.o_proj((o * gate).flatten(2))
-        return y, (S, cq, ck, cv)
+        return y, (S, cache)
 
 
 class SwiGLU(nn.Module):
@@ -269,7 +280,7 @@ class GatedDeltaNetLM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * depth))
-            elif name.endswith(("_proj.weight", "gate_up.weight", "embedding.weight")):
+            elif name.endswith(("in_proj.weight", "gate_up.weight", "embedding.weight")):
                 nn.init.normal_(p, std=0.02)
 
     def forward(self, idx: Tensor, state: GDNState | None = None) -> tuple[Tensor, GDNState]:
