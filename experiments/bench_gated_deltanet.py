@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
             train[name].append(train_step_seconds(net, args.batch, args.seq_len, args.steps))
             gen[name].append(generate_tok_s(net, args.context, args.gen_tokens))
         print(
-            f"round {r + 1}: train s/step " + ", ".join(f"{n} {train[n][-1]:.3f}" for n in nets)
-            + "; generate tok/s " + ", ".join(f"{n} {gen[n][-1]:.1f}" for n in nets),
+            f"round {r + 1}: train s/step "
+            + ", ".join(f"{n} {train[n][-1]:.3f}" for n in nets)
+            + "; generate tok/s "
+            + ", ".join(f"{n} {gen[n][-1]:.1f}" for n in nets),
             flush=True,
         )
     med_train = {n: statistics.median(v) for n, v in train.items()}

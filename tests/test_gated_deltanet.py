@@ -81,16 +81,16 @@ def test_the_core_matches_transformers_qwen3_next_reference():
     args = (bthd(q_raw), bthd(k_raw), bthd(v), g.transpose(1, 2).float(), beta.transpose(1, 2).float())
     tol = 8 * (T + K) * 2**-24 * v.abs().max().item()
     for ref_fn, extra in ((torch_chunk_gated_delta_rule, {"chunk_size": 64}), (torch_recurrent_gated_delta_rule, {})):
-        o_ref, s_ref = ref_fn(
-            *args, initial_state=S0.float(), output_final_state=True, use_qk_l2norm_in_kernel=True, **extra
-        )
+        o_ref, s_ref = ref_fn(*args, initial_state=S0.float(), output_final_state=True, use_qk_l2norm_in_kernel=True, **extra)
         torch.testing.assert_close(o_ref.transpose(1, 2).double(), ours, rtol=0, atol=tol)
         torch.testing.assert_close(s_ref.double(), ours_s, rtol=0, atol=tol)
 
 
 def test_gradcheck_of_a_tiny_core_call():
     q, k, v, g, beta, S0 = (t.requires_grad_() for t in _inputs(B=1, H=1, T=6, K=3, Dv=2))
-    assert torch.autograd.gradcheck(lambda q, k, v, g, b, s: gated_delta_rule_chunked(q, k, v, g, b, 4, s), (q, k, v, g, beta, S0))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, g, b, s: gated_delta_rule_chunked(q, k, v, g, b, 4, s), (q, k, v, g, beta, S0)
+    )
 
 
 def _net(**kw) -> GatedDeltaNetLM:
