@@ -14,6 +14,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "hope": "HOPE / Nested Learning: test-time-updated memory, continuum memory, slot memory",
         "hyperlstm": "HyperLSTM: a small LSTM generating the main LSTM's weight scalings",
         "lstm": "a plain multi-layer LSTM (torch.nn.LSTM), HyperLSTM's baseline",
+        "gated_deltanet": "Gated DeltaNet: a decayed delta-rule linear-attention state, chunked training, O(1) steps",
         "hgd": "HGD-MemNet: gated thinking steps over dialogue history (data=lccc)",
         "qwen3": "a Qwen3 causal LM (tiny random, a local folder or a hub id)",
         "explicit_lm": "ExplicitLM: a frozen Qwen3 with an explicit, editable token memory bank",

@@ -14,6 +14,7 @@ from memexp.data.knowledge_qa import KnowledgeQADataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.memory.backbone import build_explicit_lm
 from memexp.models.explicit_lm import ExplicitLM
+from memexp.models.gated_deltanet import GatedDeltaNetLM
 from memexp.models.hgd import HGDMemNet
 from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
@@ -32,6 +33,7 @@ HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_
 HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 LSTMConf = builds(LSTMLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+GatedDeltaNetConf = builds(GatedDeltaNetLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 Qwen3Conf = builds(Qwen3LM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
 # ExplicitLM's fields are its constructor's (the memory) plus the loader's: `backbone` (tiny, a Qwen3 folder,
 # a hub id, or a model=qwen3 checkpoint) and the size of the tiny one (memexp.memory.backbone).
@@ -269,6 +271,7 @@ def _register_components() -> None:
     model(HOPEConf, name="hope")
     model(HyperLSTMConf, name="hyperlstm")
     model(LSTMConf, name="lstm")
+    model(GatedDeltaNetConf, name="gated_deltanet")
     model(HGDConf, name="hgd")
     model(Qwen3Conf, name="qwen3")
     model(ExplicitLMConf, name="explicit_lm")
