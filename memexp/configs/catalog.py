@@ -90,10 +90,11 @@ GROUPS: dict[str, dict[str, str]] = {
         "hope": "leaderboard entry: HOPE at that budget (as hope_nanogpt)",
         "hyperlstm": "leaderboard entry: HyperLSTM, in-order streams (as hyperlstm_shakespeare)",
         "lstm": "leaderboard entry: the plain LSTM, in-order streams (as lstm_shakespeare)",
+        "gated_deltanet": "leaderboard entry: Gated DeltaNet, in-order streams with its state carried",
         **{
             f"{m}_{col}": f"leaderboard entry: {m}'s network trained on "
             + ("needle recall (the recall column)" if col == "recall" else "three text parts in sequence (the continual column)")
-            for m in ("transformer", "hope", "hyperlstm", "lstm")
+            for m in ("transformer", "hope", "hyperlstm", "lstm", "gated_deltanet")
             for col in ("recall", "continual")
         },
     },

@@ -203,6 +203,13 @@ BOARD_ENTRIES: dict[str, dict] = {
         model=dict(embedding_size=64, hidden_size=456, depth=1, dropout=0.0),
         **_RECURRENT_BUDGET,
     ),
+    # Gated DeltaNet (a delta-rule linear-recurrent memory): it carries its state, so it trains as the recurrent
+    # models do, on in-order streams with the state carried; ~0.81M params (width 128, 3 blocks, 4 heads, expand_v=2)
+    "gated_deltanet": dict(
+        defaults=["_self_", {"override /model": "gated_deltanet"}, {"override /data": "shakespeare"}],
+        model=dict(dim=128, depth=3, heads=4, ff_mult=4, expand_v=2, conv_size=4, chunk_size=64, dropout=0.0),
+        **_RECURRENT_BUDGET,
+    ),
 }
 
 
