@@ -186,3 +186,32 @@ def test_a_tiny_run_trains_resumes_and_samples(tiny_text, tmp_path):
     assert first["sample"] and len(first["sample"]) > 0
     second = run_in_process([*common, "trainer.max_steps=24"], tmp_path / "b")
     assert second["resumed_from_step"] == 20 and second["metrics"]["global_step"] == 24
+
+
+def test_the_layer_is_the_papers_gated_delta_layer_term_by_term():
+    """The whole token mixer rebuilt from its parameters with torch's own ops and transformers' reference core (which
+    L2-normalises q and k and scales q inside): a depthwise Conv1d + SiLU per channel, beta = sigmoid(W_b x),
+    g = -exp(A_log) softplus(W_a x + dt_bias), the gated per-head RMSNorm, the output projection. Float64."""
+    from transformers.models.qwen3_next.modeling_qwen3_next import torch_recurrent_gated_delta_rule
+
+    from memexp.models.gated_deltanet import GatedDeltaNetLayer
+
+    torch.manual_seed(0)
+    layer = GatedDeltaNetLayer(dim=16, heads=2, expand_v=2, conv_size=4, chunk_size=8).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    ours, _ = layer(x)
+
+    H, K, V = 2, 8, 16
+    qkv, gate, a, b = layer.in_proj(x).split([2 * H * K + H * V, H * V, H, H], dim=-1)
+    conv = F.conv1d(F.pad(qkv.transpose(1, 2), (3, 0)), layer.conv.conv.weight, groups=qkv.shape[-1])
+    q, k, v = F.silu(conv).transpose(1, 2).split([H * K, H * K, H * V], dim=-1)
+    beta = torch.sigmoid(b)
+    g = -layer.A_log.exp() * F.softplus(a + layer.dt_bias)
+    o, _ = torch_recurrent_gated_delta_rule(
+        q.view(2, 11, H, K), k.view(2, 11, H, K), v.view(2, 11, H, V), g, beta, use_qk_l2norm_in_kernel=True
+    )  # float32 inside: the tolerance is float32's
+    o = o.double()
+    normed = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.o_norm.weight
+    ref = layer.o_proj((normed * F.silu(gate).view(2, 11, H, V)).flatten(2))
+    # float32 rounding (2^-24) over the ~T + K terms of each state entry, amplified by the norm and the projection
+    assert torch.allclose(ours, ref, rtol=0, atol=64 * (11 + K) * 2**-24 * ref.abs().max().item())
