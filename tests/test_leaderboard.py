@@ -13,7 +13,7 @@ from helpers import run_cli
 
 from memexp.evals.leaderboard import board_markdown, board_rows
 
-MODELS = ["hope", "hyperlstm", "lstm", "transformer"]
+MODELS = ["hope", "hyperlstm", "lstm", "titans", "transformer"]
 
 
 @pytest.fixture(scope="module")
