@@ -13,7 +13,7 @@ from helpers import run_cli
 
 from memexp.evals.leaderboard import board_markdown, board_rows
 
-MODELS = ["gated_deltanet", "hope", "hyperlstm", "lstm", "transformer"]
+MODELS = ["gated_deltanet", "hope", "hyperlstm", "lstm", "titans", "transformer"]
 
 
 @pytest.fixture(scope="module")

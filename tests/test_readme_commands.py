@@ -137,8 +137,8 @@ def test_setup_commands_match_what_ci_installs():
     pips = [s for s in setup if s[:2] == ["pip", "install"]]
     assert pips, "the README's set-up commands install nothing"
     for step in pips:
-        # `pip install -e .` is the test set-up's `pip install -e ".[test]"` without the test extras
-        assert step in ci or [".[test]" if w == "." else w for w in step] in ci, f"{step} is not one of .ci/run's {ci}"
+        # `pip install -e .` is the test set-up's `pip install -e ".[test,reference]"` without the test extras
+        assert step in ci or [".[test,reference]" if w == "." else w for w in step] in ci, f"{step} is not one of .ci/run's {ci}"
     assert all(line in pips for line in ci), f"the README does not show all of .ci/run's install lines: {ci}"
     for step in setup:
         if step[:3] == ["python3", "-m", "venv"]:

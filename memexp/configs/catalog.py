@@ -12,6 +12,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "model": {
         "transformer": "GPT-style causal transformer, the baseline (128 wide, 4 layers)",
         "hope": "HOPE / Nested Learning: test-time-updated memory, continuum memory, slot memory",
+        "titans": "Titans (MAG): segment attention gated by HOPE's neural memory; HOPE minus CMS and slots",
         "hyperlstm": "HyperLSTM: a small LSTM generating the main LSTM's weight scalings",
         "lstm": "a plain multi-layer LSTM (torch.nn.LSTM), HyperLSTM's baseline",
         "gated_deltanet": "Gated DeltaNet: a decayed delta-rule linear-attention state, chunked training, O(1) steps",
@@ -88,13 +89,14 @@ GROUPS: dict[str, dict[str, str]] = {
     "board": {
         "transformer": "leaderboard entry: the transformer at nanoGPT's CPU budget (as nanogpt_shakespeare)",
         "hope": "leaderboard entry: HOPE at that budget (as hope_nanogpt)",
+        "titans": "leaderboard entry: Titans (MAG) at HOPE's size and budget: HOPE minus CMS and slots",
         "hyperlstm": "leaderboard entry: HyperLSTM, in-order streams (as hyperlstm_shakespeare)",
         "lstm": "leaderboard entry: the plain LSTM, in-order streams (as lstm_shakespeare)",
         "gated_deltanet": "leaderboard entry: Gated DeltaNet, in-order streams with its state carried",
         **{
             f"{m}_{col}": f"leaderboard entry: {m}'s network trained on "
             + ("needle recall (the recall column)" if col == "recall" else "three text parts in sequence (the continual column)")
-            for m in ("transformer", "hope", "hyperlstm", "lstm", "gated_deltanet")
+            for m in ("transformer", "hope", "titans", "hyperlstm", "lstm", "gated_deltanet")
             for col in ("recall", "continual")
         },
     },

@@ -20,6 +20,7 @@ from memexp.models.hope import HOPE
 from memexp.models.hyperlstm import HyperLSTM
 from memexp.models.lstm import LSTMLM
 from memexp.models.qwen3 import Qwen3LM
+from memexp.models.titans import Titans
 from memexp.models.transformer import Transformer
 from memexp.runs.loggers import wandb_logger
 from memexp.runs.progress import RunSummary, StepProgressBar, StepTQDMProgressBar
@@ -31,6 +32,7 @@ TransformerConf = builds(Transformer, populate_full_signature=True, zen_partial=
 HGDConf = builds(HGDMemNet, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size", "pad_id"])
 
 HOPEConf = builds(HOPE, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
+TitansConf = builds(Titans, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 HyperLSTMConf = builds(HyperLSTM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 LSTMConf = builds(LSTMLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
 GatedDeltaNetConf = builds(GatedDeltaNetLM, populate_full_signature=True, zen_partial=True, zen_exclude=["vocab_size"])
@@ -180,6 +182,13 @@ BOARD_ENTRIES: dict[str, dict] = {
         ),
         **_NANOGPT_BUDGET,
     ),
+    # Titans (MAG) = HOPE minus CMS and slot memory, at HOPE's entry's width, depth, heads, MLP multiple, segment, chunk
+    # and optimiser: the ablation of HOPE's CMS levels and slot memory (docs/hope.md); ~0.83M params
+    "titans": dict(
+        defaults=["_self_", {"override /model": "titans"}, {"override /data": "shakespeare"}],
+        model=dict(dim=128, depth=4, heads=4, ff_mult=4, max_len=64, seq_len=64, dropout=0.0, mem_write=32, persistent_tokens=4),
+        **_NANOGPT_BUDGET,
+    ),
     # HyperLSTM trained as the paper trains: in-order streams with the state carried across windows (truncated
     # BPTT). ~0.99M params (H=352, N=128, Z=16); the optimiser settings of experiments/hyperlstm_quality.py
     "hyperlstm": dict(
@@ -276,6 +285,7 @@ def _register_components() -> None:
     model = store(group="model")
     model(TransformerConf, name="transformer")
     model(HOPEConf, name="hope")
+    model(TitansConf, name="titans")
     model(HyperLSTMConf, name="hyperlstm")
     model(LSTMConf, name="lstm")
     model(GatedDeltaNetConf, name="gated_deltanet")

@@ -76,7 +76,17 @@ class HopeBlock(nn.Module):
         memory: HopeMemory | None,
         cms_hidden: int,
         cms_frequencies: Sequence[int],
+        persistent_tokens: int = 0,
+        gate: bool = False,
     ):
+        """`persistent_tokens` and `gate` are Titans MAG's (memexp.models.titans); their defaults (0, False) build
+        HOPE's block, with HOPE's parameters and results: no persistent memory, the memory's read added to attention.
+
+        persistent_tokens: P learned key/value pairs per head that every query attends to before the segment
+            (Titans' persistent memory), (2, H, P, D); never cached, never written to the neural memory.
+        gate: combine attention and memory as Titans MAG does, o = LN(y) * sigmoid(LN(M(q))) (LayerNorms with
+            learned vector weights on both branches), in place of HOPE's y + s * M(q).
+        """
         super().__init__()
         self.heads = heads
         self.ln_attn = nn.LayerNorm(dim, bias=bias)
@@ -86,6 +96,12 @@ class HopeBlock(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.memory = memory
         self.cms = nn.ModuleList(CMSLevel(dim, cms_hidden, dropout, bias, f) for f in cms_frequencies)
+        self.persistent = None
+        if persistent_tokens:
+            self.persistent = nn.Parameter(torch.randn(2, heads, persistent_tokens, dim // heads) * 0.02)
+        self.gate = gate and memory is not None
+        if self.gate:
+            self.ln_y, self.ln_mem = nn.LayerNorm(dim, bias=bias), nn.LayerNorm(dim, bias=bias)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: dict
@@ -97,7 +113,11 @@ class HopeBlock(nn.Module):
         if st["attn_k"].shape[2]:  # a segment's first call has no cache: nothing to copy k, v onto
             k = torch.cat([st["attn_k"], k], 2)  # (B, H, S, D)
             v = torch.cat([st["attn_v"], v], 2)
-        y = cached_causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        pk, pv = k, v
+        if self.persistent is not None:  # P learned keys / values in front of the segment, seen by every query
+            p = self.persistent.unsqueeze(1).expand(-1, B, -1, -1, -1)  # (2, B, H, P, D)
+            pk, pv = torch.cat([p[0], k], 2), torch.cat([p[1], v], 2)
+        y = cached_causal_attention(q, pk, pv, self.dropout if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C), k, v
 
     def forward(
@@ -111,7 +131,7 @@ class HopeBlock(nn.Module):
         new = {"attn_k": ck[:, :, :0] if seg_end else ck, "attn_v": cv[:, :, :0] if seg_end else cv}
         if self.memory is not None:
             m, new["memory"] = self.memory(u, q, k, v, st["memory"], chunk, seg_end, surprise_scale, fresh)
-            y = y + m
+            y = self.ln_y(y) * torch.sigmoid(self.ln_mem(m)) if self.gate else y + m
         x = x + self.resid_dropout(self.proj(y))
         for level in self.cms:
             x = x + level(x)

@@ -279,7 +279,8 @@ class HopeMemory(nn.Module):
             used.append(n_used)
             if not closes:  # only the last piece of a call stays open: keep its tokens for the write
                 kvg = torch.cat([self.merge_heads(kh_c[i]), v[:, start:end], g[:, start:end]], -1)  # (B, n, 2C + 3Hh)
-                st = {**st, "pending": torch.cat([pend, kvg], 1)}
+                # st's pending: the call's earlier tokens when no chunk closed before this piece, else empty
+                st = {**st, "pending": torch.cat([st["pending"], kvg], 1)}
                 continue
             kc, vc, gc, tc = kh_c[i], vh_c[i], gh_c[i], th_c[i]
             if i == 0 and pend.shape[1]:
