@@ -381,21 +381,3 @@ class Ramp:
 
     def __repr__(self) -> str:
         return f"Ramp({self.start}, {self.end}, {self.warmup_steps})"
-
-
-# ----------------------------------------------------------------------------- continuum memory
-
-
-class CMSLevel(nn.Module):
-    """One continuum-memory level: LN + MLP, residual; stepped every `period` optimizer steps."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float, bias: bool, period: int):
-        super().__init__()
-        self.period = period
-        self.ln = nn.LayerNorm(dim, bias=bias)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) -> the level's residual update (B, T, C)."""
-        return self.dropout(self.mlp(self.ln(x)))
