@@ -116,12 +116,10 @@ def generated_data(root: Path, text: Path) -> dict[str, list[str]]:
 
 def run_once(overrides: list[str], out: Path) -> dict:
     """One memexp.run in this process; its result dict."""
-    from hydra_zen import zen
-
     from memexp.configs.search import compose_config
-    from memexp.run import run
+    from memexp.run import run_composed
 
-    return zen(run)(compose_config("memexp_run", [f"paths.output_dir={out}", *overrides]))
+    return run_composed(compose_config("memexp_run", [f"paths.output_dir={out}", *overrides]))
 
 
 def tokens_per_s(run_dir: str) -> float | None:

@@ -144,6 +144,13 @@ def run(zen_cfg: DictConfig, **pieces: Any) -> dict | float:
     return _returned(result, zen_cfg.optimized_metric)
 
 
+def run_composed(cfg: DictConfig) -> dict | float:
+    """`run` on a config composed elsewhere (scripts, tests): every field passed as `python -m memexp.run` passes it."""
+    from hydra_zen import zen
+
+    return zen(run, unpack_kwargs=True)(cfg)
+
+
 def _returned(result: RunResult, optimized_metric: str | None) -> dict | float:
     if optimized_metric is None:
         return result.as_dict()

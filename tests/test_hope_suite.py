@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import HOPE_TINY, QUIET, run_in_process
 
 import memexp.run
-import memexp.runs.train
+import memexp.runs.drivers
 from memexp.configs.rebuild import load_checkpoint
 
 SHORT = [
@@ -50,17 +50,15 @@ class Probe(L.Callback):
             self.raw.append({k: v.detach().clone() for k, v in pl_module.state_dict().items() if k.startswith("net.")})
 
 
-_TRAIN_AND_TEST = memexp.runs.train.train_and_test  # the unpatched function (a test may probe two runs)
-
-
 def run_probed(overrides, out, monkeypatch) -> tuple[dict, Probe]:
+    """Run with `probe` among the trainer's callbacks (the train driver of memexp.runs.drivers gets it in its spec)."""
     probe = Probe()
-    inner = _TRAIN_AND_TEST
+    inner = memexp.runs.drivers.DRIVERS["train"]
 
-    def with_probe(*args, callbacks=None, **kwargs):
-        return inner(*args, callbacks=dict(callbacks or {}) | {"probe": probe}, **kwargs)
+    def with_probe(spec):
+        return inner(spec.replace(extra_callbacks=[*spec.extra_callbacks, probe]))
 
-    monkeypatch.setattr(memexp.runs.train, "train_and_test", with_probe)
+    monkeypatch.setitem(memexp.runs.drivers.DRIVERS, "train", with_probe)
     return run_in_process(overrides, out), probe
 
 

@@ -52,11 +52,9 @@ def compose_run(overrides: list[str], output_dir: Path):
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
-    from hydra_zen import zen
+    from memexp.run import run_composed
 
-    from memexp.run import run
-
-    return zen(run, unpack_kwargs=True)(compose_run(overrides, output_dir))
+    return run_composed(compose_run(overrides, output_dir))
 
 
 CLI_OUTPUTS = Path(tempfile.mkdtemp(prefix="memexp-test-outputs-"))
