@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from explicit_knowledge import run_seed  # noqa: E402  (a sibling script)
 
 from memexp.configs.rebuild import load_checkpoint  # noqa: E402
-from memexp.evals.write_read import write_then_read  # noqa: E402
+from memexp.evals.write_read import WRITE_READ_ROWS, write_then_read  # noqa: E402
 from memexp.files import atomic_path, write_json, write_text  # noqa: E402
 from memexp.memory.facts import IdentityExtractor, LLMLinguaExtractor  # noqa: E402
 
@@ -40,20 +40,6 @@ CONDITIONS = [
     ("importance", "importance", 0.9, "retrieval"),
     ("similarity (retrieval, 0.9)", "similarity", 0.9, "retrieval"),
     ("similarity (tokens, 0.8)", "similarity", 0.8, "tokens"),
-]
-ROWS = [
-    ("new facts, accuracy before the writes", "new_before"),
-    ("new facts, accuracy after the writes", "new_after"),
-    ("gain on new facts (target >= 0.3)", "new_gain"),
-    ("new facts after, product keys only (content_candidates=0)", "new_after_keys_only"),
-    ("writes that landed in updatable entries (must be 1.0)", "landed_updatable"),
-    ("earlier facts, recall before the new writes", "earlier_before"),
-    ("earlier facts, recall after the new writes", "earlier_after"),
-    ("earlier facts displaced (of n_earlier)", "earlier_displaced"),
-    ("untouched held-out facts, before any write", "others_before"),
-    ("untouched held-out facts, after all writes", "others_after"),
-    ("corrections: answers that follow the restated object", "correction_follow"),
-    ("corrections: stale versions still in the bank (of 20)", "stale_left"),
 ]
 
 
@@ -83,7 +69,7 @@ def table(results: list[dict], seeds: list[int], args: argparse.Namespace) -> st
         "| measurement | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
     ]
-    for name, key in ROWS:
+    for name, key in WRITE_READ_ROWS:
         cells = [mean_std([float(r[key]) for r in results if r["label"] == label]) for label in labels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [

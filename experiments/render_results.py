@@ -106,6 +106,8 @@ def load(path: Path) -> dict:
             for key in ("n", "a_lower", "a_higher"):
                 _need(d, key, int, f"{w}.difference")
     elif kind == "write_read":
+        from memexp.evals.write_read import WRITE_READ_ROWS  # the table's rows, as the study formats them
+
         _need(data, "settings", dict, where)
         for r, row in enumerate(_need(data, "results", list, where)):
             for key in ["label", "earlier_displaced"] + [k for _, k in WRITE_READ_ROWS]:
@@ -173,21 +175,6 @@ def _claims(data: dict) -> list[str]:
 
 # -- the write-then-read table, as experiments/explicit_write_read.py formats it
 
-WRITE_READ_ROWS = [
-    ("new facts, accuracy before the writes", "new_before"),
-    ("new facts, accuracy after the writes", "new_after"),
-    ("gain on new facts (target >= 0.3)", "new_gain"),
-    ("new facts after, product keys only (content_candidates=0)", "new_after_keys_only"),
-    ("writes that landed in updatable entries (must be 1.0)", "landed_updatable"),
-    ("earlier facts, recall before the new writes", "earlier_before"),
-    ("earlier facts, recall after the new writes", "earlier_after"),
-    ("earlier facts displaced (of n_earlier)", "earlier_displaced"),
-    ("untouched held-out facts, before any write", "others_before"),
-    ("untouched held-out facts, after all writes", "others_after"),
-    ("corrections: answers that follow the restated object", "correction_follow"),
-    ("corrections: stale versions still in the bank (of 20)", "stale_left"),
-]
-
 
 def _mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -195,6 +182,8 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _write_read(data: dict) -> list[str]:
+    from memexp.evals.write_read import WRITE_READ_ROWS
+
     results, s = data["results"], data["settings"]
     labels = list(dict.fromkeys(r["label"] for r in results))
     lines = [

@@ -25,6 +25,22 @@ from memexp.evals.knowledge import answer_questions, summarise
 from memexp.memory.dual_path import DualPathInference
 from memexp.memory.updates import BankUpdater
 
+# The rows of the write-then-read table (experiments/explicit_write_read.py, docs/results.md): label, result key
+WRITE_READ_ROWS = [
+    ("new facts, accuracy before the writes", "new_before"),
+    ("new facts, accuracy after the writes", "new_after"),
+    ("gain on new facts (target >= 0.3)", "new_gain"),
+    ("new facts after, product keys only (content_candidates=0)", "new_after_keys_only"),
+    ("writes that landed in updatable entries (must be 1.0)", "landed_updatable"),
+    ("earlier facts, recall before the new writes", "earlier_before"),
+    ("earlier facts, recall after the new writes", "earlier_after"),
+    ("earlier facts displaced (of n_earlier)", "earlier_displaced"),
+    ("untouched held-out facts, before any write", "others_before"),
+    ("untouched held-out facts, after all writes", "others_after"),
+    ("corrections: answers that follow the restated object", "correction_follow"),
+    ("corrections: stale versions still in the bank (of 20)", "stale_left"),
+]
+
 
 def _accuracy(net: torch.nn.Module, dm: KnowledgeQADataModule, which: list[int]) -> float:
     return summarise(answer_questions(net, dm, which))["accuracy"]
