@@ -120,6 +120,14 @@ def test_the_claims_table_reads_the_board_runs(board):
     assert hyper["difference"]["n"] == 1 and hyper["verdict"] == "inconclusive"  # one seed: the test cannot decide
     assert hyper["difference"]["mean"] == text["hyperlstm"]["metrics"]["test/bpc"] - text["lstm"]["metrics"]["test/bpc"]
     assert forget["difference"]["n"] == 1
+    titans = next(r for r in rows if r["claim"].startswith("HOPE reaches lower bits per character than Titans"))
+    assert titans["difference"]["mean"] == text["hope"]["metrics"]["test/bpc"] - text["titans"]["metrics"]["test/bpc"]
+    deltanet = next(r for r in rows if r["claim"].startswith("Gated DeltaNet recalls"))
+    recall = {r["names"]["model"]: r for r in runs if "recall" in (r.get("study") or {})}
+    largest = {m: max(r["study"]["recall"], key=lambda x: x["gap"]) for m, r in recall.items()}
+    assert largest["gated_deltanet"]["gap"] == 1024
+    gdn_minus_tf = largest["gated_deltanet"]["recall_prob"] - largest["transformer"]["recall_prob"]
+    assert deltanet["difference"]["n"] == 1 and deltanet["difference"]["mean"] == gdn_minus_tf
     before = claims_markdown(rows, "x")
     text["lstm"]["metrics"]["test/bpc"] += 1.0
     assert claims_markdown(claim_rows(runs), "x") != before

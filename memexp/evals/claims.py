@@ -105,6 +105,28 @@ CLAIMS = [
         command="python -m memexp.run -m experiment=leaderboard board=hope_continual,transformer_continual seed=0,1,2,3,4,5",
     ),
     Claim(
+        claim="HOPE reaches lower bits per character than Titans",
+        source="Nested Learning (Behrouz et al., 2025)",
+        setting="tiny-shakespeare at nanoGPT's CPU budget, the leaderboard's HOPE (0.8M) vs Titans MAG from the same "
+        "block and neural memory without continuum memory levels or slot memory (0.83M)",
+        metric="test bits/char",
+        a=Arm("HOPE", "leaderboard", _metric("test/bpc"), model="hope", kind="text"),
+        b=Arm("Titans", "leaderboard", _metric("test/bpc"), model="titans", kind="text"),
+        a_lower=True,
+        command="python -m memexp.run -m experiment=leaderboard board=hope,titans seed=0,1,2,3,4,5",
+    ),
+    Claim(
+        claim="Gated DeltaNet recalls beyond a transformer's window",
+        source="DeltaNet / Gated DeltaNet (Yang et al., 2024, 2025)",
+        setting="needle recall at the leaderboard's budget, both trained on 64-token sequences; asked 1,024 tokens "
+        "(16x the transformer's context) after the pair; Gated DeltaNet 0.81M, transformer 0.8M parameters",
+        metric="recall_prob at gap 1024",
+        a=Arm("Gated DeltaNet", "leaderboard", _recall_at_largest_gap, model="gated_deltanet", kind="recall"),
+        b=Arm("transformer", "leaderboard", _recall_at_largest_gap, model="transformer", kind="recall"),
+        a_lower=False,
+        command="python -m memexp.run -m experiment=leaderboard board=gated_deltanet_recall,transformer_recall seed=0,1,2,3,4,5",
+    ),
+    Claim(
         claim="An explicit token memory answers knowledge questions a frozen backbone cannot",
         source="ExplicitLM",
         setting="generated world of facts, frozen tiny Qwen3 pretrained on its sentences, questions about held-out "
