@@ -37,7 +37,7 @@ def board(tmp_path_factory):
         "trainer.threads=1",
         f"paths.output_dir={root}",
         f"hydra.sweep.dir={root / 'sweep'}",
-        timeout=600,
+        timeout=1500,  # 18 debug runs and the report: about 6 min on 2 quiet cores
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "sweep"

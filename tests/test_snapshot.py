@@ -84,3 +84,25 @@ def test_a_typo_is_answered_without_importing_lightning(typo, tmp_path):
     # a command line checked against the snapshot then runs on the real store (Hydra's plugins' schemas included)
     ok = run_cli("memexp.run", *TINY_MODEL, *QUIET, "debug=fast", "trainer.max_steps=2", f"paths.output_dir={tmp_path}", env=env)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+
+
+def test_hydras_plugin_schemas_are_never_snapshotted(tmp_path, monkeypatch):
+    """A process that composed before filling the store (several entry points in one process) holds Hydra's plugin
+    schemas; a snapshot saved there once made every later `memexp.report` lose hydra/sweeper/basic."""
+    from hydra.core.config_store import ConfigStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    prepare_app("memexp_report", "report")
+    ConfigStore.instance().store(group="hydra/sweeper", name="plugin_in_test", node={"x": 1}, provider="some_plugin")
+    path = snapshot.save_snapshot("memexp_report")
+    import json
+
+    paths = {e["path"] for e in json.loads(path.read_text())["entries"]}
+    assert "hydra/sweeper/plugin_in_test.yaml" not in paths
+    assert "memexp_report.yaml" in paths and "hydra/config.yaml" in paths  # memexp's own Hydra settings are kept
+    saved = snapshot.load_snapshot("memexp_report")
+    try:
+        assert "plugin_in_test.yaml" in ConfigStore.instance().repo["hydra"]["sweeper"]  # the process's own stays
+    finally:
+        snapshot.restore(saved)
+    assert "plugin_in_test.yaml" in ConfigStore.instance().repo["hydra"]["sweeper"]

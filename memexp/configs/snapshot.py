@@ -75,6 +75,14 @@ def _dump(node: Node) -> dict:
     return {"kind": kind, "optional": meta.optional, "value": value, "flags": _flags(node)}
 
 
+def plugin_schema(path: str, provider: str | None) -> bool:
+    """An entry Hydra's plugins store themselves (hydra/sweeper/basic, ...) when a process first composes. It is never
+    snapshotted: a process that composed before filling the store would save them, and a process that loads them
+    would lose its own registration when the store is restored (`restore` keeps only what the snapshot did not hold).
+    """
+    return path.startswith("hydra/") and provider is not None
+
+
 def save_snapshot(config_name: str) -> Path | None:
     """Write the ConfigStore as it is now (filled for `config_name`) to the snapshot; None when it cannot be written."""
     from hydra.core.config_store import ConfigStore
@@ -85,7 +93,7 @@ def save_snapshot(config_name: str) -> Path | None:
         for key, value in tree.items():
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}/")
-            else:
+            elif not plugin_schema(prefix + key, value.provider):
                 entries.append(
                     {
                         "path": prefix + key,
@@ -148,6 +156,7 @@ def load_snapshot(config_name: str) -> dict | None:
         return {k: copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
     repo = copy(cs.repo)  # what Hydra and its plugins stored themselves stays; the snapshot's entries go over it
+    data["entries"] = [e for e in data["entries"] if not plugin_schema(e["path"], e["provider"])]  # older snapshots
     for e in data["entries"]:
         *folders, leaf = e["path"].split("/")
         tree = repo
