@@ -51,6 +51,17 @@ MODELS: dict[str, list[str]] = {
         "model.memory_capacity=16",
         "model.top_k=2",
     ],
+    "titans": [
+        "model=titans",
+        *TEXT,
+        "model.dim=64",
+        "model.depth=2",
+        "model.heads=4",
+        "model.max_len=64",
+        "model.seq_len=64",
+        "model.mem_write=16",
+    ],
+    "gated_deltanet": ["model=gated_deltanet", *TEXT, "data.windows=stream", "model.dim=64", "model.depth=2", "model.heads=4"],
     "hyperlstm": [
         "model=hyperlstm",
         *TEXT,
@@ -110,7 +121,7 @@ def generated_data(root: Path, text: Path) -> dict[str, list[str]]:
     explicit = [f"data.path={root / 'train.jsonl'}", f"data.knowledge_path={root / 'kb.json'}", f"data.data_dir={root}"]
     news = [f"data.cache_dir={root / 'news'}"]
     return {"explicit_lm": explicit, "bigru": news, "bigru_endef": news, "hgd": [f"data.cache_dir={root / 'lccc'}"]} | {
-        m: [f"data.path={text}"] for m in ("transformer", "hope", "hyperlstm", "lstm")
+        m: [f"data.path={text}"] for m in ("transformer", "hope", "titans", "gated_deltanet", "hyperlstm", "lstm")
     }
 
 
@@ -217,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU: {torch.cuda.get_device_name()} (bf16: {torch.cuda.is_bf16_supported()})")
     rows = [check(m, [*MODELS[m], *data[m]], a.steps, a.device, out, a.atol, a.rtol) for m in a.models.split(",")]
     print(
-        f"\n{'model':12s} {'steps':>5s} {'fp32 cpu':>9s} {'bf16':>9s} {'diff':>8s} {'tol':>6s} {'tokens/s':>10s} {'peak MB':>8s}  ok"
+        f"\n{'model':15s} {'steps':>5s} {'fp32 cpu':>9s} {'bf16':>9s} {'diff':>8s} {'tol':>6s} {'tokens/s':>10s} {'peak MB':>8s}  ok"
     )
     for r in rows:
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         print(
-            f"{r['model']:12s} {r['steps']:5d} {r['fp32_cpu_val_loss']:9.4f} {r['bf16_val_loss']:9.4f} {r['diff']:+8.4f} "
+            f"{r['model']:15s} {r['steps']:5d} {r['fp32_cpu_val_loss']:9.4f} {r['bf16_val_loss']:9.4f} {r['diff']:+8.4f} "
             f"{r['tolerance']:6.3f} {tps:>10s} {r['peak_memory_mb']:8.0f}  {'yes' if r['ok'] else 'NO'}"
         )
     (out / "gpu_check.json").write_text(json.dumps({"device": a.device, "rows": rows}, indent=1))

@@ -193,6 +193,31 @@ MODELS = {
         "data.seq_len=32",
         "data.batch_size=8",
     ],
+    "titans": [
+        "model=titans",
+        "data=text",
+        "model.dim=32",
+        "model.depth=1",
+        "model.heads=2",
+        "model.ff_mult=2",
+        "model.max_len=32",
+        "model.seq_len=32",
+        "model.mem_write=16",
+        "model.persistent_tokens=2",
+        "data.seq_len=32",
+        "data.batch_size=8",
+    ],
+    "gated_deltanet": [
+        "model=gated_deltanet",
+        "data=text",
+        "model.dim=32",
+        "model.depth=1",
+        "model.heads=2",
+        "model.chunk_size=16",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "data.windows=stream",
+    ],
     "hgd": TINY_HGD,
     "bigru": ["model=bigru", *NEWS_SMALL],
     "bigru_endef": ["model=bigru_endef", *NEWS_SMALL, "model.entity_filters=4", "model.entity_mlp_dims=[8]"],
@@ -249,7 +274,7 @@ def model_data(tiny_text, tmp_path_factory) -> dict[str, list[str]]:
         "explicit_lm": explicit,
         "bigru": news,
         "bigru_endef": news,
-    } | {m: [f"data.path={tiny_text}"] for m in ("transformer", "hope", "hyperlstm", "lstm")}
+    } | {m: [f"data.path={tiny_text}"] for m in ("transformer", "hope", "titans", "hyperlstm", "lstm", "gated_deltanet")}
 
 
 def _train_losses(run_dir: str) -> list[float]:
