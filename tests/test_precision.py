@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HOPE_TINY, QUIET, TINY_HGD, TINY_MODEL, run_cli, run_in_process
+from helpers import HOPE_TINY, QUIET, TINY_HGD, TINY_MODEL, TITANS_TINY, run_cli, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.runs import precision as P
@@ -193,20 +193,7 @@ MODELS = {
         "data.seq_len=32",
         "data.batch_size=8",
     ],
-    "titans": [
-        "model=titans",
-        "data=text",
-        "model.dim=32",
-        "model.depth=1",
-        "model.heads=2",
-        "model.ff_mult=2",
-        "model.max_len=32",
-        "model.seq_len=32",
-        "model.mem_write=16",
-        "model.persistent_tokens=2",
-        "data.seq_len=32",
-        "data.batch_size=8",
-    ],
+    "titans": [*TITANS_TINY, "data=text"],
     "gated_deltanet": [
         "model=gated_deltanet",
         "data=text",

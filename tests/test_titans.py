@@ -8,26 +8,12 @@ import csv
 
 import pytest
 import torch
-from helpers import QUIET, run_in_process
+from helpers import QUIET, TITANS_TINY, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.models.hope import HOPE, HopeBlock
 from memexp.models.protocols import CausalLM, MultiRateCMS, StepScheduled
 from memexp.models.titans import Titans
-
-TITANS_TINY = [
-    "model=titans",
-    "model.dim=32",
-    "model.depth=1",
-    "model.heads=2",
-    "model.ff_mult=2",
-    "model.max_len=32",
-    "model.seq_len=32",
-    "model.mem_write=16",
-    "model.persistent_tokens=2",
-    "data.seq_len=32",
-    "data.batch_size=8",
-]
 
 
 def tiny(**kw) -> Titans:

@@ -41,6 +41,21 @@ HOPE_TINY = [
 ]
 
 
+# A tiny Titans (HOPE's block without CMS levels or slots; one 32-token segment), for the suite's runs of model=titans
+TITANS_TINY = [
+    "model=titans",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.ff_mult=2",
+    "model.max_len=32",
+    "model.seq_len=32",
+    "model.mem_write=16",
+    "model.persistent_tokens=2",
+    "data.seq_len=32",
+    "data.batch_size=8",
+]
+
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0"]
 
 
