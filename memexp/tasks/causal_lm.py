@@ -18,8 +18,10 @@ import dataclasses
 import math
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 from torch.utils._pytree import tree_map
 from torchmetrics import MeanMetric, MetricCollection
@@ -96,6 +98,20 @@ class CausalLMTask(BaseTask):
             setattr(self, f"{stage}_loss", MeanMetric())
             if self.answers:  # one value per sequence: its right answers over its answers
                 setattr(self, f"{stage}_answer_acc", MeanMetric())
+
+    @property
+    def selection(self) -> dict | None:
+        """The checkpoint the test reloads on answer-position data: the best validation answer accuracy (the metric
+        the data is about; read by `memexp.runs.train`); None elsewhere (the checkpoint callback's validation loss)."""
+        return {"monitor": "val/acc", "mode": "max"} if self.answers else None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """With `task.stop_at_acc`, Lightning's EarlyStopping ends training at the first validation whose val/acc
+        exceeds it (Zoology's MQAR protocol: 0.99); no patience rule (a plateau runs to the budget)."""
+        if self.settings.stop_at_acc is None:
+            return []
+        threshold = float(self.settings.stop_at_acc)
+        return [EarlyStopping(monitor="val/acc", mode="max", stopping_threshold=threshold, patience=2**31 - 1)]
 
     @staticmethod
     def metric_names() -> list[str]:

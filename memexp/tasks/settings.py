@@ -56,9 +56,15 @@ class CausalLMSettings(TaskSettings):
     # the LM head only at labelled positions (the same loss, without the (B, T, V) logits of the rest): "auto" when
     # the data labels a few answer positions (data=mqar); false reads out every position and masks after
     answer_readout: bool | str = evaluation_only("auto")
+    # stop training once val/acc exceeds this (Zoology's MQAR protocol stops at 0.99); None: run to the budget
+    stop_at_acc: float | None = evaluation_only(None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.stop_at_acc is not None and not (
+            isinstance(self.stop_at_acc, (int, float)) and not isinstance(self.stop_at_acc, bool) and 0 < self.stop_at_acc <= 1
+        ):
+            raise ConfigError(f"task.stop_at_acc={self.stop_at_acc!r}: expected null or a number in (0, 1]")
         if self.carry_state not in ("auto", True, False):
             raise ConfigError(f"task.carry_state={self.carry_state!r}: expected auto, true or false")
         if self.answer_readout not in ("auto", True, False):
