@@ -194,7 +194,7 @@ def test_the_run_composes_and_reports_answer_accuracy(tmp_path):
     assert m["global_step"] == 20.0
 
 
-def _trained_answer_accuracy(net: torch.nn.Module, steps: int = 500) -> float:
+def _trained_answer_accuracy(net: torch.nn.Module, steps: int = 300) -> float:
     """test/acc of `net` after `steps` training steps of the causal-LM task (Lightning) on MQAR (64, 4), 32 ids."""
     import lightning as L
 
@@ -202,7 +202,7 @@ def _trained_answer_accuracy(net: torch.nn.Module, steps: int = 500) -> float:
 
     dm = MQARDataModule(vocab_size=32, seq_len=64, num_kv_pairs=4, num_examples=32 * steps, num_test_examples=512,
                         random_non_queries=False, batch_size=32)  # fmt: skip
-    optim = OptimizerSettings(lr=1e-2, weight_decay=0.0, warmup_steps=20, schedule="constant")
+    optim = OptimizerSettings(lr=3e-3, weight_decay=0.0, warmup_steps=20, schedule="constant")
     task = CausalLMTask(net, dm.spec, optim, CausalLMSettings(carry_state=False))
     quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0, **quiet)
@@ -212,13 +212,15 @@ def _trained_answer_accuracy(net: torch.nn.Module, steps: int = 500) -> float:
 
 @pytest.mark.slow
 def test_a_token_mixing_model_learns_mqar_and_a_position_wise_mlp_stays_at_chance():
-    """Gated DeltaNet (linear attention after a short causal conv, one block) reaches > 0.9 answer accuracy in 500
-    steps; the MLP that sees each position alone cannot know which value was stored with a key: 1/16 by chance."""
+    """Gated DeltaNet (linear attention after a short causal conv, one block) reaches > 0.9 answer accuracy in 300
+    steps; the MLP that sees each position alone cannot know which value was stored with a key: 1/16 by chance.
+    (The suite's softmax transformer, learned positions and no short conv, sits at 1/4, one of the stored values,
+    for the first few thousand steps before it finds the previous-token head: too long for a test.)"""
     from memexp.models.gated_deltanet import GatedDeltaNetLM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    mixer = GatedDeltaNetLM(32, dim=32, depth=1, heads=2, ff_mult=4, chunk_size=16)
+    mixer = GatedDeltaNetLM(32, dim=64, depth=1, heads=2, ff_mult=2, chunk_size=16)
     assert _trained_answer_accuracy(mixer) > 0.9
     torch.manual_seed(0)
-    assert _trained_answer_accuracy(PositionwiseMLPLM(32, dim=32, max_len=64)) < 0.15
+    assert _trained_answer_accuracy(PositionwiseMLPLM(32, dim=64, max_len=64)) < 0.15
