@@ -10,15 +10,16 @@ from helpers import compose_run
 from hydra_zen import instantiate
 
 from memexp.configs.catalog import GROUPS
-from memexp.models.protocols import AuxiliaryLosses, CausalLM, ExplicitBank, MultiRateCMS, StepScheduled
+from memexp.models.protocols import AuxiliaryLosses, CausalLM, ExplicitBank, FeatureReadout, MultiRateCMS, StepScheduled
 
-# model -> the capabilities it has besides its task kind's protocol
-CAPABILITIES = {
-    "hope": {StepScheduled, MultiRateCMS},
-    "hope_tiny": {StepScheduled, MultiRateCMS},
-    "explicit_lm": {ExplicitBank, AuxiliaryLosses},
-}
 KIND = {"hgd": "dialogue", "bigru": "classification", "bigru_endef": "classification"}
+# model -> the capabilities it has besides its task kind's protocol (every causal LM but ExplicitLM, whose memory
+# hooks sit inside its backbone, splits forward at its LM head)
+CAPABILITIES = {
+    name: {FeatureReadout} for name in GROUPS["model"] if KIND.get(name, "causal_lm") == "causal_lm" and name != "explicit_lm"
+}
+CAPABILITIES["hope"] = CAPABILITIES["hope_tiny"] = {StepScheduled, MultiRateCMS, FeatureReadout}
+CAPABILITIES["explicit_lm"] = {ExplicitBank, AuxiliaryLosses}
 
 
 def build(name: str, tmp_path) -> torch.nn.Module:
@@ -37,11 +38,16 @@ def test_each_model_implements_its_protocol_and_capabilities(name, tmp_path):
     kind = KIND.get(name, "causal_lm")
     assert net.task_kind == kind
     assert isinstance(net, CausalLM) == (kind == "causal_lm")
-    has = {c for c in (StepScheduled, MultiRateCMS, AuxiliaryLosses, ExplicitBank) if isinstance(net, c)}
+    has = {c for c in (StepScheduled, MultiRateCMS, AuxiliaryLosses, ExplicitBank, FeatureReadout) if isinstance(net, c)}
     assert has == CAPABILITIES.get(name, set())
     if kind == "causal_lm":  # the protocol's forward: (B, T) ids -> (B, T, V) logits and a state
-        logits, _ = net(torch.randint(1, 64, (2, 8)), None)
+        idx = torch.randint(1, 64, (2, 8))
+        logits, _ = net(idx, None)
         assert logits.shape[:2] == (2, 8) and logits.shape[-1] >= 64
+        if isinstance(net, FeatureReadout):  # the split forward is forward
+            net.eval()
+            h, _ = net.features(idx, None)
+            torch.testing.assert_close(net.readout(h), net(idx, None)[0])
 
 
 def test_a_causal_lm_data_refuses_a_network_that_is_no_causal_lm(tmp_path):

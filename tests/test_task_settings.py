@@ -27,7 +27,15 @@ def test_the_task_section_is_every_tasks_settings_with_their_defaults(tmp_path):
     for task in TASKS.values():
         expected |= {f.name: f.default for f in dataclasses.fields(task.Settings)}
     assert section == expected == task_section_defaults()
-    assert set(section) == {"carry_state", "label_smoothing", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+    assert set(section) == {
+        "carry_state",
+        "label_smoothing",
+        "answer_readout",
+        "max_eval_generate_batches",
+        "early_stop",
+        "test_ckpt",
+        "compile",
+    }
 
 
 def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
@@ -37,7 +45,9 @@ def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
         for f in dataclasses.fields(cls)
         if f.metadata.get("in_key") is False
     }
-    assert marked == TASK_FIELDS_NOT_IN_KEY == {"max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+    assert (
+        marked == TASK_FIELDS_NOT_IN_KEY == {"answer_readout", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,6 +55,7 @@ def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
     [
         (lambda: TaskSettings(test_ckpt="first"), "task.test_ckpt='first': expected 'best' or 'last'"),
         (lambda: CausalLMSettings(carry_state="yes"), "task.carry_state='yes': expected auto, true or false"),
+        (lambda: CausalLMSettings(answer_readout="some"), "task.answer_readout='some': expected auto, true or false"),
         (lambda: DialogueSettings(max_eval_generate_batches=-1), "task.max_eval_generate_batches=-1 must be >= 0"),
         (lambda: ClassificationSettings(early_stop=-2), "task.early_stop=-2 must be >= 0"),
     ],
@@ -77,7 +88,13 @@ def test_the_checkpoint_holds_the_tasks_settings_whole(tiny_text, tmp_path):
     steps = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
     result = run_in_process(["data=text", f"data.path={tiny_text}", *TINY_MODEL, *QUIET, *steps, "task.test_ckpt=last"], tmp_path)
     ck = torch.load(f"{result['ckpt_dir']}/last.ckpt", map_location="cpu", weights_only=True)
-    assert ck["memexp"]["task_settings"] == {"test_ckpt": "last", "compile": False, "carry_state": False, "label_smoothing": 0.0}
+    assert ck["memexp"]["task_settings"] == {
+        "test_ckpt": "last",
+        "compile": False,
+        "carry_state": False,
+        "label_smoothing": 0.0,
+        "answer_readout": "auto",
+    }
 
 
 def test_the_study_section_becomes_one_typed_study():

@@ -30,6 +30,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "jsonl": 'a JSONL file of {"text": ...} records: data.path=<file>',
         "random": "uniformly random bytes (a smoke test: nothing to learn)",
         "recall": "synthetic needle / multi-query associative recall, generated from data_seed",
+        "mqar": "Zoology's multi-query associative recall (MQAR): 8192 ids, power-law query gaps, answer-position loss",
         "lccc": "LCCC dialogue toy sample (1,400 dialogues) for model=hgd",
         "lccc_full": "LCCC-base, about 6.8M dialogues (downloaded into data_dir)",
         "explicit_text": "ExplicitLM pretraining or SFT JSONL (+ a knowledge base for the bank)",

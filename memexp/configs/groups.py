@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from memexp.data.dialogue import DialogueDataModule
 from memexp.data.explicit import ExplicitLMDataModule
 from memexp.data.knowledge_qa import KnowledgeQADataModule
+from memexp.data.mqar import MQARDataModule
 from memexp.data.text import RandomBytesDataModule, TextDataModule
 from memexp.memory.backbone import build_explicit_lm
 from memexp.models.explicit_lm import ExplicitLM
@@ -69,6 +70,11 @@ LCCCFullConf = builds(
     max_context_len=192,
     buffer_size=8192,
     num_workers=2,
+)
+
+# Zoology's multi-query associative recall, generated from the run's data seed (memexp.data.mqar)
+MQARConf = builds(
+    MQARDataModule, populate_full_signature=True, zen_partial=True, data_dir="${paths.data_dir}", data_seed=DATA_SEED
 )
 
 # ExplicitLM's data: streamed pretraining JSONL or SFT conversations (+ a knowledge base for the bank), and
@@ -302,6 +308,7 @@ def _register_components() -> None:
     data(LCCCFullConf, name="lccc_full")
     data(ExplicitTextConf, name="explicit_text")
     data(KnowledgeQAConf, name="knowledge_qa")
+    data(MQARConf, name="mqar")
 
     optim = store(group="optim")
     optim(AdamWConf, name="adamw")

@@ -53,7 +53,7 @@ NONNEG = Range(0.0)
 
 RULES: list[tuple[str, Range]] = [
     # run-level
-    (r"seed|data_seed", NONNEG_INT),
+    (r"seed|data_seed|data\.data_seed", NONNEG_INT),
     (r"sample_tokens", NONNEG_INT),
     # optimiser
     (r"optim\.lr", POSITIVE),
@@ -86,10 +86,12 @@ RULES: list[tuple[str, Range]] = [
     (
         r"data\.(seq_len|batch_size|eval_batch_size|max_len|entity_max_len|max_history|max_context_len|max_reply_len"
         r"|n_filler|n_keys|n_values|n_pairs|n_queries|n_tasks|train_size|val_size|test_size|chunk_size"
-        r"|qa_per_batch|index_per_batch|num_tokens|train_windows_per_epoch|steps_per_epoch)",
+        r"|qa_per_batch|index_per_batch|num_tokens|train_windows_per_epoch|steps_per_epoch"
+        r"|vocab_size|num_kv_pairs|num_examples|num_test_examples)",
         Range(1, integer=True, also=(None,)),
     ),
-    (r"data\.(num_workers|min_freq|task_id|holdout)", NONNEG_INT),
+    (r"data\.(num_workers|min_freq|task_id|holdout|num_reassigned)", NONNEG_INT),
+    (r"data\.power_a", POSITIVE),
     (r"data\.gap(\.\d+)?", COUNT),
     (r"data\.splits\.\d", FRACTION),
     # generation, chat, evaluation

@@ -29,6 +29,8 @@ class DataSpec:
     num_classes: label count for classification, else None.
     ordered_windows: training batches continue each other row by row (state may be carried).
     memory: the explicit memory bank the data provides (a `memexp.data.explicit.bank_cache.BankCache`), None when it has none.
+    answer_positions: the targets label a few answer positions per sequence (data=mqar): the causal-LM task reads out
+        and scores only there, and its `acc` is the per-sequence answer accuracy averaged over sequences.
     """
 
     task_kind: str
@@ -39,3 +41,4 @@ class DataSpec:
     num_classes: int | None = None
     ordered_windows: bool = False
     memory: Any = None
+    answer_positions: bool = False

@@ -419,3 +419,16 @@ class GatedDeltaNetLM(nn.Module):
             x, s = block(x, None if state is None else state[i])
             new_state.append(s)
         return self.head(self.norm(x)), new_state
+
+    def features(self, idx: Tensor, state: GDNState | None = None) -> tuple[Tensor, GDNState]:
+        """forward without the readout: the last block's output (B, T, C) (before the norm) and the new state."""
+        x = self.drop(self.embedding(idx))  # (B, T, C)
+        new_state = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[i])
+            new_state.append(s)
+        return x, new_state
+
+    def readout(self, x: Tensor) -> Tensor:
+        """x (..., C) from `features` -> logits (..., V)."""
+        return self.head(self.norm(x))

@@ -298,7 +298,16 @@ class HOPE(nn.Module):
         return {"layers": layers}
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """idx (B, T) -> logits (B, T, V) and the state after these tokens.
+        """idx (B, T) -> logits (B, T, V) and the state after these tokens (its layout: `features`)."""
+        x, state = self.features(idx, state)
+        return self.readout(x), state  # (B, T, V)
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) from `features` -> logits (..., V)."""
+        return self.head(self.ln_f(x))
+
+    def features(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """idx (B, T) -> the last block's output (B, T, C) (before the final norm) and the state after these tokens.
 
         state = {"layers": [ {"attn_k", "attn_v": (B, H, S, D) current segment's KV cache,
                               "memory": {"w" (B, 2, Hm, C) fast weights [W1, W2^T], "m" its momentum,
@@ -313,7 +322,7 @@ class HOPE(nn.Module):
             state = self.init_state(B)
         layers = state["layers"]
         pos = layers[0]["attn_k"].shape[2]  # tokens of the current segment seen so far
-        logits, start = [], 0
+        out, start = [], 0
         while start < T:
             take = min(self.seq_len - pos, T - start)
             seg_end = pos + take == self.seq_len
@@ -324,8 +333,8 @@ class HOPE(nn.Module):
                 x, st = block(x, st, self.mem_write_now, seg_end, self.surprise_now, fresh)
                 new_layers.append(st)
             layers = new_layers
-            logits.append(self.head(self.ln_f(x)))  # (B, take, V)
+            out.append(x)  # (B, take, C)
             start += take
             pos = 0 if seg_end else pos + take
             fresh = False
-        return torch.cat(logits, 1), {"layers": layers}
+        return torch.cat(out, 1), {"layers": layers}

@@ -339,6 +339,15 @@ class HyperLSTM(nn.Module):
 
     def forward(self, idx: Tensor, state: tuple[LayerState, ...] | None = None) -> tuple[Tensor, tuple[LayerState, ...]]:
         """idx (B, T) long -> logits (B, T, V) and the state after these T tokens (one 4-tuple per layer)."""
+        x, new_state = self.features(idx, state)
+        return self.readout(x), new_state  # (B, T, V)
+
+    def readout(self, x: Tensor) -> Tensor:
+        """x (..., H) from `features` -> logits (..., V)."""
+        return self.head(x)
+
+    def features(self, idx: Tensor, state: tuple[LayerState, ...] | None = None) -> tuple[Tensor, tuple[LayerState, ...]]:
+        """idx (B, T) long -> the last layer's output (B, T, H) and the state after these T tokens."""
         x = self.embedding(idx)  # (B, T, E)
         new_state = []
         for i, layer in enumerate(self.layers):
@@ -346,4 +355,4 @@ class HyperLSTM(nn.Module):
                 x = self.drop(x)  # between layers only
             x, s = layer(x, None if state is None else state[i])  # (B, T, H)
             new_state.append(s)
-        return self.head(x), tuple(new_state)  # (B, T, V)
+        return x, tuple(new_state)

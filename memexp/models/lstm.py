@@ -63,6 +63,14 @@ class LSTMLM(nn.Module):
 
     def forward(self, idx: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """idx (B, T) long -> logits (B, T, V) and the state (h, c) after these T tokens."""
+        y, new_state = self.features(idx, state)
+        return self.readout(y), new_state  # (B, T, V)
+
+    def features(self, idx: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """idx (B, T) long -> the last layer's output (B, T, H) and the state (h, c) after these T tokens."""
         x = self.embedding(idx)  # (B, T, E)
-        y, new_state = run_recurrent(self.lstm, x, state)  # (B, T, H); float32 under autocast (memexp.models.autocast)
-        return self.head(self.drop(y)), new_state  # (B, T, V)
+        return run_recurrent(self.lstm, x, state)  # (B, T, H); float32 under autocast (memexp.models.autocast)
+
+    def readout(self, y: Tensor) -> Tensor:
+        """y (..., H) from `features` -> logits (..., V)."""
+        return self.head(self.drop(y))

@@ -9,6 +9,8 @@ a user's own) implements `CausalLM`. The rest are capabilities a model may add; 
     AuxiliaryLosses   auxiliary_losses(): extra loss terms of the last forward, added to the training loss
     ExplicitBank      a token memory bank the data fills and training episodes rewrite (ExplicitLM); its
                       `batch_inputs` name the batch entries forward() reads besides the tokens
+    FeatureReadout    features(idx, state) and readout(h): forward split before the LM head, so a task reads out
+                      only the positions it scores (data whose targets are a few answer positions: data=mqar)
 
 They are `typing.Protocol`s, checked at run time by the methods and attributes they name (`runtime_checkable`), so
 a model implements one by having those members; it need not inherit anything.
@@ -65,6 +67,17 @@ class ExplicitBank(Protocol):
     def load_bank(self, tokens: torch.Tensor) -> None: ...
 
     def write_entries(self, rows: torch.Tensor, tokens: torch.Tensor, allow_frozen: bool = False) -> None: ...
+
+
+@runtime_checkable
+class FeatureReadout(Protocol):
+    """forward(idx, state) split at the LM head: features(idx, state) -> (h (B, T, C), state), the hidden states the
+    head reads, and readout(h (..., C)) -> logits (..., V), position by position. readout(features(idx)[0]) is
+    forward(idx)[0], so readout(h[mask]) is the logits at the masked positions without the (B, T, V) of the rest."""
+
+    def features(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]: ...
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor: ...
 
 
 def context_limit(net: object) -> int | None:

@@ -87,3 +87,13 @@ class Qwen3LM(nn.Module):
         use_cache = state is not None or not self.training
         out = self.hf(input_ids=idx, cache=state, use_cache=use_cache)
         return out.logits, out.cache if use_cache else None
+
+    def features(self, idx: torch.Tensor, state: object = None) -> tuple[torch.Tensor, object]:
+        """forward without the LM head: the decoder's last hidden states (B, T, C) (after its final norm) and the cache."""
+        use_cache = state is not None or not self.training
+        out = self.hf.model(input_ids=idx, cache=state, use_cache=use_cache)
+        return out.last_hidden_state, out.cache if use_cache else None
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., C) from `features` -> logits (..., V)."""
+        return self.hf.lm_head(h)

@@ -150,10 +150,12 @@ class Titans(nn.Module):
         self.head.weight = self.tok_emb.weight  # tied embeddings
         HOPE._init_weights(self, depth)
 
-    # HOPE's state layout and segment loop, unchanged: {"layers": [{"attn_k", "attn_v", "memory": {"w", "m",
+    # HOPE's state layout, segment loop and readout, unchanged: {"layers": [{"attn_k", "attn_v", "memory": {"w", "m",
     # "pending"}}]} (no slot entries, since memory_capacity=0); see HOPE.forward.
     init_state = HOPE.init_state
     forward = HOPE.forward
+    features = HOPE.features
+    readout = HOPE.readout
 
     def memories(self) -> list[HopeMemory]:
         """The blocks' neural memories, in block order (the differential tests reach them here)."""

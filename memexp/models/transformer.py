@@ -143,6 +143,15 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """idx (B, T) -> logits (B, T, V) and the KV cache extended by these T tokens."""
+        x, cache = self.features(idx, state)
+        return self.readout(x), cache  # (B, T, V)
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) from `features` -> logits (..., V)."""
+        return self.head(self.ln_f(x))
+
+    def features(self, idx: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """idx (B, T) -> the last block's output (B, T, C) (before the final norm) and the extended KV cache."""
         B, T = idx.shape
         start = 0 if state is None else state.length
         if start + T > self.max_len:
@@ -157,8 +166,7 @@ class Transformer(nn.Module):
             x, (k, v) = block(x, past)
             keys.append(k)
             values.append(v)
-        logits = self.head(self.ln_f(x))  # (B, T, V)
-        return logits, KVCache(keys, values)
+        return x, KVCache(keys, values)
 
     def num_flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B style: 6N + 12 L C T."""

@@ -5,6 +5,11 @@ token, token accuracy, top-5/top-10 accuracy; torchmetrics), the optimiser and s
 truncated BPTT for models that carry state, and generation.
 
 Batches: dict(input=(B, T) long, target=(B, T) long with -100 where nothing is predicted).
+
+Answer positions (`DataSpec.answer_positions`, data=mqar): the targets label a few positions per sequence. The
+loss is the same mean over labelled positions, but with `task.answer_readout` (auto: on) the LM head reads only
+those positions (`FeatureReadout`: readout(features[mask]), N x V logits instead of B x T x V), and `acc` is
+Zoology's: the answers a sequence got right over its answers, averaged over sequences.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
-from memexp.models.protocols import AuxiliaryLosses, MultiRateCMS, StepScheduled, context_limit
+from memexp.models.protocols import AuxiliaryLosses, FeatureReadout, MultiRateCMS, StepScheduled, context_limit
 from memexp.models.sampling import Sampling, sample_next
 from memexp.tasks.base import BaseTask
 from memexp.tasks.cms_gate import CMSGradientGate
@@ -33,6 +38,17 @@ from memexp.tasks.settings import CausalLMSettings
 def _detach(state: Any) -> Any:
     """The model state (a nest of tuples / lists / dicts of tensors, or None) cut from the graph."""
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
+
+
+def answer_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sequence with answers, its right answers over its answers (Zoology's accuracy, before the mean over
+    sequences): logits (N, V) at the N labelled positions of y (B, T), row by row -> (B',) for the B' rows with any."""
+    mask = y != IGNORE_INDEX
+    right = (logits.argmax(-1) == y[mask]).to(torch.float32)  # (N,)
+    rows = mask.nonzero()[:, 0]  # (N,) the sequence of each answer
+    per_row = torch.zeros(y.shape[0], device=y.device).index_add_(0, rows, right)
+    counts = mask.sum(1)
+    return per_row[counts > 0] / counts[counts > 0]
 
 
 class CausalLMTask(BaseTask):
@@ -53,6 +69,15 @@ class CausalLMTask(BaseTask):
     ):
         super().__init__(net, spec, optim, settings or CausalLMSettings(carry_state=False))
         self.carry_state = bool(self.settings.carry_state)
+        self.answers = bool(spec.answer_positions)  # score the labelled positions only (data=mqar)
+        self.sparse_readout = self.answers and self.settings.answer_readout in ("auto", True)
+        if self.settings.answer_readout is True and not self.answers:
+            raise ConfigError("task.answer_readout=true needs data that labels answer positions only (data=mqar)")
+        if self.sparse_readout and not isinstance(net, FeatureReadout):
+            raise ConfigError(
+                f"{type(net).__name__} cannot read out at the answer positions only (it has no features(idx, state) and "
+                "readout(h): memexp.models.protocols.FeatureReadout); set task.answer_readout=false to read out every position"
+            )
         self._train_state = None
         # Models that learn at several frequencies (HOPE's continuum memory) name which parameters
         # the optimiser may move at which period; the gate holds their gradients in between.
@@ -61,16 +86,16 @@ class CausalLMTask(BaseTask):
         V = spec.vocab_size
         self.train_acc = MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX)
         for stage in ("val", "test"):
-            metrics = MetricCollection(
-                {
-                    "acc": MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX),
-                    "top5": MulticlassAccuracy(num_classes=V, top_k=min(5, V), average="micro", ignore_index=IGNORE_INDEX),
-                    "top10": MulticlassAccuracy(num_classes=V, top_k=min(10, V), average="micro", ignore_index=IGNORE_INDEX),
-                },
-                prefix=f"{stage}/",
-            )
-            setattr(self, f"{stage}_metrics", metrics)
+            metrics = {
+                "top5": MulticlassAccuracy(num_classes=V, top_k=min(5, V), average="micro", ignore_index=IGNORE_INDEX),
+                "top10": MulticlassAccuracy(num_classes=V, top_k=min(10, V), average="micro", ignore_index=IGNORE_INDEX),
+            }
+            if not self.answers:  # token accuracy; on answer positions `acc` is the per-sequence mean (below)
+                metrics["acc"] = MulticlassAccuracy(num_classes=V, average="micro", ignore_index=IGNORE_INDEX)
+            setattr(self, f"{stage}_metrics", MetricCollection(metrics, prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
+            if self.answers:  # one value per sequence: its right answers over its answers
+                setattr(self, f"{stage}_answer_acc", MeanMetric())
 
     @staticmethod
     def metric_names() -> list[str]:
@@ -96,6 +121,19 @@ class CausalLMTask(BaseTask):
     def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """idx (B, T) long, the net's state or None -> logits (B, T, V) and the new state."""
         return self.net(idx, state)
+
+    def _scored(self, x: torch.Tensor, y: torch.Tensor, state: Any, extra: dict) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(logits, their targets, the new state): (B, T, V) and y, or on answer-position data (N, V) and (N,) at the
+        N labelled positions of y (row by row), read out there only when `sparse_readout`."""
+        if not self.answers:
+            logits, state = self.net(x, state, **extra)
+            return logits, y, state
+        mask = y != IGNORE_INDEX  # (B, T)
+        if self.sparse_readout:
+            h, state = self.net.features(x, state)  # (B, T, C)
+            return self.net.readout(h[mask]), y[mask], state  # (N, V)
+        logits, state = self.net(x, state, **extra)
+        return logits[mask], y[mask], state
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         if not bool((target != IGNORE_INDEX).any()):  # nothing to predict (a router-only batch): no NaN
@@ -124,7 +162,7 @@ class CausalLMTask(BaseTask):
         self._before_forward(batch)
         if "stream_start" in batch and bool(batch["stream_start"]):
             self._train_state = None  # the streams start again (a new epoch): no state to carry in
-        logits, state = self.net(x, self._train_state if self.carry_state else None, **self._extra_inputs(batch))
+        logits, y, state = self._scored(x, y, self._train_state if self.carry_state else None, self._extra_inputs(batch))
         if self.carry_state:
             self._train_state = _detach(state)
         loss = self._loss(logits, y, self.settings.label_smoothing)
@@ -138,15 +176,20 @@ class CausalLMTask(BaseTask):
 
     def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         x, y = batch["input"], batch["target"]
-        logits, _ = self.net(x, None)
-        n_tokens = (y != IGNORE_INDEX).sum()
-        getattr(self, f"{stage}_loss").update(self._loss(logits, y), weight=n_tokens)
-        getattr(self, f"{stage}_metrics").update(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        logits, target, _ = self._scored(x, y, None, {})
+        n_tokens = (target != IGNORE_INDEX).sum()
+        getattr(self, f"{stage}_loss").update(self._loss(logits, target), weight=n_tokens)
+        getattr(self, f"{stage}_metrics").update(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        if self.answers:
+            getattr(self, f"{stage}_answer_acc").update(answer_accuracy(logits, y))
 
     def _eval_epoch_end(self, stage: str) -> None:
         loss = getattr(self, f"{stage}_loss").compute()
         values = {f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss), f"{stage}/bpc": loss / math.log(2)}
         values.update(getattr(self, f"{stage}_metrics").compute())
+        if self.answers:
+            values[f"{stage}/acc"] = getattr(self, f"{stage}_answer_acc").compute()
+            getattr(self, f"{stage}_answer_acc").reset()
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         getattr(self, f"{stage}_loss").reset()
         getattr(self, f"{stage}_metrics").reset()

@@ -53,11 +53,16 @@ class CausalLMSettings(TaskSettings):
 
     carry_state: bool | str = "auto"
     label_smoothing: float = 0.0  # of the training loss (torch's cross_entropy); evaluation scores the plain loss
+    # the LM head only at labelled positions (the same loss, without the (B, T, V) logits of the rest): "auto" when
+    # the data labels a few answer positions (data=mqar); false reads out every position and masks after
+    answer_readout: bool | str = evaluation_only("auto")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.carry_state not in ("auto", True, False):
             raise ConfigError(f"task.carry_state={self.carry_state!r}: expected auto, true or false")
+        if self.answer_readout not in ("auto", True, False):
+            raise ConfigError(f"task.answer_readout={self.answer_readout!r}: expected auto, true or false")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"task.label_smoothing={self.label_smoothing}: expected 0 <= label_smoothing < 1")
 
