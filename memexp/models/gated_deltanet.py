@@ -16,6 +16,7 @@ before calling them. docs/gated_deltanet.md has the choices and the fidelity tab
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,35 +50,143 @@ def gated_delta_rule_recurrent(
     return (outs[0] if T == 1 else torch.cat(outs, dim=2)), S
 
 
-def _chunk_terms(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
-    """What each chunk needs apart from its start state S0, for all chunks at once (inputs (B, H, N, L, .)).
+def _unit_lower_inverse(A: Tensor) -> Tensor:
+    """(I + A)^-1 for strictly lower triangular A (..., L, L)."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
 
-    With gamma the cumulative log decay within the chunk, D_ij = exp(gamma_i - gamma_j) for j <= i and
-    A_ij = beta_i D_ij (k_i . k_j) for j < i, the chunk's corrections are W = Wv - Wk S0 where (I + A) Wv = beta V and
-    (I + A) Wk = beta diag(exp(gamma)) K (unit lower triangular solves). Returns Wv, Wk, q * exp(gamma),
-    P = (Q K^T) * D (j <= i), K * exp(gamma_L - gamma) and exp(gamma_L)."""
+
+class _ChunkedRule(torch.autograd.Function):
+    """The chunked gated delta rule with a hand-written backward (autograd through the chunk terms and the
+    triangular solve cost 3x the forward on a CPU: many (L, L) temporaries and a per-matrix solve; this backward is
+    a dozen batched matmuls). Inputs already in chunks: q, k (B, H, N, L, K), v (B, H, N, L, Dv), g, beta
+    (B, H, N, L), S0 (B, H, K, Dv) -> o (B, H, N, L, Dv), final state. docs/gated_deltanet.md derives the terms;
+    tests/test_gated_deltanet.py checks the gradients against autograd through `_chunked_autograd`."""
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, S0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        gamma = g.cumsum(-1)  # (B, H, N, L) cumulative log decay within the chunk
+        L = k.shape[-2]
+        incl = torch.ones(L, L, dtype=torch.bool, device=k.device).tril()
+        D = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill_(~incl, float("-inf")).exp_()  # exp(g_i - g_j)
+        KK = k @ k.transpose(-1, -2)
+        A = (KK * D).mul_(beta.unsqueeze(-1)).tril_(-1)  # beta_i (k_i . k_j) D_ij, j < i
+        Tinv = _unit_lower_inverse(A)
+        eg = gamma.exp()
+        R = beta.unsqueeze(-1) * torch.cat([v, eg.unsqueeze(-1) * k], dim=-1)  # (B, H, N, L, Dv + K)
+        Wall = Tinv @ R
+        Wv, Wk = Wall.split([v.shape[-1], k.shape[-1]], dim=-1)
+        ekte = (gamma[..., -1:] - gamma).exp()
+        kte, eL = k * ekte.unsqueeze(-1), eg[..., -1]
+        S, starts, Ws = S0, [], []
+        for Wv_n, Wk_n, kte_n, eL_n in zip(Wv.unbind(2), Wk.unbind(2), kte.unbind(2), eL.unbind(2)):
+            starts.append(S)
+            W = Wv_n - Wk_n @ S  # (B, H, L, Dv): the chunk's corrected values
+            Ws.append(W)
+            S = eL_n[..., None, None] * S + kte_n.transpose(-1, -2) @ W
+        Sn, W = torch.stack(starts, dim=2), torch.stack(Ws, dim=2)  # (B, H, N, K, Dv), (B, H, N, L, Dv)
+        qd = q * eg.unsqueeze(-1)
+        P = (q @ k.transpose(-1, -2)).mul_(D)  # D is 0 above the diagonal
+        o = qd @ Sn + P @ W
+        ctx.save_for_backward(q, k, v, beta, D, KK, A, Tinv, eg, Wall, ekte, kte, Sn, W, qd, P)
+        return o, S
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dO: Tensor | None, dS_final: Tensor | None) -> tuple[Tensor, ...]:  # noqa: D102
+        q, k, v, beta, D, KK, A, Tinv, eg, Wall, ekte, kte, Sn, W, qd, P = ctx.saved_tensors
+        dS = torch.zeros_like(Sn[:, :, 0]) if dS_final is None else dS_final
+        dO = torch.zeros_like(W) if dO is None else dO
+        PtdO, QtdO = P.transpose(-1, -2) @ dO, qd.transpose(-1, -2) @ dO
+        eL, Wk = eg[..., -1], Wall[..., v.shape[-1] :]
+        dWs, dSnext = [], []
+        for n in reversed(range(W.shape[2])):  # back through the chunks: dS is the gradient of the state after n
+            dSnext.append(dS)
+            dW_n = PtdO[:, :, n] + kte[:, :, n] @ dS
+            dWs.append(dW_n)
+            dS = QtdO[:, :, n] + eL[:, :, n, None, None] * dS - Wk[:, :, n].transpose(-1, -2) @ dW_n
+        dW, dSn = torch.stack(dWs[::-1], dim=2), torch.stack(dSnext[::-1], dim=2)
+        grads = _ChunkedRule._input_grads(ctx.saved_tensors, dO, dW, dSn)
+        return (*grads, dS)
+
+    @staticmethod
+    def _input_grads(saved: tuple[Tensor, ...], dO: Tensor, dW: Tensor, dSn: Tensor) -> tuple[Tensor, ...]:
+        """dq, dk, dv, dg, dbeta from the output's gradient dO, the corrected values' dW and each chunk's
+        end-state gradient dSn (the chunk loop's results)."""
+        q, k, v, beta, D, KK, A, Tinv, eg, Wall, ekte, kte, Sn, W, _, P = saved
+        Dv = v.shape[-1]
+        dqd, dP = dO @ Sn.transpose(-1, -2), dO @ W.transpose(-1, -2)
+        dkte = W @ dSn.transpose(-1, -2)
+        deL = (Sn * dSn).sum((-2, -1))
+        dR = Tinv.transpose(-1, -2) @ torch.cat([dW, -(dW @ Sn.transpose(-1, -2))], dim=-1)  # W = Wv - Wk S
+        dA = (dR @ Wall.transpose(-1, -2)).neg_().tril_(-1)  # d(I + A)^-1 R = -(I + A)^-T dWall (T R)^T
+        dRv, dRk = dR.split([Dv, k.shape[-1]], dim=-1)
+        bk = beta.unsqueeze(-1)
+        dv = bk * dRv
+        dRk_k = (dRk * k).sum(-1)
+        dbeta = (dRv * v).sum(-1) + eg * dRk_k
+        deg = beta * dRk_k
+        E = dA * D
+        dbeta = dbeta + (E * KK).sum(-1)
+        dKK = bk * E
+        dQK = dP * D
+        dk = bk * eg.unsqueeze(-1) * dRk + dKK @ k + dKK.transpose(-1, -2) @ k + dQK.transpose(-1, -2) @ q
+        dk = dk + dkte * ekte.unsqueeze(-1)
+        dq = dQK @ k + dqd * eg.unsqueeze(-1)
+        deg = deg + (dqd * q).sum(-1)
+        Z = dA * A + dP * P  # d/d(gamma_i - gamma_j) of A and P: each entry times its own D factor
+        c = (dkte * kte).sum(-1)  # kte = k exp(gamma_L - gamma)
+        dgamma = Z.sum(-1) - Z.sum(-2) - c + deg * eg
+        dgamma[..., -1] += c.sum(-1) + deL * eg[..., -1]
+        dg = dgamma.flip(-1).cumsum(-1).flip(-1)  # gamma = cumsum(g)
+        return dq, dk, dv, dg, dbeta
+
+
+def _chunked_autograd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """The same computation as `_ChunkedRule` written with plain autograd (the test reference for its backward)."""
     L = k.shape[-2]
-    gamma = g.cumsum(-1)  # (B, H, N, L)
-    diff = gamma.unsqueeze(-1) - gamma.unsqueeze(-2)  # (B, H, N, L, L): gamma_i - gamma_j
+    gamma = g.cumsum(-1)
     incl = torch.ones(L, L, dtype=torch.bool, device=k.device).tril()
-    D = diff.masked_fill(~incl, float("-inf")).exp()  # 0 above the diagonal, never exp of a positive number
+    D = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill(~incl, float("-inf")).exp()
     A = (beta.unsqueeze(-1) * (k @ k.transpose(-1, -2)) * D).tril(-1)
     eye = torch.eye(L, dtype=k.dtype, device=k.device)
-    rhs = beta.unsqueeze(-1) * torch.cat([v, gamma.exp().unsqueeze(-1) * k], dim=-1)  # (B, H, N, L, Dv + K)
-    sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-    Wv, Wk = sol.split([v.shape[-1], k.shape[-1]], dim=-1)
+    rhs = beta.unsqueeze(-1) * torch.cat([v, gamma.exp().unsqueeze(-1) * k], dim=-1)
+    Wv, Wk = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
+        [v.shape[-1], k.shape[-1]], dim=-1
+    )
     P = (q @ k.transpose(-1, -2)) * D
-    k_to_end = k * (gamma[..., -1:] - gamma).exp().unsqueeze(-1)
-    return Wv, Wk, q * gamma.exp().unsqueeze(-1), P, k_to_end, gamma[..., -1].exp()
+    qd, kte, eL = q * gamma.exp().unsqueeze(-1), k * (gamma[..., -1:] - gamma).exp().unsqueeze(-1), gamma[..., -1].exp()
+    outs = []
+    for n in range(k.shape[2]):
+        W = Wv[:, :, n] - Wk[:, :, n] @ S
+        outs.append(qd[:, :, n] @ S + P[:, :, n] @ W)
+        S = eL[:, :, n, None, None] * S + kte[:, :, n].transpose(-1, -2) @ W
+    return torch.stack(outs, dim=2), S
 
 
 def gated_delta_rule_chunked(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, chunk_size: int = 64, state: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    chunk_size: int = 64,
+    state: Tensor | None = None,
+    *,
+    hand_backward: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The same recurrence in chunks of `chunk_size` tokens: within a chunk in parallel (matrix products and one
-    triangular solve), across chunks sequentially through the state. Same arguments and results as
+    unit triangular inverse), across chunks sequentially through the state. Same arguments and results as
     `gated_delta_rule_recurrent`. T is padded to a multiple of chunk_size with g = 0 and beta = 0 (and zero q, k, v),
-    tokens that leave the state unchanged and whose outputs are dropped."""
+    tokens that leave the state unchanged and whose outputs are dropped. `hand_backward=False` differentiates
+    the plain autograd version instead (the reference the tests compare the hand-written backward with).
+
+    With gamma the cumulative log decay within the chunk, D_ij = exp(gamma_i - gamma_j) for j <= i and
+    A_ij = beta_i D_ij (k_i . k_j) for j < i, the chunk's corrected values are W = Wv - Wk S0 where
+    (I + A) Wv = beta V and (I + A) Wk = beta diag(exp(gamma)) K; its outputs are q exp(gamma) S0 + ((Q K^T) * D) W
+    and the state after it exp(gamma_L) S0 + (K exp(gamma_L - gamma))^T W."""
     B, H, T, K = k.shape
     Dv = v.shape[-1]
     L = chunk_size
@@ -87,15 +196,10 @@ def gated_delta_rule_chunked(
         g, beta = F.pad(g, (0, pad)), F.pad(beta, (0, pad))
     N = (T + pad) // L
     q, k, v = (x.reshape(B, H, N, L, x.shape[-1]) for x in (q, k, v))
-    Wv, Wk, q_decayed, P, k_to_end, decay_end = _chunk_terms(q, k, v, g.reshape(B, H, N, L), beta.reshape(B, H, N, L))
+    g, beta = g.reshape(B, H, N, L), beta.reshape(B, H, N, L)
     S = k.new_zeros(B, H, K, Dv) if state is None else state.to(k.dtype)
-    outs = []
-    for n in range(N):
-        W = Wv[:, :, n] - Wk[:, :, n] @ S  # (B, H, L, Dv)
-        outs.append(q_decayed[:, :, n] @ S + P[:, :, n] @ W)
-        S = decay_end[:, :, n, None, None] * S + k_to_end[:, :, n].transpose(-1, -2) @ W
-    o = torch.stack(outs, dim=2).reshape(B, H, N * L, Dv)[:, :, :T]
-    return o, S
+    o, S = (_ChunkedRule.apply if hand_backward else _chunked_autograd)(q, k, v, g, beta, S)
+    return o.reshape(B, H, N * L, Dv)[:, :, :T], S
 
 
 class RMSNorm(nn.Module):
@@ -166,6 +270,8 @@ class GatedDeltaNetLayer(nn.Module):
         return x.view(B, T, self.heads, d).transpose(1, 2)  # (B, H, T, d)
 
     def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
+        if x.shape[1] == 1:  # generation: one recurrent step
+            return self.step(x, state)
         S, cache = (None, None) if state is None else state
         qkv, gate, a, b = self.in_proj(x).split([sum(self.widths[:3]), *self.widths[3:]], dim=-1)
         qkv, cache = self.conv(qkv, cache)
@@ -178,14 +284,36 @@ class GatedDeltaNetLayer(nn.Module):
             q = F.normalize(q.to(dtype), dim=-1, eps=1e-6) * self.head_k**-0.5
             k = F.normalize(k.to(dtype), dim=-1, eps=1e-6)
             v, g, beta = v.to(dtype), g.to(dtype), beta.to(dtype)
-            if x.shape[1] == 1:  # generation: one recurrent step
-                o, S = gated_delta_rule_recurrent(q, k, v, g, beta, S)
-            else:
-                o, S = gated_delta_rule_chunked(q, k, v, g, beta, self.chunk_size, S)
+            o, S = gated_delta_rule_chunked(q, k, v, g, beta, self.chunk_size, S)
         o = self.o_norm(o.transpose(1, 2)).to(x.dtype)  # (B, T, H, Dv)
         gate = F.silu(gate).view_as(o)
         y = self.o_proj((o * gate).flatten(2))
         return y, (S, cache)
+
+    def step(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
+        """`forward` for one token (x (B, 1, C)): the same arithmetic as `gated_delta_rule_recurrent` in the fewest
+        operations (a generation step is bound by the count of small operations, not by their arithmetic)."""
+        B, H, K, Dv = x.shape[0], self.heads, self.head_k, self.head_v
+        S, cache = (None, None) if state is None else state
+        p = self.in_proj(x)[:, 0]  # (B, widths)
+        n_qkv, n_gate = 2 * H * K + H * Dv, H * Dv
+        qkv, cache = self.conv(p[:, None, :n_qkv], cache)
+        with autocast_off(x):
+            dtype = torch.promote_types(qkv.dtype, torch.float32)
+            qkv = qkv[:, 0].to(dtype)
+            qk = qkv[:, : 2 * H * K].view(B, 2 * H, K)
+            qk = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-6)  # F.normalize's arithmetic
+            q, k, v = qk[:, :H] * K**-0.5, qk[:, H:], qkv[:, 2 * H * K :].view(B, H, Dv)
+            a, b = p[:, n_qkv + n_gate :].split(H, dim=-1)
+            decay = (-self.A_log.exp() * F.softplus(a + self.dt_bias)).to(dtype).exp()  # (B, H)
+            S = qkv.new_zeros(B, H, K, Dv) if S is None else S.to(dtype)
+            S = S * decay[..., None, None]
+            u = (v - (k.unsqueeze(-2) @ S).squeeze(-2)) * torch.sigmoid(b).to(dtype).unsqueeze(-1)  # (B, H, Dv)
+            S = torch.addcmul(S, k.unsqueeze(-1), u.unsqueeze(-2))  # + k u^T
+            o = q.unsqueeze(-2) @ S  # (B, H, 1, Dv)
+        o = self.o_norm(o.view(B, 1, H, Dv)).to(x.dtype)
+        gate = F.silu(p[:, None, n_qkv : n_qkv + n_gate]).view(B, 1, H, Dv)
+        return self.o_proj((o * gate).view(B, 1, H * Dv)), (S, cache)
 
 
 class SwiGLU(nn.Module):
