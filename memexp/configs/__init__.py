@@ -40,11 +40,13 @@ def register_all() -> None:
     from memexp.configs.apps import register_apps
     from memexp.configs.classification import register_classification
     from memexp.configs.groups import register_groups
+    from memexp.configs.mqar import register_mqar
     from memexp.configs.studies import register_studies
 
     register_groups()
     register_apps()
     register_studies()
+    register_mqar()
     register_classification()
     _registered = True
 

@@ -21,6 +21,8 @@ RunConfig = make_config(
         {"paths": "default"},
         {"experiment": None},
         {"board": None},
+        {"mqar": None},
+        {"mqar_cell": None},
         {"hparams_search": None},
         {"launcher": None},
         {"debug": None},

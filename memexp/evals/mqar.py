@@ -114,9 +114,7 @@ def mqar_markdown(rows: list[dict], pub: dict, sweep: str) -> str:
         shown = ", ".join(f"{m} {v[at]:.2f}" for m, v in cell_pub.items() if at is not None) or "-"
         cell = r["cell"] + (f", {r['reassigned']} reassigned" if r["reassigned"] else "")
         steps = f"{r['steps']['mean']:.0f}" if r["steps"].get("n") else "-"
-        lines.append(
-            f"| {cell} | {r['width']} | {r['model']} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} | {shown} |"
-        )
+        lines.append(f"| {cell} | {r['width']} | {r['model']} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} | {shown} |")
     lines += ["", "Validation accuracy of every learning rate at seed 0 (the grid the rate was chosen on):", ""]
     for r in rows:
         grid = ", ".join(f"{lr}: {v:.3f}" for lr, v in r["grid_val_acc"].items())
@@ -141,8 +139,8 @@ def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
             xs, mean = [w for w, _ in pts], [s["mean"] for _, s in pts]
             err = [[s["mean"] - s["min"] for _, s in pts], [s["max"] - s["mean"] for _, s in pts]]
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=model)
-        for name, vals in pub["cells"].get(cell, {}).items():
-            ax.plot(pub["widths"], vals, ls=":", marker="D", mfc="none", alpha=0.6, label=f"{name} (published)")
+        for (name, vals), marker in zip(pub["cells"].get(cell, {}).items(), "D^vsP"):  # grey: the paper's models
+            ax.plot(pub["widths"], vals, ls=":", c="0.55", marker=marker, mfc="none", label=f"{name} (Zoology)")
         seq, kv = cell.split("x")
         ax.set_title(f"seq_len {seq}, {kv} kv pairs")
         ax.set_xscale("log", base=2)

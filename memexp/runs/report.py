@@ -69,6 +69,10 @@ def write_reports(
         from memexp.evals.leaderboard import write_leaderboard
 
         written |= write_leaderboard(root, runs, out, measure_board)
+    if any(r["names"].get("data") == "mqar" for r in runs):  # experiment=mqar_zoology / mqar_cpu
+        from memexp.evals.mqar import write_mqar
+
+        written |= write_mqar(runs, out, str(root))
     cont = summarize_continual(runs)
     pairs = compare_continual(cont)
     if cont:
