@@ -62,10 +62,11 @@ def test_data_configs_instantiate(name, tiny_text, tiny_jsonl, data_dir, tmp_pat
         assert dm.spec.memory.tokens.shape == (1024, 16) and dm.spec.memory.n_filled == 1024
         return
     path = {"shakespeare": "null", "jsonl": tiny_jsonl, "explicit_text": tiny_jsonl}.get(name, tiny_text)
-    # synthetic data (data=recall) reads no file
-    cfg = compose_run([f"data={name}"] + ([] if name == "recall" else [f"data.path={path}"]), Path("/tmp"))
+    synthetic = name in ("recall", "mqar")  # generated data reads no file
+    cfg = compose_run([f"data={name}"] + ([] if synthetic else [f"data.path={path}"]), Path("/tmp"))
     dm = instantiate(cfg.data)(data_dir=str(tmp_path if name == "explicit_text" else data_dir))  # its tokenizer cache
     assert isinstance(dm, L.LightningDataModule) and dm.spec.vocab_size > 0
+    assert dm.spec.answer_positions == (name == "mqar")  # only MQAR labels a few answer positions per sequence
 
 
 @pytest.mark.parametrize("name", entries("optim"))

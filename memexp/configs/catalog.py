@@ -8,6 +8,10 @@ listed from their files' first comment line instead.
 
 from __future__ import annotations
 
+# the MQAR study's models and widths (memexp.configs.mqar builds the `mqar` group from these)
+MQAR_MODELS = ("transformer", "hope", "titans", "gated_deltanet", "hyperlstm", "lstm")
+MQAR_WIDTHS = (64, 128, 256, 512)  # Zoology's Figure 2's model dimensions
+
 GROUPS: dict[str, dict[str, str]] = {
     "model": {
         "transformer": "GPT-style causal transformer, the baseline (128 wide, 4 layers)",
@@ -86,6 +90,18 @@ GROUPS: dict[str, dict[str, str]] = {
         "explicit_sft": "ExplicitLM supervised fine-tuning on conversations JSONL",
         "endef_vs_bigru": "study: ENDEF vs BiGRU on generated news, 6 seeds (-m)",
         "leaderboard": "every causal LM (board=...) x 3 seeds: text, recall and continual columns, one table (-m)",
+        "mqar_zoology": "study: Zoology's MQAR Figure 2, 6 models x 4 widths x 3 cells x 4 rates (-m)",
+        "mqar_cpu": "study: MQAR Figure 2 sized for a CPU, 6 models x 2 widths x 2 cells x 4 rates (-m)",
+    },
+    "mqar": {
+        f"{m}_{w}": f"MQAR study arm: {m}, width {w}, 2 layers, 1 head" for m in MQAR_MODELS for w in MQAR_WIDTHS
+    },
+    "mqar_cell": {
+        "64x4": "MQAR cell: 64 tokens, 4 pairs, vocabulary 8192, Zoology's budget (batch 512, 64 epochs)",
+        "128x8": "MQAR cell: 128 tokens, 8 pairs, Zoology's budget (batch 512, 64 epochs)",
+        "256x16": "MQAR cell: 256 tokens, 16 pairs, Zoology's budget (batch 256, 64 epochs)",
+        "cpu_64x4": "MQAR cell: 64 tokens, 4 pairs, the CPU budget (batch 64, at most 3,000 steps)",
+        "cpu_128x8": "MQAR cell: 128 tokens, 8 pairs, the CPU budget (batch 64, at most 3,000 steps)",
     },
     "board": {
         "transformer": "leaderboard entry: the transformer at nanoGPT's CPU budget (as nanogpt_shakespeare)",

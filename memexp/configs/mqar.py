@@ -17,9 +17,9 @@ import math
 
 from hydra_zen import store
 
+from memexp.configs.catalog import MQAR_MODELS, MQAR_WIDTHS
 from memexp.configs.studies import BOARD_SPAN
 
-MQAR_WIDTHS = (64, 128, 256, 512)  # Figure 2's model dimensions
 MQAR_CPU_WIDTHS = (64, 128)
 MQAR_LRS = tuple(float(f"{10 ** (-4 + 2 * i / 3):.3g}") for i in range(4))  # numpy.logspace(-4, -2, 4): Zoology's grid
 MQAR_VOCAB = 8192
@@ -28,7 +28,6 @@ MQAR_CELLS = {"64x4": (64, 4, 512), "128x8": (128, 8, 512), "256x16": (256, 16, 
 # The CPU preset's budget per job (the same for every model and rate): batches of 64 sequences, `steps` optimiser
 # steps at most, validation every `val_every` steps; the early stop at validation accuracy 0.99 is Zoology's.
 MQAR_CPU_BUDGET = dict(batch_size=64, steps=3000, val_every=500, num_examples=100_000, num_test_examples=1_000)
-MQAR_MODELS = ("transformer", "hope", "titans", "gated_deltanet", "hyperlstm", "lstm")
 
 
 def arm(model: str, width: int) -> dict:
