@@ -34,6 +34,10 @@ def studies(root: Path) -> dict[str, list[str]]:
         "hope_continual": sweep(
             "hope_continual", "experiment=leaderboard", "board=hope_continual,transformer_continual", "seed=0,1,2,3,4,5"
         ),
+        "hope_titans": sweep("hope_titans", "experiment=leaderboard", "board=hope,titans", "seed=0,1,2,3,4,5"),
+        "gdn_recall": sweep(
+            "gdn_recall", "experiment=leaderboard", "board=gated_deltanet_recall,transformer_recall", "seed=0,1,2,3,4,5"
+        ),
         "hgd_thinking": sweep("hgd_thinking", "experiment=hgd_thinking"),
         "endef": [sys.executable, str(here / "endef_vs_bigru.py"), "--shift", "strong", "--out", f"{root}/claims/endef_strong"],
         "explicit": [
