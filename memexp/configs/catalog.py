@@ -93,9 +93,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "mqar_zoology": "study: Zoology's MQAR Figure 2, 6 models x 4 widths x 3 cells x 4 rates (-m)",
         "mqar_cpu": "study: MQAR Figure 2 sized for a CPU, 6 models x 2 widths x 2 cells x 4 rates (-m)",
     },
-    "mqar": {
-        f"{m}_{w}": f"MQAR study arm: {m}, width {w}, 2 layers, 1 head" for m in MQAR_MODELS for w in MQAR_WIDTHS
-    },
+    "mqar": {f"{m}_{w}": f"MQAR study arm: {m}, width {w}, 2 layers, 1 head" for m in MQAR_MODELS for w in MQAR_WIDTHS},
     "mqar_cell": {
         "64x4": "MQAR cell: 64 tokens, 4 pairs, vocabulary 8192, Zoology's budget (batch 512, 64 epochs)",
         "128x8": "MQAR cell: 128 tokens, 8 pairs, Zoology's budget (batch 512, 64 epochs)",
