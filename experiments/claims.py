@@ -38,6 +38,12 @@ def studies(root: Path) -> dict[str, list[str]]:
         "gdn_recall": sweep(
             "gdn_recall", "experiment=leaderboard", "board=gated_deltanet_recall,transformer_recall", "seed=0,1,2,3,4,5"
         ),
+        "hope_mqar_reassign": sweep(
+            "hope_mqar_reassign",
+            "experiment=leaderboard",
+            "board=hope_mqar_reassign,transformer_mqar_reassign",
+            "seed=0,1,2,3,4,5",
+        ),
         "hgd_thinking": sweep("hgd_thinking", "experiment=hgd_thinking"),
         "endef": [sys.executable, str(here / "endef_vs_bigru.py"), "--shift", "strong", "--out", f"{root}/claims/endef_strong"],
         "explicit": [

@@ -14,6 +14,8 @@ from helpers import run_cli
 from memexp.evals.leaderboard import board_markdown, board_rows
 
 MODELS = ["gated_deltanet", "hope", "hyperlstm", "lstm", "titans", "transformer"]
+# the text, recall and continual columns of every model (the MQAR columns have their own test below)
+BOARD = ",".join(f"{m}{col}" for m in MODELS for col in ("", "_recall", "_continual"))
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,7 @@ def board(tmp_path_factory):
         "memexp.run",
         "-m",
         "experiment=leaderboard",
+        f"board={BOARD}",
         "debug=fast",
         "seed=0",
         "logger=csv",
@@ -143,3 +146,43 @@ def test_the_board_is_logged_as_a_wandb_table(board, tmp_path, monkeypatch):
     data = json.loads(table.read_text())
     assert sorted(r[data["columns"].index("model")] for r in data["data"]) == MODELS
     assert {"test/bpc", "recall@1024", "forgetting"} <= set(data["columns"])
+
+
+def test_the_mqar_columns_fill_from_their_runs_and_feed_the_reassignment_claim(tmp_path):
+    """board=<model>_mqar and <model>_mqar_reassign (debug=fast): each fills its own column of the model's row from
+    its run's answer accuracy, and the reassignment claim's arms read the reassignment runs only."""
+    from memexp.evals.aggregate import collect_runs
+    from memexp.evals.claims import CLAIMS, arm_values
+
+    boards = "hope_mqar,hope_mqar_reassign,transformer_mqar,transformer_mqar_reassign"
+    proc = run_cli(
+        "memexp.run",
+        "-m",
+        "experiment=leaderboard",
+        f"board={boards}",
+        "debug=fast",
+        "seed=0",
+        "logger=csv",
+        "trainer.threads=1",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "sweep" / "reports" / "leaderboard.json").read_text())
+    assert sorted(r["model"] for r in data["rows"]) == ["hope", "transformer"]
+    runs = collect_runs(tmp_path / "sweep")
+    for row in data["rows"]:
+        for key, reassigned in (("mqar", 0), ("mqar_reassign", 2)):
+            (run,) = [
+                r
+                for r in runs
+                if r["names"]["model"] == row["model"]
+                and f"num_reassigned: {reassigned}" in (Path(r["path"]) / ".hydra" / "config.yaml").read_text()
+            ]
+            assert row[key]["n"] == 1 and row[key]["mean"] == run["metrics"]["test/acc"]
+    md = (tmp_path / "sweep" / "reports" / "leaderboard.md").read_text()
+    assert "MQAR (64, 4) accuracy" in md and "MQAR, 2 of 4 keys reassigned, accuracy" in md
+    (claim,) = [c for c in CLAIMS if c.claim.startswith("HOPE answers reassigned keys")]
+    hope = [r for r in data["rows"] if r["model"] == "hope"][0]
+    assert arm_values(runs, claim.a) == {0: hope["mqar_reassign"]["mean"]}

@@ -109,10 +109,14 @@ GROUPS: dict[str, dict[str, str]] = {
         "lstm": "leaderboard entry: the plain LSTM, in-order streams (as lstm_shakespeare)",
         "gated_deltanet": "leaderboard entry: Gated DeltaNet, in-order streams with its state carried",
         **{
-            f"{m}_{col}": f"leaderboard entry: {m}'s network trained on "
-            + ("needle recall (the recall column)" if col == "recall" else "three text parts in sequence (the continual column)")
+            f"{m}_{col}": f"leaderboard entry: {m}'s network trained on " + what
             for m in ("transformer", "hope", "titans", "hyperlstm", "lstm", "gated_deltanet")
-            for col in ("recall", "continual")
+            for col, what in (
+                ("recall", "needle recall (the recall column)"),
+                ("continual", "three text parts in sequence (the continual column)"),
+                ("mqar", "MQAR (64, 4), vocabulary 8192 (the MQAR column)"),
+                ("mqar_reassign", "MQAR with 2 of 4 keys reassigned (the reassignment column)"),
+            )
         },
     },
 }

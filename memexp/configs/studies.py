@@ -101,6 +101,24 @@ _BOARD_CONTINUAL = dict(
 )
 
 
+# MQAR (memexp.data.mqar): Zoology's (64, 4) cell at the board's span, vocabulary 8192, the same budget for every
+# model; `_reassign`: 2 of the 4 keys get a new value later in the context (Zoology's forgetting MQAR)
+_BOARD_MQAR = dict(
+    data=dict(
+        seq_len=BOARD_SPAN,
+        num_kv_pairs=4,
+        vocab_size=8192,
+        power_a=0.01,
+        random_non_queries=False,
+        batch_size=64,
+        num_examples=100_000,
+        num_test_examples=1_000,
+    ),
+    trainer=dict(max_steps=1000, val_check_interval=250, gradient_clip_val=1.0),
+    task=dict(stop_at_acc=0.99),
+)
+
+
 def board_columns() -> dict[str, dict]:
     """The `board` entries of the recall and continual columns, `<model>_recall` and `<model>_continual`: each board
     model's network and optimiser at one budget shared by all models."""
@@ -113,6 +131,11 @@ def board_columns() -> dict[str, dict]:
             optim=entry["optim"],
             **_BOARD_RECALL,
         )
+        for suffix, reassigned in (("mqar", 0), ("mqar_reassign", 2)):
+            mqar = _BOARD_MQAR | dict(data=_BOARD_MQAR["data"] | dict(num_reassigned=reassigned))
+            out[f"{name}_{suffix}"] = dict(
+                defaults=["_self_", model_choice, {"override /data": "mqar"}], model=entry["model"], optim=entry["optim"], **mqar
+            )
         out[f"{name}_continual"] = dict(
             defaults=["_self_", model_choice, {"override /data": "shakespeare"}],
             model=entry["model"],
@@ -123,7 +146,8 @@ def board_columns() -> dict[str, dict]:
     return out
 
 
-BOARD_SWEEP = ",".join(n for name in BOARD_ENTRIES for n in (name, f"{name}_recall", f"{name}_continual"))
+BOARD_COLUMNS = ("", "_recall", "_continual", "_mqar", "_mqar_reassign")
+BOARD_SWEEP = ",".join(f"{name}{col}" for name in BOARD_ENTRIES for col in BOARD_COLUMNS)
 _LEADERBOARD = dict(
     study=dict(
         board=True,

@@ -90,10 +90,28 @@ def run_scalars(run: dict) -> dict[str, float]:
 
 
 def run_kind(run: dict) -> str:
-    """What a run's study measured: "continual" (a task-by-task matrix), "recall" (recall by gap) or "text"
-    (the leaderboard's columns and the claims' arms are told apart by it)."""
+    """What a run measured: "continual" (a task-by-task matrix), "recall" (recall by gap), "mqar" (answer accuracy
+    on data=mqar) or "text" (the leaderboard's columns and the claims' arms are told apart by it)."""
     study = run.get("study") or {}
-    return "continual" if "continual" in study else "recall" if "recall" in study else "text"
+    if "continual" in study:
+        return "continual"
+    if "recall" in study:
+        return "recall"
+    return "mqar" if run["names"].get("data") == "mqar" else "text"
+
+
+def run_setting(run: dict, key: str) -> object:
+    """A dotted key of the run's composed config (its .hydra/config.yaml, read as plain YAML: Hydra stays in
+    configs/); None when absent."""
+    import yaml
+
+    path = Path(run["path"]) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def summary_labels(runs: list[dict]) -> dict[int, str]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memexp.evals.aggregate import paired_difference, run_kind, stats
+from memexp.evals.aggregate import paired_difference, run_kind, run_setting, stats
 
 MIN_SEEDS = 6
 ALPHA = 0.05
@@ -32,7 +32,7 @@ class Arm:
     value: Callable[[dict], float | None]
     model: str | None = None
     setting: tuple[str, object] | None = None  # (dotted config key, value): runs composed with it
-    kind: str | None = None  # "text", "recall" or "continual" (the leaderboard's columns)
+    kind: str | None = None  # "text", "recall", "continual" or "mqar" (the leaderboard's columns)
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,25 @@ CLAIMS = [
         command="python -m memexp.run -m experiment=leaderboard board=gated_deltanet_recall,transformer_recall seed=0,1,2,3,4,5",
     ),
     Claim(
+        claim="HOPE answers reassigned keys with the latest value more often than a transformer of equal size",
+        source="Nested Learning (Behrouz et al., 2025); the task is Zoology's forgetting MQAR (Arora et al.)",
+        setting="MQAR with 64 tokens and 4 key-value pairs, 2 of them given a new value later in the context, vocabulary "
+        "8192; the leaderboard's HOPE and transformer networks, one budget (at most 1,000 steps of 64 sequences)",
+        metric="test answer accuracy",
+        a=Arm("HOPE", "leaderboard", _metric("test/acc"), model="hope", kind="mqar", setting=("data.num_reassigned", 2)),
+        b=Arm(
+            "transformer",
+            "leaderboard",
+            _metric("test/acc"),
+            model="transformer",
+            kind="mqar",
+            setting=("data.num_reassigned", 2),
+        ),
+        a_lower=False,
+        command="python -m memexp.run -m experiment=leaderboard board=hope_mqar_reassign,transformer_mqar_reassign "
+        "seed=0,1,2,3,4,5",
+    ),
+    Claim(
         claim="An explicit token memory answers knowledge questions a frozen backbone cannot",
         source="ExplicitLM",
         setting="generated world of facts, frozen tiny Qwen3 pretrained on its sentences, questions about held-out "
@@ -177,20 +196,6 @@ CLAIMS = [
 ]
 
 
-def _setting(run: dict, key: str) -> object:
-    """A dotted key of the run's composed config (its .hydra/config.yaml, plain YAML here: Hydra stays in configs/);
-    None when absent."""
-    import yaml
-
-    path = Path(run["path"]) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    value = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def arm_values(runs: list[dict], arm: Arm) -> dict[int, float]:
     """seed -> the arm's number, from the newest matching run of each seed."""
     out: dict[int, tuple[float, float]] = {}
@@ -200,7 +205,7 @@ def arm_values(runs: list[dict], arm: Arm) -> dict[int, float]:
             continue
         if arm.kind and run_kind(r) != arm.kind:
             continue
-        if arm.setting and _setting(r, arm.setting[0]) != arm.setting[1]:
+        if arm.setting and run_setting(r, arm.setting[0]) != arm.setting[1]:
             continue
         v = arm.value(r)
         if not isinstance(v, (int, float)):

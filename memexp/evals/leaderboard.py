@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from memexp.evals.aggregate import paired_difference, run_kind, stats
+from memexp.evals.aggregate import paired_difference, run_kind, run_setting, stats
 from memexp.models.protocols import context_limit
 
 LN2 = math.log(2)
@@ -83,8 +83,16 @@ def train_step_seconds(task: Any, batch: dict, steps: int) -> float:
 
 # -- the table ---------------------------------------------------------------------------------
 # (key, header, lower is better (None: not a score), format): the columns of leaderboard.md, in order
+MQAR_COLUMNS = {"mqar": "MQAR (64, 4) accuracy", "mqar_reassign": "MQAR, 2 of 4 keys reassigned, accuracy"}
+
+
 def columns(
-    extra_names: list[str], lengths: list[int], gaps: list[int] = (), span: int | None = None, continual: bool = False
+    extra_names: list[str],
+    lengths: list[int],
+    gaps: list[int] = (),
+    span: int | None = None,
+    continual: bool = False,
+    mqar: tuple[str, ...] = (),
 ) -> list[tuple[str, str, bool | None, str]]:
     cols = [
         ("params", "parameters", None, "{:,.0f}"),
@@ -97,6 +105,7 @@ def columns(
     cols += [
         (f"recall@{g}", f"recall, gap {g}" + (f" ({g // span}x)" if span and g >= span else ""), False, "{:.3f}") for g in gaps
     ]
+    cols += [(key, MQAR_COLUMNS[key], False, "{:.3f}") for key in MQAR_COLUMNS if key in mqar]
     if continual:
         cols += [
             ("forgetting", "forgetting A->B->C (acc)", True, "{:.4f}"),
@@ -120,6 +129,9 @@ def _scalars(run: dict) -> dict[str, float]:
     if kind == "continual":
         c = study["continual"]
         return {"forgetting": float(c["avg_forgetting"]), "final_acc": float(c["avg_final_accuracy"])}
+    if kind == "mqar":  # Zoology's answer accuracy; the reassignment column is the run with reassigned keys
+        key = "mqar_reassign" if (run_setting(run, "data.num_reassigned") or 0) > 0 else "mqar"
+        return {key: float(m["test/acc"])} if isinstance(m.get("test/acc"), (int, float)) else {}
     out = {k: float(m[k]) for k in ("val/loss", "test/loss", "test/bpc") if isinstance(m.get(k), (int, float))}
     if isinstance(m.get("params/trainable"), (int, float)):
         out["params"] = float(m["params/trainable"])
@@ -183,7 +195,8 @@ def _cell(s: dict, key: str, fmt: str) -> str:
 def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep: str) -> str:
     gaps = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("recall@")})
     span = next((r["span"] for r in rows if r.get("span")), None)
-    cols = columns(extra, lengths, gaps, span, continual=any("forgetting" in r for r in rows))
+    mqar = tuple(k for k in MQAR_COLUMNS if any(k in r for r in rows))
+    cols = columns(extra, lengths, gaps, span, continual=any("forgetting" in r for r in rows), mqar=mqar)
     lines = [
         "# Leaderboard",
         "",
@@ -217,6 +230,10 @@ def board_markdown(rows: list[dict], extra: list[str], lengths: list[int], sweep
         f"recall (`board=<model>_recall`: {span or '?'}-token sequences, gaps 4 to {(span or 64) - 8}, the same for "
         "every model) when asked g filler tokens after the pair; gaps from 1x the board's context are beyond what the "
         "transformer and HOPE's attention see (the transformer is given the last max_len tokens); chance 1/8.",
+        "- MQAR: Zoology's answer accuracy on multi-query associative recall (`board=<model>_mqar`: 64-token "
+        "sequences, 4 key-value pairs, vocabulary 8192, the same budget for every model); with 2 of the 4 keys given a "
+        "new value later in the context (`board=<model>_mqar_reassign`) a right answer is the latest value "
+        "(docs/mqar.md).",
         "- forgetting A->B->C: the network trained on three consecutive parts of tiny-shakespeare in sequence "
         "(`board=<model>_continual`), mean over earlier parts of the drop of next-character accuracy from its best to "
         "the end; final accuracy: the mean over A, B, C after C. Forgets less than the transformer: per seed, this "
