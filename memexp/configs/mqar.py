@@ -27,7 +27,7 @@ MQAR_VOCAB = 8192
 MQAR_CELLS = {"64x4": (64, 4, 512), "128x8": (128, 8, 512), "256x16": (256, 16, 256)}
 # The CPU preset's budget per job (the same for every model and rate): batches of 64 sequences, `steps` optimiser
 # steps at most, validation every `val_every` steps; the early stop at validation accuracy 0.99 is Zoology's.
-MQAR_CPU_BUDGET = dict(batch_size=64, steps=3000, val_every=500, num_examples=100_000, num_test_examples=1_000)
+MQAR_CPU_BUDGET = dict(batch_size=64, steps=1000, val_every=250, num_examples=100_000, num_test_examples=1_000)
 
 
 def arm(model: str, width: int) -> dict:
