@@ -31,6 +31,7 @@ def test_the_task_section_is_every_tasks_settings_with_their_defaults(tmp_path):
         "carry_state",
         "label_smoothing",
         "answer_readout",
+        "stop_at_acc",
         "max_eval_generate_batches",
         "early_stop",
         "test_ckpt",
@@ -46,7 +47,9 @@ def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
         if f.metadata.get("in_key") is False
     }
     assert (
-        marked == TASK_FIELDS_NOT_IN_KEY == {"answer_readout", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
+        marked
+        == TASK_FIELDS_NOT_IN_KEY
+        == {"answer_readout", "stop_at_acc", "max_eval_generate_batches", "early_stop", "test_ckpt", "compile"}
     )
 
 
@@ -56,6 +59,7 @@ def test_the_run_key_leaves_out_the_fields_a_task_marks_evaluation_only():
         (lambda: TaskSettings(test_ckpt="first"), "task.test_ckpt='first': expected 'best' or 'last'"),
         (lambda: CausalLMSettings(carry_state="yes"), "task.carry_state='yes': expected auto, true or false"),
         (lambda: CausalLMSettings(answer_readout="some"), "task.answer_readout='some': expected auto, true or false"),
+        (lambda: CausalLMSettings(stop_at_acc=0), "task.stop_at_acc=0: expected null or a number in (0, 1]"),
         (lambda: DialogueSettings(max_eval_generate_batches=-1), "task.max_eval_generate_batches=-1 must be >= 0"),
         (lambda: ClassificationSettings(early_stop=-2), "task.early_stop=-2 must be >= 0"),
     ],
@@ -94,6 +98,7 @@ def test_the_checkpoint_holds_the_tasks_settings_whole(tiny_text, tmp_path):
         "carry_state": False,
         "label_smoothing": 0.0,
         "answer_readout": "auto",
+        "stop_at_acc": None,
     }
 
 

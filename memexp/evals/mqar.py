@@ -31,13 +31,14 @@ def published() -> dict:
 
 
 def _run_config(run: dict) -> dict:
-    """The composed config Hydra saved beside the run (`.hydra/config.yaml`), as plain data."""
-    from omegaconf import OmegaConf
+    """The composed config Hydra saved beside the run (`.hydra/config.yaml`, read as plain YAML: Hydra stays in
+    configs/)."""
+    import yaml
 
     path = Path(run["path"]) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; an MQAR run folder keeps the config Hydra saved (.hydra/config.yaml)")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def mqar_point(run: dict) -> dict:
