@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from memexp.data.samplers import EpochSampler, ResumableLoader
+from memexp.data.samplers import EpochSampler, ResumableLoader, SplitLoaders
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 
@@ -230,7 +230,7 @@ def _whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class MQARDataModule(L.LightningDataModule):
+class MQARDataModule(SplitLoaders, L.LightningDataModule):
     """Zoology's multi-query associative recall (the module docstring), generated from `data_seed`.
 
     Args:
@@ -337,15 +337,3 @@ class MQARDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")

@@ -45,7 +45,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from memexp.data.samplers import EpochSampler, ResumableLoader
+from memexp.data.samplers import EpochSampler, ResumableLoader, SplitLoaders
 from memexp.data.spec import IGNORE_INDEX, DataSpec
 from memexp.errors import ConfigError
 
@@ -174,7 +174,7 @@ class _RecallSplit(Dataset):
         return {k: v[0] for k, v in b.items()}
 
 
-class RecallDataModule(L.LightningDataModule):
+class RecallDataModule(SplitLoaders, L.LightningDataModule):
     """Needle-at-gap or multi-query associative recall, generated on the fly from `seed`.
 
     Args:
@@ -311,15 +311,3 @@ class RecallDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")

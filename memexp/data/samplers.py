@@ -165,3 +165,21 @@ class ResumableLoader(DataLoader):
             self.position.drawn += 1
             yield batch
         self.position.ended = True
+
+
+class SplitLoaders:
+    """The train, validation and test loaders of a synthetic data module that builds each with
+    `self._loader(split, batch_size, shuffle)` (training shuffled, resumable; evaluation in order), at its
+    `batch_size` and `eval_batch_size`. Put it before LightningDataModule among the bases."""
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        return self._loader(split, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
