@@ -134,3 +134,22 @@ def test_a_bad_stop_threshold_is_one_error_line():
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ["error: task.stop_at_acc=2: expected null or a number in (0, 1]"], proc.stderr
+
+
+def test_the_arm_bench_times_each_arm_and_prices_the_table(tmp_path):
+    """experiments/bench_mqar_arms.py on one small arm: a step time per cell and the table's CPU-hours from them
+    (each (arm, cell) priced as its grid of 4 rates plus 2 seeds, at the preset's steps per job)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_mqar_arms.py"
+    spec = importlib.util.spec_from_file_location("bench_mqar_arms", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--arms", "lstm_64", "--steps", "1", "--out", str(tmp_path / "arms.json")])
+    assert [r["cell"] for r in result["rows"]] == ["cpu_64x4", "cpu_128x8"]
+    for r in result["rows"]:
+        assert r["s_per_step"] > 0 and r["job_steps"] == MQAR_CPU_BUDGET["steps"]
+        assert r["cpu_s"] == pytest.approx(r["s_per_step"] * r["job_steps"] * 6)
+    assert result["cpu_hours"] == pytest.approx(sum(r["cpu_s"] for r in result["rows"]) / 3600)
+    assert json.loads((tmp_path / "arms.json").read_text())["preset"] == "mqar_cpu"
