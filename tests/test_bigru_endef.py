@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import QUIET, check_names, compose_run, run_in_process, shared_data_dir
+from helpers import QUIET, check_names, compose_run, run_in_process, shared_data_dir, wandb_bytes_with
 from hydra_zen import instantiate
 
 from memexp.data.news import NewsDataModule, generate_corpus, synthetic
@@ -351,5 +351,6 @@ def test_report_compares_classifiers_paired_over_seeds(tmp_path, monkeypatch):
     md = Path(written["classification_report.md"]).read_text()
     assert "| test/macro_f1 | 0.6050 ± 0.0187 | 0.6233 ± 0.0207 |" in md
     (run_file,) = (tmp_path / "reports").rglob("offline-run-*/*.wandb")  # the report run of the sweep's W&B group
-    blob = run_file.read_bytes()
-    assert b"report/classification_comparison" in blob and b"report/compare_metrics" in blob
+    wanted = (b"report/classification_comparison", b"report/compare_metrics")
+    blob = wandb_bytes_with(run_file, wanted)
+    assert all(w in blob for w in wanted), blob[:200]

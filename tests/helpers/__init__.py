@@ -131,6 +131,17 @@ HGD_STEPS = [
 ]
 
 
+def wandb_bytes_with(path, wanted: tuple[bytes, ...], timeout: float = 60.0) -> bytes:
+    """An offline W&B run file's bytes once they hold every one of `wanted`, or after `timeout` seconds: wandb's core
+    process may still be writing the file when run.finish() returns in-process (seen on a loaded machine)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not all(w in (blob := Path(path).read_bytes()) for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return blob
+
+
 def wandb_records(path):
     """The records of an offline W&B run file (`run-*.wandb`), as `wandb_internal_pb2.Record`s.
 
