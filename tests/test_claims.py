@@ -71,14 +71,9 @@ def test_rows_pair_the_arms_by_seed_and_follow_the_runs(tmp_path):
 def test_the_claims_driver_runs_every_claims_command(tmp_path):
     """experiments/claims.py runs, for each claim, a study whose command line holds the claim's own command (its
     module or script and every override): a claim added to the table without a study there fails here."""
-    import importlib.util
-    from pathlib import Path
+    from helpers import experiment_script
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
-    spec = importlib.util.spec_from_file_location("claims_driver", path)
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
-    commands = [" ".join(argv) for argv in driver.studies(tmp_path).values()]
+    commands = [" ".join(argv) for argv in experiment_script("claims").studies(tmp_path).values()]
     for claim in CLAIMS:
         words = claim.command.split()[1:]  # without "python"
         if words[0] == "-m":  # a module: the overrides must all be on one study's command line

@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import QUIET, run_in_process
+from helpers import QUIET, experiment_script, run_in_process
 
 from memexp.errors import ConfigError
 from memexp.models.gated_deltanet import GatedDeltaNetLM, gated_delta_rule_chunked, gated_delta_rule_recurrent
@@ -124,12 +123,7 @@ def test_the_hand_written_backward_when_only_the_state_or_only_the_output_is_use
 def test_the_speed_bench_runs_and_writes_its_ratios(tmp_path):
     """experiments/bench_gated_deltanet.py at a toy size: it prints the machine line and writes both ratios
     (the speed targets themselves live in the bench, not in a timed test)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_gated_deltanet.py"
-    spec = importlib.util.spec_from_file_location("bench_gated_deltanet", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = experiment_script("bench_gated_deltanet")
     out = tmp_path / "b.json"
     argv = "--dim 16 --depth 1 --heads 2 --seq-len 16 --batch 2 --context 8 24 --gen-tokens 2 --rounds 1 --steps 1"
     result = bench.main([*argv.split(), "--out", str(out)])

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from helpers import QUIET, compose_run, run_cli, run_in_process
+from helpers import QUIET, compose_run, experiment_script, run_cli, run_in_process
 from omegaconf import OmegaConf
 
 from memexp.configs.mqar import MQAR_CELLS, MQAR_CPU_BUDGET, MQAR_LRS, MQAR_MODELS, MQAR_PRESETS, MQAR_WIDTHS
@@ -139,14 +139,9 @@ def test_a_bad_stop_threshold_is_one_error_line():
 def test_the_arm_bench_times_each_arm_and_prices_the_table(tmp_path):
     """experiments/bench_mqar_arms.py on one small arm: a step time per cell and the table's CPU-hours from them
     (each (arm, cell) priced as its grid of 4 rates plus 2 seeds, at the preset's steps per job)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_mqar_arms.py"
-    spec = importlib.util.spec_from_file_location("bench_mqar_arms", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.main(["--arms", "lstm_64", "--steps", "1", "--out", str(tmp_path / "arms.json")])
+    result = experiment_script("bench_mqar_arms").main(
+        ["--arms", "lstm_64", "--steps", "1", "--out", str(tmp_path / "arms.json")]
+    )
     assert [r["cell"] for r in result["rows"]] == ["cpu_64x4", "cpu_128x8"]
     for r in result["rows"]:
         assert r["s_per_step"] > 0 and r["job_steps"] == MQAR_CPU_BUDGET["steps"]

@@ -14,7 +14,6 @@ All of them run in one process (tests/helpers/command_driver.py), so torch is im
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -25,7 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, experiment_script
 
 README = REPO / "README.md"
 USER_DOCS = [README, REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -224,10 +223,7 @@ def test_readme_is_short():
 
 
 def renderer():
-    spec = importlib.util.spec_from_file_location("render_results", REPO / "experiments" / "render_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("render_results")
 
 
 def test_results_page_and_readme_block_are_what_the_json_renders():

@@ -131,6 +131,16 @@ HGD_STEPS = [
 ]
 
 
+def experiment_script(name: str):
+    """The module of `experiments/<name>.py` (the scripts are not a package), loaded to call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def wandb_bytes_with(path, wanted: tuple[bytes, ...], timeout: float = 60.0) -> bytes:
     """An offline W&B run file's bytes once they hold every one of `wanted`, or after `timeout` seconds: wandb's core
     process may still be writing the file when run.finish() returns in-process (seen on a loaded machine)."""
