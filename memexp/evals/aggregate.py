@@ -100,15 +100,18 @@ def run_kind(run: dict) -> str:
     return "mqar" if run["names"].get("data") == "mqar" else "text"
 
 
-def run_setting(run: dict, key: str) -> object:
-    """A dotted key of the run's composed config (its .hydra/config.yaml, read as plain YAML: Hydra stays in
-    configs/); None when absent."""
+def run_config(run: dict) -> dict | None:
+    """The run's composed config as Hydra saved it (.hydra/config.yaml, read as plain YAML: Hydra stays in
+    configs/); None when the folder has none."""
     import yaml
 
     path = Path(run["path"]) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+
+
+def run_setting(run: dict, key: str) -> object:
+    """A dotted key of the run's composed config (`run_config`); None when absent."""
+    value = run_config(run)
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from memexp.errors import ConfigError
-from memexp.evals.aggregate import stats
+from memexp.evals.aggregate import run_config, stats
 from memexp.files import write_json, write_text
 
 PUBLISHED_MODELS = ("attention", "hyena", "rwkv", "h3", "base_conv")
@@ -30,20 +30,12 @@ def published() -> dict:
     return json.loads(resources.files("memexp.evals").joinpath("zoology_figure2.json").read_text(encoding="utf-8"))
 
 
-def _run_config(run: dict) -> dict:
-    """The composed config Hydra saved beside the run (`.hydra/config.yaml`, read as plain YAML: Hydra stays in
-    configs/)."""
-    import yaml
-
-    path = Path(run["path"]) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist; an MQAR run folder keeps the config Hydra saved (.hydra/config.yaml)")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-
-
 def mqar_point(run: dict) -> dict:
     """One run as a table point: model, width, cell ("64x4"), reassigned keys, learning rate, seed, val/test acc."""
-    cfg = _run_config(run)
+    cfg = run_config(run)
+    if cfg is None:
+        path = Path(run["path"]) / ".hydra" / "config.yaml"
+        raise ConfigError(f"{path} does not exist; an MQAR run folder keeps the config Hydra saved (.hydra/config.yaml)")
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
     width = model.get("dim", model.get("hidden_size"))
     return {
