@@ -18,7 +18,7 @@ import math
 from hydra_zen import store
 
 from memexp.configs.catalog import MQAR_MODELS, MQAR_WIDTHS
-from memexp.configs.studies import BOARD_SPAN
+from memexp.configs.groups import BOARD_ENTRIES
 
 MQAR_CPU_WIDTHS = (64, 128)
 MQAR_LRS = tuple(float(f"{10 ** (-4 + 2 * i / 3):.3g}") for i in range(4))  # numpy.logspace(-4, -2, 4): Zoology's grid
@@ -31,18 +31,15 @@ MQAR_CPU_BUDGET = dict(batch_size=64, steps=1000, val_every=250, num_examples=10
 
 
 def arm(model: str, width: int) -> dict:
-    """`mqar=<model>_<width>`: the model group and its fields at this width (2 layers, 1 head)."""
-    attention_like = dict(dim=width, depth=2, heads=1, ff_mult=4, dropout=0.0)
-    fields = {
-        "transformer": attention_like | dict(max_len="${data.seq_len}"),
-        "hope": attention_like
-        | dict(max_len=BOARD_SPAN, seq_len=BOARD_SPAN, mem_write=BOARD_SPAN // 2, cms_frequencies=[1, 4, 16]),
-        "titans": attention_like | dict(max_len=BOARD_SPAN, seq_len=BOARD_SPAN, mem_write=BOARD_SPAN // 2, persistent_tokens=4),
-        "gated_deltanet": attention_like | dict(expand_v=2, conv_size=4, chunk_size=64),
-        "hyperlstm": dict(embedding_size=width, hidden_size=width, depth=2, hyper_num_units=width, hyper_embedding_size=16),
-        "lstm": dict(embedding_size=width, hidden_size=width, depth=2, dropout=0.0),
-    }[model]
-    return dict(defaults=["_self_", {"override /model": model}], model=fields)
+    """`mqar=<model>_<width>`: the model's leaderboard network (BOARD_ENTRIES: its block, segment, memory and MLP
+    settings) at this width, with 2 layers and 1 head; the transformer sees the whole sequence."""
+    if model in ("hyperlstm", "lstm"):
+        at_width = dict(embedding_size=width, hidden_size=width, depth=2)
+        at_width |= dict(hyper_num_units=width) if model == "hyperlstm" else {}
+    else:
+        at_width = dict(dim=width, depth=2, heads=1)
+        at_width |= dict(max_len="${data.seq_len}") if model == "transformer" else {}
+    return dict(defaults=["_self_", {"override /model": model}], model=BOARD_ENTRIES[model]["model"] | at_width)
 
 
 def cell(name: str, cpu: bool) -> dict:
