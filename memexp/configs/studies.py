@@ -16,6 +16,7 @@ from typing import Any
 from hydra_zen import builds, store
 
 from memexp.configs.groups import BOARD_ENTRIES, DATA_SEED
+from memexp.configs.mqar import cell
 from memexp.data.recall import RecallDataModule
 from memexp.models.hope import HOPE
 from memexp.models.transformer import Transformer
@@ -104,16 +105,7 @@ _BOARD_CONTINUAL = dict(
 # MQAR (memexp.data.mqar): Zoology's (64, 4) cell at the board's span, vocabulary 8192, the same budget for every
 # model; `_reassign`: 2 of the 4 keys get a new value later in the context (Zoology's forgetting MQAR)
 _BOARD_MQAR = dict(
-    data=dict(
-        seq_len=BOARD_SPAN,
-        num_kv_pairs=4,
-        vocab_size=8192,
-        power_a=0.01,
-        random_non_queries=False,
-        batch_size=64,
-        num_examples=100_000,
-        num_test_examples=1_000,
-    ),
+    data=cell("64x4", cpu=True)["data"],  # the CPU preset's (64, 4) cell: 64 = BOARD_SPAN
     trainer=dict(max_steps=1000, val_check_interval=250, gradient_clip_val=1.0),
     task=dict(stop_at_acc=0.99),
 )
