@@ -35,14 +35,14 @@ def step_seconds(arm: str, cell: str, preset: str, steps: int) -> tuple[float, i
     cfg = compose_config("memexp_run", [f"experiment={preset}", f"mqar={arm}", f"mqar_cell={cell}"])
     d = cfg.data
     batch = int(d.batch_size)
-    dm = MQARDataModule(int(d.vocab_size), int(d.seq_len), int(d.num_kv_pairs), num_examples=batch * (steps + 2))
-    dm.examples("train")
+    dm = MQARDataModule(
+        int(d.vocab_size), int(d.seq_len), int(d.num_kv_pairs), num_examples=batch * (steps + 2), batch_size=batch
+    )
     torch.manual_seed(0)
     net = instantiate(cfg.model)(vocab_size=int(d.vocab_size))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    split, times = dm._splits["train"], []
-    for s in range(steps + 2):
-        b = split.__getitems__(list(range(s * batch, (s + 1) * batch)))
+    times = []
+    for s, b in enumerate(dm.train_dataloader()):  # steps + 2 batches: two warm-up steps, then the timed ones
         x, y = b["input"], b["target"]
         mask = y != IGNORE_INDEX
         start = time.perf_counter()
