@@ -43,6 +43,7 @@ def test_the_cells_carry_zoologys_data_and_budget(cell, tmp_path):
     assert cfg.trainer.max_steps == 64 * epoch and cfg.trainer.val_check_interval == epoch  # 64 epochs, one check each
     assert cfg.task.stop_at_acc == 0.99 and cfg.optim.weight_decay == 0.1 and cfg.optim.warmup_steps == 0
     assert cfg.optim.min_lr == 0.0 and cfg.trainer.gradient_clip_val is None
+    assert list(cfg.optim.betas) == [0.9, 0.999]  # Zoology builds torch's AdamW at its default betas
 
 
 def test_the_cpu_preset_sweeps_two_cells_two_widths_and_the_grid(tmp_path):

@@ -62,8 +62,9 @@ def _preset(name: str, widths: tuple[int, ...], cells: list[str]) -> dict:
     arms = ",".join(f"{m}_{w}" for m in MQAR_MODELS for w in widths)
     return dict(
         defaults=["_self_", {"override /data": "mqar"}],
-        # Zoology's optimiser: AdamW, weight decay 0.1, cosine decay to 0 over the budget, no warm-up
-        optim=dict(name="adamw", warmup_steps=0, min_lr=0.0, weight_decay=0.1, schedule="cosine"),
+        # Zoology's optimiser: torch's AdamW at its default betas, weight decay 0.1, cosine decay to 0 over the budget,
+        # no warm-up (Zoology steps the cosine once an epoch, memexp once a step)
+        optim=dict(name="adamw", betas=[0.9, 0.999], warmup_steps=0, min_lr=0.0, weight_decay=0.1, schedule="cosine"),
         trainer=dict(gradient_clip_val=None),  # Zoology does not clip
         task=dict(stop_at_acc=0.99),
         hydra=dict(sweeper=dict(params={"mqar": arms, "mqar_cell": ",".join(cells), "optim.lr": ",".join(map(str, MQAR_LRS))})),
