@@ -37,6 +37,7 @@ def board(tmp_path_factory):
         "study.speed.rounds=1",
         "study.speed.train_steps=2",
         "study.speed.gen_tokens=20",
+        "study.n_samples=16",  # recall probes per gap (the board's 128 took half of each recall run's time)
         "trainer.threads=1",
         f"paths.output_dir={root}",
         f"hydra.sweep.dir={root / 'sweep'}",
@@ -163,6 +164,8 @@ def test_the_mqar_columns_fill_from_their_runs_and_feed_the_reassignment_claim(t
         "debug=fast",
         "seed=0",
         "logger=csv",
+        "data.batch_size=8",  # the board's 64 and 256 made each debug run about 30 s
+        "data.eval_batch_size=32",
         "trainer.threads=1",
         f"paths.output_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
