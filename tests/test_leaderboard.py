@@ -37,7 +37,7 @@ def board(tmp_path_factory):
         "study.speed.rounds=1",
         "study.speed.train_steps=2",
         "study.speed.gen_tokens=20",
-        "study.n_samples=16",  # recall probes per gap (the board's 128 took half of each recall run's time)
+        "++study.n_samples=16",  # recall probes per gap (the board's 128 took half of each recall run's time)
         "trainer.threads=1",
         f"paths.output_dir={root}",
         f"hydra.sweep.dir={root / 'sweep'}",

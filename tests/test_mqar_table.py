@@ -52,7 +52,22 @@ def test_the_cpu_preset_sweeps_two_cells_two_widths_and_the_grid(tmp_path):
     assert sorted(params["mqar"].split(",")) == sorted(f"{m}_{w}" for m in MQAR_MODELS for w in (64, 128))
     assert [float(x) for x in params["optim.lr"].split(",")] == list(MQAR_LRS)
     cfg = compose_run(["experiment=mqar_cpu", "mqar=gated_deltanet_128", "mqar_cell=cpu_128x8"], tmp_path)
-    assert cfg.trainer.max_steps == MQAR_CPU_BUDGET["steps"] and cfg.data.batch_size == MQAR_CPU_BUDGET["batch_size"]
+    epoch = math.ceil(100_000 / 512)  # Zoology's data and batch at (128, 8), fewer epochs, a validation each
+    assert cfg.data.batch_size == 512 and cfg.data.num_examples == 100_000
+    assert cfg.trainer.max_steps == MQAR_CPU_BUDGET["epochs"] * epoch and cfg.trainer.val_check_interval == epoch
+
+
+def test_runs_at_two_budgets_are_two_rows_never_one(tmp_path):
+    from memexp.evals.mqar import plot_mqar
+
+    small = [{**_point(lr=lr, val=0.2, test=0.2), "budget": (64, 1000)} for lr in (1e-3, 1e-2)]
+    rows = mqar_rows([_point(val=0.9, test=0.9), *small])
+    assert sorted((r["budget"]["batch"], r["best_lr"], r["test_acc"]["mean"]) for r in rows) == [
+        (64, 1e-3, 0.2),
+        (512, 1e-3, 0.9),
+    ]
+    assert "| 64x4 | 64 | transformer | 64 x 1000 | 0.001 | 0.200 (n=1) |" in mqar_markdown(rows, published(), "s")
+    assert plot_mqar(rows, published(), tmp_path / "f.png").stat().st_size > 1000
 
 
 def test_the_published_numbers_cover_every_cell_model_and_width():
@@ -66,7 +81,18 @@ def test_the_published_numbers_cover_every_cell_model_and_width():
 
 
 def _point(model="transformer", width=64, cell="64x4", lr=1e-3, seed=0, val=0.5, test=0.5):
-    return dict(model=model, width=width, cell=cell, reassigned=0, lr=lr, seed=seed, val_acc=val, test_acc=test, steps=100)
+    return dict(
+        model=model,
+        width=width,
+        cell=cell,
+        reassigned=0,
+        budget=(512, 980),
+        lr=lr,
+        seed=seed,
+        val_acc=val,
+        test_acc=test,
+        steps=100,
+    )
 
 
 def test_the_rate_is_chosen_on_validation_and_the_test_is_reported_over_its_seeds():
@@ -87,7 +113,7 @@ def test_the_rate_is_chosen_on_validation_and_the_test_is_reported_over_its_seed
     assert t["grid_val_acc"] == {"0.0001": 0.2, "0.001": 0.9, "0.01": 0.9}
     assert rows["lstm"]["best_lr"] == 1e-3  # a NaN validation accuracy never wins
     md = mqar_markdown(mqar_rows(points), published(), "sweep")
-    assert "| 64x4 | 64 | transformer | 0.001 | 0.850 ± 0.050 (n=3) |" in md
+    assert "| 64x4 | 64 | transformer | 512 x 980 | 0.001 | 0.850 ± 0.050 (n=3) |" in md
     assert "attention 1.00, hyena 0.51, rwkv 0.76, h3 0.93, base_conv 0.70" in md
 
 
@@ -102,6 +128,7 @@ def test_a_debug_sweep_writes_the_table_and_figure_beside_the_published_numbers(
         "optim.lr=0.01",
         "data.num_examples=256",
         "data.num_test_examples=64",
+        "data.batch_size=32",
         "trainer.threads=1",
         *QUIET,
         f"paths.output_dir={tmp_path}",
@@ -145,7 +172,8 @@ def test_the_arm_bench_times_each_arm_and_prices_the_table(tmp_path):
     )
     assert [r["cell"] for r in result["rows"]] == ["cpu_64x4", "cpu_128x8"]
     for r in result["rows"]:
-        assert r["s_per_step"] > 0 and r["job_steps"] == MQAR_CPU_BUDGET["steps"]
+        epoch = math.ceil(100_000 / MQAR_CELLS[r["cell"].removeprefix("cpu_")][2])
+        assert r["s_per_step"] > 0 and r["job_steps"] == MQAR_CPU_BUDGET["epochs"] * epoch
         assert r["cpu_s"] == pytest.approx(r["s_per_step"] * r["job_steps"] * 6)
     assert result["cpu_hours"] == pytest.approx(sum(r["cpu_s"] for r in result["rows"]) / 3600)
     assert json.loads((tmp_path / "arms.json").read_text())["preset"] == "mqar_cpu"

@@ -98,8 +98,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "64x4": "MQAR cell: 64 tokens, 4 pairs, vocabulary 8192, Zoology's budget (batch 512, 64 epochs)",
         "128x8": "MQAR cell: 128 tokens, 8 pairs, Zoology's budget (batch 512, 64 epochs)",
         "256x16": "MQAR cell: 256 tokens, 16 pairs, Zoology's budget (batch 256, 64 epochs)",
-        "cpu_64x4": "MQAR cell: 64 tokens, 4 pairs, the CPU budget (batch 64, at most 1,000 steps)",
-        "cpu_128x8": "MQAR cell: 128 tokens, 8 pairs, the CPU budget (batch 64, at most 1,000 steps)",
+        "cpu_64x4": "MQAR cell: 64 tokens, 4 pairs, the CPU budget (Zoology's batches of 512, 5 epochs)",
+        "cpu_128x8": "MQAR cell: 128 tokens, 8 pairs, the CPU budget (Zoology's batches of 512, 5 epochs)",
     },
     "board": {
         "transformer": "leaderboard entry: the transformer at nanoGPT's CPU budget (as nanogpt_shakespeare)",

@@ -102,11 +102,13 @@ _BOARD_CONTINUAL = dict(
 )
 
 
-# MQAR (memexp.data.mqar): Zoology's (64, 4) cell at the board's span, vocabulary 8192, the same budget for every
-# model; `_reassign`: 2 of the 4 keys get a new value later in the context (Zoology's forgetting MQAR)
+# MQAR (memexp.data.mqar): the CPU preset's (64, 4) cell (64 = BOARD_SPAN, vocabulary 8192, its data, batches and
+# epochs), the same budget for every model; `_reassign`: 2 of the 4 keys get a new value later in the context
+# (Zoology's forgetting MQAR)
+_CPU_64x4 = cell("64x4", cpu=True)
 _BOARD_MQAR = dict(
-    data=cell("64x4", cpu=True)["data"],  # the CPU preset's (64, 4) cell: 64 = BOARD_SPAN
-    trainer=dict(max_steps=1000, val_check_interval=250, gradient_clip_val=1.0),
+    data=_CPU_64x4["data"],
+    trainer=_CPU_64x4["trainer"] | dict(gradient_clip_val=1.0),
     task=dict(stop_at_acc=0.99),
 )
 

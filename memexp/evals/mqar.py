@@ -31,18 +31,20 @@ def published() -> dict:
 
 
 def mqar_point(run: dict) -> dict:
-    """One run as a table point: model, width, cell ("64x4"), reassigned keys, learning rate, seed, val/test acc."""
+    """One run as a table point: model, width, cell ("64x4"), reassigned keys, budget (sequences per batch, most
+    steps), learning rate, seed, val/test acc."""
     cfg = run_config(run)
     if cfg is None:
         path = Path(run["path"]) / ".hydra" / "config.yaml"
         raise ConfigError(f"{path} does not exist; an MQAR run folder keeps the config Hydra saved (.hydra/config.yaml)")
-    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    model, data, trainer = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("trainer") or {}
     width = model.get("dim", model.get("hidden_size"))
     return {
         "model": run["names"]["model"],
         "width": int(width) if width is not None else None,
         "cell": f"{int(data['seq_len'])}x{int(data['num_kv_pairs'])}",
         "reassigned": int(data.get("num_reassigned", 0) or 0),
+        "budget": (int(data["batch_size"]), int(trainer.get("max_steps") or -1)),
         "lr": float(cfg["optim"]["lr"]),
         "seed": int(run["names"]["seed"]),
         "val_acc": float(run["metrics"].get("val/acc", math.nan)),
@@ -53,14 +55,16 @@ def mqar_point(run: dict) -> dict:
 
 
 def mqar_rows(points: list[dict]) -> list[dict]:
-    """One row per (model, width, cell, reassigned): the learning rate with the best seed-0 validation accuracy
+    """One row per (model, width, cell, reassigned, budget): the learning rate with the best seed-0 validation accuracy
     (ties: the smaller rate), that rate's test accuracy over its seeds, and every rate's seed-0 validation
     accuracy (the grid)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for p in points:
-        groups[(p["model"], p["width"], p["cell"], p["reassigned"])].append(p)
+        groups[(p["model"], p["width"], p["cell"], p["reassigned"], tuple(p["budget"]))].append(p)
     rows = []
-    for (model, width, cell, reassigned), pts in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or 0)):
+    for (model, width, cell, reassigned, budget), pts in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or 0, kv[0][4])
+    ):
         grid = {p["lr"]: p["val_acc"] for p in pts if p["seed"] == 0}
         if not grid:
             continue
@@ -72,6 +76,7 @@ def mqar_rows(points: list[dict]) -> list[dict]:
                 "width": width,
                 "cell": cell,
                 "reassigned": reassigned,
+                "budget": {"batch": budget[0], "max_steps": budget[1]},
                 "best_lr": best_lr,
                 "grid_val_acc": {f"{lr:.3g}": grid[lr] for lr in sorted(grid)},
                 "test_acc": stats([p["test_acc"] for p in at_best]),
@@ -97,8 +102,9 @@ def mqar_markdown(rows: list[dict], pub: dict, sweep: str) -> str:
         "learning rate with the best seed-0 *validation* accuracy, mean ± std over the seeds run at that rate. "
         f"Published: {pub['source']}; {pub['how_read']}.",
         "",
-        "| cell (seq_len x kv pairs) | width | model | best lr | test acc | steps | published at this width |",
-        "|---|---|---|---|---|---|---|",
+        "| cell (seq_len x kv pairs) | width | model | budget (batch x most steps) | best lr | test acc | steps run "
+        "| published at this width |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     widths = pub["widths"]
     for r in rows:
@@ -107,11 +113,16 @@ def mqar_markdown(rows: list[dict], pub: dict, sweep: str) -> str:
         shown = ", ".join(f"{m} {v[at]:.2f}" for m, v in cell_pub.items() if at is not None) or "-"
         cell = r["cell"] + (f", {r['reassigned']} reassigned" if r["reassigned"] else "")
         steps = f"{r['steps']['mean']:.0f}" if r["steps"].get("n") else "-"
-        lines.append(f"| {cell} | {r['width']} | {r['model']} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} | {shown} |")
+        budget = f"{r['budget']['batch']} x {r['budget']['max_steps']}"
+        lines.append(
+            f"| {cell} | {r['width']} | {r['model']} | {budget} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} | {shown} |"
+        )
     lines += ["", "Validation accuracy of every learning rate at seed 0 (the grid the rate was chosen on):", ""]
     for r in rows:
         grid = ", ".join(f"{lr}: {v:.3f}" for lr, v in r["grid_val_acc"].items())
-        lines.append(f"- {r['cell']} width {r['width']} {r['model']}: {grid}")
+        lines.append(
+            f"- {r['cell']} width {r['width']} {r['model']} ({r['budget']['batch']} x {r['budget']['max_steps']}): {grid}"
+        )
     lines += ["", f"Protocol of the published numbers: {pub['protocol']}."]
     return "\n".join(lines) + "\n"
 
@@ -124,14 +135,17 @@ def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
     cells = sorted({r["cell"] for r in rows if not r["reassigned"]}, key=lambda c: int(c.split("x")[0]))
     fig, axes = plt.subplots(1, max(1, len(cells)), figsize=(4.2 * max(1, len(cells)), 3.6), squeeze=False)
     for ax, cell in zip(axes[0], cells):
-        for model in sorted({r["model"] for r in rows if r["cell"] == cell and not r["reassigned"]}):
-            pts = sorted((r["width"], r["test_acc"]) for r in rows if r["cell"] == cell and r["model"] == model)
-            pts = [(w, s) for w, s in pts if s.get("n")]
+        here = [r for r in rows if r["cell"] == cell and not r["reassigned"]]
+        budgets = {tuple(r["budget"].values()) for r in here}
+        for model, budget in sorted({(r["model"], tuple(r["budget"].values())) for r in here}):
+            line = [r for r in here if r["model"] == model and tuple(r["budget"].values()) == budget]
+            pts = sorted((r["width"], r["test_acc"]) for r in line if r["test_acc"].get("n"))
             if not pts:
                 continue
             xs, mean = [w for w, _ in pts], [s["mean"] for _, s in pts]
             err = [[s["mean"] - s["min"] for _, s in pts], [s["max"] - s["mean"] for _, s in pts]]
-            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=model)
+            label = model if len(budgets) == 1 else f"{model} ({budget[0]} x {budget[1]})"
+            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=label)
         for (name, vals), marker in zip(pub["cells"].get(cell, {}).items(), "D^vsP"):  # grey: the paper's models
             ax.plot(pub["widths"], vals, ls=":", c="0.55", marker=marker, mfc="none", label=f"{name} (Zoology)")
         seq, kv = cell.split("x")
