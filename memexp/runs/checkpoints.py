@@ -82,8 +82,9 @@ def checked_resume(last: Path, cfg: dict, ck: dict | None = None) -> int:
     return int(ck.get("global_step", 0))
 
 
-def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None]:
-    """(checkpoint, step) a run in `ckpt_dir` resumes from: last.ckpt, else the newest other readable checkpoint.
+def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None, bool]:
+    """(checkpoint, step, stopped early) a run in `ckpt_dir` resumes from: last.ckpt, else the newest other readable
+    checkpoint; `stopped early`: its fit was ended by an early stop (the checkpoint's `memexp.stopped_early`).
 
     A checkpoint that cannot be read (a write killed half-way by an older writer, a disk fault) is moved aside to
     `<name>.unreadable`, with one line on stderr saying so and what the run does instead; with none readable left
@@ -103,10 +104,10 @@ def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None]:
         step = checked_resume(path, cfg, ck)
         if bad:
             print(f"warning: {ckpt_dir}: {'; '.join(bad)}; resuming from {path.name} (step {step})", file=sys.stderr, flush=True)
-        return path, step
+        return path, step, bool(ck["memexp"].get("stopped_early", False))
     if bad:
         print(f"warning: {ckpt_dir}: {'; '.join(bad)}; no readable checkpoint left, starting fresh", file=sys.stderr, flush=True)
-    return None, None
+    return None, None, False
 
 
 @dataclass

@@ -160,6 +160,7 @@ class _Prepared:
     resume_from: Path | None
     resume_step: int | None
     finished: bool
+    stopped_early: bool = False  # finished by an early stop before trainer.max_steps
 
 
 def _prepare(spec: RunSpec) -> _Prepared:
@@ -183,7 +184,7 @@ def _prepare(spec: RunSpec) -> _Prepared:
     task.run_config = cfg | {"names": vars(names)}
     if spec.fresh and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    resume_from, resume_step = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None)
+    resume_from, resume_step, stopped = resume_point(ckpt_dir, cfg) if ckpt_dir.exists() else (None, None, False)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     max_steps = getattr(spec.trainer, "keywords", {}).get("max_steps", -1)
     finished = resume_step is not None and max_steps is not None and 0 < max_steps <= resume_step
@@ -192,13 +193,21 @@ def _prepare(spec: RunSpec) -> _Prepared:
             f"this run finished at step {resume_step} (trainer.max_steps={max_steps}): testing {ckpt_dir} again without "
             f"training; raise trainer.max_steps to continue it, or pass fresh=true to start over",
         )
-    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished)
+    elif stopped:
+        finished = True
+        say(
+            f"this run stopped early at step {resume_step} (task.stop_at_acc={spec.task.get('stop_at_acc')}): testing "
+            f"{ckpt_dir} again without training; pass fresh=true to start over",
+        )
+    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished, stopped_early=stopped and finished)
 
 
 def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers: list) -> tuple[dict, dict | None]:
     """Fit (or resume), save last.ckpt, test the chosen checkpoint; (metrics, the study's result or None)."""
     task, datamodule = run.task, run.datamodule
     resume = str(run.resume_from) if run.resume_from else None
+    if run.stopped_early:  # restore it whole (weights, callbacks' best checkpoint) and train no step past its stop
+        trainer_obj.fit_loop.epoch_loop.max_steps = run.resume_step
     trainer_obj.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if trainer_obj.interrupted:
         raise KeyboardInterrupt
