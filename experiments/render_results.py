@@ -240,8 +240,9 @@ def render_glance(sections: list[dict]) -> str:
             wanted, found = data["glance"], {}
             for table in data.get("tables", []):
                 for i, col in enumerate(table["columns"]):
-                    if col in wanted and col not in found:
-                        found[col] = {row[0]: row[i] for row in table["rows"]}
+                    if col in wanted and col not in found:  # rows keyed by (first cell, its repeat): tables align by model
+                        keys = [(row[0], [r[0] for r in table["rows"][:n]].count(row[0])) for n, row in enumerate(table["rows"])]
+                        found[col] = {k: row[i] for k, row in zip(keys, table["rows"])}
             missing = [c for c in wanted if c not in found]
             if missing:
                 raise ResultsError(f"{data['title']}: glance columns not in its tables: {missing}")

@@ -292,3 +292,19 @@ def test_claims_are_formatted_as_the_claims_tool_formats_them():
     data = rr.load(REPO / "docs" / "results" / "02_claims.json")
     tool = claims_markdown(data["rows"], "outputs/claims").split("\n\n")[0].splitlines()
     assert rr._claims(data) == tool
+
+
+def test_the_glance_keeps_rows_of_one_model_at_several_settings():
+    rr = renderer()
+    data = {
+        "title": "T",
+        "glance": ["model", "acc"],
+        "tables": [
+            {
+                "columns": ["model", "budget", "acc"],
+                "rows": [["tf", "small", "0.2"], ["tf", "large", "0.99"], ["gdn", "small", "1.0"]],
+            }
+        ],
+    }
+    block = rr.render_glance([data])
+    assert "| tf | 0.2 |" in block and "| tf | 0.99 |" in block and "| gdn | 1.0 |" in block
