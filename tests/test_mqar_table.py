@@ -160,6 +160,21 @@ def test_stop_at_acc_ends_training_at_the_first_validation_above_it(tmp_path):
     assert again["global_step"] == m["global_step"] and again["test/acc"] == m["test/acc"]
 
 
+def test_only_a_stop_at_the_threshold_counts_as_finished():
+    """A checkpoint's EarlyStopping state says why it stopped: at `task.stop_at_acc`'s threshold the run is
+    finished; a fit that trainer.max_time or a signal ended (no threshold reached) continues on a rerun."""
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    from memexp.runs.checkpoints import stopped_at_threshold
+
+    stopper = EarlyStopping(monitor="val/acc", mode="max", stopping_threshold=0.5, patience=2**31 - 1)
+    running = {"callbacks": {stopper.state_key: stopper.state_dict()}}
+    assert not stopped_at_threshold(running) and not stopped_at_threshold({"callbacks": {}})
+    stopper.stopping_reason = EarlyStoppingReason.STOPPING_THRESHOLD  # what its check sets when val/acc passes 0.5
+    assert stopped_at_threshold({"callbacks": {stopper.state_key: stopper.state_dict()}})
+
+
 def test_a_bad_stop_threshold_is_one_error_line():
     proc = run_cli("memexp.run", "data=mqar", "task.stop_at_acc=2", *QUIET)
     assert proc.returncode != 0

@@ -82,9 +82,22 @@ def checked_resume(last: Path, cfg: dict, ck: dict | None = None) -> int:
     return int(ck.get("global_step", 0))
 
 
+def stopped_at_threshold(ck: dict) -> bool:
+    """Whether an EarlyStopping callback (`task.stop_at_acc`) ended the fit of this checkpoint at its threshold, as
+    the callback's own state in the checkpoint says (a stop by trainer.max_time or a signal is not one)."""
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    states = (ck.get("callbacks") or {}).items()
+    return any(
+        k.startswith("EarlyStopping") and v.get("stopping_reason") == EarlyStoppingReason.STOPPING_THRESHOLD.value
+        for k, v in states
+        if isinstance(v, dict)
+    )
+
+
 def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None, bool]:
     """(checkpoint, step, stopped early) a run in `ckpt_dir` resumes from: last.ckpt, else the newest other readable
-    checkpoint; `stopped early`: its fit was ended by an early stop (the checkpoint's `memexp.stopped_early`).
+    checkpoint; `stopped early`: its fit was ended by an early stop (`stopped_at_threshold`).
 
     A checkpoint that cannot be read (a write killed half-way by an older writer, a disk fault) is moved aside to
     `<name>.unreadable`, with one line on stderr saying so and what the run does instead; with none readable left
@@ -104,7 +117,7 @@ def resume_point(ckpt_dir: Path, cfg: dict) -> tuple[Path | None, int | None, bo
         step = checked_resume(path, cfg, ck)
         if bad:
             print(f"warning: {ckpt_dir}: {'; '.join(bad)}; resuming from {path.name} (step {step})", file=sys.stderr, flush=True)
-        return path, step, bool(ck["memexp"].get("stopped_early", False))
+        return path, step, stopped_at_threshold(ck)
     if bad:
         print(f"warning: {ckpt_dir}: {'; '.join(bad)}; no readable checkpoint left, starting fresh", file=sys.stderr, flush=True)
     return None, None, False

@@ -199,7 +199,7 @@ def _prepare(spec: RunSpec) -> _Prepared:
             f"this run stopped early at step {resume_step} (task.stop_at_acc={spec.task.get('stop_at_acc')}): testing "
             f"{ckpt_dir} again without training; pass fresh=true to start over",
         )
-    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished, stopped_early=stopped and finished)
+    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished, stopped_early=stopped)
 
 
 def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers: list) -> tuple[dict, dict | None]:

@@ -101,10 +101,4 @@ class BaseTask(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # stopped_early: a callback (task.stop_at_acc's EarlyStopping) ended the fit before trainer.max_steps; a rerun
-        # tests the run again instead of training past its stop
-        stopped = bool(self._trainer is not None and self.trainer.should_stop)
-        checkpoint["memexp"] = run_record(self, self.task_kind) | {
-            "task_settings": self.settings.as_dict(),
-            "stopped_early": stopped,
-        }
+        checkpoint["memexp"] = run_record(self, self.task_kind) | {"task_settings": self.settings.as_dict()}
