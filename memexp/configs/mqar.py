@@ -29,7 +29,8 @@ MQAR_CELLS = {"64x4": (64, 4, 512), "128x8": (128, 8, 512), "256x16": (256, 16, 
 # instead of 64 (the cosine decays over those), a validation each epoch on `num_test_examples` sequences, and
 # Zoology's early stop at validation accuracy 0.99. Batches of 64 were tried first: the transformer stayed below 0.26
 # after 6,000 steps (384,000 sequences), while at 512 it passed 0.98 in two epochs (docs/mqar.md).
-MQAR_CPU_BUDGET = dict(epochs=5, num_examples=100_000, num_test_examples=1_000)
+MQAR_CPU_BUDGET = dict(epochs=5, num_test_examples=1_000)
+MQAR_TRAIN_EXAMPLES = 100_000  # Zoology's training sequences per cell, on either budget
 
 
 def arm(model: str, width: int) -> dict:
@@ -48,12 +49,10 @@ def cell(name: str, cpu: bool) -> dict:
     """`mqar_cell=<seq_len>x<pairs>` (Zoology's budget: 100,000 training sequences, 64 epochs, validation each
     epoch) or `mqar_cell=cpu_<seq_len>x<pairs>` (MQAR_CPU_BUDGET: the same batches for fewer epochs)."""
     seq_len, pairs, batch = MQAR_CELLS[name]
-    epochs, examples, tests = (
-        (MQAR_CPU_BUDGET["epochs"], 100_000, MQAR_CPU_BUDGET["num_test_examples"]) if cpu else (64, 100_000, 3_000)
-    )
-    epoch = math.ceil(examples / batch)
+    epochs, tests = (MQAR_CPU_BUDGET["epochs"], MQAR_CPU_BUDGET["num_test_examples"]) if cpu else (64, 3_000)
+    epoch = math.ceil(MQAR_TRAIN_EXAMPLES / batch)
     data = dict(seq_len=seq_len, num_kv_pairs=pairs, vocab_size=MQAR_VOCAB, power_a=0.01, random_non_queries=False)
-    data |= dict(batch_size=batch, num_examples=examples, num_test_examples=tests)
+    data |= dict(batch_size=batch, num_examples=MQAR_TRAIN_EXAMPLES, num_test_examples=tests)
     return dict(data=data, trainer=dict(max_steps=epochs * epoch, val_check_interval=epoch))
 
 
