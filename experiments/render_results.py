@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,8 +242,11 @@ def render_glance(sections: list[dict]) -> str:
             for table in data.get("tables", []):
                 for i, col in enumerate(table["columns"]):
                     if col in wanted and col not in found:  # rows keyed by (first cell, its repeat): tables align by model
-                        keys = [(row[0], [r[0] for r in table["rows"][:n]].count(row[0])) for n, row in enumerate(table["rows"])]
-                        found[col] = {k: row[i] for k, row in zip(keys, table["rows"])}
+                        seen: Counter = Counter()
+                        found[col] = {}
+                        for row in table["rows"]:
+                            found[col][(row[0], seen[row[0]])] = row[i]
+                            seen[row[0]] += 1
             missing = [c for c in wanted if c not in found]
             if missing:
                 raise ResultsError(f"{data['title']}: glance columns not in its tables: {missing}")

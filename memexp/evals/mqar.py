@@ -87,6 +87,11 @@ def mqar_rows(points: list[dict]) -> list[dict]:
     return rows
 
 
+def _budget(row: dict) -> str:
+    """A row's budget as the table and the figure name it: sequences per batch x most steps."""
+    return f"{row['budget']['batch']} x {row['budget']['max_steps']}"
+
+
 def _fmt(s: dict) -> str:
     if not s.get("n"):
         return "-"
@@ -113,16 +118,14 @@ def mqar_markdown(rows: list[dict], pub: dict, sweep: str) -> str:
         shown = ", ".join(f"{m} {v[at]:.2f}" for m, v in cell_pub.items() if at is not None) or "-"
         cell = r["cell"] + (f", {r['reassigned']} reassigned" if r["reassigned"] else "")
         steps = f"{r['steps']['mean']:.0f}" if r["steps"].get("n") else "-"
-        budget = f"{r['budget']['batch']} x {r['budget']['max_steps']}"
         lines.append(
-            f"| {cell} | {r['width']} | {r['model']} | {budget} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} | {shown} |"
+            f"| {cell} | {r['width']} | {r['model']} | {_budget(r)} | {r['best_lr']:.3g} | {_fmt(r['test_acc'])} | {steps} "
+            f"| {shown} |"
         )
     lines += ["", "Validation accuracy of every learning rate at seed 0 (the grid the rate was chosen on):", ""]
     for r in rows:
         grid = ", ".join(f"{lr}: {v:.3f}" for lr, v in r["grid_val_acc"].items())
-        lines.append(
-            f"- {r['cell']} width {r['width']} {r['model']} ({r['budget']['batch']} x {r['budget']['max_steps']}): {grid}"
-        )
+        lines.append(f"- {r['cell']} width {r['width']} {r['model']} ({_budget(r)}): {grid}")
     lines += ["", f"Protocol of the published numbers: {pub['protocol']}."]
     return "\n".join(lines) + "\n"
 
@@ -136,15 +139,15 @@ def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(cells)), figsize=(4.2 * max(1, len(cells)), 3.6), squeeze=False)
     for ax, cell in zip(axes[0], cells):
         here = [r for r in rows if r["cell"] == cell and not r["reassigned"]]
-        budgets = {tuple(r["budget"].values()) for r in here}
-        for model, budget in sorted({(r["model"], tuple(r["budget"].values())) for r in here}):
-            line = [r for r in here if r["model"] == model and tuple(r["budget"].values()) == budget]
+        budgets = {_budget(r) for r in here}
+        for model, budget in sorted({(r["model"], _budget(r)) for r in here}):
+            line = [r for r in here if r["model"] == model and _budget(r) == budget]
             pts = sorted((r["width"], r["test_acc"]) for r in line if r["test_acc"].get("n"))
             if not pts:
                 continue
             xs, mean = [w for w, _ in pts], [s["mean"] for _, s in pts]
             err = [[s["mean"] - s["min"] for _, s in pts], [s["max"] - s["mean"] for _, s in pts]]
-            label = model if len(budgets) == 1 else f"{model} ({budget[0]} x {budget[1]})"
+            label = model if len(budgets) == 1 else f"{model} ({budget})"
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=label)
         for (name, vals), marker in zip(pub["cells"].get(cell, {}).items(), "D^vsP"):  # grey: the paper's models
             ax.plot(pub["widths"], vals, ls=":", c="0.55", marker=marker, mfc="none", label=f"{name} (Zoology)")
