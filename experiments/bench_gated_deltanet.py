@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from memexp.models.gated_deltanet import GatedDeltaNetLM
 from memexp.models.transformer import Transformer
-from memexp.runs.machine import describe, machine_line
+from memexp.runs.machine import start_one_thread_bench
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 65
@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model per round")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "gated_deltanet.json")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    info = describe(peak=True)
-    print(machine_line(info), flush=True)
+    args, info = start_one_thread_bench(p, argv)
     nets = build(args)
     for name, net in nets.items():
         print(f"{name}: {sum(p.numel() for p in net.parameters()):,} parameters", flush=True)

@@ -25,7 +25,7 @@ from memexp.configs.mqar import MQAR_LRS, MQAR_PRESETS
 from memexp.configs.search import compose_config
 from memexp.data.mqar import MQARDataModule
 from memexp.data.spec import IGNORE_INDEX
-from memexp.runs.machine import describe, machine_line
+from memexp.runs.machine import start_one_thread_bench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=6, help="timed steps per arm and cell")
     p.add_argument("--arms", nargs="*", help="only these arms (default: the preset's)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "mqar_arms.json")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    info = describe(peak=True)
-    print(machine_line(info), flush=True)
+    args, info = start_one_thread_bench(p, argv)
     params = MQAR_PRESETS[args.preset]["hydra"]["sweeper"]["params"]
     arms, cells = args.arms or params["mqar"].split(","), params["mqar_cell"].split(",")
     rows, total = [], 0.0

@@ -24,7 +24,7 @@ import torch
 
 from memexp.data.mqar import MQARDataModule
 from memexp.models.transformer import Transformer
-from memexp.runs.machine import describe, machine_line
+from memexp.runs.machine import start_one_thread_bench
 from memexp.tasks.causal_lm import CausalLMTask
 from memexp.tasks.optim import param_groups
 from memexp.tasks.settings import CausalLMSettings
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="timed training steps per arm per round")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "mqar_readout.json")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    info = describe(peak=True)
-    print(machine_line(info), flush=True)
+    args, info = start_one_thread_bench(p, argv)
     dm = MQARDataModule(args.vocab, args.seq_len, args.pairs, num_examples=4 * args.batch, batch_size=args.batch)
     batches = list(dm.train_dataloader())
     torch.manual_seed(0)

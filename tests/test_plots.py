@@ -12,13 +12,13 @@ from memexp.evals import plots
 def figures(monkeypatch):
     """The figures the plot functions save, kept open for inspection."""
     kept = []
-    save = plots._save
+    save = plots.save_figure
 
     def keep(fig, path):
         kept.append(fig)
         return save(fig, path)  # laid out and written as a report writes it
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     monkeypatch.setattr(plots.plt, "close", lambda fig: None)  # open until the test has read it
     return kept
 

@@ -133,7 +133,7 @@ def mqar_markdown(rows: list[dict], pub: dict, sweep: str) -> str:
 def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
     """Figure 2's form: one panel per cell, accuracy against width; memexp's models as lines (mean, min..max over
     seeds as error bars), the published models as hollow markers."""
-    from memexp.evals.plots import _save, plt
+    from memexp.evals.plots import plt, save_figure
 
     cells = sorted({r["cell"] for r in rows if not r["reassigned"]}, key=lambda c: int(c.split("x")[0]))
     fig, axes = plt.subplots(1, max(1, len(cells)), figsize=(4.2 * max(1, len(cells)), 3.6), squeeze=False)
@@ -161,7 +161,7 @@ def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
     axes[0][0].set_ylabel("MQAR test accuracy")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_mqar(runs: list[dict], out: Path, sweep: str) -> dict[str, Path]:

@@ -30,7 +30,8 @@ def _by_model(rows: list[dict], x: str, y: str) -> dict[str, dict[float, list[fl
     return out
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay out, write `fig` to `path` atomically (a reader never sees half a PNG), close it; the path."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")  # a legend placed outside the axes is kept in the image
@@ -58,7 +59,7 @@ def plot_recall_curve(rows: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Long-context recall")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_binned_ppl(rows: list[dict], path: str | Path) -> Path:
@@ -76,7 +77,7 @@ def plot_binned_ppl(rows: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("perplexity")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the axes: never over a bar
     ax.set_title("Perplexity by context length")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _dataset_of(label: str) -> tuple[str, str]:
@@ -124,7 +125,7 @@ def plot_compare_metrics(
             ax.set_title(f"{k}" + (f" ({data})" if data else ""), fontsize=9)
             ax.tick_params(axis="both", labelsize=8)
     fig.suptitle(f"{title} (mean ± std over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_continual_heatmap(
@@ -144,7 +145,7 @@ def plot_continual_heatmap(
         ax.set_title(m)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"Continual A->B->C: {metric}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_board(rows: list[dict], path: str | Path) -> Path | None:
@@ -184,4 +185,4 @@ def plot_board(rows: list[dict], path: str | Path) -> Path | None:
         ax.set_title("Long-context recall")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -3,6 +3,7 @@ the fp32 matmul peak measured now, on one thread, so that speeds from different 
 
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from pathlib import Path
@@ -53,6 +54,18 @@ def machine_line(info: dict) -> str:
     return f"CPU: {info['cpu']} ({info['capability']}, torch {info['torch']})" + (
         f", fp32 matmul peak {peak} GFLOP/s on one thread" if peak is not None else ""
     )
+
+
+def start_one_thread_bench(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """A bench's start: its arguments parsed, torch on one thread (arms are timed side by side on one core), and the
+    machine with its peak measured now, printed and returned (the benches relate their speeds to it)."""
+    import torch
+
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    info = describe(peak=True)
+    print(machine_line(info), flush=True)
+    return args, info
 
 
 def logged_train_speed(metrics_csv: str | Path, skip: int = 10) -> float:
