@@ -74,6 +74,8 @@ def _call(cmd: list[str], dry_run: bool) -> None:
         return
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     rc = subprocess.run(cmd, env=env).returncode
+    if rc in (2, 130):  # memexp's own exits: it has printed the one `error:` line that says why
+        sys.exit(rc)
     if rc:
         sys.exit(f"error: the command above exited with {rc}; rerun this script to continue from the finished runs")
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the first stage's command and stop")
     p.add_argument("extra", nargs="*", help="overrides passed to every memexp.run (e.g. mqar=transformer_64)")
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a folder for the runs, checkpoints and the table")
     out = args.out.resolve()
     _call(grid_command(args.preset, out, args.extra), args.dry_run)
     if args.dry_run:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
-from helpers import QUIET, compose_run, experiment_script, run_cli, run_in_process
+from helpers import QUIET, REPO, compose_run, experiment_script, run_cli, run_in_process
 from omegaconf import OmegaConf
 
 from memexp.configs.mqar import MQAR_CELLS, MQAR_CPU_BUDGET, MQAR_LRS, MQAR_MODELS, MQAR_PRESETS, MQAR_WIDTHS
@@ -195,3 +197,23 @@ def test_the_arm_bench_times_each_arm_and_prices_the_table(tmp_path):
         assert r["cpu_s"] == pytest.approx(r["s_per_step"] * r["job_steps"] * 6)
     assert result["cpu_hours"] == pytest.approx(sum(r["cpu_s"] for r in result["rows"]) / 3600)
     assert json.loads((tmp_path / "arms.json").read_text())["preset"] == "mqar_cpu"
+
+
+def test_the_drivers_bad_inputs_are_one_error_line(tmp_path, capsys):
+    """experiments/mqar_zoology.py: a bad override is memexp.run's one `error:` line and its status (no second line
+    from the driver suggesting a rerun); an --out that is a file, and the arm bench's unknown arm, are argparse's."""
+    driver = REPO / "experiments" / "mqar_zoology.py"
+    proc = subprocess.run(
+        [sys.executable, str(driver), "--out", str(tmp_path / "o"), "mqar=bogus"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("error: mqar=bogus: no such option"), proc.stderr
+    a_file = tmp_path / "table.md"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as e:
+        experiment_script("mqar_zoology").main(["--out", str(a_file)])
+    assert e.value.code == 2 and f"--out {a_file} is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        experiment_script("bench_mqar_arms").main(["--arms", "lstm_6"])
+    assert e.value.code == 2 and "invalid choice: 'lstm_6'" in capsys.readouterr().err
