@@ -62,6 +62,10 @@ def quiet_console() -> None:
     # Lightning warns of any IterableDataset with a length, whatever the workers: memexp's split their records between
     # workers (the explicit and dialogue streams) or are drawn in the main process (the knowledge study's batches)
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # a rerun resumes from its own checkpoint folder on purpose (memexp.runs.train) and says so ("resumed from step N")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning counts the logging interval in global steps across epochs, so an epoch shorter than it still logs
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
     # the run summary counts parameters, not bytes: its size estimate's dtype does not matter to us
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
 

@@ -123,3 +123,22 @@ def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
     assert 0.5 < steps / logged[-1] < 2.0, (steps, logged)  # the same window of 20 steps; the machine is shared
     assert tokens == pytest.approx(steps * 8 * 32, rel=1e-6)  # batch 8 x 32 tokens per step
     assert seen["text"].endswith("tok/s") and "steps/s" in seen["text"]
+
+
+def test_a_resumed_run_says_so_without_lightnings_warnings(tmp_path):
+    """The same command with a longer budget continues from the run's checkpoint: the console says "resumed from step
+    N", not Lightning's warning that the checkpoint folder is not empty, nor its advice about an epoch (8 batches)
+    shorter than the logging interval, which it counts in global steps anyway."""
+    from helpers import QUIET, run_cli
+
+    tiny = ["model=lstm", "model.hidden_size=16", "model.embedding_size=16", "data=mqar", "data.vocab_size=16"]
+    tiny += ["data.seq_len=16", "data.num_kv_pairs=2", "data.num_examples=256", "data.num_test_examples=32"]
+    for steps in (4, 8):
+        proc = run_cli(
+            "memexp.run", *tiny, f"trainer.max_steps={steps}", "trainer.val_check_interval=4", *QUIET,
+            f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / f'run{steps}'}", timeout=300,
+        )  # fmt: skip
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert "exists and is not empty" not in out and "logging interval" not in out, out[-3000:]
+    assert "resumed from step 4" in out
