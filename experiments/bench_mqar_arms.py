@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from memexp.configs.catalog import MQAR_MODELS, MQAR_WIDTHS
+from memexp.configs.catalog import GROUPS
 from memexp.configs.mqar import MQAR_LRS, MQAR_PRESETS
 from memexp.configs.search import compose_config
 from memexp.data.mqar import MQARDataModule
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(MQAR_PRESETS), default="mqar_cpu")
     p.add_argument("--steps", type=int, default=6, help="timed steps per arm and cell")
-    arm_names = sorted(f"{m}_{w}" for m in MQAR_MODELS for w in MQAR_WIDTHS)
-    p.add_argument("--arms", nargs="*", choices=arm_names, metavar="ARM", help="only these arms (default: the preset's)")
+    p.add_argument(  # the mqar group's options, as the catalog lists them
+        "--arms", nargs="*", choices=sorted(GROUPS["mqar"]), metavar="ARM", help="only these arms (default: the preset's)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "mqar_arms.json")
     args, info = start_one_thread_bench(p, argv)
     params = MQAR_PRESETS[args.preset]["hydra"]["sweeper"]["params"]
