@@ -160,7 +160,6 @@ class _Prepared:
     resume_from: Path | None
     resume_step: int | None
     finished: bool
-    stopped_early: bool = False  # finished by an early stop before trainer.max_steps
 
 
 def _prepare(spec: RunSpec) -> _Prepared:
@@ -199,14 +198,14 @@ def _prepare(spec: RunSpec) -> _Prepared:
             f"this run stopped early at step {resume_step} (task.stop_at_acc={spec.task.get('stop_at_acc')}): testing "
             f"{ckpt_dir} again without training; pass fresh=true to start over",
         )
-    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished, stopped_early=stopped)
+    return _Prepared(datamodule, task, ckpt_dir, resume_from, resume_step, finished)
 
 
 def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers: list) -> tuple[dict, dict | None]:
     """Fit (or resume), save last.ckpt, test the chosen checkpoint; (metrics, the study's result or None)."""
     task, datamodule = run.task, run.datamodule
     resume = str(run.resume_from) if run.resume_from else None
-    if run.stopped_early:  # restore it whole (weights, callbacks' best checkpoint) and train no step past its stop
+    if run.finished:  # restore it whole (weights, callbacks' best checkpoint) and train no step past where it ended
         trainer_obj.fit_loop.epoch_loop.max_steps = run.resume_step
     trainer_obj.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if trainer_obj.interrupted:
