@@ -10,10 +10,22 @@ import torch
 from helpers import REPO, TINY_MODEL, shared_data_dir
 
 
+def _logged_steps(metrics_csv) -> int:
+    """How many optimizer steps logged a training loss. Lightning's CSV logger writes several rows per step (the
+    learning-rate monitor's, the throughput's, the loss's), so lines are not steps."""
+    import csv
+
+    try:
+        rows = list(csv.DictReader(metrics_csv.read_text().splitlines()))
+    except FileNotFoundError:
+        return 0
+    return len({row["step"] for row in rows if row.get("train/loss")})
+
+
 def _wait_for_steps(metrics_csv, n: int, proc, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if metrics_csv.exists() and metrics_csv.read_text().count("\n") > n:
+        if _logged_steps(metrics_csv) >= n:
             return
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.2)
