@@ -64,6 +64,9 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # a rerun resumes from its own checkpoint folder on purpose (memexp.runs.train) and says so ("resumed from step N")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # ... and keeps the earlier steps' rows of its metrics.csv (memexp.runs.loggers.keep_csv_history), which Lightning
+    # warns it deletes
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # Lightning counts the logging interval in global steps across epochs, so an epoch shorter than it still logs
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
     # the run summary counts parameters, not bytes: its size estimate's dtype does not matter to us

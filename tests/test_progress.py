@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import lightning as L
 import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -102,7 +104,6 @@ def test_a_failed_run_and_read_only_commands_leave_no_run_folder(tmp_path):
 
 def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
     """The bar's rate is optimiser steps per second (and tokens per second), as the ThroughputMonitor logs it."""
-    import csv
 
     from helpers import TINY_MODEL, run_in_process
 
@@ -125,20 +126,33 @@ def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
     assert seen["text"].endswith("tok/s") and "steps/s" in seen["text"]
 
 
-def test_a_resumed_run_says_so_without_lightnings_warnings(tmp_path):
-    """The same command with a longer budget continues from the run's checkpoint: the console says "resumed from step
-    N", not Lightning's warning that the checkpoint folder is not empty, nor its advice about an epoch (8 batches)
-    shorter than the logging interval, which it counts in global steps anyway."""
+def test_a_resumed_run_says_so_without_lightnings_warnings_and_keeps_its_csv_history(tmp_path):
+    """The same command with a longer budget continues from the run's checkpoint in the same run folder: the console
+    says "resumed from step N", not Lightning's warnings that the checkpoint and log folders are not empty, nor its
+    advice about an epoch (8 batches) shorter than the logging interval, which it counts in global steps anyway; and
+    csv/metrics.csv holds every step once, the first run's rows as they were (Lightning's writer deletes them)."""
     from helpers import QUIET, run_cli
 
     tiny = ["model=lstm", "model.hidden_size=16", "model.embedding_size=16", "data=mqar", "data.vocab_size=16"]
     tiny += ["data.seq_len=16", "data.num_kv_pairs=2", "data.num_examples=256", "data.num_test_examples=32"]
+    metrics_csv = tmp_path / "run" / "csv" / "metrics.csv"
+    losses = {}
     for steps in (4, 8):
         proc = run_cli(
             "memexp.run", *tiny, f"trainer.max_steps={steps}", "trainer.val_check_interval=4", *QUIET,
-            f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / f'run{steps}'}", timeout=300,
+            "trainer.log_every_n_steps=1", f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+            timeout=300,
         )  # fmt: skip
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-3000:]
         assert "exists and is not empty" not in out and "logging interval" not in out, out[-3000:]
+        rows = list(csv.DictReader(open(metrics_csv)))
+        losses[steps] = [(int(r["step"]), r["train/loss"]) for r in rows if r.get("train/loss")]
+        tested = [r for r in rows if r.get("test/acc")]
+        assert len(tested) == 1, tested  # the first run's test row went with its steps after the checkpoint
     assert "resumed from step 4" in out
+    assert losses[8][:4] == losses[4]  # the first run's rows, kept as they were
+    steps = [s for s, _ in losses[8]]
+    # one row for each of the 8 steps, in order; Lightning's loops count one extra step when they resume from the state
+    # saved after a fit that ended at an epoch's end (here the 5th to 8th steps are logged as 5-8, not 4-7)
+    assert len(steps) == 8 and steps == sorted(set(steps)) and steps[4] in (4, 5), steps

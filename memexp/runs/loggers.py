@@ -7,6 +7,7 @@ there); `log_to_wandb` sends study tables and images to every W&B logger of a ru
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import subprocess
@@ -106,8 +107,11 @@ def make_loggers(
     run_dir: Path,
     names: RunNames,
     hparams: Mapping[str, Any] | None = None,
+    resume_step: int | None = None,
 ) -> list[Logger]:
     """The run's loggers, saving under `run_dir`, with `hparams` (the composed config) logged to each. CSV always.
+
+    A run resumed at `resume_step` keeps the CSV rows of its steps before it (`keep_csv_history`).
 
     W&B runs are named `<experiment>/<model>-<data>-seed<seed>`, their job type is the model, their group
     is `logger.wandb.group` when set, else `hparams["run"]["group"]` (one per multirun), else the experiment,
@@ -134,6 +138,10 @@ def make_loggers(
             loggers.append(factory(save_dir=str(run_dir)))
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.insert(0, CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    if resume_step is not None:
+        for lg in loggers:
+            if isinstance(lg, CSVLogger):
+                keep_csv_history(lg, resume_step)
     if hparams:
         for lg in loggers:
             lg.log_hyperparams(dict(hparams))  # W&B: the config panel (filter and group by model.dim); CSV: hparams.yaml
@@ -141,6 +149,33 @@ def make_loggers(
         if isinstance(lg, WandbLogger) and (line := wandb_line(lg, run_dir)):
             say(line)
     return loggers
+
+
+def keep_csv_history(logger: CSVLogger, resume_step: int) -> None:
+    """Keep the rows of steps before `resume_step` in a resumed run's metrics.csv, and drop the later ones (the
+    steps after the checkpoint are trained and logged again).
+
+    Lightning's CSV writer deletes an existing metrics.csv when it starts, which would leave a resumed run with
+    only the rows logged after its resumption; it offers no option to append, hence this.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if r.get("step") and int(r["step"]) < resume_step]
+            header = list(reader.fieldnames or [])
+    except (FileNotFoundError, ValueError):  # no history, or one that is not memexp's CSV: start afresh
+        return
+    writer = logger.experiment  # Lightning deletes the old file here
+    if not rows:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    tmp.replace(path)
+    writer.metrics_keys = header  # the writer appends under this header and rewrites it when a new key arrives
 
 
 def wandb_line(logger: WandbLogger, run_dir: Path) -> str | None:

@@ -256,7 +256,7 @@ def train_and_test(spec: RunSpec) -> RunResult:
     last = run.ckpt_dir / "last.ckpt"
     hparams = spec.cfg | {"names": vars(spec.names), "ckpt_dir": str(run.ckpt_dir)}
     hparams["run"] = dict(spec.cfg.get("run") or {}) | {"git_commit": git_commit(Path(__file__).parent)}
-    loggers = make_loggers(spec.logger, spec.run_dir, spec.names, hparams)
+    loggers = make_loggers(spec.logger, spec.run_dir, spec.names, hparams, resume_step=run.resume_step)
     stop = SaveOnStop(last)  # SIGTERM / Ctrl-C: last.ckpt at the next step boundary, then exit 143
     selection = getattr(run.task, "selection", None)  # classification: the best validation macro F1 is tested
     trainer_obj: L.Trainer = spec.trainer(
