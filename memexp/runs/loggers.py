@@ -164,7 +164,7 @@ def keep_csv_history(logger: CSVLogger, resume_step: int) -> None:
             reader = csv.DictReader(f)
             rows = [r for r in reader if r.get("step") and int(r["step"]) < resume_step]
             header = list(reader.fieldnames or [])
-    except (FileNotFoundError, ValueError):  # no history, or one that is not memexp's CSV: start afresh
+    except (FileNotFoundError, ValueError, csv.Error):  # no history, or one that is not a CSV of steps: start afresh
         return
     writer = logger.experiment  # Lightning deletes the old file here
     if not rows:
