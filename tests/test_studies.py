@@ -371,3 +371,17 @@ def _assert_real_png(path: Path):
 
     assert path.stat().st_size > 10_000, path
     assert mpimg.imread(path).std() > 0.05  # not a blank canvas
+
+
+def test_a_damaged_run_result_is_one_error_line_naming_the_file(tmp_path):
+    """A sweep folder with one job's metrics.json cut short: the report names that file and line instead of leaving
+    the job out (which would report one seed fewer without saying so)."""
+    good = {"metrics": {"test/loss": 1.0}, "names": {"model": "lstm", "seed": 0, "experiment": "x", "data": "text"}}
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(good))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "metrics.json").write_text('{\n  "metrics": {\n    "test/loss": 1.')
+    proc = run_cli("memexp.report", f"dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and f"{tmp_path / '1' / 'metrics.json'} line 3" in line, line

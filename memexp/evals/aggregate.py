@@ -57,9 +57,14 @@ def collect_runs(root: str | Path) -> list[dict]:
         if "reports" in path.relative_to(root).parts:
             continue
         try:
-            r = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
+            r = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:  # memexp writes it whole (temporary name, then rename): it was damaged since
+            raise ConfigError(
+                f"{path} line {e.lineno}: not valid JSON ({e.msg}); run that job again or remove its folder, so the "
+                "report does not count its seed as missing"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; run that job again or remove its folder") from None
         if "metrics" in r and "names" in r:
             r["path"] = str(path.parent)
             runs.append(r)

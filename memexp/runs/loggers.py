@@ -18,6 +18,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from memexp.console import say
+from memexp.files import write_csv
 from memexp.runs.build import RunNames
 
 
@@ -169,12 +170,7 @@ def keep_csv_history(logger: CSVLogger, resume_step: int) -> None:
     writer = logger.experiment  # Lightning deletes the old file here
     if not rows:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=header)
-        out.writeheader()
-        out.writerows(rows)
-    tmp.replace(path)
+    write_csv(rows, path, header)
     writer.metrics_keys = header  # the writer appends under this header and rewrites it when a new key arrives
 
 
