@@ -126,33 +126,42 @@ def test_the_bar_rate_is_the_logged_steps_per_second(tmp_path, monkeypatch):
     assert seen["text"].endswith("tok/s") and "steps/s" in seen["text"]
 
 
-def test_a_resumed_run_says_so_without_lightnings_warnings_and_keeps_its_csv_history(tmp_path):
-    """The same command with a longer budget continues from the run's checkpoint in the same run folder: the console
-    says "resumed from step N", not Lightning's warnings that the checkpoint and log folders are not empty, nor its
-    advice about an epoch (8 batches) shorter than the logging interval, which it counts in global steps anyway; and
-    csv/metrics.csv holds every step once, the first run's rows as they were (Lightning's writer deletes them)."""
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logs_and_keeps_its_csv_history(tmp_path):
+    """The same command with a longer budget continues from the run's checkpoint in the same run folder, twice: after
+    3 steps (within the first epoch of 4 batches, a validation on its last step) and after 4 (at the epoch's end, no
+    validation on its last step). Its csv/metrics.csv is the uninterrupted run's: every training step once, with the
+    same step, epoch and loss (the same batches), and the validations at the same steps and epochs. The console says
+    "resumed from step N", not Lightning's warnings that the checkpoint and log folders are not empty, nor its advice
+    about an epoch shorter than the logging interval, which it counts in global steps anyway."""
     from helpers import QUIET, run_cli
 
     tiny = ["model=lstm", "model.hidden_size=16", "model.embedding_size=16", "data=mqar", "data.vocab_size=16"]
     tiny += ["data.seq_len=16", "data.num_kv_pairs=2", "data.num_examples=256", "data.num_test_examples=32"]
-    metrics_csv = tmp_path / "run" / "csv" / "metrics.csv"
-    losses = {}
-    for steps in (4, 8):
+    tiny += ["trainer.val_check_interval=3", "trainer.log_every_n_steps=1", *QUIET]
+
+    def run(steps: int, name: str) -> tuple[str, list, list, int]:
         proc = run_cli(
-            "memexp.run", *tiny, f"trainer.max_steps={steps}", "trainer.val_check_interval=4", *QUIET,
-            "trainer.log_every_n_steps=1", f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
-            timeout=300,
+            "memexp.run", *tiny, f"trainer.max_steps={steps}", f"paths.output_dir={tmp_path / name}",
+            f"hydra.run.dir={tmp_path / name / 'run'}", timeout=300,
         )  # fmt: skip
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-3000:]
+        rows = list(csv.DictReader(open(tmp_path / name / "run" / "csv" / "metrics.csv")))
+        train = [(int(r["step"]), r["epoch"], r["train/loss"]) for r in rows if r.get("train/loss")]
+        val = [(int(r["step"]), r["epoch"]) for r in rows if r.get("val/acc")]
+        return out, train, val, sum(1 for r in rows if r.get("test/acc"))
+
+    logged = {}
+    for steps in (3, 4, 8):
+        out, train, val, tests = run(steps, "resumed")
         assert "exists and is not empty" not in out and "logging interval" not in out, out[-3000:]
-        rows = list(csv.DictReader(open(metrics_csv)))
-        losses[steps] = [(int(r["step"]), r["train/loss"]) for r in rows if r.get("train/loss")]
-        tested = [r for r in rows if r.get("test/acc")]
-        assert len(tested) == 1, tested  # the first run's test row went with its steps after the checkpoint
-    assert "resumed from step 4" in out
-    assert losses[8][:4] == losses[4]  # the first run's rows, kept as they were
-    steps = [s for s, _ in losses[8]]
-    # one row for each of the 8 steps, in order; Lightning's loops count one extra step when they resume from the state
-    # saved after a fit that ended at an epoch's end (here the 5th to 8th steps are logged as 5-8, not 4-7)
-    assert len(steps) == 8 and steps == sorted(set(steps)) and steps[4] in (4, 5), steps
+        assert tests == 1  # the earlier run's test row went with its steps after the checkpoint
+        logged[steps] = train
+        if steps > 3:
+            assert f"resumed from step {3 if steps == 4 else 4}" in out
+    assert logged[8][:3] == logged[3] and logged[8][:4] == logged[4]  # the earlier runs' rows, kept as they were
+    _, whole, whole_val, _ = run(8, "whole")
+    assert [s for s, _, _ in whole] == list(range(8))
+    # Lightning resumed the state saved after a fit by replaying the end of its last batch: the later steps were
+    # logged one higher and, at an epoch's end, the next epoch was cut to one batch (memexp's FinalStateAsLastBatch)
+    assert logged[8] == whole and val == whole_val

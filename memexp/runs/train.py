@@ -150,6 +150,39 @@ def frozen_summary(net: torch.nn.Module) -> str | None:
     return f"frozen: {', '.join(frozen)} ({params:,} parameters, {modules} modules) stay in eval mode and are not trained"
 
 
+class FinalStateAsLastBatch(L.Callback):
+    """The state saved after a fit (last.ckpt, while `armed`) resumes like one saved at its last step's end.
+
+    A fit ends after Lightning's bookkeeping of its last batch and, when max_steps or the data ended an epoch, of
+    that epoch. Lightning resumes a state in which every batch completed by replaying part of that bookkeeping: the
+    steps after it were logged one higher, and at an epoch's end without a validation on its last batch the resumed
+    run trained one batch of the next epoch and then started the one after it, so its batches were not an
+    uninterrupted run's. Lightning resumes cleanly from the state saved at the end of a training batch (what
+    SaveOnStop saves), so the final state is written as that state: the last batch not yet counted completed, its
+    logging step not yet counted, and its epoch, when counted finished, not yet. Weights, optimiser, global step and
+    the data position are not touched.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop")
+        if not self.armed or not loop:
+            return
+        batches, epochs = loop["epoch_loop.batch_progress"], loop["epoch_progress"]
+        done = batches["total"]
+        if not done["ready"] or len({done[k] for k in ("ready", "started", "processed", "completed")}) > 1:
+            return  # nothing trained, or a batch still open: Lightning resumes it as it is
+        for part in ("total", "current"):
+            batches[part]["completed"] -= 1
+        loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+        if epochs["current"]["processed"] >= epochs["current"]["started"] > 0:  # the epoch was counted finished
+            for part in ("total", "current"):
+                epochs[part]["processed"] -= 1
+                epochs[part]["completed"] -= 1
+
+
 @dataclass
 class _Prepared:
     """A run ready to fit: its data, task, checkpoint folder, where it resumes from, and whether it already finished."""
@@ -211,7 +244,10 @@ def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers
     if trainer_obj.interrupted:
         raise KeyboardInterrupt
     # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
+    final = next(cb for cb in trainer_obj.callbacks if isinstance(cb, FinalStateAsLastBatch))
+    final.armed = True
     trainer_obj.save_checkpoint(run.ckpt_dir / "last.ckpt", weights_only=False)
+    final.armed = False
     fit_metrics = plain_metrics(trainer_obj.callback_metrics)
     if run.finished and not any(k.startswith("val/") for k in fit_metrics):
         # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
@@ -264,7 +300,7 @@ def train_and_test(spec: RunSpec) -> RunResult:
         callbacks=preset_callbacks(spec.trainer)
         + _callbacks(spec.callbacks, run.ckpt_dir, selection)
         + list(spec.extra_callbacks)
-        + [throughput_monitor(), stop],
+        + [throughput_monitor(), stop, FinalStateAsLastBatch()],
         default_root_dir=str(spec.run_dir),
     )
     try:
