@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from memexp.console import say
@@ -151,7 +152,7 @@ def frozen_summary(net: torch.nn.Module) -> str | None:
 
 
 class FinalStateAsLastBatch(L.Callback):
-    """The state saved after a fit (last.ckpt, while `armed`) resumes like one saved at its last step's end.
+    """A state saved after a fit (last.ckpt) resumes like one saved at the end of its last step.
 
     A fit ends after Lightning's bookkeeping of its last batch and, when max_steps or the data ended an epoch, of
     that epoch. Lightning resumes a state in which every batch completed by replaying part of that bookkeeping: the
@@ -163,13 +164,11 @@ class FinalStateAsLastBatch(L.Callback):
     the data position are not touched.
     """
 
-    def __init__(self) -> None:
-        self.armed = False
-
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        after_fit = trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.FINISHED
         loop = checkpoint.get("loops", {}).get("fit_loop")
-        if not self.armed or not loop:
-            return
+        if not after_fit or not loop:
+            return  # saved during the fit (a validation's, SaveOnStop's): Lightning resumes those as they are
         batches, epochs = loop["epoch_loop.batch_progress"], loop["epoch_progress"]
         done = batches["total"]
         if not done["ready"] or len({done[k] for k in ("ready", "started", "processed", "completed")}) > 1:
@@ -244,10 +243,7 @@ def _fit_and_test(spec: RunSpec, run: _Prepared, trainer_obj: L.Trainer, loggers
     if trainer_obj.interrupted:
         raise KeyboardInterrupt
     # the final state (optimizer too, to resume) whatever the cadence; collective (rank 0 writes)
-    final = next(cb for cb in trainer_obj.callbacks if isinstance(cb, FinalStateAsLastBatch))
-    final.armed = True
-    trainer_obj.save_checkpoint(run.ckpt_dir / "last.ckpt", weights_only=False)
-    final.armed = False
+    trainer_obj.save_checkpoint(run.ckpt_dir / "last.ckpt", weights_only=False)  # as FinalStateAsLastBatch writes it
     fit_metrics = plain_metrics(trainer_obj.callback_metrics)
     if run.finished and not any(k.startswith("val/") for k in fit_metrics):
         # a finished run trains nothing, so no validation ran: validate the final weights, as the last check did
