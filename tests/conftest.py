@@ -12,6 +12,26 @@ from helpers import HGD_STEPS, LCCC_TOY, QUIET, TINY_HGD, run_in_process, shared
 # Configs resolve ${paths.data_dir} from MEMEXP_DATA_DIR: point it at the same folder the fixtures use.
 os.environ.setdefault("MEMEXP_DATA_DIR", str(shared_data_dir()))
 
+# The test files that take longest, longest first (summed --durations of a CI run, 2026-12-07). CI runs two workers
+# with `--dist loadfile --no-loadscope-reorder`, which hands files out in collection order: the long ones start at
+# once and the short ones fill both workers' ends. By default xdist orders files by their number of tests, which put
+# the leaderboard's (5 tests, 6-8 minutes) near the end, with one worker idle meanwhile.
+LONGEST_FIRST = [
+    "test_leaderboard.py",
+    "test_cli.py",
+    "test_explicit_runs.py",
+    "test_progress.py",
+    "test_write_read.py",
+    "test_signals.py",
+    "test_presets.py",
+    "test_precision.py",
+    "test_snapshot.py",
+    "test_dialogue_cli.py",
+    "test_ddp.py",
+    "test_task_settings.py",
+    "test_studies.py",
+]
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -103,3 +123,5 @@ def pytest_collection_modifyitems(config, items):
         source = inspect.getsource(fn) if fn is not None else ""
         if set(getattr(item, "fixturenames", ())) & TRAINED or any(r in source for r in RUNS):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
