@@ -10,6 +10,9 @@ then the table beside the published numbers (memexp.evals.mqar).
 2. for each model, width and cell, the rate with the best seed-0 validation accuracy, and for each (cell, rate)
    one `memexp.run -m` of the models that chose it at `--seeds` (default 1 and 2);
 3. `python -m memexp.report dir=OUT/runs` writes OUT/runs/reports/mqar_table.md, .json and mqar_figure2.png.
+`--table-from A.json B.json --out DIR` trains nothing: it draws one table and figure from the points of saved tables
+(each study's mqar_table.json; docs/results/mqar_points.json keeps the points of the docs' figure), which outlive
+the run folders.
 Runs go through Hydra's launcher (add `hydra/launcher=...` to spread them); a rerun of the same command skips the
 finished runs (memexp.run resumes from their checkpoints), so an interrupted study continues where it stopped.
 Each job gets one thread (trainer.threads=1) unless an extra argument says otherwise.
@@ -80,17 +83,43 @@ def _call(cmd: list[str], dry_run: bool) -> None:
         sys.exit(f"error: the command above exited with {rc}; rerun this script to continue from the finished runs")
 
 
+def redraw(files: list[Path], out: Path) -> None:
+    """The table and figure from saved points, several studies' together (memexp.evals.mqar.merge_points)."""
+    from memexp.errors import MemexpError
+    from memexp.evals.mqar import merge_points, write_points_table
+
+    try:
+        written = write_points_table(merge_points(files), out, ", ".join(str(f) for f in files))
+    except MemexpError as e:  # memexp's own status and line (memexp.entry.one_line_errors)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if not written:
+        print(f"error: {', '.join(map(str, files))}: no points to draw", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(str(path) for path in written.values()))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["mqar_cpu", "mqar_zoology"], default="mqar_cpu")
     p.add_argument("--out", type=Path, default=Path("outputs/mqar"), help="runs, checkpoints and the table go here")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="seeds run at each best rate besides seed 0")
     p.add_argument("--dry-run", action="store_true", help="print the first stage's command and stop")
+    p.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="train nothing: write the table and figure into --out from saved tables' points (mqar_table.json files)",
+    )
     p.add_argument("extra", nargs="*", help="overrides passed to every memexp.run (e.g. mqar=transformer_64)")
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; give a folder for the runs, checkpoints and the table")
     out = args.out.resolve()
+    if args.table_from:
+        redraw(args.table_from, out)
+        return
     _call(grid_command(args.preset, out, args.extra), args.dry_run)
     if args.dry_run:
         return

@@ -217,3 +217,37 @@ def test_the_drivers_bad_inputs_are_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         experiment_script("bench_mqar_arms").main(["--arms", "lstm_6"])
     assert e.value.code == 2 and "invalid choice: 'lstm_6'" in capsys.readouterr().err
+
+
+def test_the_table_is_redrawn_from_saved_points_and_bad_point_files_are_one_error_line(tmp_path, capsys):
+    """--table-from: two saved tables' points make one table and figure, the same rows as from the points together;
+    a damaged file, a point without a field and a run given twice are each one `error:` line naming the file."""
+    driver = experiment_script("mqar_zoology")
+    first = [_point(lr=1e-3, val=0.9, test=0.8), _point(lr=1e-2, val=0.5, test=0.9)]
+    second = [_point(lr=1e-3, seed=1, val=0.0, test=0.7), _point(model="lstm", lr=1e-2, val=0.1, test=0.2)]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"points": first, "rows": []}))
+    b.write_text(json.dumps({"points": second}))
+    driver.main(["--table-from", str(a), str(b), "--out", str(tmp_path / "out")])
+    table = json.loads((tmp_path / "out" / "mqar_table.json").read_text())
+    assert table["rows"] == json.loads(json.dumps(mqar_rows(first + second)))
+    t = next(r for r in table["rows"] if r["model"] == "transformer")
+    assert t["best_lr"] == 1e-3 and t["seeds"] == [0, 1] and t["test_acc"]["mean"] == pytest.approx(0.75)
+    assert (tmp_path / "out" / "mqar_figure2.png").stat().st_size > 1000
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    for text, says in [
+        ('{"points": [\n{"model": ', f"{bad}: line 2: not a JSON file"),
+        (json.dumps({"points": [first[0], {k: v for k, v in first[1].items() if k != "seed"}]}), "points[1].seed: expected int"),
+        (json.dumps({"rows": []}), 'no "points" list'),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            driver.main(["--table-from", str(bad), "--out", str(tmp_path / "o2")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    with pytest.raises(SystemExit) as e:
+        driver.main(["--table-from", str(a), str(a), "--out", str(tmp_path / "o3")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and f"is also in {a}" in err[0]
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -17,7 +17,7 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
-from memexp.errors import ConfigError
+from memexp.errors import ConfigError, DataError
 from memexp.evals.aggregate import run_config, stats
 from memexp.files import write_json, write_text
 
@@ -166,7 +166,55 @@ def plot_mqar(rows: list[dict], pub: dict, path: str | Path) -> Path:
 
 def write_mqar(runs: list[dict], out: Path, sweep: str) -> dict[str, Path]:
     """mqar_table.md, mqar_table.json and mqar_figure2.png in `out` from the MQAR runs among `runs`."""
-    points = [mqar_point(r) for r in runs if r["names"].get("data") == "mqar"]
+    return write_points_table([mqar_point(r) for r in runs if r["names"].get("data") == "mqar"], out, sweep)
+
+
+# A point's fields and their JSON types (mqar_point; "path", the run folder, is not needed to redraw a table)
+POINT_FIELDS = {"model": str, "width": int, "cell": str, "reassigned": int, "budget": list, "lr": float, "seed": int}
+POINT_FIELDS |= {"val_acc": float, "test_acc": float, "steps": int}
+
+
+def read_points(path: Path) -> list[dict]:
+    """The points of a saved MQAR table (a report's mqar_table.json, or any {"points": [...]} file), checked field by
+    field: a table redrawn from files outlives the run folders it was measured in (docs/results/mqar_points.json)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
+        raise DataError(f"{path}: {where}not a JSON file of MQAR points ({e})") from None
+    points = data.get("points") if isinstance(data, dict) else None
+    if not isinstance(points, list):
+        raise DataError(f'{path}: no "points" list (a report\'s mqar_table.json has one)')
+    for i, point in enumerate(points):
+        for field, kind in POINT_FIELDS.items():
+            value = point.get(field) if isinstance(point, dict) else None
+            numeric = kind is float and isinstance(value, int) and not isinstance(value, bool)
+            if not (isinstance(value, kind) or numeric) or (kind is int and isinstance(value, bool)):
+                raise DataError(f"{path}: points[{i}].{field}: expected {kind.__name__}, got {value!r}")
+    return points
+
+
+def merge_points(files: list[Path]) -> list[dict]:
+    """The points of several saved tables; one run (model, width, cell, reassigned, budget, rate, seed) given twice is
+    an error naming both files, since the table would count it as two seeds."""
+    seen: dict[tuple, Path] = {}
+    merged = []
+    for path in files:
+        for p in read_points(path):
+            key = (p["model"], p["width"], p["cell"], p["reassigned"], tuple(p["budget"]), float(p["lr"]), p["seed"])
+            if key in seen:
+                raise DataError(
+                    f"{path}: the run {p['model']}_{p['width']} {p['cell']} lr {p['lr']} seed {p['seed']} is also in {seen[key]}"
+                )
+            seen[key] = path
+            merged.append(p)
+    return merged
+
+
+def write_points_table(points: list[dict], out: Path, sweep: str) -> dict[str, Path]:
+    """mqar_table.md, mqar_table.json and mqar_figure2.png in `out` from table points (mqar_point's dicts)."""
     if not points:
         return {}
     pub = published()
