@@ -11,7 +11,7 @@ then the table beside the published numbers (memexp.evals.mqar).
    one `memexp.run -m` of the models that chose it at `--seeds` (default 1 and 2);
 3. `python -m memexp.report dir=OUT/runs` writes OUT/runs/reports/mqar_table.md, .json and mqar_figure2.png.
 `--table-from A.json B.json --out DIR` trains nothing: it draws one table and figure from the points of saved tables
-(each study's mqar_table.json; docs/results/mqar_points.json keeps the points of the docs' figure), which outlive
+(each study's mqar_table.json; docs/mqar_points.json keeps the points of the docs' figure), which outlive
 the run folders.
 Runs go through Hydra's launcher (add `hydra/launcher=...` to spread them); a rerun of the same command skips the
 finished runs (memexp.run resumes from their checkpoints), so an interrupted study continues where it stopped.

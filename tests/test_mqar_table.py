@@ -251,3 +251,15 @@ def test_the_table_is_redrawn_from_saved_points_and_bad_point_files_are_one_erro
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and f"is also in {a}" in err[0]
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_the_docs_figure_points_read_back_with_their_sources():
+    """docs/mqar_points.json (behind docs/mqar_figure2.png): every point has its fields and a source, an unmeasured
+    accuracy (null) reads as NaN and never chooses a rate, and each row has its 3 seeds at the chosen rate."""
+    from memexp.evals.mqar import read_points
+
+    points = read_points(REPO / "docs" / "mqar_points.json")
+    assert points and all(isinstance(p.get("source"), str) and p["source"] for p in points)
+    assert any(math.isnan(p["test_acc"]) for p in points)
+    for row in mqar_rows(points):
+        assert row["seeds"] == [0, 1, 2] and not math.isnan(row["test_acc"]["mean"]), row

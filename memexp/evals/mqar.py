@@ -176,7 +176,7 @@ POINT_FIELDS |= {"val_acc": float, "test_acc": float, "steps": int}
 
 def read_points(path: Path) -> list[dict]:
     """The points of a saved MQAR table (a report's mqar_table.json, or any {"points": [...]} file), checked field by
-    field: a table redrawn from files outlives the run folders it was measured in (docs/results/mqar_points.json)."""
+    field: a table redrawn from files outlives the run folders it was measured in (docs/mqar_points.json)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
@@ -188,6 +188,9 @@ def read_points(path: Path) -> list[dict]:
     if not isinstance(points, list):
         raise DataError(f'{path}: no "points" list (a report\'s mqar_table.json has one)')
     for i, point in enumerate(points):
+        for field in ("val_acc", "test_acc"):  # null: not measured (JSON has no NaN)
+            if isinstance(point, dict) and field in point and point[field] is None:
+                point[field] = math.nan
         for field, kind in POINT_FIELDS.items():
             value = point.get(field) if isinstance(point, dict) else None
             numeric = kind is float and isinstance(value, int) and not isinstance(value, bool)
