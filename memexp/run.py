@@ -185,7 +185,9 @@ def _report(result: RunResult) -> None:
     console.print(table)
     to_log("\n" + "\n".join(f"{k} {v:.6g}" for k, v in result.metrics.items() if k.startswith(("val/", "test/", "continual/"))))
     # Paths are printed whole (no wrapping), so they can be copied or parsed.
-    if result.resumed_from_step is not None:
+    if result.retested:
+        say(f"tested again at step {result.resumed_from_step}: the run had finished, nothing was trained")
+    elif result.resumed_from_step is not None:
         say(f"resumed from step {result.resumed_from_step}")
     if result.ckpt_dir:
         say(f"checkpoint: {result.ckpt_dir}/last.ckpt")

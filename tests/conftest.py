@@ -15,7 +15,7 @@ os.environ.setdefault("MEMEXP_DATA_DIR", str(shared_data_dir()))
 # The test files that take longest, longest first (summed --durations of a CI run, 2026-12-07). CI runs two workers
 # with `--dist loadfile --no-loadscope-reorder`, which hands files out in collection order: the long ones start at
 # once and the short ones fill both workers' ends. By default xdist orders files by their number of tests, which put
-# the leaderboard's (5 tests, 6-8 minutes) near the end, with one worker idle meanwhile.
+# the leaderboard's (5 tests, 4-8 minutes) near the end, where one worker could sit idle while the other ran it.
 LONGEST_FIRST = [
     "test_leaderboard.py",
     "test_cli.py",

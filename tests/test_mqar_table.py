@@ -158,8 +158,9 @@ def test_stop_at_acc_ends_training_at_the_first_validation_above_it(tmp_path):
     assert m["global_step"] < 400 and m["global_step"] % 20 == 0  # stopped at a validation
     assert m["val/acc"] > 0.3  # the tested checkpoint is the best by validation accuracy: the one that stopped it
     # run again (an interrupted sweep rerun): the stopped run is tested again, never trained past its stop
-    again = run_in_process([*tiny, *data, *budget, "task.stop_at_acc=0.3", *QUIET], tmp_path)["metrics"]
-    assert again["global_step"] == m["global_step"] and again["test/acc"] == m["test/acc"]
+    rerun = run_in_process([*tiny, *data, *budget, "task.stop_at_acc=0.3", *QUIET], tmp_path)
+    again = rerun["metrics"]
+    assert again["global_step"] == m["global_step"] and again["test/acc"] == m["test/acc"] and rerun["retested"] is True
 
 
 def test_only_a_stop_at_the_threshold_counts_as_finished():

@@ -170,7 +170,9 @@ def test_a_debug_run_never_touches_a_real_runs_checkpoints(tiny_text, tmp_path, 
     # the final weights validated again: the last check's numbers (that check ran at step 6)
     assert again["metrics"]["val/loss"] == pytest.approx(real["metrics"]["val/loss"], abs=1e-6)
     assert again["metrics"]["test/loss"] == pytest.approx(real["metrics"]["test/loss"], abs=1e-6)
-    assert "this run finished at step 6 (trainer.max_steps=6)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "this run finished at step 6 (trainer.max_steps=6)" in out and again["retested"] is True
+    assert "tested again at step 6: the run had finished, nothing was trained" in out and "resumed from" not in out
 
 
 def test_the_training_speed_columns_count_tokens(tiny_text, tmp_path):

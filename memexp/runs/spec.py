@@ -121,12 +121,13 @@ class RunResult:
     ckpt_dir: str | None = None
     sample: str | None = None
     resumed_from_step: int | None = None
+    retested: bool | None = None  # True: the run had finished; it was tested again and nothing was trained
     threads: int | None = None
     study: dict | None = None
     result_file: str | None = None
     backbone_run: dict | None = None
 
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("threads", "study", "result_file", "backbone_run")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("retested", "threads", "study", "result_file", "backbone_run")
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of `metrics.json` (optional parts only when present)."""

@@ -315,6 +315,7 @@ def train_and_test(spec: RunSpec) -> RunResult:
         ckpt_dir=str(run.ckpt_dir),
         sample=_sample(spec, run, trainer_obj),
         resumed_from_step=run.resume_step,
+        retested=run.finished or None,
         threads=torch.get_num_threads(),  # at the end (trainer.threads=auto may have followed the machine)
         study=study,
     )
